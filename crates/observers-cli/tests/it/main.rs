@@ -1,0 +1,19 @@
+//! Integration tests of the `observers` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod docs;
+mod validate;
+
+use std::process::{Command, Output};
+
+pub fn observers(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_observers"))
+        .args(args)
+        .env_remove("OBSERVERS_CONFIG")
+        .output()
+        .unwrap()
+}
+
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

@@ -1,0 +1,105 @@
+//! Actions: what an observer does for a matching event. Every action follows one contract:
+//! it gets an `Invocation` (the event, its observer, a stable idempotency key and a prepared
+//! template context), does one attempt, and classifies any failure as transient or permanent.
+//! Timeouts, retries, circuit breaking and dead-lettering are the executor's job, not the
+//! action's.
+
+mod email;
+mod http;
+mod log;
+pub mod signing;
+mod slack;
+mod webhook;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use email::EmailAction;
+pub use http::{HttpClients, OutboundPolicy};
+pub use log::LogAction;
+pub use slack::SlackAction;
+pub use webhook::{WebhookAction, webhook_body};
+
+use crate::config::ActionConfig;
+use crate::error::{ObserverError, Result};
+use crate::event::EntityEvent;
+use crate::template::TemplateContext;
+
+/// One attempt's input.
+#[derive(Debug)]
+pub struct Invocation<'a> {
+    pub event: &'a EntityEvent,
+    pub observer: &'a str,
+    pub action_index: usize,
+    /// `"{event_id}:{observer}:{action_index}"`: stable across retries and redeliveries.
+    pub idempotency_key: &'a str,
+    pub template: &'a TemplateContext,
+    /// 1-based attempt number.
+    pub attempt: u32,
+}
+
+/// The stable idempotency key of one action for one event.
+pub fn idempotency_key(event_id: i64, observer: &str, action_index: usize) -> String {
+    format!("{event_id}:{observer}:{action_index}")
+}
+
+/// A short description of what an attempt did, e.g. `HTTP 200`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActionResult {
+    pub detail: String,
+}
+
+impl ActionResult {
+    pub fn new(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Something to do for an event.
+#[async_trait]
+pub trait Action: Send + Sync {
+    fn type_name(&self) -> &'static str;
+
+    /// The endpoint whose circuit breaker guards this action (e.g. a webhook host), if any.
+    fn endpoint(&self) -> Option<&str> {
+        None
+    }
+
+    /// One attempt.
+    async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult>;
+}
+
+/// Builds actions from config, sharing HTTP clients.
+#[derive(Debug, Clone)]
+pub struct ActionFactory {
+    clients: HttpClients,
+}
+
+impl ActionFactory {
+    pub fn new(policy: OutboundPolicy) -> Result<Self> {
+        Ok(Self {
+            clients: HttpClients::new(policy)?,
+        })
+    }
+
+    pub fn build(&self, config: &ActionConfig) -> Result<Arc<dyn Action>> {
+        Ok(match config {
+            ActionConfig::Webhook(c) => Arc::new(WebhookAction::new(c, self.clients.clone())?),
+            ActionConfig::Slack(c) => Arc::new(SlackAction::new(c, self.clients.clone())?),
+            ActionConfig::Email(c) => Arc::new(EmailAction::new(c)?),
+            ActionConfig::Log(c) => Arc::new(LogAction::new(c)?),
+        })
+    }
+}
+
+pub(crate) fn template(field: &str, source: &str) -> Result<crate::template::Template> {
+    crate::template::Template::compile(source)
+        .map_err(|e| ObserverError::Template(format!("{field}: {e}")))
+}
+
+pub(crate) fn render(t: &crate::template::Template, ctx: &TemplateContext) -> Result<String> {
+    t.render(ctx).map_err(ObserverError::Template)
+}

@@ -1,0 +1,141 @@
+//! `type = "webhook"`: an HTTP request with the documented JSON event body, Standard Webhooks
+//! signing and a stable idempotency key.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::http::{HttpClients, classify, transport_error};
+use super::{Action, ActionResult, Invocation, render, signing, template};
+use crate::config::WebhookConfig;
+use crate::error::{ObserverError, Result};
+use crate::event::EntityEvent;
+use crate::template::Template;
+
+/// The documented webhook body.
+pub fn webhook_body(event: &EntityEvent, observer: &str) -> Value {
+    json!({
+        "id": event.id,
+        "observer": observer,
+        "entity_type": event.entity_type,
+        "entity_id": event.entity_id,
+        "event_type": event.kind.as_str(),
+        "tenant_id": event.tenant_id,
+        "user_id": event.user_id,
+        "timestamp": event.timestamp.to_rfc3339(),
+        "data": event.after,
+        "before": event.before,
+        "changes": event.changes,
+    })
+}
+
+pub struct WebhookAction {
+    clients: HttpClients,
+    method: reqwest::Method,
+    url: Template,
+    headers: Vec<(reqwest::header::HeaderName, Template)>,
+    body: Option<Template>,
+    timeout: Option<Duration>,
+    secret: Option<Vec<u8>>,
+    /// The host, for the circuit breaker; `None` when the URL host is templated.
+    endpoint: Option<String>,
+}
+
+impl WebhookAction {
+    pub fn new(config: &WebhookConfig, clients: HttpClients) -> Result<Self> {
+        let method = reqwest::Method::from_bytes(config.method.as_bytes()).map_err(|_| {
+            ObserverError::permanent("OBS-CONFIG", format!("bad method `{}`", config.method))
+        })?;
+        let headers = config
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let name =
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        ObserverError::permanent("OBS-CONFIG", format!("bad header name `{name}`"))
+                    })?;
+                Ok((name, template("header", value.expose())?))
+            })
+            .collect::<Result<_>>()?;
+        let endpoint = reqwest::Url::parse(&config.url).ok().and_then(|u| {
+            u.host_str()
+                .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+        });
+        Ok(Self {
+            clients,
+            method,
+            url: template("url", &config.url)?,
+            headers,
+            body: config
+                .body
+                .as_deref()
+                .map(|b| template("body", b))
+                .transpose()?,
+            timeout: config.timeout,
+            secret: config
+                .signing_secret
+                .as_ref()
+                .map(|s| signing::secret_bytes(s.expose())),
+            endpoint,
+        })
+    }
+}
+
+#[async_trait]
+impl Action for WebhookAction {
+    fn type_name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
+        let url_text = render(&self.url, inv.template)?;
+        let url = reqwest::Url::parse(&url_text).map_err(|e| {
+            ObserverError::permanent("OBS-WEBHOOK-URL", format!("url `{url_text}`: {e}"))
+        })?;
+        self.clients.policy.check_url(&url)?;
+        let body = match &self.body {
+            Some(t) => render(t, inv.template)?.into_bytes(),
+            None => serde_json::to_vec(&webhook_body(inv.event, inv.observer))
+                .map_err(|e| ObserverError::permanent("OBS-WEBHOOK-BODY", e.to_string()))?,
+        };
+        let timestamp = chrono::Utc::now().timestamp();
+        let mut req = self
+            .clients
+            .client
+            .request(self.method.clone(), url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", inv.idempotency_key)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("idempotency-key", inv.idempotency_key);
+        if let Some(secret) = &self.secret {
+            req = req.header(
+                "webhook-signature",
+                signing::sign(secret, inv.idempotency_key, timestamp, &body),
+            );
+        }
+        for (name, value) in &self.headers {
+            req = req.header(name.clone(), render(value, inv.template)?);
+        }
+        if let Some(t) = self.timeout {
+            req = req.timeout(t);
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error("webhook", &e))?;
+        if resp.status().is_success() {
+            Ok(ActionResult::new(format!(
+                "HTTP {}",
+                resp.status().as_u16()
+            )))
+        } else {
+            Err(classify("webhook endpoint", resp).await)
+        }
+    }
+}

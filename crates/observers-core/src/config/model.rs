@@ -1,0 +1,645 @@
+//! The shape of the config file (DESIGN.md §5). Every struct rejects unknown keys.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use toml::Spanned;
+
+use crate::breaker::BreakerConfig;
+use crate::condition::Condition;
+use crate::event::EventKind;
+
+/// humantime durations (`"250ms"`, `"5s"`, `"1h 30m"`).
+pub mod duration {
+    use super::{Deserialize, Deserializer, Duration};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{s}`: {e} (examples: \"250ms\", \"5s\", \"2m\")"
+            ))
+        })
+    }
+
+    pub fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+
+    /// The same for `Option<Duration>`.
+    pub mod option {
+        use super::{Deserializer, Duration};
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+
+        pub fn serialize<S: serde::Serializer>(
+            v: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// A value that must never be printed: `Debug` and `Serialize` redact it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub executor: ExecutorConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub search: SearchConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// `[outbound]`: which addresses actions may connect to.
+    #[serde(default)]
+    pub outbound: crate::actions::OutboundPolicy,
+    #[serde(default)]
+    pub observers: Vec<ObserverConfig>,
+}
+
+/// `[source]`: where changes come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Falls back to `DATABASE_URL` when unset.
+    pub database_url: Option<Secret>,
+    /// Names this consumer's cursor; two configs with one listener_id share progress.
+    pub listener_id: String,
+    pub batch_size: usize,
+    /// Fallback poll when no NOTIFY arrives.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    pub partitions: u32,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            listener_id: "default".into(),
+            batch_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            partitions: 1,
+        }
+    }
+}
+
+impl SourceConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 || self.batch_size > 100_000 {
+            return Err(format!(
+                "batch_size must be between 1 and 100000, got {}",
+                self.batch_size
+            ));
+        }
+        if self.listener_id.trim().is_empty() {
+            return Err("listener_id must not be empty".into());
+        }
+        if self.partitions == 0 {
+            return Err("partitions must be at least 1".into());
+        }
+        if self.poll_interval.is_zero() {
+            return Err("poll_interval must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[executor]`: concurrency and timeouts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// Distinct entities processed at once within a batch.
+    pub max_in_flight: usize,
+    /// Actions running at once across all events.
+    pub max_concurrent_actions: usize,
+    /// Default timeout of one action attempt.
+    #[serde(with = "duration")]
+    pub action_timeout: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            max_concurrent_actions: 128,
+            action_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ExecutorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_in_flight == 0 {
+            return Err("max_in_flight must be at least 1".into());
+        }
+        if self.max_concurrent_actions == 0 {
+            return Err("max_concurrent_actions must be at least 1".into());
+        }
+        if self.action_timeout.is_zero() {
+            return Err("action_timeout must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[retry]`: inline retries with exponential backoff and full jitter.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in total, the first included.
+    pub max_attempts: u32,
+    #[serde(with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+    /// Full jitter: each delay is uniform in [0, computed].
+    pub jitter: bool,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: true,
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if self.multiplier < 1.0 || !self.multiplier.is_finite() {
+            return Err(format!(
+                "multiplier must be >= 1.0, got {}",
+                self.multiplier
+            ));
+        }
+        if self.max_backoff < self.initial_backoff {
+            return Err("max_backoff must not be below initial_backoff".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which store backs deduplication.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Memory,
+    Redis,
+    Postgres,
+}
+
+/// `[dedup]`: drop events already processed within a window.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    pub enabled: bool,
+    pub backend: StoreBackend,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// Most keys the in-memory store keeps.
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backend: StoreBackend::Memory,
+            window: Duration::from_secs(300),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// `[cache]`: action result caching.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub backend: StoreBackend,
+    #[serde(with = "duration")]
+    pub default_ttl: Duration,
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            backend: StoreBackend::Memory,
+            default_ttl: Duration::from_secs(60),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// `[redis]`: connection for the Redis-backed stores.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Option<Secret>,
+    pub pool: usize,
+    /// Fall back to the in-memory store while Redis is unreachable.
+    pub fallback: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool: 8,
+            fallback: true,
+        }
+    }
+}
+
+/// Where processed events are indexed for search.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchBackendKind {
+    Postgres,
+    Elasticsearch,
+    #[default]
+    None,
+}
+
+/// `[search]`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    pub backend: SearchBackendKind,
+    pub url: Option<Secret>,
+    pub index: Option<String>,
+}
+
+/// `[queue]`: the job queue for `mode = "queued"` actions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    pub workers: usize,
+    pub queues: Vec<String>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            queues: vec!["default".into()],
+        }
+    }
+}
+
+/// `[ha]`: several instances, one group.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    pub enabled: bool,
+    pub group: String,
+    pub instance_id: Option<String>,
+    #[serde(with = "duration")]
+    pub lease_ttl: Duration,
+    #[serde(with = "duration")]
+    pub renew_interval: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            group: "default".into(),
+            instance_id: None,
+            lease_ttl: Duration::from_secs(10),
+            renew_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `[metrics]`: the ops HTTP server.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. `127.0.0.1:9464`; unset: no ops server.
+    pub listen: Option<String>,
+}
+
+/// One `[[observers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverConfig {
+    pub name: Spanned<String>,
+    /// Entity type, e.g. `Order`; `"*"` matches every entity.
+    pub entity: Spanned<String>,
+    /// Event kinds; empty or absent means all.
+    #[serde(default)]
+    pub events: Vec<EventKind>,
+    #[serde(default)]
+    pub condition: Option<Spanned<String>>,
+    /// Only events of these tenants; absent means all tenants.
+    #[serde(default)]
+    pub tenants: Option<Vec<String>>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub actions: Vec<Spanned<ActionConfig>>,
+    /// The compiled condition, filled during validation.
+    #[serde(skip)]
+    pub compiled: Option<Condition>,
+}
+
+impl ObserverConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+
+    pub fn entity(&self) -> &str {
+        self.entity.get_ref()
+    }
+
+    /// The kinds this observer reacts to (all when none are listed).
+    pub fn kinds(&self) -> Vec<EventKind> {
+        if self.events.is_empty() {
+            EventKind::ALL.to_vec()
+        } else {
+            self.events.clone()
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+/// Inline (in the listener's flow) or through the job queue.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionMode {
+    #[default]
+    Inline,
+    Queued,
+}
+
+/// One `[[observers.actions]]` entry, selected by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ActionConfig {
+    Webhook(WebhookConfig),
+    Slack(SlackConfig),
+    Email(EmailConfig),
+    Log(LogConfig),
+}
+
+impl ActionConfig {
+    /// Every `type` the config accepts.
+    pub const TYPES: [&'static str; 4] = ["webhook", "slack", "email", "log"];
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ActionConfig::Webhook(_) => "webhook",
+            ActionConfig::Slack(_) => "slack",
+            ActionConfig::Email(_) => "email",
+            ActionConfig::Log(_) => "log",
+        }
+    }
+
+    pub fn mode(&self) -> ActionMode {
+        match self {
+            ActionConfig::Webhook(c) => c.mode,
+            ActionConfig::Slack(c) => c.mode,
+            ActionConfig::Email(c) => c.mode,
+            ActionConfig::Log(_) => ActionMode::Inline,
+        }
+    }
+
+    /// Per-action timeout override.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            ActionConfig::Webhook(c) => c.timeout,
+            ActionConfig::Slack(c) => c.timeout,
+            ActionConfig::Email(c) => c.timeout,
+            ActionConfig::Log(_) => None,
+        }
+    }
+
+    /// A one-line human summary, without secrets.
+    pub fn summary(&self) -> String {
+        match self {
+            ActionConfig::Webhook(c) => format!("{} {}", c.method, c.url),
+            ActionConfig::Slack(c) => format!(
+                "slack{}",
+                c.channel
+                    .as_deref()
+                    .map(|ch| format!(" {ch}"))
+                    .unwrap_or_default()
+            ),
+            ActionConfig::Email(c) => format!("email to {}", c.to.join(", ")),
+            ActionConfig::Log(c) => format!("log at {}", c.level),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ActionConfig::Webhook(c) => {
+                check_template("url", &c.url)?;
+                if !c.url.contains("{{") {
+                    let url =
+                        url::Url::parse(&c.url).map_err(|e| format!("url `{}`: {e}", c.url))?;
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err(format!("url `{}` must be http or https", c.url));
+                    }
+                }
+                reqwest::Method::from_bytes(c.method.as_bytes())
+                    .map_err(|_| format!("method `{}` is not an HTTP method", c.method))?;
+                for (name, value) in &c.headers {
+                    check_template(&format!("headers.{name}"), value.expose())?;
+                }
+                if let Some(body) = &c.body {
+                    check_template("body", body)?;
+                }
+                Ok(())
+            }
+            ActionConfig::Slack(c) => {
+                url::Url::parse(c.webhook_url.expose()).map_err(|e| format!("webhook_url: {e}"))?;
+                check_template("text", &c.text)
+            }
+            ActionConfig::Email(c) => {
+                if c.to.is_empty() {
+                    return Err("`to` must list at least one address".into());
+                }
+                for addr in c.to.iter().chain(std::iter::once(&c.from)) {
+                    if !addr.contains("{{") {
+                        addr.parse::<lettre::Address>()
+                            .map_err(|e| format!("address `{addr}`: {e}"))?;
+                    }
+                }
+                url::Url::parse(c.smtp_url.expose()).map_err(|e| format!("smtp_url: {e}"))?;
+                check_template("subject", &c.subject)?;
+                check_template("body", &c.body)
+            }
+            ActionConfig::Log(c) => {
+                if !matches!(
+                    c.level.as_str(),
+                    "trace" | "debug" | "info" | "warn" | "error"
+                ) {
+                    return Err(format!(
+                        "level `{}` must be one of trace, debug, info, warn, error",
+                        c.level
+                    ));
+                }
+                c.message
+                    .as_deref()
+                    .map_or(Ok(()), |m| check_template("message", m))
+            }
+        }
+    }
+}
+
+fn check_template(field: &str, source: &str) -> Result<(), String> {
+    crate::template::check(source).map_err(|e| format!("{field}: {e}"))
+}
+
+/// `type = "webhook"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Templated, e.g. `http://api/orders/{{ entity_id }}`.
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Header values are templated and treated as secrets (never printed).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Optional body template; the documented JSON event body when absent.
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    /// Standard Webhooks secret (`whsec_` + base64, or any string used as raw bytes).
+    #[serde(default)]
+    pub signing_secret: Option<Secret>,
+    #[serde(default)]
+    pub mode: ActionMode,
+}
+
+/// `type = "slack"`: an incoming-webhook message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    pub webhook_url: Secret,
+    /// Templated message text.
+    pub text: String,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub mode: ActionMode,
+}
+
+fn default_smtp_url() -> Secret {
+    Secret::new("smtp://127.0.0.1:25")
+}
+
+fn default_from() -> String {
+    "observers@localhost".into()
+}
+
+/// `type = "email"`: SMTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub to: Vec<String>,
+    #[serde(default = "default_from")]
+    pub from: String,
+    pub subject: String,
+    #[serde(default)]
+    pub body: String,
+    /// `smtp://host:port` (plain), `smtps://` or `smtp://...?tls=required`; credentials as
+    /// `smtp://user:pass@host`.
+    #[serde(default = "default_smtp_url")]
+    pub smtp_url: Secret,
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub mode: ActionMode,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// `type = "log"`: a structured log line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub message: Option<String>,
+}

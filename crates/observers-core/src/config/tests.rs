@@ -1,0 +1,251 @@
+//! Config loading: a valid file, and a table of broken ones with where each error points.
+
+use super::*;
+
+fn env(var: &str) -> Option<String> {
+    match var {
+        "API_KEY" => Some("k-123".into()),
+        "SECRET" => Some("whsec_c2VjcmV0".into()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    load_str("observers.toml", text, &env)
+}
+
+const VALID: &str = r#"
+[source]
+listener_id = "orders"
+batch_size = 500
+poll_interval = "250ms"
+
+[executor]
+max_in_flight = 16
+action_timeout = "5s"
+
+[retry]
+max_attempts = 4
+initial_backoff = "50ms"
+max_backoff = "2s"
+
+[[observers]]
+name = "big-paid-orders"
+entity = "Order"
+events = ["insert", "update"]
+condition = "total > 100 && status == 'paid'"
+
+  [[observers.actions]]
+  type = "webhook"
+  url = "http://127.0.0.1:8080/hooks/orders/{{ entity_id }}"
+  headers = { "X-Api-Key" = "${API_KEY}" }
+  timeout = "5s"
+  signing_secret = "${SECRET}"
+
+  [[observers.actions]]
+  type = "email"
+  to = ["ops@example.com"]
+  subject = "Order {{ entity_id }}: {{ new.total }}"
+  mode = "queued"
+
+[[observers]]
+name = "everything"
+entity = "*"
+tenants = ["acme"]
+
+  [[observers.actions]]
+  type = "log"
+"#;
+
+#[test]
+fn valid_file_loads_with_defaults_and_secrets() {
+    let c = load(VALID).unwrap();
+    assert_eq!(c.source.listener_id, "orders");
+    assert_eq!(c.source.batch_size, 500);
+    assert_eq!(
+        c.source.poll_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.executor.max_in_flight, 16);
+    assert_eq!(
+        c.executor.max_concurrent_actions,
+        ExecutorConfig::default().max_concurrent_actions
+    );
+    assert_eq!(c.retry.max_attempts, 4);
+    assert_eq!(c.observers.len(), 2);
+    let o = &c.observers[0];
+    assert_eq!(
+        o.kinds(),
+        vec![crate::EventKind::Insert, crate::EventKind::Update]
+    );
+    assert!(o.compiled.is_some());
+    let ActionConfig::Webhook(w) = o.actions[0].get_ref() else {
+        panic!("webhook expected")
+    };
+    assert_eq!(w.headers["X-Api-Key"].expose(), "k-123");
+    assert_eq!(
+        format!("{:?}", w.signing_secret),
+        "Some(\"***\")",
+        "secrets never print"
+    );
+    assert_eq!(o.actions[1].get_ref().mode(), ActionMode::Queued);
+    assert_eq!(c.observers[1].kinds().len(), 3);
+    assert_eq!(
+        c.observers[1].tenants.as_deref(),
+        Some(&["acme".to_owned()][..])
+    );
+}
+
+/// (description, file text, expected line, key fragment, message fragments)
+fn check(text: &str, line: usize, key: &str, fragments: &[&str]) {
+    let err = load(text).expect_err("config should be rejected");
+    assert_eq!(err.file, "observers.toml");
+    assert_eq!(err.line, line, "line of: {err}");
+    assert!(err.column >= 1, "column of: {err}");
+    assert!(
+        err.key.as_deref().unwrap_or("").contains(key),
+        "key `{key}` expected in: {err} (key {:?})",
+        err.key
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("observers.toml:{line}:")),
+        "{shown}"
+    );
+    for f in fragments {
+        assert!(shown.contains(f), "`{f}` expected in: {shown}");
+    }
+}
+
+const OBS: &str = "[[observers]]\nname = \"o\"\nentity = \"Order\"\n";
+
+#[test]
+fn broken_toml() {
+    check("[source\nbatch_size = 1\n", 1, "", &["unclosed table"]);
+    check("[source]\nbatch_size = = 1\n", 2, "source.batch_size", &[]);
+    check("a = \"unterminated\n", 1, "a", &[]);
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    check(
+        "[source]\nbatch_sise = 10\n",
+        2,
+        "source.batch_sise",
+        &["batch_sise", "batch_size"],
+    );
+    check("[sources]\nx = 1\n", 1, "sources", &["sources"]);
+    check(
+        &format!("{OBS}colour = \"red\"\n[[observers.actions]]\ntype = \"log\"\n"),
+        4,
+        "colour",
+        &["colour"],
+    );
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    check(
+        "[source]\nbatch_size = \"many\"\n",
+        2,
+        "source.batch_size",
+        &["\"many\"", "usize"],
+    );
+    check(
+        "[source]\npoll_interval = \"soon\"\n",
+        2,
+        "source.poll_interval",
+        &["invalid duration", "soon"],
+    );
+    check("[source]\nbatch_size = 0\n", 1, "source", &["batch_size"]);
+    check("[retry]\nmultiplier = 0.5\n", 1, "retry", &["multiplier"]);
+    check(
+        &format!("{OBS}events = [\"upsert\"]\n[[observers.actions]]\ntype = \"log\"\n"),
+        4,
+        "observers.events",
+        &["upsert"],
+    );
+}
+
+#[test]
+fn bad_condition_names_the_observer() {
+    let text = "[[observers]]\nname = \"big-orders\"\nentity = \"Order\"\ncondition = \"total > \"\n[[observers.actions]]\ntype = \"log\"\n";
+    check(
+        text,
+        4,
+        "observers[0].condition",
+        &["big-orders", "invalid condition"],
+    );
+}
+
+#[test]
+fn unset_variable_names_the_variable() {
+    let text = format!(
+        "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://x/\"\nheaders = {{ \"K\" = \"${{NOT_SET_ANYWHERE}}\" }}\n"
+    );
+    check(
+        &text,
+        7,
+        "observers.actions.headers",
+        &["NOT_SET_ANYWHERE", "not set"],
+    );
+}
+
+#[test]
+fn unknown_action_type_lists_the_valid_ones() {
+    let text = format!("{OBS}[[observers.actions]]\ntype = \"pager\"\n");
+    check(
+        &text,
+        5,
+        "observers.actions.type",
+        &["pager", "webhook", "slack", "email", "log"],
+    );
+}
+
+#[test]
+fn action_validation() {
+    let cases = [
+        ("type = \"webhook\"\nurl = \"ftp://x/\"", "http or https"),
+        ("type = \"webhook\"\nurl = \"not a url\"", "url"),
+        (
+            "type = \"webhook\"\nurl = \"http://x/\"\nmethod = \"P OST\"",
+            "method",
+        ),
+        ("type = \"webhook\"\nurl = \"http://x/{{ entity_id\"", "url"),
+        ("type = \"email\"\nto = []\nsubject = \"s\"", "at least one"),
+        (
+            "type = \"email\"\nto = [\"not-an-address\"]\nsubject = \"s\"",
+            "not-an-address",
+        ),
+        ("type = \"log\"\nlevel = \"loud\"", "loud"),
+        (
+            "type = \"slack\"\nwebhook_url = \"nope\"\ntext = \"t\"",
+            "webhook_url",
+        ),
+    ];
+    for (action, fragment) in cases {
+        let text = format!("{OBS}[[observers.actions]]\n{action}\n");
+        let err = load(&text).expect_err(action);
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.to_string().contains(fragment), "`{fragment}` in {err}");
+    }
+}
+
+#[test]
+fn observers_need_unique_names_and_actions() {
+    let twice = format!(
+        "{OBS}[[observers.actions]]\ntype = \"log\"\n{OBS}[[observers.actions]]\ntype = \"log\"\n"
+    );
+    check(&twice, 7, "observers[1].name", &["used twice"]);
+    check(OBS, 2, "observers[0].actions", &["no actions"]);
+}
+
+#[test]
+fn missing_required_field() {
+    check(
+        "[[observers]]\nname = \"o\"\n[[observers.actions]]\ntype = \"log\"\n",
+        1,
+        "observers",
+        &["entity"],
+    );
+}

@@ -1,0 +1,500 @@
+//! The executor: for one event, dedup claim, match, condition, then every matching action
+//! concurrently, each with its timeout, circuit breaker, retries and dead-letter hand-off.
+
+mod observers;
+mod summary;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tokio::sync::Semaphore;
+
+pub use observers::{ActionSlot, CompiledObserver, MatchDecision, ObserverSet};
+pub use summary::{ActionReport, ExecutionSummary};
+
+use crate::actions::{Invocation, idempotency_key};
+use crate::breaker::{BreakerRegistry, CallOutcome};
+use crate::config::ActionMode;
+use crate::error::{ObserverError, Result};
+use crate::event::EntityEvent;
+use crate::retry::{GiveUpReason, RetryDecision};
+use crate::stores::dedup::{ClaimOutcome, DedupStore};
+use crate::stores::dlq::{DeadLetterQueue, DlqEntry, MemoryDeadLetterQueue};
+use crate::stores::jobs::{EnqueueOutcome, JobQueue, NewJob};
+use crate::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry, TelemetryEvent};
+use crate::template::TemplateContext;
+
+/// Deduplication settings of an executor.
+#[derive(Clone)]
+pub struct Dedup {
+    pub store: Arc<dyn DedupStore>,
+    /// How long a processed event stays remembered.
+    pub window: Duration,
+    /// Prefix of every key (the listener id), so consumers do not dedup each other.
+    pub namespace: String,
+}
+
+/// Runs observers for events. Cheap to share (`Arc`); the observer set can be swapped while
+/// events are in flight (in-flight work keeps the set it started with).
+pub struct ObserverExecutor {
+    set: RwLock<Arc<ObserverSet>>,
+    dlq: Arc<dyn DeadLetterQueue>,
+    dedup: Option<Dedup>,
+    telemetry: SharedTelemetry,
+    breakers: Arc<BreakerRegistry>,
+    jobs: Option<Arc<dyn JobQueue>>,
+    permits: Arc<Semaphore>,
+    /// Identifies this process run in dedup claims.
+    owner: String,
+}
+
+/// Builder for [`ObserverExecutor`].
+pub struct ExecutorBuilder {
+    set: ObserverSet,
+    dlq: Option<Arc<dyn DeadLetterQueue>>,
+    dedup: Option<Dedup>,
+    telemetry: Option<SharedTelemetry>,
+    breakers: Option<Arc<BreakerRegistry>>,
+    jobs: Option<Arc<dyn JobQueue>>,
+    max_concurrent_actions: usize,
+}
+
+impl ExecutorBuilder {
+    #[must_use]
+    pub fn dlq(mut self, dlq: Arc<dyn DeadLetterQueue>) -> Self {
+        self.dlq = Some(dlq);
+        self
+    }
+
+    #[must_use]
+    pub fn dedup(mut self, dedup: Dedup) -> Self {
+        self.dedup = Some(dedup);
+        self
+    }
+
+    #[must_use]
+    pub fn telemetry(mut self, telemetry: SharedTelemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    #[must_use]
+    pub fn breakers(mut self, breakers: Arc<BreakerRegistry>) -> Self {
+        self.breakers = Some(breakers);
+        self
+    }
+
+    #[must_use]
+    pub fn jobs(mut self, jobs: Arc<dyn JobQueue>) -> Self {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    #[must_use]
+    pub fn max_concurrent_actions(mut self, n: usize) -> Self {
+        self.max_concurrent_actions = n.max(1);
+        self
+    }
+
+    pub fn build(self) -> ObserverExecutor {
+        let telemetry = self.telemetry.unwrap_or_else(|| Arc::new(NoopTelemetry));
+        let breakers = self.breakers.unwrap_or_else(|| {
+            Arc::new(BreakerRegistry::new(
+                crate::breaker::BreakerConfig::default(),
+                crate::clock::system_clock(),
+                telemetry.clone(),
+            ))
+        });
+        ObserverExecutor {
+            set: RwLock::new(Arc::new(self.set)),
+            dlq: self
+                .dlq
+                .unwrap_or_else(|| Arc::new(MemoryDeadLetterQueue::default())),
+            dedup: self.dedup,
+            telemetry,
+            breakers,
+            jobs: self.jobs,
+            permits: Arc::new(Semaphore::new(self.max_concurrent_actions)),
+            owner: format!(
+                "{}-{}-{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_micros(),
+                rand::random::<u32>()
+            ),
+        }
+    }
+}
+
+/// Result of one action run with retries, before the DLQ hand-off.
+struct Attempted {
+    report: ActionReport,
+    error: Option<ObserverError>,
+}
+
+impl ObserverExecutor {
+    pub fn builder(set: ObserverSet) -> ExecutorBuilder {
+        ExecutorBuilder {
+            set,
+            dlq: None,
+            dedup: None,
+            telemetry: None,
+            breakers: None,
+            jobs: None,
+            max_concurrent_actions: 128,
+        }
+    }
+
+    /// The current observer set.
+    pub fn observers(&self) -> Arc<ObserverSet> {
+        self.set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swaps in a new observer set; events already running finish with the old one.
+    pub fn reload(&self, set: ObserverSet) {
+        *self
+            .set
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+    }
+
+    pub fn breakers(&self) -> &Arc<BreakerRegistry> {
+        &self.breakers
+    }
+
+    pub fn dlq(&self) -> &Arc<dyn DeadLetterQueue> {
+        &self.dlq
+    }
+
+    pub fn telemetry(&self) -> &SharedTelemetry {
+        &self.telemetry
+    }
+
+    /// Processes one event. Action failures never fail the call: after their retries they are
+    /// dead-lettered and reported in the summary. An `Err` means the outcome could not be
+    /// recorded (the DLQ write failed): the caller must not treat the event as processed.
+    pub async fn process(&self, event: &EntityEvent) -> Result<ExecutionSummary> {
+        let started = Instant::now();
+        let dedup_key = self
+            .dedup
+            .as_ref()
+            .map(|d| format!("{}:{}", d.namespace, event.id));
+        if let (Some(d), Some(key)) = (&self.dedup, &dedup_key) {
+            // Two-phase claim; a store outage must not lose events, so it fails open.
+            match d.store.claim(key, &self.owner, d.window).await {
+                Ok(ClaimOutcome::Acquired) => {}
+                Ok(ClaimOutcome::AlreadyDone | ClaimOutcome::InProgress) => {
+                    self.telemetry.emit(&TelemetryEvent::EventDeduplicated {
+                        entity_type: &event.entity_type,
+                    });
+                    return Ok(ExecutionSummary::deduplicated(event, started.elapsed()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, event_id = event.id, "dedup claim failed; processing anyway");
+                }
+            }
+        }
+        let set = self.observers();
+        let telemetry = &self.telemetry;
+        let matched = set.matching(event, &mut |observer, error| {
+            tracing::warn!(
+                observer,
+                event_id = event.id,
+                error,
+                "condition failed to evaluate; observer skipped"
+            );
+            telemetry.emit(&TelemetryEvent::ConditionFailed { observer, error });
+        });
+
+        let mut runs = Vec::new();
+        for &i in &matched {
+            let o = &set.observers[i];
+            let ctx = Arc::new(TemplateContext::new(event, &o.name));
+            for (idx, slot) in o.actions.iter().enumerate() {
+                runs.push(self.run_slot(&set, o, idx, slot, event, ctx.clone()));
+            }
+        }
+        let attempted = join_all(runs).await;
+
+        let mut reports = Vec::with_capacity(attempted.len());
+        for a in attempted {
+            if let Some(err) = a.error {
+                self.dead_letter(event, &a.report, &err).await?;
+            }
+            reports.push(a.report);
+        }
+        if let (Some(d), Some(key)) = (&self.dedup, &dedup_key)
+            && let Err(e) = d.store.complete(key, d.window).await
+        {
+            tracing::warn!(error = %e, event_id = event.id, "dedup completion failed");
+        }
+        let summary = ExecutionSummary {
+            event_id: event.id,
+            entity_type: event.entity_type.clone(),
+            entity_id: event.entity_id.clone(),
+            kind: event.kind,
+            deduplicated: false,
+            matched: matched
+                .iter()
+                .map(|&i| set.observers[i].name.clone())
+                .collect(),
+            actions: reports,
+            duration: started.elapsed(),
+        };
+        self.telemetry.emit(&TelemetryEvent::EventProcessed {
+            entity_type: &event.entity_type,
+            matched: matched.len(),
+            duration: summary.duration,
+        });
+        Ok(summary)
+    }
+
+    async fn dead_letter(
+        &self,
+        event: &EntityEvent,
+        report: &ActionReport,
+        err: &ObserverError,
+    ) -> Result<()> {
+        let entry = DlqEntry {
+            event: event.clone(),
+            observer: report.observer.clone(),
+            action_index: report.action_index,
+            action_type: report.action_type.to_owned(),
+            error_code: err.code().to_owned(),
+            error: err.to_string(),
+            attempts: report.attempts,
+        };
+        self.dlq.push(entry).await?;
+        self.telemetry.emit(&TelemetryEvent::DeadLettered {
+            observer: &report.observer,
+            action_type: report.action_type,
+        });
+        tracing::warn!(observer = %report.observer, action = report.action_type, event_id = event.id,
+            attempts = report.attempts, error = %err, "action failed; dead-lettered");
+        Ok(())
+    }
+
+    /// Runs one action of one observer again (for `dlq retry`), with retries but without a
+    /// new DLQ item; the caller records the outcome on the existing item.
+    pub async fn retry_action(
+        &self,
+        event: &EntityEvent,
+        observer: &str,
+        action_index: usize,
+    ) -> Result<ActionReport> {
+        let set = self.observers();
+        let o = set.find(observer).ok_or_else(|| {
+            ObserverError::permanent(
+                "OBS-DLQ-UNKNOWN-OBSERVER",
+                format!("observer `{observer}` is not in the current config"),
+            )
+        })?;
+        let slot = o.actions.get(action_index).ok_or_else(|| {
+            ObserverError::permanent(
+                "OBS-DLQ-UNKNOWN-ACTION",
+                format!(
+                    "observer `{observer}` has no action #{action_index} in the current config"
+                ),
+            )
+        })?;
+        let ctx = Arc::new(TemplateContext::new(event, &o.name));
+        let a = self
+            .attempt_inline(&set, o, action_index, slot, event, ctx)
+            .await;
+        match a.error {
+            Some(e) => Err(e),
+            None => Ok(a.report),
+        }
+    }
+
+    async fn run_slot(
+        &self,
+        set: &ObserverSet,
+        o: &CompiledObserver,
+        index: usize,
+        slot: &ActionSlot,
+        event: &EntityEvent,
+        ctx: Arc<TemplateContext>,
+    ) -> Attempted {
+        if slot.is_disabled() {
+            let report = ActionReport::new(&o.name, index, slot.action.type_name()).finish(
+                ActionOutcome::Skipped,
+                0,
+                Duration::ZERO,
+                None,
+            );
+            self.emit_finished(&report);
+            return Attempted {
+                report,
+                error: None,
+            };
+        }
+        if slot.mode == ActionMode::Queued
+            && let Some(jobs) = &self.jobs
+        {
+            return self
+                .enqueue(jobs.as_ref(), set, o, index, slot, event)
+                .await;
+        }
+        self.attempt_inline(set, o, index, slot, event, ctx).await
+    }
+
+    async fn enqueue(
+        &self,
+        jobs: &dyn JobQueue,
+        set: &ObserverSet,
+        o: &CompiledObserver,
+        index: usize,
+        slot: &ActionSlot,
+        event: &EntityEvent,
+    ) -> Attempted {
+        let started = Instant::now();
+        let key = idempotency_key(event.id, &o.name, index);
+        let job = NewJob {
+            queue: "default".into(),
+            kind: slot.action.type_name().into(),
+            payload: serde_json::json!({ "observer": o.name, "action_index": index, "event": event }),
+            unique_key: Some(key),
+            priority: 0,
+            run_at: None,
+            max_attempts: set.retry.max_attempts,
+        };
+        let report = ActionReport::new(&o.name, index, slot.action.type_name());
+        let (report, error) = match jobs.enqueue(job).await {
+            Ok(EnqueueOutcome::Enqueued(id) | EnqueueOutcome::Duplicate(id)) => (
+                report.finish(
+                    ActionOutcome::Queued,
+                    1,
+                    started.elapsed(),
+                    Some(format!("job {id}")),
+                ),
+                None,
+            ),
+            Err(e) => (
+                report.failed(ActionOutcome::DeadLettered, 1, started.elapsed(), &e),
+                Some(e),
+            ),
+        };
+        self.emit_finished(&report);
+        Attempted { report, error }
+    }
+
+    async fn attempt_inline(
+        &self,
+        set: &ObserverSet,
+        o: &CompiledObserver,
+        index: usize,
+        slot: &ActionSlot,
+        event: &EntityEvent,
+        ctx: Arc<TemplateContext>,
+    ) -> Attempted {
+        let started = Instant::now();
+        let action_type = slot.action.type_name();
+        let key = idempotency_key(event.id, &o.name, index);
+        let timeout = slot.timeout.unwrap_or(set.action_timeout);
+        let breaker = slot.action.endpoint().map(|e| self.breakers.get(e));
+        let mut attempt = 0;
+        let (outcome, error, detail) = loop {
+            attempt += 1;
+            // Take a concurrency slot first, so waiting for one never counts as a slow call
+            // nor holds a half-open probe slot.
+            let concurrency = self.permits.acquire().await;
+            let permit = match &breaker {
+                Some(b) => match b.try_acquire() {
+                    Ok(p) => Some(p),
+                    Err(rejected) => {
+                        let err = ObserverError::CircuitOpen {
+                            endpoint: rejected.endpoint.clone(),
+                        };
+                        break (ActionOutcome::ShortCircuited, Some(err), None);
+                    }
+                },
+                None => None,
+            };
+            let inv = Invocation {
+                event,
+                observer: &o.name,
+                action_index: index,
+                idempotency_key: &key,
+                template: &ctx,
+                attempt,
+            };
+            let limit = permit
+                .as_ref()
+                .and_then(crate::breaker::Permit::probe_timeout)
+                .map_or(timeout, |p| p.min(timeout));
+            let result = match tokio::time::timeout(limit, slot.action.execute(&inv)).await {
+                Ok(r) => r,
+                Err(_) => Err(ObserverError::Timeout {
+                    what: format!("{action_type} action of `{}`", o.name),
+                    after: limit,
+                }),
+            };
+            drop(concurrency);
+            if let (Some(b), Some(p)) = (&breaker, permit) {
+                let call = match &result {
+                    Ok(_) => CallOutcome::Success,
+                    Err(e) if e.is_transient() => CallOutcome::Failure,
+                    Err(_) => CallOutcome::Ignored,
+                };
+                b.record(p, call);
+            }
+            let err = match result {
+                Ok(r) => break (ActionOutcome::Success, None, Some(r.detail)),
+                Err(e) => e,
+            };
+            if err.code() == "OBS-HTTP-410-GONE" {
+                slot.set_disabled(true);
+                tracing::warn!(observer = %o.name, action = index, "endpoint answered 410 Gone; action disabled until re-enabled");
+            }
+            match set
+                .retry
+                .decide(attempt, err.is_transient(), err.retry_after())
+            {
+                RetryDecision::RetryAfter(delay) => {
+                    self.telemetry.emit(&TelemetryEvent::ActionRetried {
+                        observer: &o.name,
+                        action_type,
+                        attempt,
+                        delay,
+                    });
+                    tracing::debug!(observer = %o.name, action = action_type, attempt, ?delay, error = %err, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                RetryDecision::GiveUp(GiveUpReason::RetryAfterTooLong(wait)) => {
+                    let err = ObserverError::permanent(
+                        err.code(),
+                        format!(
+                            "{err} (Retry-After {wait:?} exceeds the inline max_backoff; retry from the DLQ or use mode = \"queued\")"
+                        ),
+                    );
+                    break (ActionOutcome::DeadLettered, Some(err), None);
+                }
+                RetryDecision::GiveUp(_) => break (ActionOutcome::DeadLettered, Some(err), None),
+            }
+        };
+        let report = ActionReport::new(&o.name, index, action_type);
+        let report = match &error {
+            Some(e) => report.failed(outcome, attempt, started.elapsed(), e),
+            None => report.finish(outcome, attempt, started.elapsed(), detail),
+        };
+        self.emit_finished(&report);
+        Attempted { report, error }
+    }
+
+    fn emit_finished(&self, r: &ActionReport) {
+        self.telemetry.emit(&TelemetryEvent::ActionFinished {
+            observer: &r.observer,
+            action_type: r.action_type,
+            outcome: r.outcome,
+            attempts: r.attempts,
+            duration: r.duration,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! The listener loop, generic over its source and checkpoint store: read a batch after the
+//! cursor, run it through the executor (per-entity order, entities concurrently), save the
+//! checkpoint over the contiguous completed prefix, wait for a wake-up or poll, repeat.
+//! observers-postgres plugs in the change-log source; tests and library users can plug in the
+//! in-memory one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::error::{ObserverError, Result};
+use crate::event::{Cursor, EntityEvent, EventKind};
+use crate::executor::ObserverExecutor;
+use crate::schedule::{ProgressTracker, run_batch};
+use crate::stores::checkpoint::CheckpointStore;
+use crate::stores::dlq::DlqEntry;
+use crate::stores::source::{EventSource, SourceItem};
+use crate::telemetry::TelemetryEvent;
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub listener_id: String,
+    pub batch_size: usize,
+    pub poll_interval: Duration,
+    pub max_in_flight: usize,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            listener_id: "default".into(),
+            batch_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            max_in_flight: 64,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of a listener run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub batches: u64,
+    pub events: u64,
+    pub poison: u64,
+    pub cursor: Cursor,
+    /// Events already counted in a saved checkpoint.
+    pub saved_events: u64,
+}
+
+/// Drives events from a source through an executor.
+pub struct Listener {
+    source: Arc<dyn EventSource>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    executor: Arc<ObserverExecutor>,
+    config: ListenerConfig,
+}
+
+impl Listener {
+    pub fn new(
+        source: Arc<dyn EventSource>,
+        checkpoints: Arc<dyn CheckpointStore>,
+        executor: Arc<ObserverExecutor>,
+        config: ListenerConfig,
+    ) -> Self {
+        Self {
+            source,
+            checkpoints,
+            executor,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown` turns true: events in flight finish and the checkpoint is saved.
+    /// Returns an error only for a fenced checkpoint write (this instance lost its lease).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<ListenerStats> {
+        let id = self.config.listener_id.as_str();
+        let telemetry = self.executor.telemetry().clone();
+        let mut stats = ListenerStats {
+            cursor: self.load_cursor(&mut shutdown).await?,
+            ..ListenerStats::default()
+        };
+        tracing::info!(listener = id, cursor = %stats.cursor, "listener started");
+        let mut backoff = Duration::from_millis(100);
+        while !*shutdown.borrow() {
+            let items = match self
+                .source
+                .fetch(stats.cursor, self.config.batch_size)
+                .await
+            {
+                Ok(items) => {
+                    backoff = Duration::from_millis(100);
+                    items
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    telemetry.emit(&TelemetryEvent::ListenerError {
+                        listener: id,
+                        error: &error,
+                    });
+                    tracing::warn!(
+                        listener = id,
+                        error,
+                        ?backoff,
+                        "reading the source failed; retrying"
+                    );
+                    sleep_or_shutdown(backoff, &mut shutdown).await;
+                    telemetry.emit(&TelemetryEvent::ListenerReconnected {
+                        listener: id,
+                        backoff,
+                    });
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    continue;
+                }
+            };
+            if items.is_empty() {
+                tokio::select! {
+                    () = self.source.wait_for_changes(self.config.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let (done, complete) = self.process_batch(&items, &shutdown, &mut stats).await;
+            if let Some(committed) = done
+                && committed > stats.cursor
+            {
+                self.save(committed, &mut stats).await?;
+            }
+            if !complete && !*shutdown.borrow() {
+                // An outcome could not be recorded (DLQ unreachable): re-read from the cursor
+                // after a pause rather than skip anything.
+                sleep_or_shutdown(backoff, &mut shutdown).await;
+                backoff = (backoff * 2).min(self.config.max_backoff);
+            }
+        }
+        tracing::info!(listener = id, cursor = %stats.cursor, events = stats.events, "listener stopped");
+        Ok(stats)
+    }
+
+    /// Processes at most one batch; returns how many items it completed. For tests and tools.
+    pub async fn run_once(&self) -> Result<ListenerStats> {
+        let (_tx, rx) = watch::channel(false);
+        let mut stats = ListenerStats {
+            cursor: self
+                .checkpoints
+                .load(&self.config.listener_id)
+                .await?
+                .map(|c| c.cursor)
+                .unwrap_or_default(),
+            ..ListenerStats::default()
+        };
+        let items = self
+            .source
+            .fetch(stats.cursor, self.config.batch_size)
+            .await?;
+        if items.is_empty() {
+            return Ok(stats);
+        }
+        let (done, _) = self.process_batch(&items, &rx, &mut stats).await;
+        if let Some(committed) = done
+            && committed > stats.cursor
+        {
+            self.save(committed, &mut stats).await?;
+        }
+        Ok(stats)
+    }
+
+    async fn load_cursor(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Cursor> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.checkpoints.load(&self.config.listener_id).await {
+                Ok(cp) => return Ok(cp.map(|c| c.cursor).unwrap_or_default()),
+                Err(e) if *shutdown.borrow() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(listener = %self.config.listener_id, error = %e, "loading the checkpoint failed; retrying");
+                    sleep_or_shutdown(backoff, shutdown).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn save(&self, cursor: Cursor, stats: &mut ListenerStats) -> Result<()> {
+        let started = Instant::now();
+        let processed = stats.events - stats.saved_events;
+        match self
+            .checkpoints
+            .save(&self.config.listener_id, cursor, processed)
+            .await
+        {
+            Ok(()) => {
+                self.executor
+                    .telemetry()
+                    .emit(&TelemetryEvent::CheckpointSaved {
+                        listener: &self.config.listener_id,
+                        duration: started.elapsed(),
+                    });
+            }
+            Err(e @ ObserverError::Fenced(_)) => return Err(e),
+            Err(e) => {
+                // The position still advances in memory; the next save persists it. A crash
+                // before then re-delivers (at-least-once), never skips.
+                tracing::warn!(listener = %self.config.listener_id, error = %e, "saving the checkpoint failed; will retry");
+            }
+        }
+        stats.cursor = cursor;
+        stats.saved_events = stats.events;
+        Ok(())
+    }
+
+    /// Returns the committed prefix cursor and whether every item completed.
+    async fn process_batch(
+        &self,
+        items: &[SourceItem],
+        shutdown: &watch::Receiver<bool>,
+        stats: &mut ListenerStats,
+    ) -> (Option<Cursor>, bool) {
+        let id = self.config.listener_id.as_str();
+        let started = Instant::now();
+        let tracker = ProgressTracker::new(items.iter().map(SourceItem::cursor).collect());
+        let mut events = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        for (pos, item) in items.iter().enumerate() {
+            match item {
+                SourceItem::Event(e) => {
+                    events.push(e.clone());
+                    positions.push(pos);
+                }
+                SourceItem::Poison { cursor, raw, error } => {
+                    if self.dead_letter_poison(*cursor, raw, error).await {
+                        tracker.complete(pos);
+                        stats.poison += 1;
+                    }
+                }
+            }
+        }
+        let executor = &self.executor;
+        let telemetry = executor.telemetry();
+        run_batch(
+            &events,
+            self.config.max_in_flight,
+            &|p| tracker.complete(positions[p]),
+            &|| !*shutdown.borrow(),
+            |_, event| async move {
+                let lag = chrono::Utc::now() - event.timestamp;
+                telemetry.emit(&TelemetryEvent::CommitToDispatch {
+                    entity_type: &event.entity_type,
+                    latency: lag.to_std().unwrap_or_default(),
+                });
+                match executor.process(event).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(listener = id, event_id = event.id, error = %e, "event outcome could not be recorded; it will be re-read");
+                        false
+                    }
+                }
+            },
+        )
+        .await;
+        let done = tracker.prefix_len();
+        stats.batches += 1;
+        stats.events += done as u64;
+        telemetry.emit(&TelemetryEvent::BatchProcessed {
+            listener: id,
+            size: done,
+            duration: started.elapsed(),
+        });
+        (tracker.committed(), tracker.is_complete())
+    }
+
+    async fn dead_letter_poison(
+        &self,
+        cursor: Cursor,
+        raw: &serde_json::Value,
+        error: &str,
+    ) -> bool {
+        let id = self.config.listener_id.as_str();
+        let field = |k: &str| {
+            raw.get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let mut event = EntityEvent::new(
+            cursor.id,
+            field("entity_type"),
+            field("entity_id"),
+            EventKind::Insert,
+            None,
+            Some(raw.clone()),
+        );
+        event.txid = cursor.txid;
+        let entry = DlqEntry {
+            event,
+            observer: String::new(),
+            action_index: 0,
+            action_type: "source".into(),
+            error_code: "OBS-INVALID-EVENT".into(),
+            error: error.to_owned(),
+            attempts: 0,
+        };
+        self.executor
+            .telemetry()
+            .emit(&TelemetryEvent::PoisonEvent {
+                listener: id,
+                id: cursor.id,
+            });
+        tracing::error!(
+            listener = id,
+            change_id = cursor.id,
+            error,
+            "undecodable change-log row; dead-lettered"
+        );
+        match self.executor.dlq().push(entry).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(listener = id, error = %e, "could not dead-letter an undecodable row; it will be re-read");
+                false
+            }
+        }
+    }
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        _ = shutdown.changed() => {}
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of observers-core against real local servers (HTTP, SMTP).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod email;
+mod executor;
+mod listener;
+mod support;

@@ -1,0 +1,1 @@
+//! PostgreSQL job queue, queued-action executor and worker pool. Filled by the observers-queue issue (#5); nothing here yet.

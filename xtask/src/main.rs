@@ -1,0 +1,69 @@
+//! `cargo xtask`: project automation. One module per subcommand.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod ci;
+mod services;
+mod test;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test               run every test of the workspace against local services
+  test-integration   the same (kept for scripts; all suites are integration-aware)
+  ci                 fmt --check, clippy -D warnings, then test
+  bench              run the benchmarks and print ratios against same-run baselines
+  migrate            apply the migrations to DATABASE_URL
+  demo               run `observers demo`";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test" | "test-integration") => test::run(&args[1..]),
+        Some("ci") => ci::run(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("migrate") => cargo(&["run", "--quiet", "-p", "observers-cli", "--", "migrate"]),
+        Some("demo") => cargo(&["run", "--quiet", "-p", "observers-cli", "--", "demo"]),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs cargo with `args` from the workspace root; fails on a non-zero exit.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}

@@ -1,0 +1,137 @@
+//! Finding (or starting) the local services the integration suites need, and the Python
+//! packages of the real peers used in tests (an SMTP server, the Standard Webhooks verifier).
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+fn reachable(host_port: &str) -> bool {
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+}
+
+fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let hp = rest.split(['/', '?']).next().unwrap_or(rest);
+    if hp.contains(':') {
+        hp.to_owned()
+    } else {
+        format!("{hp}:{default_port}")
+    }
+}
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn wait_for(host_port: &str) -> bool {
+    for _ in 0..60 {
+        if reachable(host_port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    false
+}
+
+/// Makes sure PostgreSQL answers at `DATABASE_URL` (default: the local server), starting the
+/// machine's cluster if it is installed but stopped. Returns the URL to use.
+pub fn postgres() -> Result<String> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let hp = host_port(&url, 5432);
+    if reachable(&hp) {
+        return Ok(url);
+    }
+    eprintln!("xtask: PostgreSQL not reachable at {hp}; trying to start the local cluster");
+    sh(
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | tail -n1) main start 2>/dev/null",
+    );
+    if wait_for(&hp) {
+        return Ok(url);
+    }
+    if sh("docker info >/dev/null 2>&1") {
+        eprintln!("xtask: starting PostgreSQL in Docker");
+        sh(
+            "docker run -d --rm --name observers-test-pg -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16",
+        );
+        if wait_for(&hp) {
+            return Ok(url);
+        }
+    }
+    bail!(
+        "PostgreSQL is needed at {hp} (set DATABASE_URL to use another).\n\
+         Install it with `apt-get install postgresql` (trust auth for 127.0.0.1, user postgres), \
+         or run `docker run -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16`."
+    )
+}
+
+/// Makes sure Redis answers at `REDIS_URL` (default: the local server).
+pub fn redis() -> Result<String> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let hp = host_port(&url, 6379);
+    if reachable(&hp) {
+        return Ok(url);
+    }
+    eprintln!("xtask: Redis not reachable at {hp}; trying to start redis-server");
+    sh(
+        "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null 2>&1",
+    );
+    if wait_for(&hp) {
+        return Ok(url);
+    }
+    bail!(
+        "Redis is needed at {hp} (set REDIS_URL to use another). Install it with `apt-get install redis-server`."
+    )
+}
+
+/// Installs the Python packages the tests use as real peers, when missing.
+pub fn python_peers() -> Result<()> {
+    let python = std::env::var("OBSERVERS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let have = |module: &str| {
+        Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let missing: Vec<&str> = [
+        ("aiosmtpd", "aiosmtpd"),
+        ("standardwebhooks", "standardwebhooks"),
+    ]
+    .into_iter()
+    .filter(|(module, _)| !have(module))
+    .map(|(_, pkg)| pkg)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Python test peers: {}", missing.join(" "));
+    let ok = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(&missing)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!(
+            "could not install {} with pip; install them with `{python} -m pip install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! `cargo xtask test`: every test of the workspace, with the services it needs located or
+//! started first (DESIGN.md §9).
+
+use anyhow::Result;
+
+use crate::services;
+
+pub fn run(args: &[String]) -> Result<()> {
+    let database_url = services::postgres()?;
+    let redis_url = services::redis()?;
+    services::python_peers()?;
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["test", "--workspace", "--all-targets"])
+        .args(args)
+        .env("DATABASE_URL", &database_url)
+        .env("REDIS_URL", &redis_url)
+        .env("CI", std::env::var("CI").unwrap_or_else(|_| "true".into()));
+    crate::run(&mut cmd)
+}
