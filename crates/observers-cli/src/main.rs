@@ -41,7 +41,8 @@ pub type CliResult<T = ()> = Result<T, Exit>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_tracing(cli.verbose);
+    let quiet = matches!(cli.command, commands::Command::Demo { .. });
+    output::init_tracing(cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -18,9 +18,11 @@ pub fn json<T: Serialize>(value: &T) -> crate::CliResult {
 }
 
 /// Logs go to stderr; stdout stays for command output. `RUST_LOG` overrides.
-pub fn init_tracing(verbose: u8) {
+pub fn init_tracing(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal as _;
     let default = match verbose {
-        0 => "warn,observers=info",
+        0 if quiet => "warn",
+        0 => "warn,observers=info,observers_core=info,observers_postgres=info",
         1 => "info",
         _ => "debug",
     };
@@ -30,5 +32,6 @@ pub fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

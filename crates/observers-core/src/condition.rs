@@ -233,6 +233,18 @@ impl ConditionContext {
     }
 }
 
+impl ConditionContext {
+    /// A context that binds each key of `fields` as a variable: for filter expressions over
+    /// records other than events (e.g. `observers dlq list --filter`).
+    pub fn from_fields(fields: &serde_json::Map<String, Json>) -> ConditionContext {
+        let mut inner = Context::with_env(Arc::clone(&ENV));
+        for (name, value) in fields {
+            inner.add_variable_as_val(name.clone(), json_to_val(value));
+        }
+        ConditionContext { inner }
+    }
+}
+
 impl fmt::Debug for ConditionContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConditionContext").finish_non_exhaustive()

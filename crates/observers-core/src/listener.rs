@@ -119,7 +119,7 @@ impl Listener {
             };
             if items.is_empty() {
                 tokio::select! {
-                    () = self.source.wait_for_changes(self.config.poll_interval) => {}
+                    _ = self.source.wait_for_changes(self.config.poll_interval) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;

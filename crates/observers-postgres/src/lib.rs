@@ -1,1 +1,43 @@
-//! placeholder
+//! PostgreSQL backends for Observers: the change-log source (snapshot-safe `(txid, id)` cursor,
+//! NOTIFY wake-up), checkpoints, the dead-letter queue, capture management, change-log
+//! retention and the migrations (embedded from `../../migrations`).
+#![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod changelog;
+pub mod checkpoint;
+pub mod dlq;
+pub mod error;
+pub mod source;
+
+use std::time::Duration;
+
+pub use checkpoint::PostgresCheckpointStore;
+pub use dlq::PostgresDeadLetterQueue;
+pub use error::PgError;
+pub use source::{ChangeLogListener, PgEventSource};
+pub use sqlx::PgPool;
+
+/// The schema, embedded: `observers migrate` and `observers run` apply it.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Opens a pool to `url` with settings suited to a listener process.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, PgError> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(|e| PgError::Connect {
+            message: e.to_string(),
+        })
+}
+
+/// Applies every pending migration (idempotent; concurrent callers are serialized by an
+/// advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), PgError> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| PgError::Migrate(e.to_string()))
+}

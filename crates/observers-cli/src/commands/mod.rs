@@ -1,14 +1,23 @@
 //! Command-line shape (clap) and dispatch to one module per command.
 
+mod capture;
+mod changelog;
+mod checkpoint;
+mod db;
 mod debug_event;
+mod demo;
+mod dlq;
+mod engine;
+mod migrate;
+mod run;
 mod validate;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::CliResult;
 use crate::output::Format;
+use crate::{CliResult, Exit};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,24 +30,40 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    #[command(flatten)]
+    pub db: db::DbArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the listener: deliver changes to observers until SIGTERM (SIGHUP reloads --config).
+    Run,
+    /// Apply the database schema.
+    Migrate,
+    /// Manage which tables are captured into the change log.
+    #[command(subcommand)]
+    Capture(capture::CaptureCommand),
+    /// Show or move listener checkpoints.
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointCommand),
+    /// Change-log retention.
+    #[command(subcommand)]
+    Changelog(changelog::ChangelogCommand),
+    /// Inspect, retry and purge dead-lettered actions.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Check a config file and print what it declares (exit 2 when invalid).
     ValidateConfig {
-        /// The config file (or OBSERVERS_CONFIG).
-        #[arg(env = "OBSERVERS_CONFIG")]
-        file: PathBuf,
+        /// The config file (default: --config / OBSERVERS_CONFIG).
+        file: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
     /// Dry run: show, per observer, whether an event matches and why.
     DebugEvent {
-        #[arg(long, env = "OBSERVERS_CONFIG")]
-        config: PathBuf,
         /// A JSON event file, or `-` for standard input.
         #[arg(long)]
         event: String,
@@ -48,21 +73,49 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// A guided tour: a demo database, a captured table, a local webhook receiver, deliveries.
+    Demo {
+        /// Orders to insert.
+        #[arg(long, default_value_t = 5)]
+        orders: u32,
+    },
 }
 
 pub async fn dispatch(cli: Cli) -> CliResult {
+    let db = cli.db;
     match cli.command {
-        Command::ValidateConfig { file, format } => validate::run(&file, format),
+        Command::Run => run::run(&required_config(&db)?).await,
+        Command::Migrate => migrate::run(&db).await,
+        Command::Capture(cmd) => capture::run(cmd, &db).await,
+        Command::Checkpoint(cmd) => checkpoint::run(cmd, &db).await,
+        Command::Changelog(cmd) => changelog::run(cmd, &db).await,
+        Command::Dlq(cmd) => dlq::run(cmd, &db).await,
+        Command::ValidateConfig { file, format } => {
+            let file = file.or(db.config).ok_or_else(|| {
+                Exit::usage(anyhow::anyhow!(
+                    "give the config file: observers validate-config FILE"
+                ))
+            })?;
+            validate::run(&file, format)
+        }
         Command::DebugEvent {
-            config,
             event,
             execute,
             format,
-        } => debug_event::run(&config, &event, execute, format).await,
+        } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
+        Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
     }
+}
+
+fn required_config(db: &db::DbArgs) -> CliResult<PathBuf> {
+    db.config.clone().ok_or_else(|| {
+        Exit::usage(anyhow::anyhow!(
+            "give the config file with --config FILE (or OBSERVERS_CONFIG)"
+        ))
+    })
 }
 
 /// Loads and validates a config file; problems are usage errors (exit 2).
 pub fn load_config(path: &std::path::Path) -> CliResult<observers_core::config::Config> {
-    observers_core::config::load_file(path).map_err(crate::Exit::usage)
+    observers_core::config::load_file(path).map_err(Exit::usage)
 }

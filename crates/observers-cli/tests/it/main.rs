@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod docs;
+mod e2e;
+mod support;
 mod validate;
 
 use std::process::{Command, Output};

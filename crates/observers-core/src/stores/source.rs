@@ -38,8 +38,8 @@ pub trait EventSource: Send + Sync {
     /// no item with a smaller cursor may appear later.
     async fn fetch(&self, after: Cursor, limit: usize) -> Result<Vec<SourceItem>>;
 
-    /// Returns when new items may be available, or after `timeout`.
-    async fn wait_for_changes(&self, timeout: Duration);
+    /// Returns when new items may be available (`true`), or after `timeout` (`false`).
+    async fn wait_for_changes(&self, timeout: Duration) -> bool;
 }
 
 /// An in-memory source: events appended with increasing cursors.
@@ -102,8 +102,10 @@ impl EventSource for MemoryEventSource {
         Ok(items[start..].iter().take(limit).cloned().collect())
     }
 
-    async fn wait_for_changes(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    async fn wait_for_changes(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.notify.notified())
+            .await
+            .is_ok()
     }
 }
 

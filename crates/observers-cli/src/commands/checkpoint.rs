@@ -1,0 +1,104 @@
+//! `observers checkpoint show|set`: where each listener is, and moving it by hand.
+
+use clap::Subcommand;
+use observers_core::Cursor;
+use observers_core::stores::checkpoint::CheckpointStore;
+use observers_postgres::PostgresCheckpointStore;
+
+use super::db::DbArgs;
+use crate::output::{self, Format};
+use crate::{CliResult, Exit};
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Show every listener's cursor (or one).
+    Show {
+        #[arg(long)]
+        listener: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Move a listener's cursor (recorded in observer_checkpoints_history).
+    Set {
+        #[arg(long, default_value = "default")]
+        listener: String,
+        /// `TXID:ID`, as shown by `checkpoint show`.
+        #[arg(long, conflicts_with_all = ["latest", "start"])]
+        cursor: Option<Cursor>,
+        /// Skip everything currently in the change log.
+        #[arg(long)]
+        latest: bool,
+        /// Re-deliver everything still in the change log.
+        #[arg(long)]
+        start: bool,
+        #[arg(long, default_value = "set by operator")]
+        reason: String,
+    },
+}
+
+pub async fn run(cmd: CheckpointCommand, db: &DbArgs) -> CliResult {
+    let pool = db.migrated_pool().await?;
+    let store = PostgresCheckpointStore::new(pool.clone());
+    match cmd {
+        CheckpointCommand::Show { listener, format } => {
+            let mut all = store.list().await?;
+            if let Some(l) = &listener {
+                all.retain(|c| &c.listener_id == l);
+            }
+            match format {
+                Format::Json => output::json(&all)?,
+                Format::Text => {
+                    if all.is_empty() {
+                        println!(
+                            "no checkpoints yet (a listener writes one after its first batch)"
+                        );
+                    }
+                    for c in &all {
+                        println!(
+                            "{:<20} cursor {:<20} events {:<10} updated {}",
+                            c.listener_id,
+                            c.cursor.to_string(),
+                            c.events_processed,
+                            c.updated_at.to_rfc3339()
+                        );
+                    }
+                }
+            }
+        }
+        CheckpointCommand::Set {
+            listener,
+            cursor,
+            latest,
+            start,
+            reason,
+        } => {
+            let target = match (cursor, latest, start) {
+                (Some(c), _, _) => c,
+                (None, true, _) => latest_cursor(&pool).await?,
+                (None, _, true) => Cursor::START,
+                (None, false, false) => {
+                    return Err(Exit::usage(anyhow::anyhow!(
+                        "give --cursor TXID:ID, --latest or --start"
+                    )));
+                }
+            };
+            let old = store.set(&listener, target, &reason).await?;
+            println!(
+                "{listener}: {} -> {target}",
+                old.map_or_else(|| "(none)".to_owned(), |c| c.to_string())
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn latest_cursor(pool: &observers_postgres::PgPool) -> CliResult<Cursor> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT txid::text::bigint, id FROM observer_change_log ORDER BY txid DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map_or(Cursor::START, |(t, i)| {
+        Cursor::new(u64::try_from(t).unwrap_or(0), i)
+    }))
+}

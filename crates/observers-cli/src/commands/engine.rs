@@ -1,0 +1,99 @@
+//! Wiring: builds the executor and listener of `observers run` (and of `dlq retry`, `demo`)
+//! from a config, with the PostgreSQL stores.
+
+use std::sync::Arc;
+
+use observers_core::actions::ActionFactory;
+use observers_core::breaker::BreakerRegistry;
+use observers_core::clock::system_clock;
+use observers_core::config::{Config, StoreBackend};
+use observers_core::executor::Dedup;
+use observers_core::listener::ListenerConfig;
+use observers_core::stores::dedup::MemoryDedupStore;
+use observers_core::telemetry::SharedTelemetry;
+use observers_core::{ObserverExecutor, ObserverSet};
+use observers_postgres::{PgPool, PostgresDeadLetterQueue};
+
+use crate::{CliResult, Exit};
+
+/// `host:pid`, the default instance id.
+pub fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// The observer set of a config (actions built, conditions compiled).
+pub fn observer_set(config: &Config) -> CliResult<ObserverSet> {
+    let factory = ActionFactory::new(config.outbound)?;
+    Ok(ObserverSet::from_config(config, &factory)?)
+}
+
+/// The executor of `observers run`: PostgreSQL DLQ, configured dedup, breakers.
+pub fn executor(
+    config: &Config,
+    pool: &PgPool,
+    telemetry: SharedTelemetry,
+) -> CliResult<ObserverExecutor> {
+    let breakers = Arc::new(BreakerRegistry::new(
+        config.breaker.clone(),
+        system_clock(),
+        telemetry.clone(),
+    ));
+    let mut builder = ObserverExecutor::builder(observer_set(config)?)
+        .dlq(Arc::new(PostgresDeadLetterQueue::new(pool.clone())))
+        .telemetry(telemetry)
+        .breakers(breakers)
+        .max_concurrent_actions(config.executor.max_concurrent_actions);
+    if config.dedup.enabled {
+        let store = match config.dedup.backend {
+            StoreBackend::Memory => Arc::new(MemoryDedupStore::new(
+                config.dedup.max_entries,
+                system_clock(),
+            )),
+            other => {
+                return Err(Exit::usage(anyhow::anyhow!(
+                    "[dedup] backend = {other:?} is not available in this build; use backend = \"memory\""
+                )));
+            }
+        };
+        builder = builder.dedup(Dedup {
+            store,
+            window: config.dedup.window,
+            namespace: config.source.listener_id.clone(),
+        });
+    }
+    Ok(builder.build())
+}
+
+pub fn listener_config(config: &Config) -> ListenerConfig {
+    ListenerConfig {
+        listener_id: config.source.listener_id.clone(),
+        batch_size: config.source.batch_size,
+        poll_interval: config.source.poll_interval,
+        max_in_flight: config.executor.max_in_flight,
+        ..ListenerConfig::default()
+    }
+}
+
+/// The database URL of a config: `[source] database_url`, else `DATABASE_URL`.
+pub fn database_url(config: &Config) -> CliResult<String> {
+    config
+        .source
+        .database_url
+        .as_ref()
+        .map(|s| s.expose().to_owned())
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .ok_or_else(|| {
+            Exit::usage(anyhow::anyhow!(
+                "no database: set [source] database_url or DATABASE_URL"
+            ))
+        })
+}

@@ -1,0 +1,101 @@
+//! `observers run --config FILE`: the listener, until SIGTERM/Ctrl-C (graceful: in-flight events
+//! finish, the checkpoint is saved, exit 0). SIGHUP reloads the config file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use observers_core::telemetry::CountingTelemetry;
+use observers_core::{ObserverExecutor, ObserverSet};
+use observers_postgres::{ChangeLogListener, PostgresCheckpointStore};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use super::engine;
+use crate::CliResult;
+
+/// How long in-flight work may take to finish after SIGTERM before the process exits anyway
+/// (unfinished events are re-delivered on the next start).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+pub async fn run(config_path: &Path) -> CliResult {
+    let config = super::load_config(config_path)?;
+    let url = engine::database_url(&config)?;
+    let pool = observers_postgres::connect(&url, 8).await?;
+    observers_postgres::migrate(&pool).await?;
+    let telemetry = CountingTelemetry::new();
+    let executor = Arc::new(engine::executor(&config, &pool, telemetry.clone())?);
+    let checkpoints =
+        Arc::new(PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()));
+    let listener = ChangeLogListener::new(
+        pool.clone(),
+        checkpoints,
+        executor.clone(),
+        engine::listener_config(&config),
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(signals(
+        config_path.to_path_buf(),
+        executor.clone(),
+        stop_tx,
+    ));
+    tracing::info!(
+        config = %config_path.display(),
+        listener = %config.source.listener_id,
+        observers = config.observers.len(),
+        "observers running; SIGTERM or Ctrl-C stops, SIGHUP reloads"
+    );
+
+    let mut stopping = stop_rx.clone();
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = listener.run(stop_rx) => {
+            let stats = result?;
+            tracing::info!(cursor = %stats.cursor, events = stats.events, "stopped cleanly");
+        }
+        () = grace => {
+            tracing::warn!("in-flight actions did not finish within {SHUTDOWN_GRACE:?}; they will be re-delivered on the next start");
+        }
+    }
+    pool.close().await;
+    Ok(())
+}
+
+async fn signals(config_path: PathBuf, executor: Arc<ObserverExecutor>, stop: watch::Sender<bool>) {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => reload(&config_path, &executor),
+        }
+    }
+    tracing::info!("stopping: letting in-flight events finish");
+    let _ = stop.send(true);
+}
+
+fn reload(path: &Path, executor: &ObserverExecutor) {
+    let set: Result<ObserverSet, String> = observers_core::config::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|c| engine::observer_set(&c).map_err(|e| format!("{:#}", e.error)));
+    match set {
+        Ok(set) => {
+            let n = set.observers.len();
+            executor.reload(set);
+            tracing::info!(observers = n, "config reloaded");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload refused; the previous config stays in force");
+        }
+    }
+}

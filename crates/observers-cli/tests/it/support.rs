@@ -1,0 +1,256 @@
+//! Shared pieces of the end-to-end tests: a fresh database per test, a real local webhook
+//! receiver, `observers run` as a child process, and waiting on conditions with deadlines.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own, dropped at the end of the test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new(tag: &str) -> Self {
+        let name = format!(
+            "obs_e2e_{tag}_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = PgConnection::connect(&server_url())
+            .await
+            .expect("PostgreSQL must be reachable (DATABASE_URL)");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await
+            .unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&server_url()).unwrap();
+        url.set_path(&format!("/{name}"));
+        let url = url.to_string();
+        let pool = PgPool::connect(&url).await.unwrap();
+        Self { name, url, pool }
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.pool
+            .execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Best effort, outside the test's runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub path: String,
+    pub body: serde_json::Value,
+    pub webhook_id: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    deliveries: Mutex<Vec<Delivery>>,
+    failing: AtomicBool,
+    attempts: AtomicUsize,
+}
+
+/// A webhook endpoint on 127.0.0.1 recording every successful delivery; `fail(true)` makes it
+/// answer 503.
+#[derive(Clone)]
+pub struct Receiver {
+    pub base: String,
+    inner: Arc<Inner>,
+}
+
+async fn hook(
+    State(inner): State<Arc<Inner>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    inner.attempts.fetch_add(1, Ordering::SeqCst);
+    if inner.failing.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let webhook_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    inner.deliveries.lock().unwrap().push(Delivery {
+        path: format!("/{path}"),
+        body,
+        webhook_id,
+    });
+    StatusCode::OK
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let app = axum::Router::new()
+            .route("/{*path}", post(hook))
+            .with_state(inner.clone());
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", socket.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(socket, app).await.unwrap() });
+        Self { base, inner }
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.inner.deliveries.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner.deliveries.lock().unwrap().len()
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.inner.attempts.load(Ordering::SeqCst)
+    }
+
+    pub fn fail(&self, failing: bool) {
+        self.inner.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Deliveries per entity id, in arrival order.
+    pub fn by_entity(&self, path: &str) -> HashMap<String, Vec<Delivery>> {
+        let mut map: HashMap<String, Vec<Delivery>> = HashMap::new();
+        for d in self.deliveries().into_iter().filter(|d| d.path == path) {
+            map.entry(d.body["entity_id"].as_str().unwrap_or("").to_owned())
+                .or_default()
+                .push(d);
+        }
+        map
+    }
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a config file for `observers run` and returns its path (kept in a temp dir).
+pub fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("observers.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `observers run`, killed if the test ends (or panics) without stopping it.
+pub struct Run(pub Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Run {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Run {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// `observers run --config PATH` as a child process; its log goes to `log`.
+pub fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Run {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_observers"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Run)
+        .unwrap()
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a child to exit and returns its exit code.
+pub async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

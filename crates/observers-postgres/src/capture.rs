@@ -1,0 +1,619 @@
+//! Capture management: installs, removes and lists the generic `observers_capture()` trigger that
+//! writes a table's row changes into `observer_change_log` (`observers capture enable|disable|list`).
+//!
+//! Table and column names come from operators, so they are parsed here with PostgreSQL's own
+//! rules (unquoted names fold to lower case, `"Quoted Names"` are taken exactly), resolved in the
+//! catalog with bind parameters, and only then put into DDL through `format('%I')`: a name is
+//! never pasted into SQL by this crate.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::types::Oid;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+
+use crate::error::PgError;
+
+/// Name of the row trigger `enable` installs on a captured table.
+pub const TRIGGER_NAME: &str = "observers_capture";
+
+/// The change log itself: capturing it would make every change-log insert log another one.
+const CHANGE_LOG_TABLE: &str = "observer_change_log";
+
+/// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1), so no catalog name is longer.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// What to capture: `observers capture enable --table orders --entity Order [--id-column id]
+/// [--tenant-column tenant_id]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    /// `orders`, `sales.orders`, `"Order Items"` or `sales."Order Items"`.
+    pub table: String,
+    /// The entity type written to the change log (what observers match on), e.g. `Order`.
+    pub entity: String,
+    /// The column whose value becomes the event's entity id.
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// A column holding the tenant; without it the tenant comes from the session setting
+    /// `observers.tenant_id`.
+    #[serde(default)]
+    pub tenant_column: Option<String>,
+}
+
+fn default_id_column() -> String {
+    "id".to_owned()
+}
+
+impl CaptureSpec {
+    /// Captures `table` as `entity`, keyed by its `id` column, without a tenant column.
+    pub fn new(table: impl Into<String>, entity: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+            entity: entity.into(),
+            id_column: default_id_column(),
+            tenant_column: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_id_column(mut self, column: impl Into<String>) -> Self {
+        self.id_column = column.into();
+        self
+    }
+
+    #[must_use]
+    pub fn with_tenant_column(mut self, column: impl Into<String>) -> Self {
+        self.tenant_column = Some(column.into());
+        self
+    }
+}
+
+/// A captured table as recorded in `observer_captures`, with whether its trigger is really
+/// there (someone may have dropped it by hand: `trigger_present = false` shows that drift).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct CaptureInfo {
+    pub schema: String,
+    pub table: String,
+    pub entity_type: String,
+    pub id_column: String,
+    pub tenant_column: Option<String>,
+    pub enabled_at: DateTime<Utc>,
+    pub trigger_present: bool,
+}
+
+impl CaptureInfo {
+    /// `schema.table`, each part quoted only where PostgreSQL would need it.
+    pub fn qualified_name(&self) -> String {
+        format!(
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.table)
+        )
+    }
+}
+
+/// A table name split into its optional schema and its name, both unquoted and case-folded the
+/// way PostgreSQL reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `table`, `schema.table` or their double-quoted forms (`"My Table"`, with `""` for a
+    /// quote inside). Unquoted parts may hold letters, digits, `_` and `$` and fold to lower case.
+    pub fn parse(input: &str) -> Result<Self, PgError> {
+        let invalid = |why: String| {
+            PgError::Invalid(format!(
+                "table name `{input}` is not valid: {why}; write `table` or `schema.table`, \
+                 quoting names with capitals, spaces or punctuation: \"Order Items\""
+            ))
+        };
+        let mut parts = split_identifiers(input).map_err(invalid)?;
+        match parts.len() {
+            1 => Ok(Self {
+                schema: None,
+                name: parts.remove(0),
+            }),
+            2 => {
+                let name = parts.remove(1);
+                Ok(Self {
+                    schema: Some(parts.remove(0)),
+                    name,
+                })
+            }
+            _ => Err(invalid(
+                "it has more than two dot-separated parts".to_owned(),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(schema) = &self.schema {
+            write!(f, "{}.", display_ident(schema))?;
+        }
+        f.write_str(&display_ident(&self.name))
+    }
+}
+
+/// Parses one column name with the same rules as a table name part.
+fn parse_column(input: &str, role: &str) -> Result<String, PgError> {
+    let invalid = |why: String| {
+        PgError::Invalid(format!(
+            "{role} `{input}` is not valid: {why}; quote names with capitals, spaces or \
+             punctuation: \"orderId\""
+        ))
+    };
+    let mut parts = split_identifiers(input).map_err(invalid)?;
+    if parts.len() == 1 {
+        Ok(parts.remove(0))
+    } else {
+        Err(invalid(
+            "a column name cannot contain an unquoted `.`".to_owned(),
+        ))
+    }
+}
+
+/// Splits on unquoted dots, unquoting `"..."` parts and folding unquoted ones to lower case.
+fn split_identifiers(input: &str) -> Result<Vec<String>, String> {
+    let mut parts = Vec::new();
+    let mut chars = input.trim().chars().peekable();
+    loop {
+        let part = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut part = String::new();
+            loop {
+                match chars.next() {
+                    None => return Err("a double quote is not closed".to_owned()),
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                }
+            }
+            if part.is_empty() {
+                return Err("`\"\"` is an empty name".to_owned());
+            }
+            part
+        } else {
+            let mut part = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+            check_unquoted(&part)?;
+            // PostgreSQL folds only ASCII letters of unquoted names.
+            part.to_ascii_lowercase()
+        };
+        if part.len() > MAX_IDENTIFIER_BYTES {
+            return Err(format!(
+                "`{part}` is longer than {MAX_IDENTIFIER_BYTES} bytes, the longest name PostgreSQL keeps"
+            ));
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Ok(parts),
+            Some('.') => {}
+            Some(c) => return Err(format!("unexpected `{c}` after a quoted name")),
+        }
+    }
+}
+
+fn check_unquoted(part: &str) -> Result<(), String> {
+    let mut chars = part.chars();
+    let Some(first) = chars.next() else {
+        return Err("a name part is empty".to_owned());
+    };
+    let plain = (first.is_alphabetic() || first == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{part}` holds characters other than letters, digits, `_` and `$`"
+        ))
+    }
+}
+
+/// An identifier as a person would type it: bare when PostgreSQL reads it back unchanged,
+/// double-quoted otherwise. For messages only; SQL is always quoted by `format('%I')`.
+fn display_ident(ident: &str) -> String {
+    let mut chars = ident.chars();
+    let bare = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if bare {
+        ident.to_owned()
+    } else {
+        format!("\"{}\"", ident.replace('"', "\"\""))
+    }
+}
+
+/// A table found in the catalog, with the names exactly as stored there.
+struct ResolvedTable {
+    oid: Oid,
+    schema: String,
+    name: String,
+}
+
+impl ResolvedTable {
+    fn display(&self) -> String {
+        format!(
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.name)
+        )
+    }
+}
+
+/// The schema an unqualified name refers to: `current_schema()`, or `None` when the search
+/// path names no existing schema.
+async fn schema_of(conn: &mut PgConnection, name: &TableName) -> Result<Option<String>, PgError> {
+    Ok(
+        sqlx::query_scalar("SELECT coalesce($1::text, current_schema()::text)")
+            .bind(name.schema.as_deref())
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+async fn resolve_table(
+    conn: &mut PgConnection,
+    name: &TableName,
+    input: &str,
+) -> Result<ResolvedTable, PgError> {
+    let Some(schema) = schema_of(&mut *conn, name).await? else {
+        return Err(PgError::Invalid(format!(
+            "table `{input}` does not exist (no schema given and the search_path names no \
+             existing schema; write it as schema.table)"
+        )));
+    };
+    let found: Option<(Oid, String)> = sqlx::query_as(
+        "SELECT c.oid, c.relkind::text
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2",
+    )
+    .bind(&schema)
+    .bind(&name.name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let shown = format!("{}.{}", display_ident(&schema), display_ident(&name.name));
+    match found {
+        Some((oid, kind)) if kind == "r" || kind == "p" => Ok(ResolvedTable {
+            oid,
+            schema,
+            name: name.name.clone(),
+        }),
+        Some((_, kind)) => Err(PgError::Invalid(format!(
+            "`{shown}` is {}, not a table; only tables and partitioned tables can be captured",
+            relkind_name(&kind)
+        ))),
+        None => {
+            let hint = similar_tables(conn, name).await?;
+            Err(PgError::Invalid(format!(
+                "table `{input}` does not exist (looked in schema `{schema}` for `{}`){hint}",
+                name.name
+            )))
+        }
+    }
+}
+
+fn relkind_name(kind: &str) -> &'static str {
+    match kind {
+        "v" => "a view",
+        "m" => "a materialized view",
+        "f" => "a foreign table",
+        "i" | "I" => "an index",
+        "S" => "a sequence",
+        "c" => "a composite type",
+        "t" => "a TOAST table",
+        _ => "not a plain relation",
+    }
+}
+
+/// "; did you mean ..." for tables of the same name in other schemas or differing only in case
+/// (a wrong schema or a missing pair of quotes is the usual reason a table is not found).
+async fn similar_tables(conn: &mut PgConnection, name: &TableName) -> Result<String, PgError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE lower(c.relname) = lower($1) AND c.relkind IN ('r', 'p')
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          ORDER BY 1, 2
+          LIMIT 5",
+    )
+    .bind(&name.name)
+    .fetch_all(conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    let names: Vec<String> = rows
+        .iter()
+        .map(|(s, t)| format!("{}.{}", display_ident(s), display_ident(t)))
+        .collect();
+    let case_differs = rows.iter().any(|(_, t)| *t != name.name);
+    Ok(format!(
+        "; did you mean {}?{}",
+        names.join(", "),
+        if case_differs {
+            " (names with capitals or spaces need double quotes)"
+        } else {
+            ""
+        }
+    ))
+}
+
+async fn columns_of(
+    conn: &mut PgConnection,
+    table: &ResolvedTable,
+) -> Result<Vec<String>, PgError> {
+    Ok(sqlx::query_scalar(
+        "SELECT attname::text FROM pg_catalog.pg_attribute
+          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+          ORDER BY attnum",
+    )
+    .bind(table.oid)
+    .fetch_all(conn)
+    .await?)
+}
+
+fn require_column(
+    columns: &[String],
+    column: &str,
+    role: &str,
+    table: &ResolvedTable,
+) -> Result<(), PgError> {
+    if columns.iter().any(|c| c == column) {
+        return Ok(());
+    }
+    let listed: Vec<String> = columns.iter().map(|c| display_ident(c)).collect();
+    Err(PgError::Invalid(format!(
+        "{role} `{column}` does not exist in table {}; its columns are: {}",
+        table.display(),
+        if listed.is_empty() {
+            "(none)".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    )))
+}
+
+/// Installs (or re-installs with new settings) the capture trigger on `spec.table` and records it
+/// in `observer_captures`, in one transaction.
+pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, PgError> {
+    let entity = spec.entity.trim();
+    if entity.is_empty() {
+        return Err(PgError::Invalid(
+            "entity type must not be empty; pass the name observers match on, e.g. --entity Order"
+                .to_owned(),
+        ));
+    }
+    let name = TableName::parse(&spec.table)?;
+    let id_column = parse_column(&spec.id_column, "id column")?;
+    let tenant_column = spec
+        .tenant_column
+        .as_deref()
+        .map(|c| parse_column(c, "tenant column"))
+        .transpose()?;
+
+    let mut tx = pool.begin().await?;
+    let table = resolve_table(&mut tx, &name, &spec.table).await?;
+    if table.name == CHANGE_LOG_TABLE {
+        return Err(PgError::Invalid(format!(
+            "{} is the change log itself and cannot be captured",
+            table.display()
+        )));
+    }
+    let columns = columns_of(&mut tx, &table).await?;
+    require_column(&columns, &id_column, "id column", &table)?;
+    if let Some(tenant) = &tenant_column {
+        require_column(&columns, tenant, "tenant column", &table)?;
+    }
+
+    // PostgreSQL quotes every name (%I) and trigger argument (%L); CREATE OR REPLACE TRIGGER
+    // needs 14+, DROP + CREATE in one transaction works from 13 on.
+    let (drop_sql, create_sql): (String, String) = sqlx::query_as(
+        "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $2, $3),
+                format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
+                       'FOR EACH ROW EXECUTE FUNCTION observers_capture(%L, %L, %L)',
+                       $1, $2, $3, $4, $5, $6)",
+    )
+    .bind(TRIGGER_NAME)
+    .bind(&table.schema)
+    .bind(&table.name)
+    .bind(entity)
+    .bind(&id_column)
+    .bind(tenant_column.as_deref().unwrap_or(""))
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(AssertSqlSafe(drop_sql))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(AssertSqlSafe(create_sql))
+        .execute(&mut *tx)
+        .await?;
+
+    let enabled_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO observer_captures (table_schema, table_name, entity_type, id_column, tenant_column)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (table_schema, table_name) DO UPDATE
+            SET entity_type = EXCLUDED.entity_type,
+                id_column = EXCLUDED.id_column,
+                tenant_column = EXCLUDED.tenant_column,
+                enabled_at = now()
+         RETURNING enabled_at",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .bind(entity)
+    .bind(&id_column)
+    .bind(tenant_column.as_deref())
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    tracing::info!(table = %table.display(), entity = %entity, id_column = %id_column, "capture enabled");
+    Ok(CaptureInfo {
+        schema: table.schema,
+        table: table.name,
+        entity_type: entity.to_owned(),
+        id_column,
+        tenant_column,
+        enabled_at,
+        trigger_present: true,
+    })
+}
+
+/// Drops the capture trigger of `table` and its `observer_captures` row. Returns `false` when the
+/// table was not captured (neither a row nor a trigger). A row whose table was dropped since is
+/// still removed.
+pub async fn disable(pool: &PgPool, table: &str) -> Result<bool, PgError> {
+    let name = TableName::parse(table)?;
+    let mut tx = pool.begin().await?;
+    let Some(schema) = schema_of(&mut tx, &name).await? else {
+        return Err(PgError::Invalid(format!(
+            "table `{table}` has no schema (the search_path names no existing schema; write it \
+             as schema.table)"
+        )));
+    };
+    let removed_row =
+        sqlx::query("DELETE FROM observer_captures WHERE table_schema = $1 AND table_name = $2")
+            .bind(&schema)
+            .bind(&name.name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+    let drop_sql: Option<String> = sqlx::query_scalar(
+        "SELECT format('DROP TRIGGER %I ON %I.%I', t.tgname, n.nspname, c.relname)
+           FROM pg_catalog.pg_trigger t
+           JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3 AND NOT t.tgisinternal",
+    )
+    .bind(&schema)
+    .bind(&name.name)
+    .bind(TRIGGER_NAME)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let dropped_trigger = drop_sql.is_some();
+    if let Some(sql) = drop_sql {
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+
+    let shown = format!("{}.{}", display_ident(&schema), display_ident(&name.name));
+    if removed_row || dropped_trigger {
+        tracing::info!(table = %shown, "capture disabled");
+    }
+    Ok(removed_row || dropped_trigger)
+}
+
+/// Every captured table, ordered by schema and name, with whether its trigger still exists.
+pub async fn list(pool: &PgPool) -> Result<Vec<CaptureInfo>, PgError> {
+    Ok(sqlx::query_as(
+        "SELECT k.table_schema AS schema, k.table_name AS table, k.entity_type, k.id_column,
+                k.tenant_column, k.enabled_at,
+                EXISTS (
+                    SELECT 1
+                      FROM pg_catalog.pg_trigger t
+                      JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                     WHERE n.nspname = k.table_schema AND c.relname = k.table_name
+                       AND t.tgname = $1 AND NOT t.tgisinternal
+                       AND p.proname = 'observers_capture'
+                ) AS trigger_present
+           FROM observer_captures k
+          ORDER BY k.table_schema, k.table_name",
+    )
+    .bind(TRIGGER_NAME)
+    .fetch_all(pool)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `expected` is `schema|name` (`-` for no schema), or `ERR:<fragment of the message>`.
+    fn check(input: &str, expected: &str) {
+        let got = match TableName::parse(input) {
+            Ok(t) => format!("{}|{}", t.schema.as_deref().unwrap_or("-"), t.name),
+            Err(e) => format!("ERR:{e}"),
+        };
+        if let Some(fragment) = expected.strip_prefix("ERR:") {
+            assert!(
+                got.starts_with("ERR:") && got.contains(fragment),
+                "{input:?}: expected an error containing {fragment:?}, got {got:?}"
+            );
+        } else {
+            assert_eq!(got, expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn table_names_parse_like_postgresql_reads_them() {
+        check("orders", "-|orders");
+        check("  Orders ", "-|orders");
+        check("sales.orders", "sales|orders");
+        check("Sales.Orders", "sales|orders");
+        check("\"Order Items\"", "-|Order Items");
+        check("sales.\"Order Items\"", "sales|Order Items");
+        check("\"My.Schema\".\"a.b\"", "My.Schema|a.b");
+        check("\"say \"\"hi\"\"\"", "-|say \"hi\"");
+        check("\"x; drop table y\"", "-|x; drop table y");
+        check("_t$1", "-|_t$1");
+        check("tëst", "-|tëst");
+    }
+
+    #[test]
+    fn malformed_table_names_are_rejected() {
+        check("x; drop table y", "ERR:holds characters other than");
+        check("orders--", "ERR:holds characters other than");
+        check("1orders", "ERR:holds characters other than");
+        check("", "ERR:empty");
+        check("sales.", "ERR:empty");
+        check(".orders", "ERR:empty");
+        check("a.b.c", "ERR:more than two");
+        check("\"open", "ERR:not closed");
+        check("\"\"", "ERR:empty name");
+        check("\"a\"b", "ERR:unexpected `b`");
+        check(&"t".repeat(64), "ERR:longer than 63 bytes");
+    }
+
+    #[test]
+    fn columns_parse_as_single_identifiers() {
+        assert_eq!(parse_column("ID", "id column").ok().as_deref(), Some("id"));
+        assert_eq!(
+            parse_column("\"orderId\"", "id column").ok().as_deref(),
+            Some("orderId")
+        );
+        let err = parse_column("a.b", "tenant column")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenant column `a.b`"), "{err}");
+    }
+
+    #[test]
+    fn names_display_quoted_only_when_needed() {
+        assert_eq!(display_ident("orders"), "orders");
+        assert_eq!(display_ident("Order Items"), "\"Order Items\"");
+        assert_eq!(display_ident("a\"b"), "\"a\"\"b\"");
+        let t = TableName::parse("Sales.\"Order Items\"").unwrap();
+        assert_eq!(t.to_string(), "sales.\"Order Items\"");
+    }
+}

@@ -1,0 +1,234 @@
+//! Change-log retention and statistics: `observers changelog prune` deletes rows every consumer
+//! has passed, and `stats` feeds `observers status`.
+//!
+//! A row may go only when its `(txid, id)` is at or below the cursor of EVERY checkpoint, i.e.
+//! below the slowest consumer. The comparison is on the pair, never on `id` alone: a transaction
+//! that commits late holds low ids behind higher ones of earlier commits.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use observers_core::event::Cursor;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::error::PgError;
+
+/// What `prune` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Rows deleted.
+    pub deleted: u64,
+    /// The slowest consumer's cursor: nothing after it was touched. `None` when no consumer has a
+    /// checkpoint yet, in which case nothing is deleted.
+    pub cutoff: Option<Cursor>,
+    /// How many consumers (checkpoints) were considered.
+    pub consumers: usize,
+}
+
+impl fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.cutoff {
+            None => f.write_str(
+                "no consumer has a checkpoint yet, so every change-log row may still be needed; \
+                 nothing pruned",
+            ),
+            Some(cutoff) => write!(
+                f,
+                "deleted {} change-log row(s) at or below {cutoff}, the cursor of the slowest of {} consumer(s)",
+                self.deleted, self.consumers
+            ),
+        }
+    }
+}
+
+/// Deletes change-log rows at or below every consumer's cursor, `batch` rows per statement (so no
+/// statement holds locks on a large part of the table), optionally only rows created more than
+/// `older_than` ago. Each batch commits on its own; an interrupted prune leaves a consistent log.
+pub async fn prune(
+    pool: &PgPool,
+    older_than: Option<Duration>,
+    batch: i64,
+) -> Result<PruneReport, PgError> {
+    if batch < 1 {
+        return Err(PgError::Invalid(format!(
+            "prune batch size must be at least 1, got {batch}"
+        )));
+    }
+    let batch_rows = u64::try_from(batch).unwrap_or(u64::MAX);
+
+    // The window count runs before LIMIT: the row is the slowest cursor, the count all consumers.
+    let slowest: Option<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT cursor_txid, cursor_id, count(*) OVER ()
+           FROM observer_checkpoints
+          ORDER BY cursor_txid, cursor_id
+          LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some((cursor_txid, cursor_id, consumers)) = slowest else {
+        tracing::info!("no consumer checkpoints; change log not pruned");
+        return Ok(PruneReport {
+            deleted: 0,
+            cutoff: None,
+            consumers: 0,
+        });
+    };
+    let cutoff = Cursor::new(checkpoint_txid(cursor_txid)?, cursor_id);
+    let consumers = usize::try_from(consumers).unwrap_or(usize::MAX);
+
+    // Fixed once, on the database clock that wrote created_at, so every batch agrees.
+    let created_before: Option<DateTime<Utc>> = match older_than {
+        None => None,
+        Some(age) => Some(
+            sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
+                .bind(age.as_secs_f64())
+                .fetch_one(pool)
+                .await?,
+        ),
+    };
+
+    let mut deleted = 0u64;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM observer_change_log
+              WHERE id IN (
+                    SELECT id FROM observer_change_log
+                     WHERE (txid, id) <= ($1::text::xid8, $2)
+                       AND ($3::timestamptz IS NULL OR created_at < $3)
+                     ORDER BY txid, id
+                     LIMIT $4)",
+        )
+        .bind(cursor_txid)
+        .bind(cursor_id)
+        .bind(created_before)
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        // New rows always get a txid above a committed cursor, so this terminates.
+        if n < batch_rows {
+            break;
+        }
+    }
+
+    tracing::info!(deleted, cutoff = %cutoff, consumers, "change log pruned");
+    Ok(PruneReport {
+        deleted,
+        cutoff: Some(cutoff),
+        consumers,
+    })
+}
+
+fn checkpoint_txid(txid: i64) -> Result<u64, PgError> {
+    u64::try_from(txid).map_err(|_| {
+        PgError::Invalid(format!(
+            "a checkpoint has the negative txid {txid}; fix it with `observers checkpoint set`"
+        ))
+    })
+}
+
+/// The size of the change log and how far behind each consumer is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangeLogStats {
+    pub total_rows: u64,
+    pub min_id: Option<i64>,
+    pub max_id: Option<i64>,
+    pub oldest_created_at: Option<DateTime<Utc>>,
+    pub newest_created_at: Option<DateTime<Utc>>,
+    /// One entry per checkpoint, ordered by listener id.
+    pub consumers: Vec<ConsumerBacklog>,
+}
+
+/// One consumer's position and the rows after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerBacklog {
+    pub listener_id: String,
+    pub cursor: Cursor,
+    /// Change-log rows after `cursor` (including rows of transactions still open).
+    pub backlog: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TotalsRow {
+    total_rows: i64,
+    min_id: Option<i64>,
+    max_id: Option<i64>,
+    oldest_created_at: Option<DateTime<Utc>>,
+    newest_created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct BacklogRow {
+    listener_id: String,
+    cursor_txid: i64,
+    cursor_id: i64,
+    backlog: i64,
+    updated_at: DateTime<Utc>,
+}
+
+/// Totals of the change log and each consumer's backlog (rows after its cursor).
+pub async fn stats(pool: &PgPool) -> Result<ChangeLogStats, PgError> {
+    let totals: TotalsRow = sqlx::query_as(
+        "SELECT count(*) AS total_rows, min(id) AS min_id, max(id) AS max_id,
+                min(created_at) AS oldest_created_at, max(created_at) AS newest_created_at
+           FROM observer_change_log",
+    )
+    .fetch_one(pool)
+    .await?;
+    let rows: Vec<BacklogRow> = sqlx::query_as(
+        "SELECT k.listener_id, k.cursor_txid, k.cursor_id, k.updated_at,
+                (SELECT count(*) FROM observer_change_log l
+                  WHERE (l.txid, l.id) > (k.cursor_txid::text::xid8, k.cursor_id)) AS backlog
+           FROM observer_checkpoints k
+          ORDER BY k.listener_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let consumers = rows
+        .into_iter()
+        .map(|r| {
+            Ok(ConsumerBacklog {
+                cursor: Cursor::new(checkpoint_txid(r.cursor_txid)?, r.cursor_id),
+                listener_id: r.listener_id,
+                backlog: u64::try_from(r.backlog).unwrap_or_default(),
+                updated_at: r.updated_at,
+            })
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
+    Ok(ChangeLogStats {
+        total_rows: u64::try_from(totals.total_rows).unwrap_or_default(),
+        min_id: totals.min_id,
+        max_id: totals.max_id,
+        oldest_created_at: totals.oldest_created_at,
+        newest_created_at: totals.newest_created_at,
+        consumers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_says_why_nothing_was_pruned() {
+        let none = PruneReport {
+            deleted: 0,
+            cutoff: None,
+            consumers: 0,
+        };
+        assert!(none.to_string().contains("no consumer has a checkpoint"));
+        let some = PruneReport {
+            deleted: 3,
+            cutoff: Some(Cursor::new(700, 12)),
+            consumers: 2,
+        };
+        assert_eq!(
+            some.to_string(),
+            "deleted 3 change-log row(s) at or below 700:12, the cursor of the slowest of 2 consumer(s)"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The change-log source: reads `observer_change_log` after a `(txid, id)` cursor, only below
+//! the snapshot's xmin (so every row returned is final), and wakes on `NOTIFY` with a fallback
+//! poll. `ChangeLogListener` runs core's listener loop over it with PostgreSQL checkpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use observers_core::executor::ObserverExecutor;
+use observers_core::listener::{Listener, ListenerConfig, ListenerStats};
+use observers_core::stores::checkpoint::CheckpointStore;
+use observers_core::stores::source::{EventSource, SourceItem};
+use observers_core::{Cursor, EntityEvent, EventKind, ObserverError};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::PgError;
+
+/// The NOTIFY channel the change log's statement trigger signals.
+pub const CHANNEL: &str = "observer_change_log";
+
+/// The one-statement, snapshot-safe read (DESIGN.md §3).
+const FETCH: &str = "SELECT id, txid::text::bigint AS txid, entity_type, entity_id, operation, \
+            tenant_id, user_id, before, after, created_at \
+       FROM observer_change_log \
+      WHERE (txid, id) > ($1::text::xid8, $2) \
+        AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+      ORDER BY txid, id \
+      LIMIT $3";
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    txid: i64,
+    entity_type: String,
+    entity_id: String,
+    operation: String,
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    before: Option<Value>,
+    after: Option<Value>,
+    created_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn into_item(self) -> SourceItem {
+        let cursor = Cursor::new(u64::try_from(self.txid).unwrap_or(0), self.id);
+        let kind = match self.operation.parse::<EventKind>() {
+            Ok(k) => k,
+            Err(error) => return self.poison(cursor, error),
+        };
+        let shape_error = match kind {
+            EventKind::Insert if self.after.is_none() => Some("insert without `after`"),
+            EventKind::Update if self.after.is_none() => Some("update without `after`"),
+            EventKind::Delete if self.before.is_none() => Some("delete without `before`"),
+            _ => None,
+        };
+        if let Some(error) = shape_error {
+            return self.poison(cursor, error.to_owned());
+        }
+        let mut event = EntityEvent::new(
+            self.id,
+            self.entity_type,
+            self.entity_id,
+            kind,
+            self.before,
+            self.after,
+        )
+        .with_cursor(cursor);
+        event.tenant_id = self.tenant_id;
+        event.user_id = self.user_id;
+        event.timestamp = self.created_at;
+        SourceItem::Event(event)
+    }
+
+    fn poison(self, cursor: Cursor, error: String) -> SourceItem {
+        let raw = json!({
+            "id": self.id, "txid": self.txid, "entity_type": self.entity_type, "entity_id": self.entity_id,
+            "operation": self.operation, "tenant_id": self.tenant_id, "user_id": self.user_id,
+            "before": self.before, "after": self.after, "created_at": self.created_at,
+        });
+        SourceItem::Poison { cursor, raw, error }
+    }
+}
+
+/// Reads the change log; a background task LISTENs and wakes waiters.
+pub struct PgEventSource {
+    pool: PgPool,
+    notify: Arc<Notify>,
+    listen_task: JoinHandle<()>,
+}
+
+impl Drop for PgEventSource {
+    fn drop(&mut self) {
+        self.listen_task.abort();
+    }
+}
+
+impl PgEventSource {
+    /// Starts listening on `observer_change_log`. Connection trouble is retried in the
+    /// background (the fallback poll keeps delivery going meanwhile).
+    pub fn new(pool: PgPool) -> Self {
+        let notify = Arc::new(Notify::new());
+        let listen_task = tokio::spawn(listen_loop(pool.clone(), notify.clone()));
+        Self {
+            pool,
+            notify,
+            listen_task,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Reads up to `limit` final rows after `after`.
+    pub async fn fetch_rows(
+        &self,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<SourceItem>, PgError> {
+        let txid = after.txid.to_string();
+        let rows: Vec<Row> = sqlx::query_as(FETCH)
+            .bind(txid)
+            .bind(after.id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Row::into_item).collect())
+    }
+}
+
+async fn listen_loop(pool: PgPool, notify: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "LISTEN connection failed; relying on polling until it is back");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        // Notifications sent while we were not listening are lost: wake the reader so it
+        // re-reads from its cursor.
+        notify.notify_one();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => notify.notify_one(),
+                Ok(None) => {
+                    tracing::info!(
+                        "LISTEN connection was lost and re-established; re-reading from the cursor"
+                    );
+                    notify.notify_one();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                    notify.notify_one();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventSource for PgEventSource {
+    async fn fetch(&self, after: Cursor, limit: usize) -> observers_core::Result<Vec<SourceItem>> {
+        self.fetch_rows(after, limit)
+            .await
+            .map_err(ObserverError::from)
+    }
+
+    async fn wait_for_changes(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.notify.notified())
+            .await
+            .is_ok()
+    }
+}
+
+/// Core's listener loop over the PostgreSQL change log.
+pub struct ChangeLogListener {
+    inner: Listener,
+}
+
+impl ChangeLogListener {
+    pub fn new(
+        pool: PgPool,
+        checkpoints: Arc<dyn CheckpointStore>,
+        executor: Arc<ObserverExecutor>,
+        config: ListenerConfig,
+    ) -> Self {
+        let source = Arc::new(PgEventSource::new(pool));
+        Self {
+            inner: Listener::new(source, checkpoints, executor, config),
+        }
+    }
+
+    /// Runs until `shutdown` is true; in-flight events finish and the checkpoint is saved.
+    pub async fn run(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> observers_core::Result<ListenerStats> {
+        self.inner.run(shutdown).await
+    }
+}

@@ -1,0 +1,564 @@
+//! Tests of capture management: the trigger installed by `capture::enable` logs inserts, updates
+//! and deletes of tables keyed by bigint, uuid and text; names are resolved safely; `disable`
+//! and `list` reflect what is really installed.
+
+use std::time::Duration;
+
+use observers_postgres::PgError;
+use observers_postgres::capture::{self, CaptureSpec};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+
+/// A change-log row, with the txid as a number.
+#[derive(Debug, sqlx::FromRow)]
+struct LogRow {
+    id: i64,
+    txid: i64,
+    entity_type: String,
+    entity_id: String,
+    operation: String,
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    before: Option<Value>,
+    after: Option<Value>,
+    changed: Option<Vec<String>>,
+}
+
+async fn log_rows(pool: &PgPool) -> Vec<LogRow> {
+    sqlx::query_as(
+        "SELECT id, txid::text::int8 AS txid, entity_type, entity_id, operation, tenant_id,
+                user_id, before, after, changed
+           FROM observer_change_log ORDER BY txid, id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn exec(pool: &PgPool, sql: &'static str) {
+    sqlx::raw_sql(sql).execute(pool).await.unwrap();
+}
+
+async fn log_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM observer_change_log")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn table_exists(pool: &PgPool, name: &str) -> bool {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn invalid_message(result: Result<impl std::fmt::Debug, PgError>) -> String {
+    match result {
+        Err(PgError::Invalid(message)) => message,
+        other => panic!("expected PgError::Invalid, got {other:?}"),
+    }
+}
+
+/// Enables capture of `table` (created by `ddl`) keyed by `id_column`, inserts a row with
+/// `insert` (which returns the new key as text), updates and deletes it, and checks the log.
+async fn check_round_trip(
+    pool: &PgPool,
+    ddl: &'static str,
+    table: &str,
+    id_column: &str,
+    insert: &'static str,
+) {
+    exec(pool, ddl).await;
+    capture::enable(
+        pool,
+        &CaptureSpec::new(table, "Thing").with_id_column(id_column),
+    )
+    .await
+    .unwrap();
+
+    let key: String = sqlx::query_scalar(insert).fetch_one(pool).await.unwrap();
+    let update = format!("UPDATE {table} SET label = 'renamed' WHERE {id_column}::text = $1");
+    sqlx::query(sqlx::AssertSqlSafe(update))
+        .bind(&key)
+        .execute(pool)
+        .await
+        .unwrap();
+    let delete = format!("DELETE FROM {table} WHERE {id_column}::text = $1");
+    sqlx::query(sqlx::AssertSqlSafe(delete))
+        .bind(&key)
+        .execute(pool)
+        .await
+        .unwrap();
+
+    let rows = log_rows(pool).await;
+    let ops: Vec<_> = rows.iter().map(|r| r.operation.as_str()).collect();
+    assert_eq!(ops, ["insert", "update", "delete"], "{table}");
+    for r in &rows {
+        assert_eq!(r.entity_type, "Thing");
+        assert_eq!(r.entity_id, key, "{table}: entity_id is the key as text");
+        assert_eq!(r.tenant_id, None);
+        assert_eq!(r.user_id, None);
+    }
+    let (ins, upd, del) = (&rows[0], &rows[1], &rows[2]);
+    assert_eq!(ins.before, None);
+    assert_eq!(ins.after.as_ref().unwrap()["label"], json!("first"));
+    assert_eq!(ins.changed, None, "inserts carry no changed list");
+    assert_eq!(upd.before.as_ref().unwrap()["label"], json!("first"));
+    assert_eq!(upd.after.as_ref().unwrap()["label"], json!("renamed"));
+    assert_eq!(upd.changed.as_deref(), Some(&["label".to_owned()][..]));
+    assert_eq!(del.before.as_ref().unwrap()["label"], json!("renamed"));
+    assert_eq!(del.after, None);
+    assert_eq!(del.changed, None);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn bigint_key_changes_are_logged(pool: PgPool) {
+    check_round_trip(
+        &pool,
+        "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, label text)",
+        "orders",
+        "id",
+        "INSERT INTO orders (label) VALUES ('first') RETURNING id::text",
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn uuid_key_changes_are_logged(pool: PgPool) {
+    check_round_trip(
+        &pool,
+        "CREATE TABLE devices (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), label text)",
+        "devices",
+        "id",
+        "INSERT INTO devices (label) VALUES ('first') RETURNING id::text",
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn text_key_changes_are_logged(pool: PgPool) {
+    check_round_trip(
+        &pool,
+        "CREATE TABLE products (sku text PRIMARY KEY, label text)",
+        "products",
+        "sku",
+        "INSERT INTO products (sku, label) VALUES ('SKU-1', 'first') RETURNING sku",
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn changed_columns_are_sorted_and_a_no_op_update_logs_an_empty_list(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TABLE t (id int PRIMARY KEY, zeta int, alpha int, mid int)",
+    )
+    .await;
+    capture::enable(&pool, &CaptureSpec::new("t", "T"))
+        .await
+        .unwrap();
+    exec(&pool, "INSERT INTO t VALUES (1, 0, 0, 0)").await;
+    exec(
+        &pool,
+        "UPDATE t SET zeta = 1, alpha = 1, mid = 1 WHERE id = 1",
+    )
+    .await;
+    // The trigger fires for every UPDATE statement row, even one that changes nothing: it is
+    // logged with an empty `changed` list (observers can filter on that).
+    exec(&pool, "UPDATE t SET zeta = zeta WHERE id = 1").await;
+
+    let rows = log_rows(&pool).await;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows[1].changed.as_deref().unwrap(),
+        ["alpha", "mid", "zeta"]
+    );
+    assert_eq!(rows[2].operation, "update");
+    assert_eq!(rows[2].changed.as_deref(), Some(&[][..]));
+    assert_eq!(rows[2].before, rows[2].after);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn user_comes_from_the_session_and_tenant_from_the_column(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TABLE orders (id int PRIMARY KEY, org text, total int)",
+    )
+    .await;
+    exec(&pool, "CREATE TABLE notes (id int PRIMARY KEY, body text)").await;
+    let info = capture::enable(
+        &pool,
+        &CaptureSpec::new("orders", "Order").with_tenant_column("org"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.tenant_column.as_deref(), Some("org"));
+    capture::enable(&pool, &CaptureSpec::new("notes", "Note"))
+        .await
+        .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL observers.user_id = 'u1'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SET LOCAL observers.tenant_id = 'fallback'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orders VALUES (1, 'acme', 10)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO notes VALUES (1, 'hi')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // SET LOCAL ended with the transaction.
+    exec(&pool, "UPDATE orders SET total = 11").await;
+
+    let rows = log_rows(&pool).await;
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.entity_type.as_str(),
+                r.tenant_id.as_deref(),
+                r.user_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("Order", Some("acme"), Some("u1")),
+            ("Note", Some("fallback"), Some("u1")),
+            ("Order", Some("acme"), None),
+        ]
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn rows_of_one_transaction_share_one_txid(pool: PgPool) {
+    exec(&pool, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    capture::enable(&pool, &CaptureSpec::new("t", "T"))
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (1), (2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE t SET id = 3 WHERE id = 2")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    exec(&pool, "INSERT INTO t VALUES (4)").await;
+
+    let rows = log_rows(&pool).await;
+    assert_eq!(rows.len(), 4);
+    assert!(rows[..3].iter().all(|r| r.txid == rows[0].txid));
+    assert!(rows[3].txid > rows[0].txid);
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_captured_write_sends_notify(pool: PgPool) {
+    exec(&pool, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    capture::enable(&pool, &CaptureSpec::new("t", "T"))
+        .await
+        .unwrap();
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("observer_change_log").await.unwrap();
+
+    exec(&pool, "INSERT INTO t VALUES (1), (2)").await;
+    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no NOTIFY within 5 s")
+        .unwrap();
+    assert_eq!(note.channel(), "observer_change_log");
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn injection_in_names_is_rejected_or_quoted(pool: PgPool) {
+    exec(&pool, "CREATE TABLE y (id int PRIMARY KEY)").await;
+
+    let message =
+        invalid_message(capture::enable(&pool, &CaptureSpec::new("x; drop table y", "X")).await);
+    assert!(message.contains("x; drop table y"), "{message}");
+    let message = invalid_message(
+        capture::enable(&pool, &CaptureSpec::new("\"x; drop table y\"", "X")).await,
+    );
+    assert!(message.contains("does not exist"), "{message}");
+    let message = invalid_message(
+        capture::enable(
+            &pool,
+            &CaptureSpec::new("y", "X").with_id_column("id; drop table y"),
+        )
+        .await,
+    );
+    assert!(message.contains("id column"), "{message}");
+    assert!(table_exists(&pool, "y").await, "y must survive");
+    assert!(capture::list(&pool).await.unwrap().is_empty());
+
+    // An entity type is a trigger argument: quoted as a literal, stored verbatim.
+    let entity = "O'Brien'); DROP TABLE y; --";
+    capture::enable(&pool, &CaptureSpec::new("y", entity))
+        .await
+        .unwrap();
+    exec(&pool, "INSERT INTO y VALUES (1)").await;
+    assert!(table_exists(&pool, "y").await);
+    assert_eq!(log_rows(&pool).await[0].entity_type, entity);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn names_needing_quotes_work(pool: PgPool) {
+    exec(
+        &pool,
+        r#"CREATE TABLE "Order Items" ("itemId" bigint PRIMARY KEY, "Qty" int)"#,
+    )
+    .await;
+    let info = capture::enable(
+        &pool,
+        &CaptureSpec::new(r#""Order Items""#, "OrderItem").with_id_column(r#""itemId""#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (info.schema.as_str(), info.table.as_str()),
+        ("public", "Order Items")
+    );
+    assert_eq!(info.id_column, "itemId");
+    assert_eq!(info.qualified_name(), r#"public."Order Items""#);
+    exec(&pool, r#"INSERT INTO "Order Items" VALUES (7, 1)"#).await;
+    let rows = log_rows(&pool).await;
+    assert_eq!(
+        (rows[0].entity_type.as_str(), rows[0].entity_id.as_str()),
+        ("OrderItem", "7")
+    );
+
+    // Unquoted, the name is not a plain identifier; with other capitals it folds and misses,
+    // and the error points at the quoted spelling.
+    invalid_message(capture::enable(&pool, &CaptureSpec::new("Order Items", "X")).await);
+    exec(&pool, r#"CREATE TABLE "Orders" (id int PRIMARY KEY)"#).await;
+    let message = invalid_message(capture::enable(&pool, &CaptureSpec::new("Orders", "X")).await);
+    assert!(
+        message.contains(r#"did you mean public."Orders""#),
+        "{message}"
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn schema_qualified_names_capture_only_that_table(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE SCHEMA sales;
+         CREATE TABLE sales.orders (id int PRIMARY KEY);
+         CREATE TABLE public.orders (id int PRIMARY KEY);",
+    )
+    .await;
+    let info = capture::enable(&pool, &CaptureSpec::new("sales.orders", "SaleOrder"))
+        .await
+        .unwrap();
+    assert_eq!(info.schema, "sales");
+    exec(
+        &pool,
+        "INSERT INTO public.orders VALUES (1); INSERT INTO sales.orders VALUES (2);",
+    )
+    .await;
+    let rows = log_rows(&pool).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].entity_type.as_str(), rows[0].entity_id.as_str()),
+        ("SaleOrder", "2")
+    );
+
+    let message =
+        invalid_message(capture::enable(&pool, &CaptureSpec::new("nowhere.orders", "X")).await);
+    assert_eq!(
+        message,
+        "table `nowhere.orders` does not exist (looked in schema `nowhere` for `orders`); \
+         did you mean public.orders, sales.orders?"
+    );
+    let message = invalid_message(capture::enable(&pool, &CaptureSpec::new("missing", "X")).await);
+    assert!(
+        message.starts_with("table `missing` does not exist (looked in schema `public`"),
+        "{message}"
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn unknown_columns_and_bad_requests_are_explained(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TABLE orders (order_no int PRIMARY KEY, dropped int, total int)",
+    )
+    .await;
+    exec(&pool, "ALTER TABLE orders DROP COLUMN dropped").await;
+    exec(&pool, "CREATE VIEW order_view AS SELECT * FROM orders").await;
+
+    let message =
+        invalid_message(capture::enable(&pool, &CaptureSpec::new("orders", "Order")).await);
+    assert_eq!(
+        message,
+        "id column `id` does not exist in table public.orders; its columns are: order_no, total"
+    );
+    let message = invalid_message(
+        capture::enable(
+            &pool,
+            &CaptureSpec::new("orders", "Order")
+                .with_id_column("order_no")
+                .with_tenant_column("org"),
+        )
+        .await,
+    );
+    assert!(
+        message.starts_with("tenant column `org` does not exist"),
+        "{message}"
+    );
+    let message = invalid_message(capture::enable(&pool, &CaptureSpec::new("orders", "  ")).await);
+    assert!(
+        message.contains("entity type must not be empty"),
+        "{message}"
+    );
+    let message =
+        invalid_message(capture::enable(&pool, &CaptureSpec::new("order_view", "O")).await);
+    assert!(message.contains("is a view, not a table"), "{message}");
+    let message = invalid_message(
+        capture::enable(&pool, &CaptureSpec::new("observer_change_log", "O")).await,
+    );
+    assert!(message.contains("change log itself"), "{message}");
+    assert!(
+        capture::list(&pool).await.unwrap().is_empty(),
+        "failed enables leave nothing behind"
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn enable_twice_replaces_the_settings(pool: PgPool) {
+    exec(&pool, "CREATE TABLE t (id int PRIMARY KEY, code text)").await;
+    capture::enable(&pool, &CaptureSpec::new("t", "Old"))
+        .await
+        .unwrap();
+    capture::enable(&pool, &CaptureSpec::new("t", "New").with_id_column("code"))
+        .await
+        .unwrap();
+    exec(&pool, "INSERT INTO t VALUES (1, 'c1')").await;
+
+    let rows = log_rows(&pool).await;
+    assert_eq!(rows.len(), 1, "one trigger, one row per change");
+    assert_eq!(
+        (rows[0].entity_type.as_str(), rows[0].entity_id.as_str()),
+        ("New", "c1")
+    );
+    let listed = capture::list(&pool).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].entity_type.as_str(), listed[0].id_column.as_str()),
+        ("New", "code")
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn partitioned_tables_can_be_captured(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TABLE events (id int, kind text, PRIMARY KEY (id, kind)) PARTITION BY LIST (kind);
+         CREATE TABLE events_a PARTITION OF events FOR VALUES IN ('a');",
+    )
+    .await;
+    capture::enable(&pool, &CaptureSpec::new("events", "Event"))
+        .await
+        .unwrap();
+    exec(&pool, "INSERT INTO events VALUES (1, 'a')").await;
+    assert_eq!(log_count(&pool).await, 1);
+    assert!(capture::list(&pool).await.unwrap()[0].trigger_present);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn disable_stops_capture(pool: PgPool) {
+    exec(
+        &pool,
+        r#"CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE "T 2" (id int PRIMARY KEY)"#,
+    )
+    .await;
+    capture::enable(&pool, &CaptureSpec::new("t", "T"))
+        .await
+        .unwrap();
+    capture::enable(&pool, &CaptureSpec::new(r#""T 2""#, "T2"))
+        .await
+        .unwrap();
+    exec(&pool, "INSERT INTO t VALUES (1)").await;
+
+    assert!(capture::disable(&pool, "public.t").await.unwrap());
+    assert!(
+        !capture::disable(&pool, "t").await.unwrap(),
+        "second disable finds nothing"
+    );
+    assert!(!capture::disable(&pool, "never_captured").await.unwrap());
+    exec(
+        &pool,
+        r#"INSERT INTO t VALUES (2); INSERT INTO "T 2" VALUES (1)"#,
+    )
+    .await;
+
+    let rows = log_rows(&pool).await;
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|r| (r.entity_type.as_str(), r.entity_id.as_str()))
+        .collect();
+    assert_eq!(seen, [("T", "1"), ("T2", "1")]);
+    let listed = capture::list(&pool).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].table, "T 2");
+
+    // A captured table dropped since still leaves a row that disable removes.
+    exec(&pool, r#"DROP TABLE "T 2""#).await;
+    assert!(capture::disable(&pool, r#""T 2""#).await.unwrap());
+    assert!(capture::list(&pool).await.unwrap().is_empty());
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn list_shows_a_trigger_dropped_by_hand(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)",
+    )
+    .await;
+    let enabled = capture::enable(&pool, &CaptureSpec::new("b", "B"))
+        .await
+        .unwrap();
+    capture::enable(&pool, &CaptureSpec::new("a", "A"))
+        .await
+        .unwrap();
+    exec(&pool, "DROP TRIGGER observers_capture ON b").await;
+
+    let listed = capture::list(&pool).await.unwrap();
+    let seen: Vec<_> = listed
+        .iter()
+        .map(|c| (c.table.as_str(), c.trigger_present))
+        .collect();
+    assert_eq!(seen, [("a", true), ("b", false)]);
+    assert_eq!(listed[1].enabled_at, enabled.enabled_at);
+    let as_json = serde_json::to_value(&listed[1]).unwrap();
+    assert_eq!(as_json["schema"], json!("public"));
+    assert_eq!(as_json["trigger_present"], json!(false));
+    assert_eq!(as_json["tenant_column"], Value::Null);
+
+    // Re-enabling repairs the drift.
+    capture::enable(&pool, &CaptureSpec::new("b", "B"))
+        .await
+        .unwrap();
+    assert!(
+        capture::list(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.trigger_present)
+    );
+}

@@ -1,0 +1,207 @@
+//! Tests of change-log retention (`changelog::prune`) and statistics (`changelog::stats`).
+
+use std::time::Duration;
+
+use observers_core::Cursor;
+use observers_postgres::PgError;
+use observers_postgres::changelog;
+use sqlx::PgPool;
+
+/// Writes one change-log row in its own transaction and returns its cursor.
+async fn write(pool: &PgPool, entity_id: &str) -> Cursor {
+    let (txid, id): (i64, i64) = sqlx::query_as(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation)
+         VALUES ('Order', $1, 'insert') RETURNING txid::text::int8, id",
+    )
+    .bind(entity_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    Cursor::new(u64::try_from(txid).unwrap(), id)
+}
+
+async fn write_many(pool: &PgPool, n: usize) -> Vec<Cursor> {
+    let mut cursors = Vec::new();
+    for i in 0..n {
+        cursors.push(write(pool, &i.to_string()).await);
+    }
+    cursors
+}
+
+async fn checkpoint(pool: &PgPool, listener: &str, at: Cursor) {
+    sqlx::query(
+        "INSERT INTO observer_checkpoints (listener_id, cursor_txid, cursor_id, last_processed_id)
+         VALUES ($1, $2, $3, $3)",
+    )
+    .bind(listener)
+    .bind(i64::try_from(at.txid).unwrap())
+    .bind(at.id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Remaining change-log ids in cursor order.
+async fn remaining(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM observer_change_log ORDER BY txid, id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn without_checkpoints_nothing_is_pruned(pool: PgPool) {
+    write_many(&pool, 3).await;
+    let report = changelog::prune(&pool, None, 100).await.unwrap();
+    assert_eq!(report.deleted, 0);
+    assert_eq!(report.cutoff, None);
+    assert_eq!(report.consumers, 0);
+    assert!(report.to_string().contains("nothing pruned"));
+    assert_eq!(remaining(&pool).await.len(), 3);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn only_rows_behind_the_slowest_consumer_are_pruned(pool: PgPool) {
+    let c = write_many(&pool, 5).await;
+    checkpoint(&pool, "fast", c[3]).await;
+    checkpoint(&pool, "slow", c[1]).await;
+
+    let report = changelog::prune(&pool, None, 100).await.unwrap();
+    assert_eq!(report.deleted, 2, "rows at or below the slow cursor");
+    assert_eq!(report.cutoff, Some(c[1]));
+    assert_eq!(report.consumers, 2);
+    assert_eq!(remaining(&pool).await, [c[2].id, c[3].id, c[4].id]);
+
+    // Nothing more until the slow consumer moves.
+    assert_eq!(changelog::prune(&pool, None, 100).await.unwrap().deleted, 0);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn pruning_compares_txid_before_id(pool: PgPool) {
+    // A transaction that starts first but commits last: its second row gets a higher id than a
+    // row of a transaction that committed in between, yet sorts before it.
+    let mut early = pool.begin().await.unwrap();
+    let (early_txid, first): (i64, i64) = sqlx::query_as(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation)
+         VALUES ('Order', 'a', 'insert') RETURNING txid::text::int8, id",
+    )
+    .fetch_one(&mut *early)
+    .await
+    .unwrap();
+    let middle = write(&pool, "b").await;
+    let last: i64 = sqlx::query_scalar(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation)
+         VALUES ('Order', 'c', 'insert') RETURNING id",
+    )
+    .fetch_one(&mut *early)
+    .await
+    .unwrap();
+    early.commit().await.unwrap();
+    assert!(first < middle.id && middle.id < last);
+
+    // A consumer that has read the early transaction's rows but not the middle one.
+    checkpoint(
+        &pool,
+        "reader",
+        Cursor::new(u64::try_from(early_txid).unwrap(), last),
+    )
+    .await;
+    let report = changelog::prune(&pool, None, 10).await.unwrap();
+    assert_eq!(report.deleted, 2);
+    assert_eq!(
+        remaining(&pool).await,
+        [middle.id],
+        "the row with the lower id stays"
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn older_than_keeps_recent_rows(pool: PgPool) {
+    let c = write_many(&pool, 4).await;
+    sqlx::query(
+        "UPDATE observer_change_log SET created_at = now() - interval '2 hours' WHERE id <= $1",
+    )
+    .bind(c[1].id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    checkpoint(&pool, "reader", c[3]).await;
+
+    let report = changelog::prune(&pool, Some(Duration::from_secs(3600)), 100)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, 2);
+    assert_eq!(remaining(&pool).await, [c[2].id, c[3].id]);
+
+    let report = changelog::prune(&pool, Some(Duration::from_secs(3 * 3600)), 100)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, 0, "nothing is older than three hours");
+    let report = changelog::prune(&pool, None, 100).await.unwrap();
+    assert_eq!(report.deleted, 2);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn batches_delete_everything_below_the_cutoff(pool: PgPool) {
+    let c = write_many(&pool, 7).await;
+    checkpoint(&pool, "reader", c[4]).await;
+    let report = changelog::prune(&pool, None, 2).await.unwrap();
+    assert_eq!(report.deleted, 5, "three batches: 2 + 2 + 1");
+    assert_eq!(remaining(&pool).await, [c[5].id, c[6].id]);
+
+    // An exact multiple of the batch size ends with an empty batch.
+    checkpoint(&pool, "other", c[6]).await;
+    sqlx::query("DELETE FROM observer_checkpoints WHERE listener_id = 'reader'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(changelog::prune(&pool, None, 2).await.unwrap().deleted, 2);
+    assert!(remaining(&pool).await.is_empty());
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_batch_below_one_is_rejected(pool: PgPool) {
+    for batch in [0, -5] {
+        match changelog::prune(&pool, None, batch).await {
+            Err(PgError::Invalid(message)) => assert!(message.contains("at least 1"), "{message}"),
+            other => panic!("batch {batch}: expected Invalid, got {other:?}"),
+        }
+    }
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn stats_show_totals_and_each_backlog(pool: PgPool) {
+    let empty = changelog::stats(&pool).await.unwrap();
+    assert_eq!(empty.total_rows, 0);
+    assert_eq!(
+        (empty.min_id, empty.max_id, empty.oldest_created_at),
+        (None, None, None)
+    );
+    assert!(empty.consumers.is_empty());
+
+    let c = write_many(&pool, 5).await;
+    checkpoint(&pool, "b-slow", c[0]).await;
+    checkpoint(&pool, "a-fast", c[3]).await;
+    checkpoint(&pool, "c-new", Cursor::START).await;
+
+    let stats = changelog::stats(&pool).await.unwrap();
+    assert_eq!(stats.total_rows, 5);
+    assert_eq!((stats.min_id, stats.max_id), (Some(c[0].id), Some(c[4].id)));
+    assert!(stats.oldest_created_at.is_some());
+    assert!(stats.oldest_created_at <= stats.newest_created_at);
+    let backlogs: Vec<_> = stats
+        .consumers
+        .iter()
+        .map(|b| (b.listener_id.as_str(), b.cursor, b.backlog))
+        .collect();
+    assert_eq!(
+        backlogs,
+        [
+            ("a-fast", c[3], 1),
+            ("b-slow", c[0], 4),
+            ("c-new", Cursor::START, 5)
+        ]
+    );
+    let as_json = serde_json::to_value(&stats).unwrap();
+    assert_eq!(as_json["consumers"][1]["backlog"], 4);
+}

@@ -1,0 +1,370 @@
+//! Tests of `PostgresCheckpointStore`: saves, compare-and-swap under contention, operator moves
+//! with history, error streaks, and lease-fenced saves.
+
+use std::sync::Arc;
+
+use observers_core::stores::checkpoint::CheckpointStore;
+use observers_core::{Cursor, ObserverError};
+use observers_postgres::PostgresCheckpointStore;
+use sqlx::PgPool;
+
+fn store(pool: PgPool) -> PostgresCheckpointStore {
+    PostgresCheckpointStore::new(pool).with_instance("test-host:1")
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn save_load_list_delete_round_trip(pool: PgPool) {
+    let s = store(pool);
+    assert_eq!(s.load("orders").await.unwrap(), None);
+
+    s.save("orders", Cursor::new(10, 3), 3).await.unwrap();
+    s.save("orders", Cursor::new(12, 9), 6).await.unwrap();
+    s.save("users", Cursor::new(1, 1), 1).await.unwrap();
+
+    let cp = s.load("orders").await.unwrap().unwrap();
+    assert_eq!(cp.cursor, Cursor::new(12, 9));
+    assert_eq!(cp.events_processed, 9);
+
+    let d = s.details("orders").await.unwrap().unwrap();
+    assert_eq!(d.batch_size, 6);
+    assert_eq!(d.event_count, 9);
+    assert_eq!(d.updated_by.as_deref(), Some("test-host:1"));
+    assert_eq!(d.lease_epoch, None);
+
+    let listed: Vec<_> = s
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.listener_id, c.cursor))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("orders".to_owned(), Cursor::new(12, 9)),
+            ("users".to_owned(), Cursor::new(1, 1))
+        ]
+    );
+
+    assert!(s.delete("orders").await.unwrap());
+    assert!(!s.delete("orders").await.unwrap());
+    assert_eq!(s.load("orders").await.unwrap(), None);
+    assert_eq!(s.list().await.unwrap().len(), 1);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn last_processed_id_mirrors_the_cursor_id(pool: PgPool) {
+    let s = store(pool.clone());
+    s.save("l", Cursor::new(5, 42), 1).await.unwrap();
+    let (last_id,): (i64,) = sqlx::query_as(
+        "SELECT last_processed_id FROM observer_checkpoints WHERE listener_id = 'l'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(last_id, 42);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn compare_and_swap_follows_the_expected_value(pool: PgPool) {
+    let s = store(pool);
+    let (a, b, c) = (Cursor::new(1, 1), Cursor::new(2, 2), Cursor::new(3, 3));
+    let cases: [(Option<Cursor>, Cursor, bool, Cursor); 5] = [
+        (None, a, true, a),     // creates
+        (None, b, false, a),    // already exists
+        (Some(c), b, false, a), // wrong expectation
+        (Some(a), b, true, b),  // moves
+        (Some(b), a, true, a),  // backwards is allowed when expected matches
+    ];
+    for (i, (expected, new, moved, now)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            s.compare_and_swap("l", expected, new).await.unwrap(),
+            moved,
+            "case {i}"
+        );
+        assert_eq!(s.load("l").await.unwrap().unwrap().cursor, now, "case {i}");
+    }
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn concurrent_compare_and_swap_has_exactly_one_winner(pool: PgPool) {
+    let s = Arc::new(store(pool));
+
+    // From nothing: 16 racers create the checkpoint.
+    let mut tasks = Vec::new();
+    for i in 0..16_i64 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let new = Cursor::new(100, i + 1);
+            (new, s.compare_and_swap("race", None, new).await.unwrap())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (new, won) = t.await.unwrap();
+        if won {
+            winners.push(new);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let first = winners[0];
+    assert_eq!(s.load("race").await.unwrap().unwrap().cursor, first);
+
+    // From a known value: 16 racers expect it.
+    let mut tasks = Vec::new();
+    for i in 0..16_i64 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let new = Cursor::new(200, i + 1);
+            (
+                new,
+                s.compare_and_swap("race", Some(first), new).await.unwrap(),
+            )
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (new, won) = t.await.unwrap();
+        if won {
+            winners.push(new);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(s.load("race").await.unwrap().unwrap().cursor, winners[0]);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn txids_beyond_bigint_are_rejected_and_write_nothing(pool: PgPool) {
+    let s = store(pool);
+    let max = Cursor::new(i64::MAX.unsigned_abs(), i64::MAX);
+    s.save("l", max, 1).await.unwrap();
+    assert_eq!(s.load("l").await.unwrap().unwrap().cursor, max);
+
+    let too_big = [
+        Cursor::new(i64::MAX.unsigned_abs() + 1, 1),
+        Cursor::new(u64::MAX, 1),
+    ];
+    for c in too_big {
+        let err = s.save("l", c, 1).await.unwrap_err();
+        assert_eq!(err.code(), "OBS-PG-INVALID", "{err}");
+        assert!(err.to_string().contains("bigint"), "{err}");
+        assert!(s.compare_and_swap("l", Some(max), c).await.is_err());
+        assert!(s.compare_and_swap("other", None, c).await.is_err());
+        assert!(s.set("l", c, "too far").await.is_err());
+        assert!(
+            s.save_fenced("l", c, 1, "leader", "me", 1)
+                .await
+                .is_err_and(|e| e.code() == "OBS-PG-INVALID")
+        );
+    }
+    let err = s.save("l", Cursor::new(1, -5), 1).await.unwrap_err();
+    assert!(err.to_string().contains("negative"), "{err}");
+
+    assert_eq!(s.load("l").await.unwrap().unwrap().cursor, max);
+    assert_eq!(s.load("other").await.unwrap(), None);
+    assert!(s.history("l", 10).await.unwrap().is_empty());
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn set_moves_backwards_and_writes_history(pool: PgPool) {
+    let s = store(pool);
+
+    assert_eq!(
+        s.set("l", Cursor::new(5, 5), "initial position")
+            .await
+            .unwrap(),
+        None
+    );
+    s.save("l", Cursor::new(50, 60), 10).await.unwrap();
+    assert_eq!(
+        s.set("l", Cursor::new(20, 1), "replay after outage")
+            .await
+            .unwrap(),
+        Some(Cursor::new(50, 60))
+    );
+    let cp = s.load("l").await.unwrap().unwrap();
+    assert_eq!(cp.cursor, Cursor::new(20, 1));
+    assert_eq!(cp.events_processed, 10, "a move does not change the count");
+
+    let history = s.history("l", 10).await.unwrap();
+    let rows: Vec<_> = history
+        .iter()
+        .map(|h| (h.old, h.new, h.reason.as_str(), h.changed_by.as_deref()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                Some(Cursor::new(50, 60)),
+                Cursor::new(20, 1),
+                "replay after outage",
+                Some("test-host:1")
+            ),
+            (
+                None,
+                Cursor::new(5, 5),
+                "initial position",
+                Some("test-host:1")
+            ),
+        ]
+    );
+    assert_eq!(s.history("l", 1).await.unwrap().len(), 1);
+    assert!(s.history("other", 10).await.unwrap().is_empty());
+
+    // Serializable for `status --json`.
+    let json = serde_json::to_value(&history[0]).unwrap();
+    assert_eq!(json["new"]["txid"], 20);
+    assert_eq!(json["reason"], "replay after outage");
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn errors_are_counted_and_cleared_by_a_save(pool: PgPool) {
+    let s = store(pool);
+    assert!(
+        !s.record_error("l", "boom").await.unwrap(),
+        "no checkpoint is created by an error"
+    );
+    assert_eq!(s.load("l").await.unwrap(), None);
+
+    s.save("l", Cursor::new(1, 1), 1).await.unwrap();
+    assert!(s.record_error("l", "first").await.unwrap());
+    assert!(s.record_error("l", "second").await.unwrap());
+    let d = s.details("l").await.unwrap().unwrap();
+    assert_eq!(
+        (d.consecutive_errors, d.last_error.as_deref()),
+        (2, Some("second"))
+    );
+
+    let long = "é".repeat(5000);
+    s.record_error("l", &long).await.unwrap();
+    let d = s.details("l").await.unwrap().unwrap();
+    assert!(d.last_error.unwrap().len() <= 4096);
+
+    s.save("l", Cursor::new(2, 2), 1).await.unwrap();
+    let d = s.details("l").await.unwrap().unwrap();
+    assert_eq!((d.consecutive_errors, d.last_error), (0, None));
+}
+
+const LEASES: &str = "CREATE TABLE IF NOT EXISTS observer_leases ( \
+     name text PRIMARY KEY, holder text NOT NULL, epoch bigint NOT NULL, \
+     expires_at timestamptz NOT NULL)";
+
+async fn lease(pool: &PgPool, holder: &str, epoch: i64, ttl_secs: i64) {
+    sqlx::query(LEASES).execute(pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO observer_leases (name, holder, epoch, expires_at) \
+         VALUES ('leader', $1, $2, now() + make_interval(secs => $3)) \
+         ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, epoch = EXCLUDED.epoch, \
+           expires_at = EXCLUDED.expires_at",
+    )
+    .bind(holder)
+    .bind(epoch)
+    .bind(ttl_secs)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn is_fenced(r: &Result<(), ObserverError>) -> bool {
+    matches!(r, Err(ObserverError::Fenced(_)))
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn fenced_save_needs_the_current_lease(pool: PgPool) {
+    let s = store(pool.clone());
+    lease(&pool, "a", 3, 30).await;
+
+    s.save_fenced("l", Cursor::new(10, 1), 4, "leader", "a", 3)
+        .await
+        .unwrap();
+    let d = s.details("l").await.unwrap().unwrap();
+    assert_eq!(
+        (d.cursor, d.event_count, d.lease_epoch),
+        (Cursor::new(10, 1), 4, Some(3))
+    );
+
+    // Refused: stale epoch, another holder, unknown lease name.
+    let refused = [("leader", "a", 2), ("leader", "b", 3), ("follower", "a", 3)];
+    for (name, holder, epoch) in refused {
+        assert!(
+            is_fenced(
+                &s.save_fenced("l", Cursor::new(99, 9), 1, name, holder, epoch)
+                    .await
+            ),
+            "{name}/{holder}/{epoch}"
+        );
+    }
+
+    // Taken over by b under epoch 4: a's epoch 3 is now stale, b's writes go through.
+    lease(&pool, "b", 4, 30).await;
+    assert!(is_fenced(
+        &s.save_fenced("l", Cursor::new(99, 9), 1, "leader", "a", 3)
+            .await
+    ));
+    s.save_fenced("l", Cursor::new(11, 1), 1, "leader", "b", 4)
+        .await
+        .unwrap();
+
+    // Expired by the database clock.
+    lease(&pool, "b", 4, -1).await;
+    let err = s
+        .save_fenced("l", Cursor::new(99, 9), 1, "leader", "b", 4)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "OBS-FENCED");
+    assert!(err.to_string().contains("re-acquire"), "{err}");
+
+    let d = s.details("l").await.unwrap().unwrap();
+    assert_eq!(
+        (d.cursor, d.event_count, d.lease_epoch),
+        (Cursor::new(11, 1), 5, Some(4))
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn fenced_save_never_moves_backwards(pool: PgPool) {
+    let s = store(pool.clone());
+    lease(&pool, "a", 1, 30).await;
+
+    s.save_fenced("l", Cursor::new(10, 5), 2, "leader", "a", 1)
+        .await
+        .unwrap();
+    for older in [Cursor::new(10, 4), Cursor::new(9, 100), Cursor::START] {
+        s.save_fenced("l", older, 1, "leader", "a", 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.load("l").await.unwrap().unwrap().cursor,
+            Cursor::new(10, 5)
+        );
+    }
+    s.save_fenced("l", Cursor::new(11, 1), 1, "leader", "a", 1)
+        .await
+        .unwrap();
+    let cp = s.load("l").await.unwrap().unwrap();
+    assert_eq!((cp.cursor, cp.events_processed), (Cursor::new(11, 1), 6));
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn fenced_save_refuses_a_row_written_under_a_newer_epoch(pool: PgPool) {
+    let s = store(pool.clone());
+    lease(&pool, "b", 7, 30).await;
+    s.save_fenced("l", Cursor::new(5, 5), 1, "leader", "b", 7)
+        .await
+        .unwrap();
+
+    // Even if the lease table were reset to an older epoch, the row's epoch fences the write.
+    lease(&pool, "a", 6, 30).await;
+    assert!(is_fenced(
+        &s.save_fenced("l", Cursor::new(6, 6), 1, "leader", "a", 6)
+            .await
+    ));
+    assert_eq!(
+        s.load("l").await.unwrap().unwrap().cursor,
+        Cursor::new(5, 5)
+    );
+
+    // A plain save is unfenced and clears the epoch.
+    s.save("l", Cursor::new(6, 6), 1).await.unwrap();
+    assert_eq!(s.details("l").await.unwrap().unwrap().lease_epoch, None);
+}

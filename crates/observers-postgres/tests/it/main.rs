@@ -1,0 +1,9 @@
+//! Integration tests of observers-postgres against a real PostgreSQL (`DATABASE_URL`); each
+//! test gets a fresh database with the migrations applied (`#[sqlx::test]`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod capture;
+mod changelog;
+mod checkpoint;
+mod dlq;
+mod source;
