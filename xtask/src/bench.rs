@@ -1,10 +1,35 @@
-//! `cargo xtask bench`: criterion benches (ratios are computed inside each bench against a
-//! baseline measured in the same run).
+//! `cargo xtask bench`: the criterion benches of core (each next to an in-run baseline), then
+//! the PostgreSQL pipeline benchmark (drain rate against pgbench's writer rate, commit-to-
+//! webhook latency, checkpoint saves against a raw UPSERT, the capture trigger's cost).
+//! Figures are recorded in docs/benchmarks.md.
 
 use anyhow::Result;
 
+use crate::services;
+
 pub fn run(args: &[String]) -> Result<()> {
-    let mut cmd = vec!["bench", "-p", "observers-benches"];
-    cmd.extend(args.iter().map(String::as_str));
-    crate::cargo(&cmd)
+    let database_url = services::postgres()?;
+    let only_pipeline = args.iter().any(|a| a == "--pipeline");
+    if !only_pipeline {
+        let mut cmd = vec!["bench", "-p", "observers-benches"];
+        cmd.extend(
+            args.iter()
+                .map(String::as_str)
+                .filter(|a| *a != "--pipeline"),
+        );
+        crate::cargo(&cmd)?;
+    }
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "observers-cli",
+        "--example",
+        "pipeline_bench",
+    ])
+    .env("DATABASE_URL", database_url);
+    crate::run(&mut cmd)
 }

@@ -391,3 +391,63 @@ async fn private_networks_denied_when_configured_even_through_dns() {
     );
     assert_eq!(rx.received().len(), 0);
 }
+
+/// Our signatures verify with the official Standard Webhooks library (Python), not only with
+/// our own verifier.
+#[tokio::test]
+async fn signatures_verify_with_the_reference_library() {
+    let python = std::env::var("OBSERVERS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let have = std::process::Command::new(&python)
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "standardwebhooks is missing: run `cargo xtask test` (it installs it) or `pip install standardwebhooks`"
+        );
+        eprintln!("skipping: pip install standardwebhooks");
+        return;
+    }
+    let rx = Receiver::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let text = format!(
+        "[[observers]]\nname = \"signed\"\nentity = \"Order\"\n[[observers.actions]]\ntype = \"webhook\"\nurl = \"{}\"\nsigning_secret = \"{secret}\"\n",
+        rx.url("/signed")
+    );
+    let h = harness(&text);
+    h.executor.process(&order(5, 150.0, "paid")).await.unwrap();
+    let r = &rx.received()[0];
+    let dir = std::env::temp_dir().join(format!("obs-sig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("body"), &r.body).unwrap();
+    let script = "import sys\nfrom standardwebhooks.webhooks import Webhook\n\
+        body = open(sys.argv[1], 'rb').read()\n\
+        headers = {'webhook-id': sys.argv[2], 'webhook-timestamp': sys.argv[3], 'webhook-signature': sys.argv[4]}\n\
+        Webhook(sys.argv[5]).verify(body, headers)\nprint('verified')\n";
+    let run = |sig: &str| {
+        std::process::Command::new(&python)
+            .args([
+                "-c",
+                script,
+                dir.join("body").to_str().unwrap(),
+                r.header("webhook-id"),
+                r.header("webhook-timestamp"),
+                sig,
+                secret,
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = run(r.header("webhook-signature"));
+    assert!(
+        ok.status.success(),
+        "reference library rejected our signature: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let tampered = run("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    assert!(
+        !tampered.status.success(),
+        "a wrong signature must be rejected"
+    );
+}
