@@ -94,7 +94,7 @@ pub trait DeadLetterQueue: Send + Sync {
     async fn get(&self, id: i64) -> Result<Option<DlqItem>>;
     /// Records a retry: resolved when it succeeded, otherwise pending with the new error.
     async fn record_retry(&self, id: i64, succeeded: bool, error: Option<&str>) -> Result<()>;
-    /// Deletes matching items; returns how many.
+    /// Deletes matching items (oldest first, at most `limit`); returns how many.
     async fn purge(&self, filter: &DlqFilter) -> Result<u64>;
     async fn count(&self, status: Option<DlqStatus>) -> Result<u64>;
 }
@@ -182,9 +182,18 @@ impl DeadLetterQueue for MemoryDeadLetterQueue {
 
     async fn purge(&self, filter: &DlqFilter) -> Result<u64> {
         let mut guard = lock(&self.inner);
-        let before = guard.1.len();
-        guard.1.retain(|_, i| !filter.matches(i));
-        Ok((before - guard.1.len()) as u64)
+        // Oldest first, at most `limit`, as the PostgreSQL queue does.
+        let victims: Vec<i64> = guard
+            .1
+            .values()
+            .filter(|i| filter.matches(i))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .map(|i| i.id)
+            .collect();
+        for id in &victims {
+            guard.1.remove(id);
+        }
+        Ok(victims.len() as u64)
     }
 
     async fn count(&self, status: Option<DlqStatus>) -> Result<u64> {
@@ -241,6 +250,20 @@ mod tests {
         };
         assert_eq!(q.purge(&resolved).await.unwrap(), 1);
         assert_eq!(q.count(None).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn purge_honours_the_limit_oldest_first() {
+        let q = MemoryDeadLetterQueue::new(10);
+        let a = q.push(entry("a")).await.unwrap();
+        let b = q.push(entry("b")).await.unwrap();
+        let one = DlqFilter {
+            limit: Some(1),
+            ..DlqFilter::default()
+        };
+        assert_eq!(q.purge(&one).await.unwrap(), 1);
+        assert!(q.get(a).await.unwrap().is_none());
+        assert!(q.get(b).await.unwrap().is_some());
     }
 
     #[tokio::test]
