@@ -13,7 +13,7 @@ pub struct DbArgs {
     /// PostgreSQL URL (default: DATABASE_URL).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
-    /// Take the database URL from this config file's [source] section.
+    /// The config file (observers, and [source] database_url for database commands).
     #[arg(long, env = "OBSERVERS_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }

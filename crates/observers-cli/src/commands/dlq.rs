@@ -19,10 +19,13 @@ pub struct Selection {
     /// Only this item (repeatable).
     #[arg(long = "id")]
     ids: Vec<i64>,
+    /// Only items of this observer.
     #[arg(long)]
     observer: Option<String>,
+    /// Only items for this entity type (e.g. `Order`).
     #[arg(long)]
     entity_type: Option<String>,
+    /// Only items of this action type (webhook, email, ...; `source` for undecodable rows).
     #[arg(long)]
     action_type: Option<String>,
     /// pending or resolved.
@@ -129,6 +132,7 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         select: Selection,
+        /// Most items to show.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         #[arg(long, value_enum, default_value_t)]
