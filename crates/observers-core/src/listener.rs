@@ -86,6 +86,7 @@ impl Listener {
         };
         tracing::info!(listener = id, cursor = %stats.cursor, "listener started");
         let mut backoff = Duration::from_millis(100);
+        let mut source_failed = false;
         while !*shutdown.borrow() {
             let items = match self
                 .source
@@ -93,10 +94,19 @@ impl Listener {
                 .await
             {
                 Ok(items) => {
+                    if source_failed {
+                        source_failed = false;
+                        telemetry.emit(&TelemetryEvent::ListenerReconnected {
+                            listener: id,
+                            backoff,
+                        });
+                        tracing::info!(listener = id, "reading the source works again");
+                    }
                     backoff = Duration::from_millis(100);
                     items
                 }
                 Err(e) => {
+                    source_failed = true;
                     let error = e.to_string();
                     telemetry.emit(&TelemetryEvent::ListenerError {
                         listener: id,
@@ -124,7 +134,7 @@ impl Listener {
                 }
                 continue;
             }
-            let (done, complete) = self.process_batch(&items, &shutdown, &mut stats).await;
+            let (done, complete) = self.process_batch(items, &shutdown, &mut stats).await;
             if let Some(committed) = done
                 && committed > stats.cursor
             {
@@ -160,7 +170,7 @@ impl Listener {
         if items.is_empty() {
             return Ok(stats);
         }
-        let (done, _) = self.process_batch(&items, &rx, &mut stats).await;
+        let (done, _) = self.process_batch(items, &rx, &mut stats).await;
         if let Some(committed) = done
             && committed > stats.cursor
         {
@@ -215,7 +225,7 @@ impl Listener {
     /// Returns the committed prefix cursor and whether every item completed.
     async fn process_batch(
         &self,
-        items: &[SourceItem],
+        items: Vec<SourceItem>,
         shutdown: &watch::Receiver<bool>,
         stats: &mut ListenerStats,
     ) -> (Option<Cursor>, bool) {
@@ -224,14 +234,14 @@ impl Listener {
         let tracker = ProgressTracker::new(items.iter().map(SourceItem::cursor).collect());
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
-        for (pos, item) in items.iter().enumerate() {
+        for (pos, item) in items.into_iter().enumerate() {
             match item {
                 SourceItem::Event(e) => {
-                    events.push(e.clone());
+                    events.push(e);
                     positions.push(pos);
                 }
                 SourceItem::Poison { cursor, raw, error } => {
-                    if self.dead_letter_poison(*cursor, raw, error).await {
+                    if self.dead_letter_poison(cursor, &raw, &error).await {
                         tracker.complete(pos);
                         stats.poison += 1;
                     }

@@ -3,7 +3,7 @@
 //! Variables: `id`, `entity_type`, `entity_id`, `event_type`, `tenant_id`, `user_id`,
 //! `timestamp`, `new` (row after), `old` (row before), `changes`, `changed` and `observer`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -55,12 +55,12 @@ impl Template {
         &self.source
     }
 
-    pub fn render(&self, ctx: &TemplateContext) -> Result<String, String> {
+    pub fn render(&self, ctx: &TemplateContext<'_>) -> Result<String, String> {
         let Some(env) = &self.env else {
             return Ok(self.source.to_string());
         };
         env.get_template(NAME)
-            .and_then(|t| t.render(&ctx.value))
+            .and_then(|t| t.render(ctx.value()))
             .map_err(|e| format!("template `{}`: {e}", self.source))
     }
 }
@@ -81,31 +81,42 @@ struct ContextFields<'a> {
     observer: &'a str,
 }
 
-/// The variables a template sees, built once per event and observer.
-#[derive(Debug, Clone)]
-pub struct TemplateContext {
-    value: Value,
+/// The variables a template sees, for one event and observer. The engine value is built on
+/// first use only, so actions without templates (a fixed URL, the default body) cost nothing.
+#[derive(Debug)]
+pub struct TemplateContext<'a> {
+    event: &'a EntityEvent,
+    observer: &'a str,
+    value: OnceLock<Value>,
 }
 
-impl TemplateContext {
-    pub fn new(event: &EntityEvent, observer: &str) -> Self {
-        let fields = ContextFields {
-            id: event.id,
-            entity_type: &event.entity_type,
-            entity_id: &event.entity_id,
-            event_type: event.kind.as_str(),
-            tenant_id: event.tenant_id.as_deref(),
-            user_id: event.user_id.as_deref(),
-            timestamp: event.timestamp.to_rfc3339(),
-            new: &event.after,
-            old: &event.before,
-            changes: &event.changes,
-            changed: event.changed_fields(),
-            observer,
-        };
+impl<'a> TemplateContext<'a> {
+    pub fn new(event: &'a EntityEvent, observer: &'a str) -> Self {
         Self {
-            value: Value::from_serialize(&fields),
+            event,
+            observer,
+            value: OnceLock::new(),
         }
+    }
+
+    fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            let event = self.event;
+            Value::from_serialize(&ContextFields {
+                id: event.id,
+                entity_type: &event.entity_type,
+                entity_id: &event.entity_id,
+                event_type: event.kind.as_str(),
+                tenant_id: event.tenant_id.as_deref(),
+                user_id: event.user_id.as_deref(),
+                timestamp: event.timestamp.to_rfc3339(),
+                new: &event.after,
+                old: &event.before,
+                changes: &event.changes,
+                changed: event.changed_fields(),
+                observer: self.observer,
+            })
+        })
     }
 }
 
@@ -129,7 +140,8 @@ mod tests {
 
     #[test]
     fn renders_event_variables() {
-        let ctx = TemplateContext::new(&event(), "big-orders");
+        let event = event();
+        let ctx = TemplateContext::new(&event, "big-orders");
         let cases = [
             ("Order {{ entity_id }}: {{ new.total }}", "Order 42: 150"),
             ("{{ old.status }} -> {{ new.status }}", "new -> paid"),

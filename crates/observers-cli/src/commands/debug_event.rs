@@ -3,7 +3,6 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use observers_core::actions::ActionFactory;
@@ -101,13 +100,12 @@ pub async fn run(
 ) -> CliResult {
     let config = super::load_config(config_path)?;
     let event = read_event(event_source)?;
-    let set = build_set(&config)?;
+    let executor = ObserverExecutor::builder(build_set(&config)?)
+        .max_concurrent_actions(config.executor.max_concurrent_actions)
+        .build();
+    let set = executor.observers();
     let decisions = set.explain(&event);
     let summary = if execute {
-        let executor = ObserverExecutor::builder(build_set(&config)?)
-            .max_concurrent_actions(config.executor.max_concurrent_actions)
-            .build();
-        let executor = Arc::new(executor);
         Some(executor.process(&event).await?)
     } else {
         None

@@ -34,7 +34,7 @@ pub struct Invocation<'a> {
     pub action_index: usize,
     /// `"{event_id}:{observer}:{action_index}"`: stable across retries and redeliveries.
     pub idempotency_key: &'a str,
-    pub template: &'a TemplateContext,
+    pub template: &'a TemplateContext<'a>,
     /// 1-based attempt number.
     pub attempt: u32,
 }
@@ -100,6 +100,6 @@ pub(crate) fn template(field: &str, source: &str) -> Result<crate::template::Tem
         .map_err(|e| ObserverError::Template(format!("{field}: {e}")))
 }
 
-pub(crate) fn render(t: &crate::template::Template, ctx: &TemplateContext) -> Result<String> {
+pub(crate) fn render(t: &crate::template::Template, ctx: &TemplateContext<'_>) -> Result<String> {
     t.render(ctx).map_err(ObserverError::Template)
 }

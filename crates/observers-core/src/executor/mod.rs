@@ -209,12 +209,15 @@ impl ObserverExecutor {
             telemetry.emit(&TelemetryEvent::ConditionFailed { observer, error });
         });
 
+        let contexts: Vec<TemplateContext<'_>> = matched
+            .iter()
+            .map(|&i| TemplateContext::new(event, &set.observers[i].name))
+            .collect();
         let mut runs = Vec::new();
-        for &i in &matched {
+        for (&i, ctx) in matched.iter().zip(&contexts) {
             let o = &set.observers[i];
-            let ctx = Arc::new(TemplateContext::new(event, &o.name));
             for (idx, slot) in o.actions.iter().enumerate() {
-                runs.push(self.run_slot(&set, o, idx, slot, event, ctx.clone()));
+                runs.push(self.run_slot(&set, o, idx, slot, event, ctx));
             }
         }
         let attempted = join_all(runs).await;
@@ -300,9 +303,9 @@ impl ObserverExecutor {
                 ),
             )
         })?;
-        let ctx = Arc::new(TemplateContext::new(event, &o.name));
+        let ctx = TemplateContext::new(event, &o.name);
         let a = self
-            .attempt_inline(&set, o, action_index, slot, event, ctx)
+            .attempt_inline(&set, o, action_index, slot, event, &ctx)
             .await;
         match a.error {
             Some(e) => Err(e),
@@ -317,7 +320,7 @@ impl ObserverExecutor {
         index: usize,
         slot: &ActionSlot,
         event: &EntityEvent,
-        ctx: Arc<TemplateContext>,
+        ctx: &TemplateContext<'_>,
     ) -> Attempted {
         if slot.is_disabled() {
             let report = ActionReport::new(&o.name, index, slot.action.type_name()).finish(
@@ -389,7 +392,7 @@ impl ObserverExecutor {
         index: usize,
         slot: &ActionSlot,
         event: &EntityEvent,
-        ctx: Arc<TemplateContext>,
+        ctx: &TemplateContext<'_>,
     ) -> Attempted {
         let started = Instant::now();
         let action_type = slot.action.type_name();
@@ -419,7 +422,7 @@ impl ObserverExecutor {
                 observer: &o.name,
                 action_index: index,
                 idempotency_key: &key,
-                template: &ctx,
+                template: ctx,
                 attempt,
             };
             let limit = permit
