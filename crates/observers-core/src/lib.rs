@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod clock;
 pub mod condition;
 pub mod config;
+pub mod debezium;
 pub mod error;
 pub mod event;
 pub mod executor;

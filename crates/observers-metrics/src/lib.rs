@@ -1,1 +1,20 @@
-//! Prometheus metrics fed by core telemetry, and the ops HTTP server. Filled by the observers-metrics issue (#7); nothing here yet.
+//! Prometheus metrics fed by core telemetry (`ObserverMetrics`, the only place that knows
+//! prometheus-client), the ops HTTP server (`/metrics`, `/health`, `/ready`, `/status`,
+//! `POST /ingest/debezium`), and a reader of the exposition for `observers metrics`.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod families;
+mod handles;
+pub mod scrape;
+pub mod server;
+pub mod telemetry;
+
+pub use error::MetricsError;
+pub use families::{JobOutcome, ObserverMetrics};
+pub use handles::OVERFLOW;
+pub use scrape::{MetricsSummary, Scrape};
+pub use server::{
+    BoundOpsServer, DEFAULT_LISTEN, IngestTarget, InstanceInfo, OpsServer, OpsState,
+    ReadinessCheck, StatusSection, TOKEN_ENV,
+};

@@ -8,6 +8,8 @@ pub mod changelog;
 pub mod checkpoint;
 pub mod dlq;
 pub mod error;
+pub mod ingest;
+pub mod monitoring;
 pub mod source;
 
 use std::time::Duration;
@@ -15,6 +17,7 @@ use std::time::Duration;
 pub use checkpoint::PostgresCheckpointStore;
 pub use dlq::PostgresDeadLetterQueue;
 pub use error::PgError;
+pub use ingest::PostgresChangeLogSink;
 pub use source::{ChangeLogListener, PgEventSource};
 pub use sqlx::PgPool;
 

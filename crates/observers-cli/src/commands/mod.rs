@@ -8,8 +8,11 @@ mod debug_event;
 mod demo;
 mod dlq;
 mod engine;
+mod metrics_cmd;
 mod migrate;
+mod ops;
 mod run;
+mod status;
 mod validate;
 
 use std::path::PathBuf;
@@ -73,6 +76,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// The system's state: listeners, cursors, backlog and lag, the DLQ (from the database) and
+    /// the running instance's /status.
+    Status(status::StatusArgs),
+    /// Scrape a running instance's /metrics and summarise it.
+    Metrics(metrics_cmd::MetricsArgs),
     /// A guided tour: a demo database, a captured table, a local webhook receiver, deliveries.
     Demo {
         /// Orders to insert.
@@ -104,6 +112,8 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             format,
         } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
         Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
+        Command::Status(args) => status::run(args, &db).await,
+        Command::Metrics(args) => metrics_cmd::run(args, db.config.as_deref()).await,
     }
 }
 

@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use observers_core::telemetry::CountingTelemetry;
 use observers_core::{ObserverExecutor, ObserverSet};
 use observers_postgres::{ChangeLogListener, PostgresCheckpointStore};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use super::engine;
+use super::{engine, ops};
 use crate::CliResult;
 
 /// How long in-flight work may take to finish after SIGTERM before the process exits anyway
@@ -23,8 +22,8 @@ pub async fn run(config_path: &Path) -> CliResult {
     let url = engine::database_url(&config)?;
     let pool = observers_postgres::connect(&url, 8).await?;
     observers_postgres::migrate(&pool).await?;
-    let telemetry = CountingTelemetry::new();
-    let executor = Arc::new(engine::executor(&config, &pool, telemetry.clone())?);
+    let (telemetry, metrics) = ops::telemetry(&config);
+    let executor = Arc::new(engine::executor(&config, &pool, telemetry)?);
     let checkpoints =
         Arc::new(PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()));
     let listener = ChangeLogListener::new(
@@ -35,6 +34,7 @@ pub async fn run(config_path: &Path) -> CliResult {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let ops_tasks = ops::start(&config, &pool, &executor, metrics, stop_rx.clone()).await?;
     tokio::spawn(signals(
         config_path.to_path_buf(),
         executor.clone(),
@@ -60,6 +60,9 @@ pub async fn run(config_path: &Path) -> CliResult {
         () = grace => {
             tracing::warn!("in-flight actions did not finish within {SHUTDOWN_GRACE:?}; they will be re-delivered on the next start");
         }
+    }
+    for task in ops_tasks {
+        let _ = task.await;
     }
     pool.close().await;
     Ok(())

@@ -375,12 +375,80 @@ impl Default for HaConfig {
     }
 }
 
-/// `[metrics]`: the ops HTTP server.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+/// `[metrics]`: Prometheus metrics and the ops HTTP server (docs/monitoring.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// e.g. `127.0.0.1:9464`; unset: no ops server.
+    /// Whether `observers run` starts the ops server.
+    pub enabled: bool,
+    /// `host:port`. Unset: `127.0.0.1:9464`, or a free port on 127.0.0.1 when that one is
+    /// taken (another instance on the host); an address set here must be bindable.
     pub listen: Option<String>,
+    /// How often the gauges read from the database (cutoff lag, backlog, DLQ size) refresh.
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+    /// `POST /ingest/debezium`.
+    pub debezium: DebeziumConfig,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            refresh_interval: Duration::from_secs(5),
+            debezium: DebeziumConfig::default(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(l) = &self.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+            && l.rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            return Err(format!(
+                "listen must be host:port (e.g. \"127.0.0.1:9464\"), got `{l}`"
+            ));
+        }
+        if self.refresh_interval.is_zero() {
+            return Err("refresh_interval must be greater than zero".into());
+        }
+        if self.debezium.default_id_column.trim().is_empty() {
+            return Err("debezium.default_id_column must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[metrics.debezium]`: how Debezium change events map onto the change log.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebeziumConfig {
+    pub enabled: bool,
+    /// `"schema.table"` (or `"table"`) to entity type; unmapped tables use the table name.
+    pub entities: BTreeMap<String, String>,
+    /// `"schema.table"` (or `"table"`) to the column(s) holding the entity id, comma-separated
+    /// for composite keys (values joined with `:`).
+    pub id_columns: BTreeMap<String, String>,
+    /// The id column of tables not in `id_columns`.
+    pub default_id_column: String,
+    /// A column whose value becomes the event's tenant id.
+    pub tenant_column: Option<String>,
+}
+
+impl Default for DebeziumConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            entities: BTreeMap::new(),
+            id_columns: BTreeMap::new(),
+            default_id_column: "id".into(),
+            tenant_column: None,
+        }
+    }
 }
 
 /// One `[[observers]]` entry.

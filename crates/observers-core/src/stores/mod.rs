@@ -2,6 +2,7 @@
 //! product (bounded, TTLs honoured) for library use and for the embedded defaults.
 
 pub mod cache;
+pub mod changelog;
 pub mod checkpoint;
 pub mod dedup;
 pub mod dlq;

@@ -1,0 +1,166 @@
+//! The ops side of `observers run`: `ObserverMetrics` as the telemetry sink, the ops HTTP server
+//! (with the PostgreSQL readiness check, the `database` status section and Debezium ingest into
+//! the change log), and the poller of the gauges read from the database. `run` calls
+//! [`telemetry`] and [`start`] and nothing else of this module.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use observers_core::ObserverExecutor;
+use observers_core::config::Config;
+use observers_core::debezium::DebeziumMapping;
+use observers_core::stores::dlq::{DeadLetterQueue, DlqStatus};
+use observers_core::telemetry::{NoopTelemetry, SharedTelemetry, TelemetryEvent};
+use observers_metrics::{
+    IngestTarget, InstanceInfo, ObserverMetrics, OpsServer, OpsState, ReadinessCheck, StatusSection,
+};
+use observers_postgres::{PgPool, PostgresChangeLogSink, PostgresDeadLetterQueue};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{engine, status};
+use crate::CliResult;
+
+/// The telemetry of `run`: `ObserverMetrics` when `[metrics] enabled` (the default).
+pub fn telemetry(config: &Config) -> (SharedTelemetry, Option<Arc<ObserverMetrics>>) {
+    if config.metrics.enabled {
+        let m = Arc::new(ObserverMetrics::new());
+        (m.clone(), Some(m))
+    } else {
+        (Arc::new(NoopTelemetry), None)
+    }
+}
+
+/// `/ready`'s database check.
+struct DatabaseReady(PgPool);
+
+#[async_trait]
+impl ReadinessCheck for DatabaseReady {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> Result<Value, String> {
+        observers_postgres::monitoring::ping(&self.0)
+            .await
+            .map(|()| json!("reachable"))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `/status`'s `database` section: listeners and cursors, backlog, DLQ counts.
+struct DatabaseSection(PgPool);
+
+#[async_trait]
+impl StatusSection for DatabaseSection {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn collect(&self) -> Result<Value, String> {
+        let s = status::database_status(&self.0)
+            .await
+            .map_err(|e| format!("{:#}", e.error))?;
+        serde_json::to_value(s).map_err(|e| e.to_string())
+    }
+}
+
+/// Starts the ops server and the gauge poller (when metrics are on); both stop when `stop`
+/// turns true. Returns their tasks.
+pub async fn start(
+    config: &Config,
+    pool: &PgPool,
+    executor: &Arc<ObserverExecutor>,
+    metrics: Option<Arc<ObserverMetrics>>,
+    stop: watch::Receiver<bool>,
+) -> CliResult<Vec<JoinHandle<()>>> {
+    let Some(metrics) = metrics else {
+        return Ok(Vec::new());
+    };
+    let instance = InstanceInfo {
+        instance_id: config
+            .ha
+            .instance_id
+            .clone()
+            .unwrap_or_else(engine::instance_id),
+        listener_id: config.source.listener_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: chrono::Utc::now(),
+        observers: config.observers.len(),
+    };
+    let mut state = OpsState::new(metrics.clone(), instance)
+        .with_check(Arc::new(DatabaseReady(pool.clone())))
+        .with_section(Arc::new(DatabaseSection(pool.clone())))
+        .with_breakers(executor.breakers().clone());
+    if config.metrics.debezium.enabled {
+        state = state.with_ingest(IngestTarget {
+            sink: Arc::new(PostgresChangeLogSink::new(pool.clone())),
+            mapping: DebeziumMapping::from(&config.metrics.debezium),
+        });
+    }
+    let server = OpsServer::new(state);
+    let bound = match &config.metrics.listen {
+        Some(addr) => server.bind(addr).await?,
+        None => server.bind_default().await?,
+    };
+    let addr = bound.local_addr();
+    tracing::info!("ops server listening on http://{addr} (/metrics /health /ready /status)");
+    let mut server_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = bound.serve(shutdown).await {
+            tracing::error!(error = %e, "ops server stopped");
+        }
+    });
+    let poller = tokio::spawn(poll_gauges(
+        pool.clone(),
+        executor.clone(),
+        metrics,
+        config.source.listener_id.clone(),
+        config.metrics.refresh_interval,
+        stop,
+    ));
+    Ok(vec![server, poller])
+}
+
+/// Refreshes the database-derived gauges every `interval` until `stop`.
+async fn poll_gauges(
+    pool: PgPool,
+    executor: Arc<ObserverExecutor>,
+    metrics: Arc<ObserverMetrics>,
+    listener: String,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let dlq = PostgresDeadLetterQueue::new(pool.clone());
+    let telemetry = executor.telemetry().clone();
+    while !*stop.borrow() {
+        metrics.set_observers_registered(executor.observers().observers.len());
+        match observers_postgres::monitoring::source_gauges(&pool, &listener).await {
+            Ok(g) => {
+                telemetry.emit(&TelemetryEvent::CutoffLag {
+                    listener: &listener,
+                    lag: g.cutoff_lag,
+                });
+                telemetry.emit(&TelemetryEvent::SourceBacklog {
+                    listener: &listener,
+                    rows: g.backlog,
+                });
+                metrics.set_checkpoint_lag(&listener, g.checkpoint_lag);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the source gauges failed"),
+        }
+        match dlq.count(Some(DlqStatus::Pending)).await {
+            Ok(n) => metrics.set_dlq_pending(n),
+            Err(e) => tracing::debug!(error = %e, "counting the DLQ failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

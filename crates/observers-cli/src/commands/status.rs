@@ -1,0 +1,273 @@
+//! `observers status`: seed 003's status tree, from the database (listeners and cursors,
+//! backlog and lag, the DLQ, the change log) and, when reachable, the running instance's
+//! `/status` (metrics summary, breakers). `--format json` prints the same as one object.
+//! The HA issue adds a `group` section (leases, leader) in [`StatusReport::group`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use observers_core::Cursor;
+use observers_core::stores::checkpoint::CheckpointStore;
+use observers_core::stores::dlq::{DeadLetterQueue, DlqStatus};
+use observers_postgres::{PgPool, PostgresCheckpointStore, PostgresDeadLetterQueue};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::db::DbArgs;
+use super::metrics_cmd::{get, instance_url};
+use crate::CliResult;
+use crate::output::{self, Format};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The running instance's ops server (default: the config's `[metrics] listen`, else
+    /// http://127.0.0.1:9464).
+    #[arg(long)]
+    pub url: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// One consumer of the change log.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerStatus {
+    pub listener_id: String,
+    pub cursor: Cursor,
+    pub events_processed: u64,
+    pub last_save: DateTime<Utc>,
+    /// Rows after the cursor.
+    pub backlog: u64,
+    /// Age of the oldest row after the cursor, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+}
+
+/// What the database says.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseStatus {
+    pub listeners: Vec<ListenerStatus>,
+    pub change_log_rows: u64,
+    pub newest_change: Option<DateTime<Utc>>,
+    pub cutoff_lag_seconds: f64,
+    pub dlq_pending: u64,
+    pub dlq_resolved: u64,
+    pub captured_tables: usize,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub database: DatabaseStatus,
+    /// The instance's `/status`, or `{"reachable": false, ...}`.
+    pub instance: Value,
+    /// Group membership, leases and leader (filled by the HA issue; `null` until then).
+    pub group: Value,
+}
+
+/// The database part, shared with the ops server's `database` section.
+pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
+    let stats = observers_postgres::changelog::stats(pool).await?;
+    let checkpoints: BTreeMap<String, _> = PostgresCheckpointStore::new(pool.clone())
+        .list()
+        .await?
+        .into_iter()
+        .map(|c| (c.listener_id.clone(), c))
+        .collect();
+    let mut listeners = Vec::new();
+    let mut cutoff = 0.0f64;
+    for c in &stats.consumers {
+        let g = observers_postgres::monitoring::source_gauges(pool, &c.listener_id).await?;
+        cutoff = cutoff.max(g.cutoff_lag.as_secs_f64());
+        listeners.push(ListenerStatus {
+            listener_id: c.listener_id.clone(),
+            cursor: c.cursor,
+            events_processed: checkpoints
+                .get(&c.listener_id)
+                .map_or(0, |k| k.events_processed),
+            last_save: c.updated_at,
+            backlog: c.backlog,
+            lag_seconds: g.checkpoint_lag.as_secs_f64(),
+        });
+    }
+    if stats.consumers.is_empty() {
+        let g = observers_postgres::monitoring::source_gauges(pool, "").await?;
+        cutoff = g.cutoff_lag.as_secs_f64();
+    }
+    let dlq = PostgresDeadLetterQueue::new(pool.clone());
+    Ok(DatabaseStatus {
+        listeners,
+        change_log_rows: stats.total_rows,
+        newest_change: stats.newest_created_at,
+        cutoff_lag_seconds: cutoff,
+        dlq_pending: dlq.count(Some(DlqStatus::Pending)).await?,
+        dlq_resolved: dlq.count(Some(DlqStatus::Resolved)).await?,
+        captured_tables: observers_postgres::capture::list(pool).await?.len(),
+    })
+}
+
+pub async fn run(args: StatusArgs, db: &DbArgs) -> CliResult {
+    let pool = db.migrated_pool().await?;
+    let database = database_status(&pool).await?;
+    let url = instance_url(args.url.as_deref(), db.config.as_deref())?;
+    let instance = match get(&format!("{url}/status")).await {
+        Ok(body) => serde_json::from_str(&body).unwrap_or_else(
+            |e| serde_json::json!({"reachable": false, "url": url, "error": format!("not JSON: {e}")}),
+        ),
+        Err(e) => serde_json::json!({"reachable": false, "url": url, "error": format!("{e:#}")}),
+    };
+    let report = StatusReport {
+        database,
+        instance,
+        group: Value::Null,
+    };
+    match args.format {
+        Format::Json => output::json(&report),
+        Format::Text => {
+            print!("{}", render(&report));
+            Ok(())
+        }
+    }
+}
+
+fn ago(t: DateTime<Utc>) -> String {
+    let secs = (Utc::now() - t).num_seconds().max(0);
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+/// Seed 003's tree.
+#[allow(clippy::many_single_char_names)]
+pub fn render(report: &StatusReport) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::from("Observer System Status\n");
+    let d = &report.database;
+    let inst = &report.instance;
+    let _ = writeln!(o, "├── Listeners ({})", d.listeners.len());
+    if d.listeners.is_empty() {
+        let _ = writeln!(
+            o,
+            "│   └── none yet (a listener saves a checkpoint after its first batch)"
+        );
+    }
+    for (i, l) in d.listeners.iter().enumerate() {
+        let last = i + 1 == d.listeners.len();
+        let (branch, pad) = if last {
+            ("└──", "    ")
+        } else {
+            ("├──", "│   ")
+        };
+        let _ = writeln!(o, "│   {branch} {}", l.listener_id);
+        let _ = writeln!(o, "│   {pad}├── Processed Events: {}", l.events_processed);
+        let _ = writeln!(
+            o,
+            "│   {pad}├── Current Backlog: {} events (oldest {:.1}s)",
+            l.backlog, l.lag_seconds
+        );
+        let _ = writeln!(
+            o,
+            "│   {pad}└── Checkpoint: {}, Last Save={}",
+            l.cursor,
+            ago(l.last_save)
+        );
+    }
+    let _ = writeln!(o, "├── Change Log");
+    let _ = writeln!(o, "│   ├── Rows: {}", d.change_log_rows);
+    let _ = writeln!(o, "│   ├── Captured Tables: {}", d.captured_tables);
+    let _ = writeln!(
+        o,
+        "│   ├── Last Change: {}",
+        d.newest_change.map_or_else(|| "never".to_owned(), ago)
+    );
+    let _ = writeln!(
+        o,
+        "│   └── Cutoff Lag: {:.1}s (oldest open write transaction)",
+        d.cutoff_lag_seconds
+    );
+    let _ = writeln!(o, "├── Dead-Letter Queue");
+    let _ = writeln!(o, "│   ├── Pending: {}", d.dlq_pending);
+    let _ = writeln!(o, "│   └── Resolved: {}", d.dlq_resolved);
+    if !report.group.is_null() {
+        let _ = writeln!(o, "├── Group\n│   └── {}", report.group);
+    }
+    render_instance(&mut o, inst);
+    o
+}
+
+/// The running instance's part of the tree.
+fn render_instance(o: &mut String, inst: &Value) {
+    use std::fmt::Write as _;
+    let reachable = inst.get("reachable") != Some(&Value::Bool(false));
+    if reachable {
+        let m = &inst["metrics"];
+        let num = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let _ = writeln!(
+            o,
+            "└── Instance {} (listener {}, up {:.0}s)",
+            inst["instance"]["instance_id"].as_str().unwrap_or("?"),
+            inst["instance"]["listener_id"].as_str().unwrap_or("?"),
+            inst["uptime_seconds"].as_f64().unwrap_or(0.0)
+        );
+        let _ = writeln!(
+            o,
+            "    ├── Observers Registered: {}",
+            inst["instance"]["observers"]
+        );
+        let _ = writeln!(o, "    ├── Events Processed: {}", num("events_processed"));
+        if let Some(p99) = m
+            .get("event_processing_p99_seconds")
+            .and_then(Value::as_f64)
+        {
+            let _ = writeln!(o, "    ├── Event Processing (p99): {:.1}ms", p99 * 1000.0);
+        }
+        let actions = m.get("actions").cloned().unwrap_or(Value::Null);
+        let _ = writeln!(
+            o,
+            "    ├── Actions: {} ok, {} dead-lettered",
+            actions
+                .get("success")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
+            actions
+                .get("dead_lettered")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+        );
+        let open = inst["breakers"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter(|x| x["state"] != "closed")
+                    .filter_map(|x| x["endpoint"].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "    └── Breakers Not Closed: {}",
+            if open.is_empty() {
+                "none".to_owned()
+            } else {
+                open.join(", ")
+            }
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "└── Instance: not reachable at {} ({})",
+            inst["url"].as_str().unwrap_or("?"),
+            inst["error"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+/// The config's `[metrics] listen`, when a config is given and sets one.
+pub fn configured_listen(config: Option<&Path>) -> CliResult<Option<String>> {
+    match config {
+        Some(p) => Ok(super::load_config(p)?.metrics.listen),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,221 @@
+//! The ops HTTP server (axum): `/metrics`, `/health`, `/ready`, `/status` and
+//! `POST /ingest/debezium`. What it reports beyond the metrics comes from pluggable providers
+//! (`ReadinessCheck`, `StatusSection`), so this crate knows no database: the CLI plugs in the
+//! PostgreSQL checks, the HA issue a lease check and a `group` section. Other routers (search)
+//! are merged with [`OpsServer::merge`].
+
+mod auth;
+mod ingest;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use observers_core::breaker::BreakerRegistry;
+use observers_core::debezium::DebeziumMapping;
+use observers_core::stores::changelog::ChangeLogSink;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::error::MetricsError;
+use crate::families::ObserverMetrics;
+
+pub use auth::TOKEN_ENV;
+
+/// The default `[metrics] listen` address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+/// How long one readiness check or status section may take before it counts as failed.
+pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest request body accepted (a Debezium batch).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// One condition of `/ready` (database reachable, lease held, ...). `Ok` carries details shown
+/// in the response; `Err` makes the instance unready and says why.
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync {
+    fn name(&self) -> &str;
+    async fn check(&self) -> Result<serde_json::Value, String>;
+}
+
+/// One section of `/status` (`database`, `group`, ...).
+#[async_trait]
+pub trait StatusSection: Send + Sync {
+    fn name(&self) -> &str;
+    async fn collect(&self) -> Result<serde_json::Value, String>;
+}
+
+/// Who this instance is, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    pub listener_id: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub observers: usize,
+}
+
+/// Where `POST /ingest/debezium` writes, and how it maps tables to entities.
+#[derive(Clone)]
+pub struct IngestTarget {
+    pub sink: Arc<dyn ChangeLogSink>,
+    pub mapping: DebeziumMapping,
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct OpsState {
+    pub metrics: Arc<ObserverMetrics>,
+    pub instance: InstanceInfo,
+    pub checks: Vec<Arc<dyn ReadinessCheck>>,
+    pub sections: Vec<Arc<dyn StatusSection>>,
+    pub breakers: Option<Arc<BreakerRegistry>>,
+    pub ingest: Option<IngestTarget>,
+    /// The bearer token of state-changing endpoints; `None` disables them.
+    pub token: Option<String>,
+}
+
+impl OpsState {
+    pub fn new(metrics: Arc<ObserverMetrics>, instance: InstanceInfo) -> Self {
+        Self {
+            metrics,
+            instance,
+            checks: Vec::new(),
+            sections: Vec::new(),
+            breakers: None,
+            ingest: None,
+            token: auth::token_from_env(),
+        }
+    }
+
+    #[must_use]
+    pub fn with_check(mut self, check: Arc<dyn ReadinessCheck>) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    #[must_use]
+    pub fn with_section(mut self, section: Arc<dyn StatusSection>) -> Self {
+        self.sections.push(section);
+        self
+    }
+
+    #[must_use]
+    pub fn with_breakers(mut self, breakers: Arc<BreakerRegistry>) -> Self {
+        self.breakers = Some(breakers);
+        self
+    }
+
+    #[must_use]
+    pub fn with_ingest(mut self, target: IngestTarget) -> Self {
+        self.ingest = Some(target);
+        self
+    }
+
+    /// Overrides the token read from `OBSERVERS_OPS_TOKEN` (`None` disables state-changing
+    /// endpoints).
+    #[must_use]
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+}
+
+/// The ops server's routes, open to extension.
+pub struct OpsServer {
+    router: Router,
+}
+
+impl OpsServer {
+    pub fn new(state: OpsState) -> Self {
+        let router = Router::new()
+            .route("/metrics", get(routes::metrics))
+            .route("/health", get(routes::health))
+            .route("/ready", get(routes::ready))
+            .route("/status", get(routes::status))
+            .route("/ingest/debezium", post(ingest::debezium))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(Arc::new(state));
+        Self { router }
+    }
+
+    /// Adds another router's routes (e.g. `observers_search::http::router(..)` for
+    /// `/api/observers/search`). Paths must not collide with the ones above.
+    #[must_use]
+    pub fn merge(mut self, other: Router) -> Self {
+        self.router = self.router.merge(other);
+        self
+    }
+
+    pub fn router(self) -> Router {
+        self.router
+    }
+
+    /// Binds `addr` (`host:port`; port 0 picks a free one).
+    pub async fn bind(self, addr: &str) -> Result<BoundOpsServer, MetricsError> {
+        let (listener, local) = listen(addr).await?;
+        Ok(BoundOpsServer {
+            listener,
+            local,
+            router: self.router,
+        })
+    }
+
+    /// Binds [`DEFAULT_LISTEN`], or a free port on 127.0.0.1 when another process (a second
+    /// instance on the same host) holds it.
+    pub async fn bind_default(self) -> Result<BoundOpsServer, MetricsError> {
+        match listen(DEFAULT_LISTEN).await {
+            Ok((listener, local)) => Ok(BoundOpsServer {
+                listener,
+                local,
+                router: self.router,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "the default ops address is taken; using a free port on 127.0.0.1");
+                self.bind("127.0.0.1:0").await
+            }
+        }
+    }
+}
+
+async fn listen(addr: &str) -> Result<(TcpListener, SocketAddr), MetricsError> {
+    let err = |e: std::io::Error| MetricsError::Bind {
+        addr: addr.to_owned(),
+        message: e.to_string(),
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+/// A bound server, not yet serving.
+pub struct BoundOpsServer {
+    listener: TcpListener,
+    local: SocketAddr,
+    router: Router,
+}
+
+impl BoundOpsServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until `shutdown` completes; in-flight requests finish first.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MetricsError> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| MetricsError::Serve(e.to_string()))
+    }
+}

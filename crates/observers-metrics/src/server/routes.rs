@@ -1,0 +1,104 @@
+//! The read-only endpoints: `/metrics`, `/health`, `/ready`, `/status`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::future::join_all;
+use serde_json::{Map, Value, json};
+
+use super::{OpsState, PROVIDER_TIMEOUT};
+use crate::scrape::{MetricsSummary, Scrape};
+
+/// The OpenMetrics content type Prometheus negotiates.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub(crate) async fn metrics(State(state): State<Arc<OpsState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Liveness: the process serves requests.
+pub(crate) async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn bounded<F>(fut: F) -> Result<Value, String>
+where
+    F: std::future::Future<Output = Result<Value, String>>,
+{
+    match tokio::time::timeout(PROVIDER_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {PROVIDER_TIMEOUT:?}")),
+    }
+}
+
+/// Readiness: every check passes (database reachable, lease state...). 503 otherwise.
+pub(crate) async fn ready(State(state): State<Arc<OpsState>>) -> Response {
+    let results = join_all(
+        state
+            .checks
+            .iter()
+            .map(|c| async move { (c.name().to_owned(), bounded(c.check()).await) }),
+    )
+    .await;
+    let mut ready = true;
+    let mut checks = Map::new();
+    for (name, r) in results {
+        let v = match r {
+            Ok(detail) => json!({"ok": true, "detail": detail}),
+            Err(error) => {
+                ready = false;
+                json!({"ok": false, "error": error})
+            }
+        };
+        checks.insert(name, v);
+    }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"ready": ready, "checks": checks}))).into_response()
+}
+
+/// The instance's state as JSON: identity, a metrics summary, breakers, and every section.
+pub(crate) async fn status(State(state): State<Arc<OpsState>>) -> Json<Value> {
+    let summary = Scrape::parse(&state.metrics.encode())
+        .map(|s| MetricsSummary::from_scrape(&s))
+        .unwrap_or_default();
+    let uptime = (chrono::Utc::now() - state.instance.started_at)
+        .num_milliseconds()
+        .max(0);
+    let mut out = Map::new();
+    out.insert("instance".into(), json!(state.instance));
+    #[allow(clippy::cast_precision_loss)] // milliseconds of uptime fit an f64 exactly
+    out.insert("uptime_seconds".into(), json!(uptime as f64 / 1000.0));
+    out.insert("metrics".into(), json!(summary));
+    if let Some(b) = &state.breakers {
+        out.insert("breakers".into(), json!(b.snapshot_all()));
+    }
+    out.insert(
+        "ingest".into(),
+        json!({
+            "debezium": state.ingest.is_some(),
+            "token_configured": state.token.is_some(),
+        }),
+    );
+    let sections = join_all(
+        state
+            .sections
+            .iter()
+            .map(|s| async move { (s.name().to_owned(), bounded(s.collect()).await) }),
+    )
+    .await;
+    for (name, r) in sections {
+        out.insert(name, r.unwrap_or_else(|error| json!({"error": error})));
+    }
+    Json(Value::Object(out))
+}

@@ -1,0 +1,394 @@
+//! Core telemetry into metrics. The match over `TelemetryEvent` is exhaustive on purpose (no
+//! catch-all arm): a variant added to core is a compile error here until it is mapped to a
+//! family, so no event goes unmetered silently.
+
+use observers_core::telemetry::{ActionOutcome, BreakerState, Telemetry, TelemetryEvent};
+
+use crate::families::{ObserverMetrics, l1, l2};
+
+/// Index of an outcome in `ActionHandles::outcomes`.
+fn outcome_index(o: ActionOutcome) -> usize {
+    match o {
+        ActionOutcome::Success => 0,
+        ActionOutcome::DeadLettered => 1,
+        ActionOutcome::ShortCircuited => 2,
+        ActionOutcome::Queued => 3,
+        ActionOutcome::Skipped => 4,
+    }
+}
+
+/// The value of `observer_circuit_breaker_state`.
+pub fn breaker_state_value(s: BreakerState) -> i64 {
+    match s {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    }
+}
+
+impl Telemetry for ObserverMetrics {
+    #[allow(clippy::too_many_lines)] // one arm per variant, kept in one place on purpose
+    fn emit(&self, event: &TelemetryEvent<'_>) {
+        match event {
+            TelemetryEvent::EventProcessed {
+                entity_type,
+                matched,
+                duration,
+            } => {
+                self.entity(entity_type, |h| h.processed.inc());
+                self.event_duration.observe(duration.as_secs_f64());
+                if *matched == 0 {
+                    self.observers_matched_zero.inc();
+                } else {
+                    self.observers_matched.inc_by(*matched as u64);
+                }
+            }
+            TelemetryEvent::EventDeduplicated { entity_type } => {
+                self.entity(entity_type, |h| h.deduplicated.inc());
+            }
+            TelemetryEvent::ConditionFailed { observer, error: _ } => {
+                self.condition_errors
+                    .get_or_create(&l1("observer", observer))
+                    .inc();
+            }
+            TelemetryEvent::ActionFinished {
+                observer,
+                action_type,
+                outcome,
+                attempts,
+                duration,
+            } => self.action(observer, action_type, |h| {
+                h.outcomes[outcome_index(*outcome)].inc();
+                h.duration.observe(duration.as_secs_f64());
+                let failed = matches!(
+                    outcome,
+                    ActionOutcome::DeadLettered | ActionOutcome::ShortCircuited
+                );
+                if failed {
+                    h.failed.inc();
+                }
+                if *attempts > 1 {
+                    if *outcome == ActionOutcome::Success {
+                        h.retries_successful.inc();
+                    } else if failed {
+                        h.retries_exhausted.inc();
+                    }
+                }
+            }),
+            TelemetryEvent::ActionRetried {
+                observer,
+                action_type,
+                attempt: _,
+                delay,
+            } => {
+                self.retry_delay.observe(delay.as_secs_f64());
+                self.action(observer, action_type, |h| h.retries.inc());
+            }
+            TelemetryEvent::DeadLettered {
+                observer,
+                action_type,
+            } => self.action(observer, action_type, |h| h.dead_lettered.inc()),
+            TelemetryEvent::BreakerTransition {
+                endpoint,
+                from: _,
+                to,
+            } => {
+                self.breaker_state
+                    .get_or_create(&l1("endpoint", endpoint))
+                    .set(breaker_state_value(*to));
+                self.breaker_transitions
+                    .get_or_create(&l2("endpoint", endpoint, "to", to.as_str()))
+                    .inc();
+            }
+            TelemetryEvent::BreakerRejected { endpoint } => {
+                self.rejection_handles.with(
+                    endpoint,
+                    |k| {
+                        self.breaker_rejections
+                            .get_or_create_owned(&l1("endpoint", k))
+                    },
+                    prometheus_client::metrics::counter::Counter::inc,
+                );
+            }
+            TelemetryEvent::BatchProcessed {
+                listener,
+                size,
+                duration,
+            } => self.listener(listener, |h| {
+                h.batches.inc();
+                h.events.inc_by(*size as u64);
+                h.batch_duration.observe(duration.as_secs_f64());
+                h.consecutive_errors.set(0);
+                h.backoff.set(0.0);
+            }),
+            TelemetryEvent::CheckpointSaved { listener, duration } => {
+                self.listener(listener, |h| {
+                    h.checkpoint_saves.inc();
+                    h.checkpoint_duration.observe(duration.as_secs_f64());
+                });
+            }
+            TelemetryEvent::ListenerError { listener, error: _ } => self.listener(listener, |h| {
+                h.errors.inc();
+                h.consecutive_errors.inc();
+            }),
+            TelemetryEvent::ListenerReconnected { listener, backoff } => {
+                self.listener(listener, |h| {
+                    h.reconnects.inc();
+                    h.backoff.set(backoff.as_secs_f64());
+                });
+            }
+            TelemetryEvent::PoisonEvent { listener, id: _ } => {
+                self.listener(listener, |h| h.poison.inc());
+                self.dlq_items_total
+                    .get_or_create(&l2("observer", "", "action_type", "source"))
+                    .inc();
+            }
+            TelemetryEvent::CutoffLag { listener, lag } => {
+                self.listener(listener, |h| h.cutoff_lag.set(lag.as_secs_f64()));
+            }
+            TelemetryEvent::CommitToDispatch {
+                entity_type: _,
+                latency,
+            } => self.commit_to_dispatch.observe(latency.as_secs_f64()),
+            TelemetryEvent::SourceBacklog { listener, rows } => {
+                self.listener(listener, |h| {
+                    h.backlog.set(crate::families::saturating_i64(*rows));
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp, clippy::too_many_lines)] // exact small counters; one table of cases
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::scrape::Scrape;
+
+    fn scrape(m: &ObserverMetrics) -> Scrape {
+        Scrape::parse(&m.encode()).unwrap()
+    }
+
+    #[test]
+    fn events_map_to_their_families() {
+        let m = ObserverMetrics::new();
+        let ms = Duration::from_millis(3);
+        let events = [
+            TelemetryEvent::EventProcessed {
+                entity_type: "Order",
+                matched: 2,
+                duration: ms,
+            },
+            TelemetryEvent::EventProcessed {
+                entity_type: "Order",
+                matched: 0,
+                duration: ms,
+            },
+            TelemetryEvent::EventDeduplicated {
+                entity_type: "Order",
+            },
+            TelemetryEvent::ActionRetried {
+                observer: "o",
+                action_type: "webhook",
+                attempt: 1,
+                delay: ms,
+            },
+            TelemetryEvent::ActionFinished {
+                observer: "o",
+                action_type: "webhook",
+                outcome: ActionOutcome::DeadLettered,
+                attempts: 2,
+                duration: ms,
+            },
+            TelemetryEvent::ActionFinished {
+                observer: "o",
+                action_type: "webhook",
+                outcome: ActionOutcome::Success,
+                attempts: 1,
+                duration: ms,
+            },
+            TelemetryEvent::DeadLettered {
+                observer: "o",
+                action_type: "webhook",
+            },
+            TelemetryEvent::BreakerTransition {
+                endpoint: "h:80",
+                from: BreakerState::Closed,
+                to: BreakerState::Open,
+            },
+            TelemetryEvent::BreakerRejected { endpoint: "h:80" },
+            TelemetryEvent::ListenerError {
+                listener: "l",
+                error: "x",
+            },
+            TelemetryEvent::ListenerError {
+                listener: "l",
+                error: "x",
+            },
+            TelemetryEvent::ListenerReconnected {
+                listener: "l",
+                backoff: Duration::from_millis(400),
+            },
+            TelemetryEvent::CheckpointSaved {
+                listener: "l",
+                duration: ms,
+            },
+            TelemetryEvent::PoisonEvent {
+                listener: "l",
+                id: 9,
+            },
+            TelemetryEvent::CutoffLag {
+                listener: "l",
+                lag: Duration::from_secs(12),
+            },
+            TelemetryEvent::SourceBacklog {
+                listener: "l",
+                rows: 40,
+            },
+            TelemetryEvent::CommitToDispatch {
+                entity_type: "Order",
+                latency: ms,
+            },
+        ];
+        for e in &events {
+            m.emit(e);
+        }
+        let s = scrape(&m);
+        assert_eq!(
+            s.sum(
+                "observer_events_processed_total",
+                &[("entity_type", "Order")]
+            ),
+            2.0
+        );
+        assert_eq!(s.sum("observer_events_deduplicated_total", &[]), 1.0);
+        assert_eq!(s.sum("observer_observers_matched_total", &[]), 2.0);
+        assert_eq!(s.sum("observer_observers_matched_zero_total", &[]), 1.0);
+        let o = [("observer", "o"), ("action_type", "webhook")];
+        assert_eq!(s.sum("observer_retries_total", &o), 1.0);
+        assert_eq!(s.sum("observer_retries_exhausted_total", &o), 1.0);
+        assert_eq!(s.sum("observer_retries_successful_total", &o), 0.0);
+        assert_eq!(s.sum("observer_actions_failed_total", &o), 1.0);
+        assert_eq!(
+            s.sum("observer_actions_executed_total", &[("outcome", "success")]),
+            1.0
+        );
+        assert_eq!(
+            s.sum("observer_actions_executed_total", &[("outcome", "queued")]),
+            0.0
+        );
+        assert_eq!(s.sum("observer_dlq_items_total", &o), 1.0);
+        assert_eq!(
+            s.sum("observer_dlq_items_total", &[("action_type", "source")]),
+            1.0
+        );
+        assert_eq!(
+            s.sum("observer_circuit_breaker_state", &[("endpoint", "h:80")]),
+            1.0
+        );
+        assert_eq!(
+            s.sum(
+                "observer_circuit_breaker_transitions_total",
+                &[("to", "open")]
+            ),
+            1.0
+        );
+        assert_eq!(s.sum("observer_circuit_breaker_rejections_total", &[]), 1.0);
+        let l = [("listener", "l")];
+        assert_eq!(s.sum("observer_listener_errors_total", &l), 2.0);
+        assert_eq!(s.sum("observer_listener_consecutive_errors", &l), 2.0);
+        assert_eq!(s.sum("observer_listener_backoff_seconds", &l), 0.4);
+        assert_eq!(s.sum("observer_checkpoint_saves_total", &l), 1.0);
+        assert_eq!(s.sum("observer_poison_events_total", &l), 1.0);
+        assert_eq!(s.sum("observer_cutoff_lag_seconds", &l), 12.0);
+        assert_eq!(s.sum("observer_source_backlog", &l), 40.0);
+        assert_eq!(s.sum("observer_commit_to_dispatch_seconds_count", &[]), 1.0);
+
+        // A processed batch clears the error streak and the backoff.
+        m.emit(&TelemetryEvent::BatchProcessed {
+            listener: "l",
+            size: 5,
+            duration: ms,
+        });
+        let s = scrape(&m);
+        assert_eq!(s.sum("observer_listener_consecutive_errors", &l), 0.0);
+        assert_eq!(s.sum("observer_listener_backoff_seconds", &l), 0.0);
+        assert_eq!(s.sum("observer_listener_events_total", &l), 5.0);
+    }
+
+    #[test]
+    fn label_values_past_the_cap_fold_into_other() {
+        let m = ObserverMetrics::new();
+        for i in 0..crate::families::MAX_LABEL_VALUES + 5 {
+            m.emit(&TelemetryEvent::EventProcessed {
+                entity_type: &format!("E{i}"),
+                matched: 1,
+                duration: Duration::ZERO,
+            });
+        }
+        let s = scrape(&m);
+        let series = s.select("observer_events_processed_total", &[]).count();
+        assert_eq!(series, crate::families::MAX_LABEL_VALUES + 1);
+        assert_eq!(
+            s.sum(
+                "observer_events_processed_total",
+                &[("entity_type", "other")]
+            ),
+            5.0
+        );
+    }
+
+    #[test]
+    fn helper_methods_for_other_areas_reach_their_families() {
+        let m = ObserverMetrics::new();
+        m.cache_hit("redis");
+        m.cache_miss("redis");
+        m.cache_evicted("redis", 3);
+        m.fallback_invoked("dedup");
+        m.set_fallback_active("dedup", true);
+        m.health_checked("redis", Duration::from_millis(2), false);
+        m.health_checked("redis", Duration::from_millis(2), false);
+        m.sync_operations("dedup", "ok", 4);
+        m.job_enqueued("default");
+        m.job_finished(
+            "default",
+            crate::JobOutcome::Completed,
+            Duration::from_millis(5),
+        );
+        m.set_leader(true);
+        m.set_leader(true);
+        m.failover();
+        m.search_indexed("postgres", true, 10, Duration::from_millis(1));
+        let s = scrape(&m);
+        assert_eq!(
+            s.sum("observer_cache_hits_total", &[("backend", "redis")]),
+            1.0
+        );
+        assert_eq!(s.sum("observer_cache_evictions_total", &[]), 3.0);
+        assert_eq!(
+            s.sum("observer_fallback_active", &[("store", "dedup")]),
+            1.0
+        );
+        assert_eq!(
+            s.sum("observer_health_check_consecutive_failures", &[]),
+            2.0
+        );
+        assert_eq!(
+            s.sum("observer_sync_operations_total", &[("outcome", "ok")]),
+            4.0
+        );
+        assert_eq!(
+            s.sum("observer_jobs_completed_total", &[("queue", "default")]),
+            1.0
+        );
+        assert_eq!(s.sum("observer_leader", &[]), 1.0);
+        assert_eq!(s.sum("observer_leader_elections_total", &[]), 1.0);
+        assert_eq!(s.sum("observer_failovers_total", &[]), 1.0);
+        assert_eq!(s.sum("observer_search_indexed_total", &[]), 10.0);
+        let summary = crate::MetricsSummary::from_scrape(&s);
+        assert_eq!(summary.cache_hit_ratio, Some(0.5));
+        assert_eq!(summary.fallback_active, ["dedup"]);
+    }
+}

@@ -1,0 +1,68 @@
+//! Gauges read from the database for metrics and status: the cutoff lag (age of the oldest open
+//! write transaction, which holds the snapshot-safe cursor back), a consumer's backlog and the
+//! age of its oldest unprocessed change, and a reachability probe.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::error::PgError;
+
+/// Backlogs are counted up to this many rows, so the query stays cheap on a huge log.
+pub const BACKLOG_COUNT_CAP: i64 = 1_000_000;
+
+/// One consumer's view of the source.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SourceGauges {
+    /// Age of the oldest transaction holding an xid (any database of the cluster: xids are
+    /// cluster-wide). Needs `pg_monitor` (or superuser) to see other roles' sessions.
+    pub cutoff_lag: Duration,
+    /// Rows after the consumer's cursor, capped at [`BACKLOG_COUNT_CAP`].
+    pub backlog: u64,
+    /// Age of the first row after the cursor (zero when caught up).
+    pub checkpoint_lag: Duration,
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v.max(0.0)).unwrap_or_default()
+}
+
+/// Reads the gauges of `listener_id` (cursor `(0, 0)` when it has no checkpoint yet).
+pub async fn source_gauges(pool: &PgPool, listener_id: &str) -> Result<SourceGauges, PgError> {
+    let cutoff: f64 = sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8
+           FROM pg_stat_activity
+          WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (backlog, oldest): (i64, f64) = sqlx::query_as(
+        "WITH cur AS (
+             SELECT coalesce((SELECT cursor_txid FROM observer_checkpoints WHERE listener_id = $1), 0) AS t,
+                    coalesce((SELECT cursor_id FROM observer_checkpoints WHERE listener_id = $1), 0) AS i
+         ), after AS (
+             SELECT l.created_at FROM observer_change_log l, cur
+              WHERE (l.txid, l.id) > (cur.t::text::xid8, cur.i)
+              ORDER BY l.txid, l.id
+              LIMIT $2
+         )
+         SELECT count(*),
+                coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+           FROM after",
+    )
+    .bind(listener_id)
+    .bind(BACKLOG_COUNT_CAP)
+    .fetch_one(pool)
+    .await?;
+    Ok(SourceGauges {
+        cutoff_lag: secs(cutoff),
+        backlog: u64::try_from(backlog).unwrap_or_default(),
+        checkpoint_lag: secs(oldest),
+    })
+}
+
+/// `SELECT 1`: whether the database answers.
+pub async fn ping(pool: &PgPool) -> Result<(), PgError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
