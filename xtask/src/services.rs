@@ -135,3 +135,24 @@ pub fn python_peers() -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes sure `promtool` (Debian's `prometheus` package) is on the PATH, installing it with
+/// apt-get when missing: the test of docs/prometheus/alerts.yml runs `promtool check rules`.
+pub fn promtool() -> Result<()> {
+    if sh("command -v promtool >/dev/null 2>&1") {
+        return Ok(());
+    }
+    eprintln!("xtask: installing promtool (apt-get install prometheus)");
+    let installed = sh("command -v apt-get >/dev/null 2>&1")
+        && sh("apt-get update -qq >/dev/null 2>&1")
+        && sh(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1",
+        );
+    if installed && sh("command -v promtool >/dev/null 2>&1") {
+        return Ok(());
+    }
+    bail!(
+        "promtool is needed to check docs/prometheus/alerts.yml; install it with \
+         `apt-get install prometheus` (Debian/Ubuntu) or put promtool on the PATH"
+    )
+}

@@ -9,6 +9,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let database_url = services::postgres()?;
     let redis_url = services::redis()?;
     services::python_peers()?;
+    services::promtool()?;
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["test", "--workspace", "--all-targets"])

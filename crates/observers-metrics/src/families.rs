@@ -165,6 +165,7 @@ pub struct ObserverMetrics {
     pub(crate) job_duration: HistFamily<L1>,
 
     // HA: listeners, leases, elections, failover, partitions.
+    pub(crate) ha_enabled: Gauge,
     pub(crate) listeners_active: Gauge,
     pub(crate) listeners_failed: Counter,
     pub(crate) failovers: Counter,
@@ -497,6 +498,11 @@ impl ObserverMetrics {
                 seconds,
                 hist_family()
             ),
+            ha_enabled: reg!(
+                "observer_ha_enabled",
+                "1 when this instance runs with [ha] enabled (alerts on leadership only apply then)",
+                Gauge::default()
+            ),
             listeners_active: reg!(
                 "observer_listeners_active",
                 "Listeners of the group currently running (holding a lease)",
@@ -788,6 +794,11 @@ impl ObserverMetrics {
         };
     }
 
+    pub fn set_ha_enabled(&self, enabled: bool) {
+        self.ha_enabled.set(i64::from(enabled));
+    }
+
+    /// Listeners running in this instance (without HA, `observers run` sets 1 while running).
     pub fn set_listeners_active(&self, n: u64) {
         self.listeners_active.set(saturating_i64(n));
     }

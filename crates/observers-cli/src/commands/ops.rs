@@ -122,6 +122,7 @@ pub async fn start(
         metrics,
         config.source.listener_id.clone(),
         config.metrics.refresh_interval,
+        config.ha.enabled,
         stop,
     ));
     Ok(vec![server, poller])
@@ -134,10 +135,16 @@ async fn poll_gauges(
     metrics: Arc<ObserverMetrics>,
     listener: String,
     interval: Duration,
+    ha: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let dlq = PostgresDeadLetterQueue::new(pool.clone());
     let telemetry = executor.telemetry().clone();
+    // Without HA this process runs exactly one listener; with HA the HA wiring owns these.
+    if !ha {
+        metrics.set_listeners_active(1);
+    }
+    metrics.set_ha_enabled(ha);
     while !*stop.borrow() {
         metrics.set_observers_registered(executor.observers().observers.len());
         match observers_postgres::monitoring::source_gauges(&pool, &listener).await {
@@ -162,5 +169,8 @@ async fn poll_gauges(
             () = tokio::time::sleep(interval) => {}
             _ = stop.changed() => {}
         }
+    }
+    if !ha {
+        metrics.set_listeners_active(0);
     }
 }

@@ -4,6 +4,7 @@
 mod docs;
 mod e2e;
 mod metrics;
+mod monitoring;
 mod support;
 mod validate;
 
