@@ -164,11 +164,12 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
             }
         }
     }
-    let checks: [(&str, Result<(), String>); 4] = [
+    let checks: [(&str, Result<(), String>); 5] = [
         ("breaker", config.breaker.validate()),
         ("executor", config.executor.validate()),
         ("retry", config.retry.validate()),
         ("source", config.source.validate()),
+        ("queue", config.queue.validate()),
     ];
     for (section, result) in checks {
         if let Err(message) = result {
