@@ -8,9 +8,12 @@ mod debug_event;
 mod demo;
 mod dlq;
 mod engine;
+mod jobs;
 mod migrate;
+mod queue;
 mod run;
 mod validate;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -79,6 +82,15 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         orders: u32,
     },
+    /// Inspect, retry and purge queued jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Run job workers alone (no listener) until SIGTERM: for queued actions on other machines.
+    Worker {
+        /// Jobs run at once (default: [queue] workers).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
 }
 
 pub async fn dispatch(cli: Cli) -> CliResult {
@@ -104,6 +116,8 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             format,
         } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
         Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
+        Command::Jobs(cmd) => jobs::run(cmd, &db).await,
+        Command::Worker { workers } => worker::run(&required_config(&db)?, workers).await,
     }
 }
 
