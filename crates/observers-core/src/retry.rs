@@ -49,6 +49,19 @@ impl From<&RetryConfig> for RetryPolicy {
     }
 }
 
+impl From<&crate::config::QueueConfig> for RetryPolicy {
+    /// The long schedule of queued actions (`[queue]`), applied through the job's `run_at`.
+    fn from(c: &crate::config::QueueConfig) -> Self {
+        Self {
+            max_attempts: c.max_attempts,
+            initial_backoff: c.initial_backoff,
+            max_backoff: c.max_backoff,
+            multiplier: c.multiplier,
+            jitter: c.jitter,
+        }
+    }
+}
+
 impl RetryPolicy {
     /// No retries: one attempt.
     pub fn none() -> Self {

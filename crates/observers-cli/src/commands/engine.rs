@@ -52,6 +52,7 @@ pub fn executor(
         .telemetry(telemetry)
         .breakers(breakers)
         .max_concurrent_actions(config.executor.max_concurrent_actions);
+    builder = super::queue::attach(builder, config, pool);
     if config.dedup.enabled {
         let store = match config.dedup.backend {
             StoreBackend::Memory => Arc::new(MemoryDedupStore::new(

@@ -11,9 +11,12 @@ mod engine;
 mod metrics_cmd;
 mod migrate;
 mod ops;
+mod jobs;
+mod queue;
 mod run;
 mod status;
 mod validate;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -87,6 +90,15 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         orders: u32,
     },
+    /// Inspect, retry and purge queued jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Run job workers alone (no listener) until SIGTERM: for queued actions on other machines.
+    Worker {
+        /// Jobs run at once (default: [queue] workers).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
 }
 
 pub async fn dispatch(cli: Cli) -> CliResult {
@@ -114,6 +126,8 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
         Command::Status(args) => status::run(args, &db).await,
         Command::Metrics(args) => metrics_cmd::run(args, db.config.as_deref()).await,
+        Command::Jobs(cmd) => jobs::run(cmd, &db).await,
+        Command::Worker { workers } => worker::run(&required_config(&db)?, workers).await,
     }
 }
 

@@ -47,6 +47,13 @@ pub async fn run(config_path: &Path) -> CliResult {
         "observers running; SIGTERM or Ctrl-C stops, SIGHUP reloads"
     );
 
+    let workers = super::queue::spawn_workers(
+        &config,
+        &pool,
+        &executor,
+        config.queue.workers,
+        stop_rx.clone(),
+    );
     let mut stopping = stop_rx.clone();
     let grace = async move {
         let _ = stopping.wait_for(|s| *s).await;
@@ -64,6 +71,7 @@ pub async fn run(config_path: &Path) -> CliResult {
     for task in ops_tasks {
         let _ = task.await;
     }
+    super::queue::join(workers).await;
     pool.close().await;
     Ok(())
 }

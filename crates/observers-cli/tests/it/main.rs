@@ -5,6 +5,7 @@ mod docs;
 mod e2e;
 mod metrics;
 mod monitoring;
+mod queue;
 mod support;
 mod validate;
 

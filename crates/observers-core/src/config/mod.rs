@@ -170,6 +170,7 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
         ("retry", config.retry.validate()),
         ("source", config.source.validate()),
         ("metrics", config.metrics.validate()),
+        ("queue", config.queue.validate()),
     ];
     for (section, result) in checks {
         if let Err(message) = result {

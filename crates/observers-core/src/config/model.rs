@@ -337,8 +337,30 @@ pub struct SearchConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
+    /// Jobs run at once by `observers run` (0: none; run `observers worker` elsewhere).
     pub workers: usize,
     pub queues: Vec<String>,
+    /// Jobs taken per dequeue; a pool holds at most `workers + batch_size` jobs.
+    pub batch_size: usize,
+    /// Attempts a queued action gets, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; multiplied by `multiplier` per attempt, capped.
+    #[serde(with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+    /// Full jitter: each delay is uniform in [0, computed].
+    pub jitter: bool,
+    /// How often a worker refreshes the heartbeat of the jobs it holds.
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// A processing job whose heartbeat is older than this is rescued (its worker died).
+    #[serde(with = "duration")]
+    pub stale_after: Duration,
+    /// Fallback poll when no NOTIFY arrives.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
 }
 
 impl Default for QueueConfig {
@@ -346,7 +368,48 @@ impl Default for QueueConfig {
         Self {
             workers: 4,
             queues: vec!["default".into()],
+            batch_size: 100,
+            max_attempts: 8,
+            initial_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(10 * 3600),
+            multiplier: 5.0,
+            jitter: true,
+            heartbeat_interval: Duration::from_secs(5),
+            stale_after: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
         }
+    }
+}
+
+impl QueueConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if self.multiplier < 1.0 || !self.multiplier.is_finite() {
+            return Err(format!(
+                "multiplier must be >= 1.0, got {}",
+                self.multiplier
+            ));
+        }
+        if self.max_backoff < self.initial_backoff {
+            return Err("max_backoff must not be below initial_backoff".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.stale_after <= self.heartbeat_interval {
+            return Err(
+                "stale_after must be longer than heartbeat_interval (and both above zero)".into(),
+            );
+        }
+        if self.poll_interval.is_zero() {
+            return Err("poll_interval must be greater than zero".into());
+        }
+        if self.queues.iter().any(|q| q.trim().is_empty()) {
+            return Err("queues must not contain an empty name".into());
+        }
+        Ok(())
     }
 }
 
@@ -694,8 +757,13 @@ pub struct EmailConfig {
     pub smtp_url: Secret,
     #[serde(default, with = "duration::option")]
     pub timeout: Option<Duration>,
-    #[serde(default)]
+    /// Queued by default: SMTP is slow and must not hold up the stream.
+    #[serde(default = "queued")]
     pub mode: ActionMode,
+}
+
+fn queued() -> ActionMode {
+    ActionMode::Queued
 }
 
 fn default_level() -> String {

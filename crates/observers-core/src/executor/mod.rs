@@ -313,6 +313,51 @@ impl ObserverExecutor {
         }
     }
 
+    /// Runs one attempt of one action (a queued job's run): timeout and circuit breaker apply,
+    /// inline retries do not (the job queue schedules the next attempt). A disabled action
+    /// reports `Skipped`. `attempt` is the job's attempt number (1-based).
+    pub async fn run_job(
+        &self,
+        event: &EntityEvent,
+        observer: &str,
+        action_index: usize,
+        attempt: u32,
+    ) -> Result<ActionReport> {
+        let set = self.observers();
+        let o = set.find(observer).ok_or_else(|| {
+            ObserverError::permanent(
+                "OBS-JOB-UNKNOWN-OBSERVER",
+                format!("observer `{observer}` is not in the current config"),
+            )
+        })?;
+        let slot = o.actions.get(action_index).ok_or_else(|| {
+            ObserverError::permanent(
+                "OBS-JOB-UNKNOWN-ACTION",
+                format!(
+                    "observer `{observer}` has no action #{action_index} in the current config"
+                ),
+            )
+        })?;
+        if slot.is_disabled() {
+            let report = ActionReport::new(&o.name, action_index, slot.action.type_name()).finish(
+                ActionOutcome::Skipped,
+                attempt,
+                Duration::ZERO,
+                None,
+            );
+            self.emit_finished(&report);
+            return Ok(report);
+        }
+        let ctx = TemplateContext::new(event, &o.name);
+        let a = self
+            .attempt(&set, o, action_index, slot, event, &ctx, Some(attempt))
+            .await;
+        match a.error {
+            Some(e) => Err(e),
+            None => Ok(a.report),
+        }
+    }
+
     async fn run_slot(
         &self,
         set: &ObserverSet,
@@ -363,7 +408,7 @@ impl ObserverExecutor {
             unique_key: Some(key),
             priority: 0,
             run_at: None,
-            max_attempts: set.retry.max_attempts,
+            max_attempts: set.job_max_attempts,
         };
         let report = ActionReport::new(&o.name, index, slot.action.type_name());
         let (report, error) = match jobs.enqueue(job).await {
@@ -394,12 +439,30 @@ impl ObserverExecutor {
         event: &EntityEvent,
         ctx: &TemplateContext<'_>,
     ) -> Attempted {
+        self.attempt(set, o, index, slot, event, ctx, None).await
+    }
+
+    /// Runs an action with inline retries, or exactly once as attempt `single` (a job run).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "internal; one call site each way"
+    )]
+    async fn attempt(
+        &self,
+        set: &ObserverSet,
+        o: &CompiledObserver,
+        index: usize,
+        slot: &ActionSlot,
+        event: &EntityEvent,
+        ctx: &TemplateContext<'_>,
+        single: Option<u32>,
+    ) -> Attempted {
         let started = Instant::now();
         let action_type = slot.action.type_name();
         let key = idempotency_key(event.id, &o.name, index);
         let timeout = slot.timeout.unwrap_or(set.action_timeout);
         let breaker = slot.action.endpoint().map(|e| self.breakers.get(e));
-        let mut attempt = 0;
+        let mut attempt = single.map_or(0, |a| a.saturating_sub(1));
         let (outcome, error, detail) = loop {
             attempt += 1;
             // Take a concurrency slot first, so waiting for one never counts as a slow call
@@ -452,6 +515,9 @@ impl ObserverExecutor {
             if err.code() == "OBS-HTTP-410-GONE" {
                 slot.set_disabled(true);
                 tracing::warn!(observer = %o.name, action = index, "endpoint answered 410 Gone; action disabled until re-enabled");
+            }
+            if single.is_some() {
+                break (ActionOutcome::DeadLettered, Some(err), None);
             }
             match set
                 .retry

@@ -134,6 +134,8 @@ pub struct ObserverSet {
     pub matcher: Matcher,
     pub retry: RetryPolicy,
     pub action_timeout: Duration,
+    /// Attempts a queued action's job gets (`[queue] max_attempts`).
+    pub job_max_attempts: u32,
 }
 
 impl ObserverSet {
@@ -153,6 +155,7 @@ impl ObserverSet {
             matcher,
             retry,
             action_timeout,
+            job_max_attempts: crate::stores::jobs::DEFAULT_MAX_ATTEMPTS,
         }
     }
 
@@ -174,11 +177,13 @@ impl ObserverSet {
             }
             observers.push(o);
         }
-        Ok(Self::new(
+        let mut set = Self::new(
             observers,
             RetryPolicy::from(&config.retry),
             config.executor.action_timeout,
-        ))
+        );
+        set.job_max_attempts = config.queue.max_attempts;
+        Ok(set)
     }
 
     pub fn find(&self, name: &str) -> Option<&CompiledObserver> {

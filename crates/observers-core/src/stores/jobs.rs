@@ -234,6 +234,32 @@ pub trait JobQueue: Send + Sync {
     /// Waits until a job may be ready (one was enqueued or made pending) or `timeout` passes.
     /// `true` when woken early; wake-ups may be spurious, so dequeue and loop.
     async fn wait_for_jobs(&self, timeout: Duration) -> bool;
+    /// Gives back jobs `worker` holds but has not run (shutdown): pending again, the attempt
+    /// taken by `dequeue` not counted. Others are ignored; returns how many.
+    async fn release(&self, worker: &str, ids: &[i64]) -> Result<u64>;
+
+    /// Enqueues several jobs; outcomes in input order. Backends override it with one round trip.
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(self.enqueue(job).await?);
+        }
+        Ok(out)
+    }
+
+    /// Completes several processing jobs; backends override it with one round trip.
+    async fn complete_many(&self, ids: &[i64]) -> Result<()> {
+        for &id in ids {
+            self.complete(id).await?;
+        }
+        Ok(())
+    }
+
+    /// When the next pending job of `queue` falls due (`None`: none pending, or not known),
+    /// so an idle worker sleeps until then rather than a whole poll interval.
+    async fn next_run_at(&self, _queue: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(None)
+    }
 }
 
 /// Where wall time comes from: the system, or a fixed instant moved by an injected clock.
@@ -718,6 +744,42 @@ impl JobQueue for MemoryJobQueue {
         tokio::time::timeout(timeout, self.notify.notified())
             .await
             .is_ok()
+    }
+
+    async fn release(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+        let mut state = lock(&self.state);
+        let mut released = 0u64;
+        for &id in ids {
+            let held = state.jobs.get_mut(&id).is_some_and(|slot| {
+                let held = slot.job.status == JobStatus::Processing
+                    && slot.job.locked_by.as_deref() == Some(worker);
+                if held {
+                    slot.job.attempts = slot.job.attempts.saturating_sub(1);
+                }
+                held
+            });
+            if held {
+                state.make_pending(id, None)?;
+                released += 1;
+            }
+        }
+        drop(state);
+        if released > 0 {
+            self.wake();
+        }
+        Ok(released)
+    }
+
+    async fn next_run_at(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+        let state = lock(&self.state);
+        Ok(state.lanes.get(queue).and_then(|l| {
+            let ready = l.ready.first().map(|&(_, at, _)| at);
+            let scheduled = l.scheduled.first().map(|&(at, _, _)| at);
+            match (ready, scheduled) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }))
     }
 }
 

@@ -1,0 +1,630 @@
+//! `PostgresJobQueue`: core's `JobQueue` over `observer_jobs`. Dequeue takes a batch with
+//! `FOR UPDATE SKIP LOCKED` (concurrent workers never get the same job), enqueue is idempotent
+//! on `unique_key`, a statement trigger NOTIFYs `observer_jobs` so idle workers wake at once,
+//! and all times (run_at, heartbeats, staleness) use the database clock except the `run_at`
+//! a caller passes in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use observers_core::stores::jobs::{EnqueueOutcome, Job, JobQueue, JobStats, JobStatus, NewJob};
+use observers_core::{ObserverError, Result};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::error::QueueError;
+
+/// The NOTIFY channel of the jobs table.
+pub const CHANNEL: &str = "observer_jobs";
+
+/// The columns of a `JobRow`, as a literal (sqlx wants static SQL).
+macro_rules! columns {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "queue_name, ",
+            $p,
+            "kind, ",
+            $p,
+            "status, ",
+            $p,
+            "payload, ",
+            $p,
+            "unique_key, ",
+            $p,
+            "priority, ",
+            $p,
+            "run_at, ",
+            $p,
+            "attempts, ",
+            $p,
+            "max_attempts, ",
+            $p,
+            "last_error, ",
+            $p,
+            "worker_id, ",
+            $p,
+            "heartbeat_at, ",
+            $p,
+            "created_at"
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: i64,
+    queue_name: String,
+    kind: String,
+    status: String,
+    payload: serde_json::Value,
+    unique_key: Option<String>,
+    priority: i32,
+    run_at: DateTime<Utc>,
+    attempts: i32,
+    max_attempts: i32,
+    last_error: Option<String>,
+    worker_id: Option<String>,
+    heartbeat_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl JobRow {
+    fn into_job(self) -> Result<Job> {
+        let status: JobStatus = self
+            .status
+            .parse()
+            .map_err(|e: String| QueueError::Invalid(format!("job {}: {e}", self.id)))?;
+        Ok(Job {
+            id: self.id,
+            queue: self.queue_name,
+            kind: self.kind,
+            payload: self.payload,
+            unique_key: self.unique_key,
+            priority: self.priority,
+            run_at: self.run_at,
+            attempts: u32::try_from(self.attempts).unwrap_or_default(),
+            max_attempts: u32::try_from(self.max_attempts).unwrap_or(1),
+            status,
+            last_error: self.last_error,
+            locked_by: self.worker_id,
+            heartbeat_at: self.heartbeat_at,
+            created_at: self.created_at,
+        })
+    }
+}
+
+fn db(e: sqlx::Error) -> ObserverError {
+    QueueError::Database(e).into()
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Jobs in `observer_jobs`. Cheap to clone the pool into; one LISTEN connection is opened
+/// lazily, by the first `wait_for_jobs`.
+pub struct PostgresJobQueue {
+    pool: PgPool,
+    wake: Arc<Notify>,
+    listener: OnceLock<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PostgresJobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresJobQueue")
+            .field("listening", &self.listener.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresJobQueue {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.get() {
+            task.abort();
+        }
+    }
+}
+
+impl PostgresJobQueue {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            wake: Arc::new(Notify::new()),
+            listener: OnceLock::new(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn ensure_listening(&self) {
+        self.listener
+            .get_or_init(|| tokio::spawn(listen_loop(self.pool.clone(), self.wake.clone())));
+    }
+
+    async fn notify(&self) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn status_of(&self, id: i64) -> Result<Option<JobStatus>> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM observer_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        status
+            .map(|s| {
+                s.parse::<JobStatus>()
+                    .map_err(|e| QueueError::Invalid(format!("job {id}: {e}")).into())
+            })
+            .transpose()
+    }
+
+    fn not_processing(id: i64, status: Option<JobStatus>, what: &str) -> ObserverError {
+        let message = match status {
+            None => format!("job {id} does not exist (it may have been purged)"),
+            Some(st) => format!(
+                "cannot {what} job {id}: it is {st}, not processing (a stale worker may have lost it)"
+            ),
+        };
+        QueueError::Invalid(message).into()
+    }
+
+    async fn existing_ids(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, unique_key FROM observer_jobs WHERE unique_key = ANY($1::text[])",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows.into_iter().map(|(id, k)| (k, id)).collect())
+    }
+}
+
+/// Wakes every waiter and leaves a permit for the next one (no lost wake-up between an empty
+/// dequeue and the wait).
+fn wake_all(notify: &Notify) {
+    notify.notify_waiters();
+    notify.notify_one();
+}
+
+async fn listen_loop(pool: PgPool, wake: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "job queue LISTEN connection failed; polling until it is back");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "job queue LISTEN failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        // Notifications sent while not listening are lost: make workers poll once.
+        wake_all(&wake);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => wake_all(&wake),
+                Ok(None) => {
+                    tracing::info!("job queue LISTEN connection re-established; polling");
+                    wake_all(&wake);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "job queue LISTEN connection failed; reconnecting");
+                    wake_all(&wake);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for PostgresJobQueue {
+    async fn enqueue(&self, job: NewJob) -> Result<EnqueueOutcome> {
+        let payload = serde_json::to_string(&job.payload)
+            .map_err(|e| QueueError::Invalid(format!("job payload: {e}")))?;
+        for _ in 0..3 {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO observer_jobs (queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
+                 VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6, now()), $7) \
+                 ON CONFLICT (unique_key) DO NOTHING RETURNING id",
+            )
+            .bind(&job.queue)
+            .bind(&job.kind)
+            .bind(&payload)
+            .bind(&job.unique_key)
+            .bind(job.priority)
+            .bind(job.run_at)
+            .bind(to_i32(job.max_attempts.max(1)))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            if let Some(id) = inserted {
+                return Ok(EnqueueOutcome::Enqueued(id));
+            }
+            let Some(key) = &job.unique_key else {
+                break;
+            };
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM observer_jobs WHERE unique_key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db)?;
+            if let Some(id) = existing {
+                return Ok(EnqueueOutcome::Duplicate(id));
+            }
+            // The conflicting job was purged in between: insert again.
+        }
+        Err(ObserverError::store(
+            "postgres",
+            "enqueue conflicted on its unique key but the existing job vanished; try again",
+        ))
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = jobs.len();
+        let mut queues = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut priorities = Vec::with_capacity(n);
+        let mut run_ats = Vec::with_capacity(n);
+        let mut maxes = Vec::with_capacity(n);
+        for j in &jobs {
+            queues.push(j.queue.as_str());
+            kinds.push(j.kind.as_str());
+            payloads.push(
+                serde_json::to_string(&j.payload)
+                    .map_err(|e| QueueError::Invalid(format!("job payload: {e}")))?,
+            );
+            keys.push(j.unique_key.as_deref());
+            priorities.push(j.priority);
+            run_ats.push(j.run_at);
+            maxes.push(to_i32(j.max_attempts.max(1)));
+        }
+        // Rows are inserted in input order, so identities ascend with it.
+        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "INSERT INTO observer_jobs (queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
+             SELECT q, k, p::jsonb, u, pr, COALESCE(r, now()), m \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[], $7::int4[]) \
+                  WITH ORDINALITY AS t(q, k, p, u, pr, r, m, ord) \
+             ORDER BY ord \
+             ON CONFLICT (unique_key) DO NOTHING RETURNING id, unique_key",
+        )
+        .bind(&queues)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(&priorities)
+        .bind(&run_ats)
+        .bind(&maxes)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut by_key = HashMap::new();
+        let mut keyless = Vec::new();
+        for (id, key) in rows {
+            match key {
+                Some(k) => {
+                    by_key.insert(k, id);
+                }
+                None => keyless.push(id),
+            }
+        }
+        keyless.sort_unstable();
+        let mut keyless = keyless.into_iter();
+        let missing: Vec<String> = jobs
+            .iter()
+            .filter_map(|j| j.unique_key.clone())
+            .filter(|k| !by_key.contains_key(k))
+            .collect();
+        let existing = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            self.existing_ids(&missing).await?
+        };
+        let mut first_seen = HashMap::new();
+        let mut out = Vec::with_capacity(n);
+        for j in &jobs {
+            let outcome = match &j.unique_key {
+                None => EnqueueOutcome::Enqueued(keyless.next().ok_or_else(|| {
+                    ObserverError::store("postgres", "enqueue_many: fewer rows than jobs")
+                })?),
+                Some(k) => match (by_key.get(k), existing.get(k)) {
+                    // The first job with a new key created it; later ones in the batch are duplicates.
+                    (Some(&id), _) => {
+                        if first_seen.insert(k.clone(), ()).is_none() {
+                            EnqueueOutcome::Enqueued(id)
+                        } else {
+                            EnqueueOutcome::Duplicate(id)
+                        }
+                    }
+                    (None, Some(&id)) => EnqueueOutcome::Duplicate(id),
+                    (None, None) => {
+                        return Err(ObserverError::store(
+                            "postgres",
+                            format!("enqueue_many: job with unique key `{k}` vanished; try again"),
+                        ));
+                    }
+                },
+            };
+            out.push(outcome);
+        }
+        Ok(out)
+    }
+
+    async fn dequeue(&self, queue: &str, worker: &str, max: usize) -> Result<Vec<Job>> {
+        const SQL: &str = concat!(
+            "WITH picked AS ( \
+               SELECT id FROM observer_jobs \
+               WHERE status = 'pending' AND queue_name = $1 AND run_at <= now() \
+               ORDER BY priority DESC, run_at, id \
+               LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE observer_jobs j SET status = 'processing', attempts = j.attempts + 1, \
+               worker_id = $2, heartbeat_at = now(), started_at = now() \
+             FROM picked WHERE j.id = picked.id RETURNING ",
+            columns!("j.")
+        );
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<JobRow> = sqlx::query_as(SQL)
+            .bind(queue)
+            .bind(worker)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut jobs = rows
+            .into_iter()
+            .map(JobRow::into_job)
+            .collect::<Result<Vec<_>>>()?;
+        jobs.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.run_at.cmp(&b.run_at))
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(jobs)
+    }
+
+    async fn heartbeat(&self, worker: &str, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE observer_jobs SET heartbeat_at = now() \
+             WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'processing'",
+        )
+        .bind(worker)
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn complete(&self, id: i64) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE observer_jobs SET status = 'completed', completed_at = now() \
+             WHERE id = $1 AND status = 'processing'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        match self.status_of(id).await? {
+            Some(JobStatus::Completed) => Ok(()),
+            other => Err(Self::not_processing(id, other, "complete")),
+        }
+    }
+
+    /// One statement; jobs that are no longer processing (rescued, purged) are skipped.
+    async fn complete_many(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE observer_jobs SET status = 'completed', completed_at = now() \
+             WHERE id = ANY($1::bigint[]) AND status = 'processing'",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<JobStatus> {
+        let status: Option<String> = sqlx::query_scalar(
+            "WITH d AS (SELECT $3::timestamptz IS NOT NULL AND attempts < max_attempts AS retry \
+                        FROM observer_jobs WHERE id = $1 AND status = 'processing' FOR UPDATE) \
+             UPDATE observer_jobs j SET last_error = $2, \
+               status = CASE WHEN d.retry THEN 'pending' ELSE 'failed' END, \
+               run_at = CASE WHEN d.retry THEN $3 ELSE j.run_at END, \
+               worker_id = CASE WHEN d.retry THEN NULL ELSE j.worker_id END, \
+               heartbeat_at = CASE WHEN d.retry THEN NULL ELSE j.heartbeat_at END \
+             FROM d WHERE j.id = $1 RETURNING j.status",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(retry_at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        if let Some(s) = status {
+            s.parse()
+                .map_err(|e: String| QueueError::Invalid(format!("job {id}: {e}")).into())
+        } else {
+            let current = self.status_of(id).await?;
+            Err(Self::not_processing(id, current, "fail"))
+        }
+    }
+
+    async fn rescue_stale(&self, older_than: Duration) -> Result<u64> {
+        let rescued = sqlx::query(
+            "UPDATE observer_jobs SET status = 'pending', worker_id = NULL, heartbeat_at = NULL \
+             WHERE status = 'processing' \
+               AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $1))",
+        )
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if rescued > 0 {
+            tracing::warn!(
+                jobs = rescued,
+                "rescued jobs whose worker stopped heartbeating"
+            );
+            self.notify().await?;
+        }
+        Ok(rescued)
+    }
+
+    async fn stats(&self) -> Result<JobStats> {
+        let (pending, processing, completed, failed, avg): (i64, i64, i64, i64, Option<f64>) =
+            sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'pending'), \
+                        count(*) FILTER (WHERE status = 'processing'), \
+                        count(*) FILTER (WHERE status = 'completed'), \
+                        count(*) FILTER (WHERE status = 'failed'), \
+                        (avg(extract(epoch FROM completed_at - started_at) * 1000) \
+                            FILTER (WHERE status = 'completed'))::float8 \
+                 FROM observer_jobs",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        let n = |v: i64| u64::try_from(v).unwrap_or_default();
+        Ok(JobStats {
+            pending: n(pending),
+            processing: n(processing),
+            completed: n(completed),
+            failed: n(failed),
+            avg_run_ms: avg,
+        })
+    }
+
+    async fn list(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<Job>> {
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(""),
+            " FROM observer_jobs WHERE ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(status.map(JobStatus::as_str))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    async fn retry_failed(&self, ids: Option<&[i64]>) -> Result<u64> {
+        let retried = sqlx::query(
+            "UPDATE observer_jobs SET status = 'pending', attempts = 0, run_at = now(), \
+               worker_id = NULL, heartbeat_at = NULL \
+             WHERE status = 'failed' AND ($1::bigint[] IS NULL OR id = ANY($1))",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if retried > 0 {
+            self.notify().await?;
+        }
+        Ok(retried)
+    }
+
+    async fn purge(&self, status: JobStatus) -> Result<u64> {
+        if status == JobStatus::Processing {
+            return Err(QueueError::Invalid(
+                "refusing to purge processing jobs: workers hold them; rescue stale ones first"
+                    .to_owned(),
+            )
+            .into());
+        }
+        let purged = sqlx::query("DELETE FROM observer_jobs WHERE status = $1")
+            .bind(status.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(purged)
+    }
+
+    async fn wait_for_jobs(&self, timeout: Duration) -> bool {
+        self.ensure_listening();
+        tokio::time::timeout(timeout, self.wake.notified())
+            .await
+            .is_ok()
+    }
+
+    async fn release(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let released = sqlx::query(
+            "UPDATE observer_jobs SET status = 'pending', attempts = greatest(attempts - 1, 0), \
+               worker_id = NULL, heartbeat_at = NULL \
+             WHERE id = ANY($2::bigint[]) AND worker_id = $1 AND status = 'processing'",
+        )
+        .bind(worker)
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if released > 0 {
+            self.notify().await?;
+        }
+        Ok(released)
+    }
+
+    async fn next_run_at(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar(
+            "SELECT min(run_at) FROM observer_jobs WHERE status = 'pending' AND queue_name = $1",
+        )
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+}

@@ -1,0 +1,423 @@
+//! The worker pool: one fetcher per queue dequeues batches into a bounded local buffer, up to
+//! `workers` jobs run at once, completions are written in batches, heartbeats keep held jobs
+//! alive, stale jobs of dead workers are rescued, failures retry through `run_at` with
+//! exponential backoff and jitter, and exhausted or permanent failures end failed (the handler
+//! dead-letters them). Shutdown stops fetching, lets running jobs finish within a grace
+//! period, and gives every job it still holds back to the queue.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeDelta, Utc};
+use observers_core::config::QueueConfig;
+use observers_core::retry::RetryPolicy;
+use observers_core::stores::jobs::{Job, JobQueue, JobStatus};
+use observers_core::{ObserverError, Result};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Runs a job's work. `Err` with a transient error retries (while attempts remain); a
+/// permanent error fails the job at once.
+#[async_trait]
+pub trait JobHandler: Send + Sync {
+    async fn run(&self, job: &Job) -> Result<()>;
+
+    /// Called once when a job fails for good (attempts exhausted or permanent error), after
+    /// the queue recorded it. Writing the DLQ item is the handler's business.
+    async fn dead_letter(&self, _job: &Job, _error: &ObserverError) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Settings of a pool.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names this pool in `worker_id` (the holder of its jobs); unique per pool.
+    pub worker_id: String,
+    pub queues: Vec<String>,
+    /// Jobs run at once (at least one).
+    pub workers: usize,
+    /// Jobs per dequeue; the pool holds at most `workers + 2 × batch_size` jobs.
+    pub batch_size: usize,
+    /// Backoff between attempts (its `max_attempts` is unused: each job carries its own).
+    pub retry: RetryPolicy,
+    pub heartbeat_interval: Duration,
+    pub stale_after: Duration,
+    pub poll_interval: Duration,
+    /// How long running jobs may take to finish after stop; then they are released.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    /// From `[queue]`, with a fresh worker id under `instance`.
+    pub fn from_config(config: &QueueConfig, instance: &str) -> Self {
+        Self {
+            worker_id: format!("{instance}:{:08x}", rand::random::<u32>()),
+            queues: config.queues.clone(),
+            workers: config.workers.max(1),
+            batch_size: config.batch_size.max(1),
+            retry: RetryPolicy::from(config),
+            heartbeat_interval: config.heartbeat_interval,
+            stale_after: config.stale_after,
+            poll_interval: config.poll_interval,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a pool did.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub completed: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    pub released: AtomicU64,
+}
+
+impl PoolStats {
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    pub fn released(&self) -> u64 {
+        self.released.load(Ordering::Relaxed)
+    }
+}
+
+/// A pool of workers over one queue backend.
+pub struct WorkerPool {
+    queue: Arc<dyn JobQueue>,
+    handler: Arc<dyn JobHandler>,
+    config: WorkerConfig,
+    stats: Arc<PoolStats>,
+}
+
+struct Shared {
+    queue: Arc<dyn JobQueue>,
+    handler: Arc<dyn JobHandler>,
+    config: WorkerConfig,
+    stats: Arc<PoolStats>,
+    /// Jobs this pool holds (processing under its worker id).
+    held: Mutex<HashSet<i64>>,
+    /// Wakes fetchers early (a local retry fell due sooner than the poll).
+    wake: Notify,
+}
+
+impl Shared {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn forget(&self, ids: &[i64]) {
+        let mut held = self.held();
+        for id in ids {
+            held.remove(id);
+        }
+    }
+}
+
+impl WorkerPool {
+    pub fn new(
+        queue: Arc<dyn JobQueue>,
+        handler: Arc<dyn JobHandler>,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            queue,
+            handler,
+            config,
+            stats: Arc::new(PoolStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<PoolStats> {
+        self.stats.clone()
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    /// Runs until `stop` turns true, then shuts down gracefully.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let batch = self.config.batch_size.max(1);
+        let shared = Arc::new(Shared {
+            queue: self.queue,
+            handler: self.handler,
+            config: self.config,
+            stats: self.stats,
+            held: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        });
+        let completer = tokio::spawn(completer(shared.clone(), done_rx));
+        let (job_tx, mut job_rx) = mpsc::channel::<Job>(2 * batch);
+        let (halt_tx, halt_rx) = watch::channel(false);
+        let mut background = JoinSet::new();
+        for queue in &shared.config.queues {
+            background.spawn(fetcher(
+                shared.clone(),
+                queue.clone(),
+                job_tx.clone(),
+                halt_rx.clone(),
+            ));
+        }
+        drop(job_tx);
+        background.spawn(heartbeats(shared.clone(), halt_rx.clone()));
+
+        let permits = Arc::new(Semaphore::new(shared.config.workers.max(1)));
+        let mut running = JoinSet::new();
+        let mut stop_waiting = stop.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                job = job_rx.recv() => {
+                    let Some(job) = job else { break };
+                    let permit = tokio::select! {
+                        p = permits.clone().acquire_owned() => p,
+                        () = stopped(&mut stop_waiting) => {
+                            release(&shared, &[job.id]).await;
+                            break;
+                        }
+                    };
+                    let Ok(permit) = permit else { break };
+                    let shared = shared.clone();
+                    let done = done_tx.clone();
+                    running.spawn(async move {
+                        run_one(&shared, job, &done).await;
+                        drop(permit);
+                    });
+                    while running.try_join_next().is_some() {}
+                }
+            }
+        }
+
+        // Shutdown: stop fetching, give back what has not started, let running jobs finish.
+        let _ = halt_tx.send(true);
+        job_rx.close();
+        let mut unstarted = Vec::new();
+        while let Some(job) = job_rx.recv().await {
+            unstarted.push(job.id);
+        }
+        while background.join_next().await.is_some() {}
+        release(&shared, &unstarted).await;
+        let grace = shared.config.shutdown_grace;
+        let finished = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                ?grace,
+                "jobs still running after the shutdown grace; releasing them to the queue"
+            );
+            running.shutdown().await;
+        }
+        drop(done_tx);
+        let _ = completer.await;
+        let left: Vec<i64> = shared.held().iter().copied().collect();
+        if !left.is_empty() {
+            match shared.queue.release(&shared.config.worker_id, &left).await {
+                Ok(n) => {
+                    shared.stats.released.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, jobs = left.len(), "could not release jobs at shutdown; they will be rescued when stale");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves once the flag is true (or its sender is gone); holds no borrow afterwards.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn release(shared: &Shared, ids: &[i64]) {
+    if ids.is_empty() {
+        return;
+    }
+    match shared.queue.release(&shared.config.worker_id, ids).await {
+        Ok(n) => {
+            shared.stats.released.fetch_add(n, Ordering::Relaxed);
+            shared.forget(ids);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = ids.len(), "could not release jobs; they will be rescued when stale");
+        }
+    }
+}
+
+async fn fetcher(
+    shared: Arc<Shared>,
+    queue: String,
+    tx: mpsc::Sender<Job>,
+    mut halt: watch::Receiver<bool>,
+) {
+    let batch = shared.config.batch_size.max(1);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *halt.borrow() {
+            return;
+        }
+        let slots = tokio::select! {
+            s = tx.reserve_many(batch) => match s { Ok(s) => s, Err(_) => return },
+            () = stopped(&mut halt) => return,
+        };
+        let jobs = match shared
+            .queue
+            .dequeue(&queue, &shared.config.worker_id, batch)
+            .await
+        {
+            Ok(jobs) => {
+                backoff = Duration::from_millis(100);
+                jobs
+            }
+            Err(e) => {
+                drop(slots);
+                tracing::warn!(error = %e, queue, ?backoff, "dequeue failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stopped(&mut halt) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        let got = jobs.len();
+        {
+            let mut held = shared.held();
+            held.extend(jobs.iter().map(|j| j.id));
+        }
+        for (slot, job) in slots.zip(jobs) {
+            slot.send(job);
+        }
+        if got == batch {
+            continue;
+        }
+        // Drained: sleep until woken, the next scheduled job falls due, or the poll interval.
+        let mut wait = shared.config.poll_interval;
+        if got == 0
+            && let Ok(Some(at)) = shared.queue.next_run_at(&queue).await
+        {
+            let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            wait = wait.min(until + Duration::from_millis(5));
+        }
+        if got > 0 || wait.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            _ = shared.queue.wait_for_jobs(wait) => {}
+            () = shared.wake.notified() => {}
+            () = stopped(&mut halt) => return,
+        }
+    }
+}
+
+async fn heartbeats(shared: Arc<Shared>, mut halt: watch::Receiver<bool>) {
+    let every = shared.config.heartbeat_interval;
+    let mut since_rescue = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stopped(&mut halt) => return,
+        }
+        let ids: Vec<i64> = shared.held().iter().copied().collect();
+        if let Err(e) = shared.queue.heartbeat(&shared.config.worker_id, &ids).await {
+            tracing::warn!(error = %e, jobs = ids.len(), "heartbeat failed");
+        }
+        since_rescue += every;
+        if since_rescue >= shared.config.stale_after / 2 {
+            since_rescue = Duration::ZERO;
+            match shared.queue.rescue_stale(shared.config.stale_after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "rescued stale jobs"),
+                Err(e) => tracing::warn!(error = %e, "stale-job rescue failed"),
+            }
+        }
+    }
+}
+
+/// Writes completions in batches: whatever has accumulated while the last write ran.
+async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<i64>) {
+    let mut buf = Vec::with_capacity(1024);
+    while rx.recv_many(&mut buf, 2048).await > 0 {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match shared.queue.complete_many(&buf).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 && e.is_transient() => {
+                    tracing::warn!(error = %e, "completing jobs failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = buf.len(), "could not mark jobs completed; they will run again when rescued");
+                    break;
+                }
+            }
+        }
+        shared.stats.completed.fetch_add(
+            u64::try_from(buf.len()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        shared.forget(&buf);
+        buf.clear();
+    }
+}
+
+async fn run_one(shared: &Shared, job: Job, done: &mpsc::UnboundedSender<i64>) {
+    match shared.handler.run(&job).await {
+        Ok(()) => {
+            if done.send(job.id).is_err() {
+                tracing::warn!(job = job.id, "completion channel closed");
+            }
+        }
+        Err(err) => fail(shared, &job, &err).await,
+    }
+}
+
+async fn fail(shared: &Shared, job: &Job, err: &ObserverError) {
+    let retry = err.is_transient() && job.attempts < job.max_attempts;
+    let retry_at = retry.then(|| {
+        let delay = shared
+            .config
+            .retry
+            .delay(job.attempts)
+            .max(err.retry_after().unwrap_or_default());
+        Utc::now() + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)
+    });
+    let message = err.to_string();
+    let outcome = shared.queue.fail(job.id, &message, retry_at).await;
+    shared.forget(&[job.id]);
+    match outcome {
+        Ok(JobStatus::Pending) => {
+            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(job = job.id, attempt = job.attempts, error = %message, ?retry_at, "job failed; retry scheduled");
+            shared.wake.notify_waiters();
+        }
+        Ok(_) => {
+            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(job = job.id, kind = %job.kind, attempts = job.attempts, error = %message, "job failed for good");
+            if let Err(e) = shared.handler.dead_letter(job, err).await {
+                tracing::error!(job = job.id, error = %e, "could not dead-letter a failed job");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job = job.id, error = %e, "could not record a job failure; it runs again when rescued");
+        }
+    }
+}

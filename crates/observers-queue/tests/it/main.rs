@@ -1,0 +1,8 @@
+//! Integration tests of observers-queue: the `JobQueue` suite shared by the in-memory and the
+//! PostgreSQL queue, and the worker pool against a real PostgreSQL (`DATABASE_URL`; each test
+//! gets a fresh database with the migrations applied, through `#[sqlx::test]`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod suite;
+mod support;
+mod workers;

@@ -1,0 +1,54 @@
+//! Shared test plumbing: the per-backend test macro and polling with a deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// Polls `check` until it returns true, failing after `deadline`.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: not true within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Now, at PostgreSQL's microsecond precision (so stored instants compare equal).
+pub fn now_us() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// One test per backend for a suite function taking `Arc<dyn JobQueue>`.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($suite:ident) => {
+        mod $suite {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn memory() {
+                super::$suite(std::sync::Arc::new(
+                    observers_core::stores::jobs::MemoryJobQueue::new(),
+                ))
+                .await;
+            }
+
+            #[sqlx::test(migrations = "../../migrations")]
+            async fn postgres(pool: sqlx::PgPool) {
+                super::$suite(std::sync::Arc::new(observers_queue::PostgresJobQueue::new(
+                    pool,
+                )))
+                .await;
+            }
+        }
+    };
+}
