@@ -176,6 +176,17 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
             return Err(err(offset, section.to_owned(), message));
         }
     }
+    let store_checks = [
+        ("redis", config.redis.validate()),
+        ("dedup", config.dedup.validate()),
+        ("cache", config.cache.validate()),
+    ];
+    for (section, result) in store_checks {
+        if let Err(message) = result {
+            let offset = text.find(&format!("[{section}]")).unwrap_or(0);
+            return Err(err(offset, section.to_owned(), message));
+        }
+    }
     Ok(config)
 }
 

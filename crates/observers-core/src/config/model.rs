@@ -272,6 +272,18 @@ impl Default for DedupConfig {
     }
 }
 
+impl DedupConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window.is_zero() {
+            return Err("window must be greater than zero".into());
+        }
+        if self.max_entries == 0 {
+            return Err("max_entries must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// `[cache]`: action result caching.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -294,23 +306,197 @@ impl Default for CacheConfig {
     }
 }
 
-/// `[redis]`: connection for the Redis-backed stores.
+impl CacheConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_ttl.is_zero() {
+            return Err("default_ttl must be greater than zero".into());
+        }
+        if self.max_entries == 0 {
+            return Err("max_entries must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[redis] fallback`: what happens when Redis fails. `true` is `"circuit_breaker"`, `false` is
+/// `"off"` (Redis errors then reach the caller: dedup fails open, the cache is skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFallback {
+    Off,
+    Immediate,
+    AfterRetries,
+    #[default]
+    CircuitBreaker,
+    HealthBased,
+}
+
+impl<'de> Deserialize<'de> for RedisFallback {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(Self::CircuitBreaker),
+            Raw::Flag(false) => Ok(Self::Off),
+            Raw::Name(name) => match name.as_str() {
+                "off" | "none" => Ok(Self::Off),
+                "immediate" => Ok(Self::Immediate),
+                "after_retries" => Ok(Self::AfterRetries),
+                "circuit_breaker" => Ok(Self::CircuitBreaker),
+                "health_based" => Ok(Self::HealthBased),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown fallback `{other}`; expected one of off, immediate, after_retries, circuit_breaker, health_based (or true / false)"
+                ))),
+            },
+        }
+    }
+}
+
+/// `[redis]`: connection for the Redis-backed stores, and how to survive Redis going down.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://host:port/db`; falls back to `REDIS_URL` when unset.
     pub url: Option<Secret>,
+    /// Connections: 1 is one multiplexed connection shared by every task (see docs/redis.md).
     pub pool: usize,
-    /// Fall back to the in-memory store while Redis is unreachable.
-    pub fallback: bool,
+    /// Prefix of every key this process writes.
+    pub key_prefix: String,
+    /// Fall back to the in-memory store while Redis is unreachable, and how to decide so.
+    pub fallback: RedisFallback,
+    /// `fallback = "after_retries"`: extra attempts of a failing operation first.
+    pub retries: u32,
+    /// A Redis operation slower than this fails (and the fallback serves it).
+    #[serde(with = "duration")]
+    pub op_timeout: Duration,
+    #[serde(with = "duration")]
+    pub health_interval: Duration,
+    #[serde(with = "duration")]
+    pub health_timeout: Duration,
+    /// Consecutive good probes before an unhealthy Redis is used again.
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes before Redis is declared unhealthy.
+    pub unhealthy_threshold: u32,
+    /// `fallback = "circuit_breaker"`: failure rate over `breaker_window` calls that opens it.
+    pub breaker_failure_rate: f64,
+    pub breaker_window: u32,
+    pub breaker_minimum_calls: u32,
+    /// First open period; it doubles on repeated trips up to `breaker_max_open`.
+    #[serde(with = "duration")]
+    pub breaker_open: Duration,
+    #[serde(with = "duration")]
+    pub breaker_max_open: Duration,
+    /// Successful probes that close the breaker.
+    pub breaker_success_threshold: u32,
+    /// Most writes kept (per store) for replay to Redis once it returns.
+    pub max_replay: usize,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: None,
-            pool: 8,
-            fallback: true,
+            pool: 1,
+            key_prefix: "observers:".into(),
+            fallback: RedisFallback::CircuitBreaker,
+            retries: 2,
+            op_timeout: Duration::from_millis(500),
+            health_interval: Duration::from_secs(1),
+            health_timeout: Duration::from_millis(250),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            breaker_failure_rate: 0.5,
+            breaker_window: 10,
+            breaker_minimum_calls: 5,
+            breaker_open: Duration::from_secs(1),
+            breaker_max_open: Duration::from_secs(30),
+            breaker_success_threshold: 2,
+            max_replay: 100_000,
         }
+    }
+}
+
+impl RedisConfig {
+    /// The fallback mode of core's resilience layer, `None` when `fallback = "off"`.
+    pub fn fallback_mode(&self) -> Option<crate::stores::fallback::FallbackMode> {
+        use crate::stores::fallback::FallbackMode;
+        match self.fallback {
+            RedisFallback::Off => None,
+            RedisFallback::Immediate => Some(FallbackMode::Immediate),
+            RedisFallback::AfterRetries => Some(FallbackMode::AfterRetries(self.retries)),
+            RedisFallback::CircuitBreaker => Some(FallbackMode::CircuitBreaker),
+            RedisFallback::HealthBased => Some(FallbackMode::HealthBased),
+        }
+    }
+
+    /// The resilience settings these keys describe (`mode` from [`Self::fallback_mode`]).
+    pub fn resilience(&self) -> crate::stores::fallback::ResilienceConfig {
+        use crate::stores::fallback::{FallbackMode, HealthConfig, ResilienceConfig};
+        let defaults = ResilienceConfig::default();
+        ResilienceConfig {
+            mode: self.fallback_mode().unwrap_or(FallbackMode::CircuitBreaker),
+            op_timeout: self.op_timeout,
+            health: HealthConfig {
+                interval: self.health_interval,
+                timeout: self.health_timeout,
+                healthy_threshold: self.healthy_threshold,
+                unhealthy_threshold: self.unhealthy_threshold,
+            },
+            breaker: BreakerConfig {
+                failure_rate_threshold: self.breaker_failure_rate,
+                window_size: self.breaker_window,
+                minimum_calls: self.breaker_minimum_calls,
+                open_duration: self.breaker_open,
+                max_open_duration: self.breaker_max_open,
+                success_threshold: self.breaker_success_threshold,
+                probe_timeout: self.op_timeout,
+                max_half_open_duration: defaults
+                    .breaker
+                    .max_half_open_duration
+                    .max(self.op_timeout),
+                ..defaults.breaker
+            },
+            max_replay: self.max_replay,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pool == 0 {
+            return Err("pool must be at least 1".into());
+        }
+        for (name, d) in [
+            ("op_timeout", self.op_timeout),
+            ("health_interval", self.health_interval),
+            ("health_timeout", self.health_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.healthy_threshold == 0 || self.unhealthy_threshold == 0 {
+            return Err("healthy_threshold and unhealthy_threshold must be at least 1".into());
+        }
+        if self.max_replay == 0 {
+            return Err("max_replay must be at least 1".into());
+        }
+        if let Some(url) = &self.url {
+            let scheme = url::Url::parse(url.expose())
+                .map(|u| u.scheme().to_owned())
+                .map_err(|e| format!("url: {e}"))?;
+            if !matches!(scheme.as_str(), "redis" | "redis+unix" | "unix") {
+                return Err(format!(
+                    "url must be redis:// (or unix://), got {scheme}://"
+                ));
+            }
+        }
+        self.resilience()
+            .breaker
+            .validate()
+            .map_err(|e| format!("breaker: {e}"))
     }
 }
 

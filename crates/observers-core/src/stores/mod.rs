@@ -5,6 +5,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod dedup;
 pub mod dlq;
+pub mod fallback;
 pub mod jobs;
 pub mod lease;
 pub mod search;
