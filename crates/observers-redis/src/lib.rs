@@ -23,3 +23,4 @@ mod dedup;
 pub use cache::{DEFAULT_CACHE_PREFIX, RedisCacheBackend};
 pub use connection::{RedisProbe, connect, connect_lazy};
 pub use dedup::{DEFAULT_DEDUP_PREFIX, RedisDedupStore};
+pub use redis::aio::ConnectionManager;

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use observers_core::actions::ActionFactory;
 use observers_core::breaker::BreakerRegistry;
 use observers_core::clock::system_clock;
-use observers_core::config::{Config, StoreBackend};
+use observers_core::config::Config;
 use observers_core::executor::Dedup;
 use observers_core::listener::ListenerConfig;
-use observers_core::stores::dedup::MemoryDedupStore;
 use observers_core::telemetry::SharedTelemetry;
 use observers_core::{ObserverExecutor, ObserverSet};
 use observers_postgres::{PgPool, PostgresDeadLetterQueue};
@@ -47,23 +46,13 @@ pub fn executor(
         system_clock(),
         telemetry.clone(),
     ));
+    let stores = super::stores::build(config, pool, &telemetry)?;
     let mut builder = ObserverExecutor::builder(observer_set(config)?)
         .dlq(Arc::new(PostgresDeadLetterQueue::new(pool.clone())))
         .telemetry(telemetry)
         .breakers(breakers)
         .max_concurrent_actions(config.executor.max_concurrent_actions);
-    if config.dedup.enabled {
-        let store = match config.dedup.backend {
-            StoreBackend::Memory => Arc::new(MemoryDedupStore::new(
-                config.dedup.max_entries,
-                system_clock(),
-            )),
-            other => {
-                return Err(Exit::usage(anyhow::anyhow!(
-                    "[dedup] backend = {other:?} is not available in this build; use backend = \"memory\""
-                )));
-            }
-        };
+    if let Some(store) = stores.dedup {
         builder = builder.dedup(Dedup {
             store,
             window: config.dedup.window,

@@ -10,6 +10,7 @@ mod dlq;
 mod engine;
 mod migrate;
 mod run;
+mod stores;
 mod validate;
 
 use std::path::PathBuf;

@@ -3,6 +3,7 @@
 
 mod docs;
 mod e2e;
+mod redis_fault;
 mod support;
 mod validate;
 

@@ -32,7 +32,7 @@ use serde::Serialize;
 use super::cache::{CacheBackend, CacheStats};
 use super::dedup::{ClaimOutcome, DedupStore};
 use super::lock;
-use crate::breaker::{BreakerConfig, BreakerSnapshot, CallOutcome, CircuitBreaker};
+use crate::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CallOutcome, CircuitBreaker};
 use crate::clock::system_clock;
 use crate::error::{ObserverError, Result};
 use crate::telemetry::{SharedTelemetry, TelemetryEvent};
@@ -456,6 +456,21 @@ impl Resilience {
                     if self.degraded.swap(false, Ordering::SeqCst) {
                         tracing::info!(backend = %self.backend, "primary store back in use");
                     }
+                    // A healthy verdict (after `healthy_threshold` good probes) also ends a
+                    // breaker's open period: without it, recovery would wait for the next
+                    // operation after a possibly long, backed-off open period.
+                    if self.config.mode == FallbackMode::CircuitBreaker
+                        && self.breaker.state() != BreakerState::Closed
+                        && h_ok_streak(&self.health) >= self.config.health.healthy_threshold
+                    {
+                        tracing::info!(backend = %self.backend, "health checks pass; closing the circuit breaker");
+                        self.breaker.reset();
+                    }
+                    if self.config.mode != FallbackMode::CircuitBreaker
+                        || self.breaker.state() == BreakerState::Closed
+                    {
+                        self.note_primary_ok();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(backend = %self.backend, error = %e, "replay to the primary failed; will retry");
@@ -467,9 +482,19 @@ impl Resilience {
 
     /// Probes the primary every `health.interval` until the returned guard is dropped.
     pub fn spawn_health_monitor(self: &Arc<Self>, probe: Arc<dyn HealthProbe>) -> MonitorGuard {
+        MonitorGuard(self.monitor_task(probe))
+    }
+
+    /// Probes the primary every `health.interval` for as long as this `Resilience` lives (the
+    /// task holds only a weak reference between probes).
+    pub fn start_health_monitor(self: &Arc<Self>, probe: Arc<dyn HealthProbe>) {
+        drop(self.monitor_task(probe));
+    }
+
+    fn monitor_task(self: &Arc<Self>, probe: Arc<dyn HealthProbe>) -> tokio::task::JoinHandle<()> {
         let this = Arc::downgrade(self);
         let interval = self.config.health.interval;
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -477,9 +502,12 @@ impl Resilience {
                 let Some(this) = this.upgrade() else { break };
                 this.check(probe.as_ref()).await;
             }
-        });
-        MonitorGuard(task)
+        })
     }
+}
+
+fn h_ok_streak(health: &Mutex<Health>) -> u32 {
+    lock(health).consecutive_ok
 }
 
 /// Stops the health monitor when dropped.

@@ -396,3 +396,24 @@ async fn the_journal_is_bounded() {
         ClaimOutcome::Acquired
     );
 }
+
+#[tokio::test]
+async fn healthy_probes_close_an_open_breaker_without_waiting_for_traffic() {
+    let mut c = config(FallbackMode::CircuitBreaker);
+    c.breaker.open_duration = Duration::from_secs(600);
+    c.breaker.max_open_duration = Duration::from_secs(600);
+    let r = rig_with(c);
+    r.switch.set_down(true);
+    for i in 0..5 {
+        process(&r.store, &format!("k{i}")).await;
+    }
+    assert_eq!(r.resilience.breaker().state(), BreakerState::Open);
+    r.switch.set_down(false);
+    // The verdict never turned unhealthy, but closing needs `healthy_threshold` good probes.
+    r.resilience.check(r.switch.as_ref()).await;
+    assert_eq!(r.resilience.breaker().state(), BreakerState::Open);
+    r.resilience.check(r.switch.as_ref()).await;
+    assert_eq!(r.resilience.breaker().state(), BreakerState::Closed);
+    assert_eq!(r.telemetry.count("fallback_recovered"), 1);
+    assert_eq!(r.store.pending_replay(), 0);
+}
