@@ -18,7 +18,7 @@ pub mod schedule;
 pub mod stores;
 pub mod telemetry;
 pub mod template;
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
 pub use error::{ObserverError, Result};

@@ -31,7 +31,7 @@ pub fn instance_id() -> String {
 
 /// The observer set of a config (actions built, conditions compiled).
 pub fn observer_set(config: &Config) -> CliResult<ObserverSet> {
-    let factory = ActionFactory::new(config.outbound)?;
+    let factory = ActionFactory::new(config.outbound)?.with_cache(super::stores::action_cache());
     Ok(ObserverSet::from_config(config, &factory)?)
 }
 
@@ -52,6 +52,9 @@ pub fn executor(
         .telemetry(telemetry)
         .breakers(breakers)
         .max_concurrent_actions(config.executor.max_concurrent_actions);
+    if let Some(cache) = stores.cache {
+        builder = builder.action_cache(cache);
+    }
     if let Some(store) = stores.dedup {
         builder = builder.dedup(Dedup {
             store,

@@ -2,10 +2,11 @@
 //! (with its health monitor) whenever Redis is in use, so a Redis outage never stalls or loses
 //! events.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use observers_core::clock::system_clock;
 use observers_core::config::{Config, StoreBackend};
+use observers_core::executor::CachedActionExecutor;
 use observers_core::stores::cache::{CacheBackend, MemoryCacheBackend};
 use observers_core::stores::dedup::{DedupStore, MemoryDedupStore};
 use observers_core::stores::fallback::{FallbackCache, FallbackDedupStore, Resilience};
@@ -68,8 +69,15 @@ impl Builder<'_> {
 /// The stores a config asks for.
 pub struct Stores {
     pub dedup: Option<Arc<dyn DedupStore>>,
-    #[allow(dead_code)] // read once the action cache is wired
-    pub cache: Option<Arc<dyn CacheBackend>>,
+    pub cache: Option<Arc<CachedActionExecutor>>,
+}
+
+/// The action cache of this process, once built: `cache` actions built later (on SIGHUP
+/// reload) invalidate the same cache.
+static ACTION_CACHE: OnceLock<Arc<CachedActionExecutor>> = OnceLock::new();
+
+pub fn action_cache() -> Option<Arc<CachedActionExecutor>> {
+    ACTION_CACHE.get().cloned()
 }
 
 pub fn build(config: &Config, pool: &PgPool, telemetry: &SharedTelemetry) -> CliResult<Stores> {
@@ -132,5 +140,15 @@ pub fn build(config: &Config, pool: &PgPool, telemetry: &SharedTelemetry) -> Cli
     } else {
         None
     };
+    let cache = cache.map(|backend| {
+        let c = Arc::new(CachedActionExecutor::new(
+            backend,
+            config.cache.default_ttl,
+            config.cache.ttls(),
+            telemetry.clone(),
+        ));
+        let _ = ACTION_CACHE.set(c.clone());
+        action_cache().unwrap_or(c)
+    });
     Ok(Stores { dedup, cache })
 }

@@ -152,6 +152,15 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
             ));
         }
         for (j, action) in observer.actions.iter().enumerate() {
+            if matches!(action.get_ref(), ActionConfig::Cache(_)) && !config.cache.enabled {
+                return Err(err(
+                    action.span().start,
+                    format!("observers[{i}].actions[{j}]"),
+                    format!(
+                        "observer `{name}`, cache action: needs the action cache; set [cache] enabled = true"
+                    ),
+                ));
+            }
             if let Err(message) = action.get_ref().validate() {
                 return Err(err(
                     action.span().start,

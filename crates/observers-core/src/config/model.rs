@@ -290,9 +290,13 @@ impl DedupConfig {
 pub struct CacheConfig {
     pub enabled: bool,
     pub backend: StoreBackend,
+    /// TTL of a cached action result whose type has no entry in `ttl`.
     #[serde(with = "duration")]
     pub default_ttl: Duration,
     pub max_entries: usize,
+    /// Per action type TTL, e.g. `ttl = { webhook = "30s", email = "1m" }`. Built in (seed 003):
+    /// webhook 30s, slack 30s, email 60s.
+    pub ttl: BTreeMap<String, String>,
 }
 
 impl Default for CacheConfig {
@@ -302,17 +306,52 @@ impl Default for CacheConfig {
             backend: StoreBackend::Memory,
             default_ttl: Duration::from_secs(60),
             max_entries: 10_000,
+            ttl: BTreeMap::new(),
         }
     }
 }
 
 impl CacheConfig {
+    /// Built-in TTLs per action type (seed 003), overridden by `ttl`.
+    pub const BUILT_IN_TTLS: [(&'static str, Duration); 3] = [
+        ("webhook", Duration::from_secs(30)),
+        ("slack", Duration::from_secs(30)),
+        ("email", Duration::from_secs(60)),
+    ];
+
+    /// Every action type's TTL: the built-ins, then `ttl` over them (checked by `validate`).
+    pub fn ttls(&self) -> BTreeMap<String, Duration> {
+        let mut out: BTreeMap<String, Duration> = Self::BUILT_IN_TTLS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        for (k, v) in &self.ttl {
+            if let Ok(d) = humantime::parse_duration(v) {
+                out.insert(k.clone(), d);
+            }
+        }
+        out
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.default_ttl.is_zero() {
             return Err("default_ttl must be greater than zero".into());
         }
         if self.max_entries == 0 {
             return Err("max_entries must be at least 1".into());
+        }
+        for (kind, ttl) in &self.ttl {
+            if !ActionConfig::TYPES.contains(&kind.as_str()) {
+                return Err(format!(
+                    "ttl.{kind}: unknown action type; expected one of {}",
+                    ActionConfig::TYPES.join(", ")
+                ));
+            }
+            let d = humantime::parse_duration(ttl)
+                .map_err(|e| format!("ttl.{kind}: invalid duration `{ttl}`: {e}"))?;
+            if d.is_zero() {
+                return Err(format!("ttl.{kind} must be greater than zero"));
+            }
         }
         Ok(())
     }
@@ -637,11 +676,12 @@ pub enum ActionConfig {
     Slack(SlackConfig),
     Email(EmailConfig),
     Log(LogConfig),
+    Cache(CacheActionConfig),
 }
 
 impl ActionConfig {
     /// Every `type` the config accepts.
-    pub const TYPES: [&'static str; 4] = ["webhook", "slack", "email", "log"];
+    pub const TYPES: [&'static str; 5] = ["webhook", "slack", "email", "log", "cache"];
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -649,6 +689,7 @@ impl ActionConfig {
             ActionConfig::Slack(_) => "slack",
             ActionConfig::Email(_) => "email",
             ActionConfig::Log(_) => "log",
+            ActionConfig::Cache(_) => "cache",
         }
     }
 
@@ -657,7 +698,7 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.mode,
             ActionConfig::Slack(c) => c.mode,
             ActionConfig::Email(c) => c.mode,
-            ActionConfig::Log(_) => ActionMode::Inline,
+            ActionConfig::Log(_) | ActionConfig::Cache(_) => ActionMode::Inline,
         }
     }
 
@@ -667,7 +708,7 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.timeout,
             ActionConfig::Slack(c) => c.timeout,
             ActionConfig::Email(c) => c.timeout,
-            ActionConfig::Log(_) => None,
+            ActionConfig::Log(_) | ActionConfig::Cache(_) => None,
         }
     }
 
@@ -684,6 +725,7 @@ impl ActionConfig {
             ),
             ActionConfig::Email(c) => format!("email to {}", c.to.join(", ")),
             ActionConfig::Log(c) => format!("log at {}", c.level),
+            ActionConfig::Cache(c) => c.summary(),
         }
     }
 
@@ -740,6 +782,7 @@ impl ActionConfig {
                     .as_deref()
                     .map_or(Ok(()), |m| check_template("message", m))
             }
+            ActionConfig::Cache(c) => c.validate(),
         }
     }
 }
@@ -828,4 +871,78 @@ pub struct LogConfig {
     pub level: String,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// `type = "cache"`: invalidates cached entries (needs `[cache] enabled = true`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheActionConfig {
+    /// Keys to delete, templated (e.g. `"product:{{ entity_id }}"`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Redis globs to delete (`*`, `?`, `[..]`), templated; never `KEYS`, always `SCAN`.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Drop every cached action result of this event's entity.
+    #[serde(default)]
+    pub invalidate_entity: bool,
+    /// Drop every cached result of these action types (e.g. `["webhook"]`).
+    #[serde(default)]
+    pub invalidate_action_types: Vec<String>,
+}
+
+impl CacheActionConfig {
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.keys.is_empty() {
+            parts.push(format!("{} key(s)", self.keys.len()));
+        }
+        if !self.patterns.is_empty() {
+            parts.push(format!("{} pattern(s)", self.patterns.len()));
+        }
+        if self.invalidate_entity {
+            parts.push("the entity's results".into());
+        }
+        if !self.invalidate_action_types.is_empty() {
+            parts.push(format!(
+                "{} results",
+                self.invalidate_action_types.join("/")
+            ));
+        }
+        format!("cache invalidate {}", parts.join(", "))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.keys.is_empty()
+            && self.patterns.is_empty()
+            && !self.invalidate_entity
+            && self.invalidate_action_types.is_empty()
+        {
+            return Err(
+                "nothing to invalidate: set keys, patterns, invalidate_entity or invalidate_action_types"
+                    .into(),
+            );
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.is_empty() {
+                return Err(format!("keys[{i}] is empty"));
+            }
+            check_template(&format!("keys[{i}]"), k)?;
+        }
+        for (i, p) in self.patterns.iter().enumerate() {
+            if p.is_empty() {
+                return Err(format!("patterns[{i}] is empty"));
+            }
+            check_template(&format!("patterns[{i}]"), p)?;
+        }
+        for t in &self.invalidate_action_types {
+            if !ActionConfig::TYPES.contains(&t.as_str()) {
+                return Err(format!(
+                    "invalidate_action_types: unknown action type `{t}`; expected one of {}",
+                    ActionConfig::TYPES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
 }
