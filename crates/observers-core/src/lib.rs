@@ -19,6 +19,8 @@ pub mod schedule;
 pub mod stores;
 pub mod telemetry;
 pub mod template;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 pub use error::{ObserverError, Result};
 pub use event::{Cursor, EntityEvent, EventKind, FieldChange};

@@ -126,6 +126,44 @@ pub enum TelemetryEvent<'a> {
         listener: &'a str,
         rows: u64,
     },
+    /// A store started serving from its fallback (e.g. Redis down, in-memory store in use).
+    FallbackActivated {
+        backend: &'a str,
+        reason: &'a str,
+    },
+    /// The primary store serves again; `outage` is how long the fallback was in use.
+    FallbackRecovered {
+        backend: &'a str,
+        outage: Duration,
+    },
+    /// One health probe of a store's primary backend.
+    HealthCheck {
+        backend: &'a str,
+        healthy: bool,
+        latency: Duration,
+    },
+    /// The health monitor's verdict changed (after the configured consecutive probes).
+    HealthStateChanged {
+        backend: &'a str,
+        healthy: bool,
+    },
+    /// Writes made on the fallback, replayed to the primary after it recovered.
+    FallbackReplayed {
+        backend: &'a str,
+        items: usize,
+    },
+    /// An action result served from the cache (the action did not run).
+    CacheHit {
+        action_type: &'a str,
+    },
+    CacheMiss {
+        action_type: &'a str,
+    },
+    /// Cached action results invalidated (by the `cache` action or an operator).
+    CacheEviction {
+        action_type: &'a str,
+        entries: u64,
+    },
 }
 
 impl TelemetryEvent<'_> {
@@ -148,6 +186,14 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::CutoffLag { .. } => "cutoff_lag",
             TelemetryEvent::CommitToDispatch { .. } => "commit_to_dispatch",
             TelemetryEvent::SourceBacklog { .. } => "source_backlog",
+            TelemetryEvent::FallbackActivated { .. } => "fallback_activated",
+            TelemetryEvent::FallbackRecovered { .. } => "fallback_recovered",
+            TelemetryEvent::HealthCheck { .. } => "health_check",
+            TelemetryEvent::HealthStateChanged { .. } => "health_state_changed",
+            TelemetryEvent::FallbackReplayed { .. } => "fallback_replayed",
+            TelemetryEvent::CacheHit { .. } => "cache_hit",
+            TelemetryEvent::CacheMiss { .. } => "cache_miss",
+            TelemetryEvent::CacheEviction { .. } => "cache_eviction",
         }
     }
 }

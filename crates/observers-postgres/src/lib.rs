@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod changelog;
 pub mod checkpoint;
+pub mod dedup;
 pub mod dlq;
 pub mod error;
 pub mod ingest;
@@ -15,6 +16,7 @@ pub mod source;
 use std::time::Duration;
 
 pub use checkpoint::PostgresCheckpointStore;
+pub use dedup::PostgresDedupStore;
 pub use dlq::PostgresDeadLetterQueue;
 pub use error::PgError;
 pub use ingest::PostgresChangeLogSink;

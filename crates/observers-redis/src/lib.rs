@@ -10,7 +10,9 @@
 //! Every key is namespaced by a configurable prefix so several deployments (and tests) can share
 //! one Redis. Redis failures surface as transient `ObserverError::Store { backend: "redis" }`.
 //!
-//! Not here yet: config wiring, the fallback wrapper and the health monitor (see `docs/redis.md`).
+//! [`RedisProbe`] (`PING`) feeds core's health monitor; core's fallback wrappers
+//! (`observers_core::stores::fallback`) keep the system running on in-memory stores while Redis
+//! is down and replay to it when it returns.
 
 #![forbid(unsafe_code)]
 
@@ -19,5 +21,6 @@ mod connection;
 mod dedup;
 
 pub use cache::{DEFAULT_CACHE_PREFIX, RedisCacheBackend};
-pub use connection::connect;
+pub use connection::{RedisProbe, connect, connect_lazy};
 pub use dedup::{DEFAULT_DEDUP_PREFIX, RedisDedupStore};
+pub use redis::aio::ConnectionManager;

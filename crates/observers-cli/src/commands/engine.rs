@@ -6,10 +6,9 @@ use std::sync::Arc;
 use observers_core::actions::ActionFactory;
 use observers_core::breaker::BreakerRegistry;
 use observers_core::clock::system_clock;
-use observers_core::config::{Config, StoreBackend};
+use observers_core::config::Config;
 use observers_core::executor::Dedup;
 use observers_core::listener::ListenerConfig;
-use observers_core::stores::dedup::MemoryDedupStore;
 use observers_core::telemetry::SharedTelemetry;
 use observers_core::{ObserverExecutor, ObserverSet};
 use observers_postgres::{PgPool, PostgresDeadLetterQueue};
@@ -32,7 +31,7 @@ pub fn instance_id() -> String {
 
 /// The observer set of a config (actions built, conditions compiled).
 pub fn observer_set(config: &Config) -> CliResult<ObserverSet> {
-    let factory = ActionFactory::new(config.outbound)?;
+    let factory = ActionFactory::new(config.outbound)?.with_cache(super::stores::action_cache());
     Ok(ObserverSet::from_config(config, &factory)?)
 }
 
@@ -47,24 +46,17 @@ pub fn executor(
         system_clock(),
         telemetry.clone(),
     ));
+    let stores = super::stores::build(config, pool, &telemetry)?;
     let mut builder = ObserverExecutor::builder(observer_set(config)?)
         .dlq(Arc::new(PostgresDeadLetterQueue::new(pool.clone())))
         .telemetry(telemetry)
         .breakers(breakers)
         .max_concurrent_actions(config.executor.max_concurrent_actions);
     builder = super::queue::attach(builder, config, pool);
-    if config.dedup.enabled {
-        let store = match config.dedup.backend {
-            StoreBackend::Memory => Arc::new(MemoryDedupStore::new(
-                config.dedup.max_entries,
-                system_clock(),
-            )),
-            other => {
-                return Err(Exit::usage(anyhow::anyhow!(
-                    "[dedup] backend = {other:?} is not available in this build; use backend = \"memory\""
-                )));
-            }
-        };
+    if let Some(cache) = stores.cache {
+        builder = builder.action_cache(cache);
+    }
+    if let Some(store) = stores.dedup {
         builder = builder.dedup(Dedup {
             store,
             window: config.dedup.window,

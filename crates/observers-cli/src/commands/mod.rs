@@ -15,6 +15,7 @@ mod jobs;
 mod queue;
 mod run;
 mod status;
+mod stores;
 mod validate;
 mod worker;
 

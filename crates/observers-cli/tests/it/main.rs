@@ -6,6 +6,7 @@ mod e2e;
 mod metrics;
 mod monitoring;
 mod queue;
+mod redis_fault;
 mod support;
 mod validate;
 

@@ -4,6 +4,7 @@
 //! Timeouts, retries, circuit breaking and dead-lettering are the executor's job, not the
 //! action's.
 
+mod cache;
 mod email;
 mod http;
 mod log;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use cache::CacheAction;
 pub use email::EmailAction;
 pub use http::{HttpClients, OutboundPolicy};
 pub use log::LogAction;
@@ -76,13 +78,22 @@ pub trait Action: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct ActionFactory {
     clients: HttpClients,
+    cache: Option<Arc<crate::executor::CachedActionExecutor>>,
 }
 
 impl ActionFactory {
     pub fn new(policy: OutboundPolicy) -> Result<Self> {
         Ok(Self {
             clients: HttpClients::new(policy)?,
+            cache: None,
         })
+    }
+
+    /// The action cache `cache` actions invalidate.
+    #[must_use]
+    pub fn with_cache(mut self, cache: Option<Arc<crate::executor::CachedActionExecutor>>) -> Self {
+        self.cache = cache;
+        self
     }
 
     pub fn build(&self, config: &ActionConfig) -> Result<Arc<dyn Action>> {
@@ -91,6 +102,7 @@ impl ActionFactory {
             ActionConfig::Slack(c) => Arc::new(SlackAction::new(c, self.clients.clone())?),
             ActionConfig::Email(c) => Arc::new(EmailAction::new(c)?),
             ActionConfig::Log(c) => Arc::new(LogAction::new(c)?),
+            ActionConfig::Cache(c) => Arc::new(CacheAction::new(c, self.cache.clone())?),
         })
     }
 }

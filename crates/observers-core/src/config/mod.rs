@@ -152,6 +152,15 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
             ));
         }
         for (j, action) in observer.actions.iter().enumerate() {
+            if matches!(action.get_ref(), ActionConfig::Cache(_)) && !config.cache.enabled {
+                return Err(err(
+                    action.span().start,
+                    format!("observers[{i}].actions[{j}]"),
+                    format!(
+                        "observer `{name}`, cache action: needs the action cache; set [cache] enabled = true"
+                    ),
+                ));
+            }
             if let Err(message) = action.get_ref().validate() {
                 return Err(err(
                     action.span().start,
@@ -173,6 +182,17 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
         ("queue", config.queue.validate()),
     ];
     for (section, result) in checks {
+        if let Err(message) = result {
+            let offset = text.find(&format!("[{section}]")).unwrap_or(0);
+            return Err(err(offset, section.to_owned(), message));
+        }
+    }
+    let store_checks = [
+        ("redis", config.redis.validate()),
+        ("dedup", config.dedup.validate()),
+        ("cache", config.cache.validate()),
+    ];
+    for (section, result) in store_checks {
         if let Err(message) = result {
             let offset = text.find(&format!("[{section}]")).unwrap_or(0);
             return Err(err(offset, section.to_owned(), message));

@@ -272,15 +272,31 @@ impl Default for DedupConfig {
     }
 }
 
+impl DedupConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window.is_zero() {
+            return Err("window must be greater than zero".into());
+        }
+        if self.max_entries == 0 {
+            return Err("max_entries must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// `[cache]`: action result caching.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     pub enabled: bool,
     pub backend: StoreBackend,
+    /// TTL of a cached action result whose type has no entry in `ttl`.
     #[serde(with = "duration")]
     pub default_ttl: Duration,
     pub max_entries: usize,
+    /// Per action type TTL, e.g. `ttl = { webhook = "30s", email = "1m" }`. Built in (seed 003):
+    /// webhook 30s, slack 30s, email 60s.
+    pub ttl: BTreeMap<String, String>,
 }
 
 impl Default for CacheConfig {
@@ -290,27 +306,236 @@ impl Default for CacheConfig {
             backend: StoreBackend::Memory,
             default_ttl: Duration::from_secs(60),
             max_entries: 10_000,
+            ttl: BTreeMap::new(),
         }
     }
 }
 
-/// `[redis]`: connection for the Redis-backed stores.
+impl CacheConfig {
+    /// Built-in TTLs per action type (seed 003), overridden by `ttl`.
+    pub const BUILT_IN_TTLS: [(&'static str, Duration); 3] = [
+        ("webhook", Duration::from_secs(30)),
+        ("slack", Duration::from_secs(30)),
+        ("email", Duration::from_secs(60)),
+    ];
+
+    /// Every action type's TTL: the built-ins, then `ttl` over them (checked by `validate`).
+    pub fn ttls(&self) -> BTreeMap<String, Duration> {
+        let mut out: BTreeMap<String, Duration> = Self::BUILT_IN_TTLS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        for (k, v) in &self.ttl {
+            if let Ok(d) = humantime::parse_duration(v) {
+                out.insert(k.clone(), d);
+            }
+        }
+        out
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_ttl.is_zero() {
+            return Err("default_ttl must be greater than zero".into());
+        }
+        if self.max_entries == 0 {
+            return Err("max_entries must be at least 1".into());
+        }
+        for (kind, ttl) in &self.ttl {
+            if !ActionConfig::TYPES.contains(&kind.as_str()) {
+                return Err(format!(
+                    "ttl.{kind}: unknown action type; expected one of {}",
+                    ActionConfig::TYPES.join(", ")
+                ));
+            }
+            let d = humantime::parse_duration(ttl)
+                .map_err(|e| format!("ttl.{kind}: invalid duration `{ttl}`: {e}"))?;
+            if d.is_zero() {
+                return Err(format!("ttl.{kind} must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[redis] fallback`: what happens when Redis fails. `true` is `"circuit_breaker"`, `false` is
+/// `"off"` (Redis errors then reach the caller: dedup fails open, the cache is skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFallback {
+    Off,
+    Immediate,
+    AfterRetries,
+    #[default]
+    CircuitBreaker,
+    HealthBased,
+}
+
+impl<'de> Deserialize<'de> for RedisFallback {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(Self::CircuitBreaker),
+            Raw::Flag(false) => Ok(Self::Off),
+            Raw::Name(name) => match name.as_str() {
+                "off" | "none" => Ok(Self::Off),
+                "immediate" => Ok(Self::Immediate),
+                "after_retries" => Ok(Self::AfterRetries),
+                "circuit_breaker" => Ok(Self::CircuitBreaker),
+                "health_based" => Ok(Self::HealthBased),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown fallback `{other}`; expected one of off, immediate, after_retries, circuit_breaker, health_based (or true / false)"
+                ))),
+            },
+        }
+    }
+}
+
+/// `[redis]`: connection for the Redis-backed stores, and how to survive Redis going down.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://host:port/db`; falls back to `REDIS_URL` when unset.
     pub url: Option<Secret>,
+    /// Connections: 1 is one multiplexed connection shared by every task (see docs/redis.md).
     pub pool: usize,
-    /// Fall back to the in-memory store while Redis is unreachable.
-    pub fallback: bool,
+    /// Prefix of every key this process writes.
+    pub key_prefix: String,
+    /// Fall back to the in-memory store while Redis is unreachable, and how to decide so.
+    pub fallback: RedisFallback,
+    /// `fallback = "after_retries"`: extra attempts of a failing operation first.
+    pub retries: u32,
+    /// A Redis operation slower than this fails (and the fallback serves it).
+    #[serde(with = "duration")]
+    pub op_timeout: Duration,
+    #[serde(with = "duration")]
+    pub health_interval: Duration,
+    #[serde(with = "duration")]
+    pub health_timeout: Duration,
+    /// Consecutive good probes before an unhealthy Redis is used again.
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes before Redis is declared unhealthy.
+    pub unhealthy_threshold: u32,
+    /// `fallback = "circuit_breaker"`: failure rate over `breaker_window` calls that opens it.
+    pub breaker_failure_rate: f64,
+    pub breaker_window: u32,
+    pub breaker_minimum_calls: u32,
+    /// First open period; it doubles on repeated trips up to `breaker_max_open`.
+    #[serde(with = "duration")]
+    pub breaker_open: Duration,
+    #[serde(with = "duration")]
+    pub breaker_max_open: Duration,
+    /// Successful probes that close the breaker.
+    pub breaker_success_threshold: u32,
+    /// Most writes kept (per store) for replay to Redis once it returns.
+    pub max_replay: usize,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: None,
-            pool: 8,
-            fallback: true,
+            pool: 1,
+            key_prefix: "observers:".into(),
+            fallback: RedisFallback::CircuitBreaker,
+            retries: 2,
+            op_timeout: Duration::from_millis(500),
+            health_interval: Duration::from_secs(1),
+            health_timeout: Duration::from_millis(250),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            breaker_failure_rate: 0.5,
+            breaker_window: 10,
+            breaker_minimum_calls: 5,
+            breaker_open: Duration::from_secs(1),
+            breaker_max_open: Duration::from_secs(30),
+            breaker_success_threshold: 2,
+            max_replay: 100_000,
         }
+    }
+}
+
+impl RedisConfig {
+    /// The fallback mode of core's resilience layer, `None` when `fallback = "off"`.
+    pub fn fallback_mode(&self) -> Option<crate::stores::fallback::FallbackMode> {
+        use crate::stores::fallback::FallbackMode;
+        match self.fallback {
+            RedisFallback::Off => None,
+            RedisFallback::Immediate => Some(FallbackMode::Immediate),
+            RedisFallback::AfterRetries => Some(FallbackMode::AfterRetries(self.retries)),
+            RedisFallback::CircuitBreaker => Some(FallbackMode::CircuitBreaker),
+            RedisFallback::HealthBased => Some(FallbackMode::HealthBased),
+        }
+    }
+
+    /// The resilience settings these keys describe (`mode` from [`Self::fallback_mode`]).
+    pub fn resilience(&self) -> crate::stores::fallback::ResilienceConfig {
+        use crate::stores::fallback::{FallbackMode, HealthConfig, ResilienceConfig};
+        let defaults = ResilienceConfig::default();
+        ResilienceConfig {
+            mode: self.fallback_mode().unwrap_or(FallbackMode::CircuitBreaker),
+            op_timeout: self.op_timeout,
+            health: HealthConfig {
+                interval: self.health_interval,
+                timeout: self.health_timeout,
+                healthy_threshold: self.healthy_threshold,
+                unhealthy_threshold: self.unhealthy_threshold,
+            },
+            breaker: BreakerConfig {
+                failure_rate_threshold: self.breaker_failure_rate,
+                window_size: self.breaker_window,
+                minimum_calls: self.breaker_minimum_calls,
+                open_duration: self.breaker_open,
+                max_open_duration: self.breaker_max_open,
+                success_threshold: self.breaker_success_threshold,
+                probe_timeout: self.op_timeout,
+                max_half_open_duration: defaults
+                    .breaker
+                    .max_half_open_duration
+                    .max(self.op_timeout),
+                ..defaults.breaker
+            },
+            max_replay: self.max_replay,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pool == 0 {
+            return Err("pool must be at least 1".into());
+        }
+        for (name, d) in [
+            ("op_timeout", self.op_timeout),
+            ("health_interval", self.health_interval),
+            ("health_timeout", self.health_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.healthy_threshold == 0 || self.unhealthy_threshold == 0 {
+            return Err("healthy_threshold and unhealthy_threshold must be at least 1".into());
+        }
+        if self.max_replay == 0 {
+            return Err("max_replay must be at least 1".into());
+        }
+        if let Some(url) = &self.url {
+            let scheme = url::Url::parse(url.expose())
+                .map(|u| u.scheme().to_owned())
+                .map_err(|e| format!("url: {e}"))?;
+            if !matches!(scheme.as_str(), "redis" | "redis+unix" | "unix") {
+                return Err(format!(
+                    "url must be redis:// (or unix://), got {scheme}://"
+                ));
+            }
+        }
+        self.resilience()
+            .breaker
+            .validate()
+            .map_err(|e| format!("breaker: {e}"))
     }
 }
 
@@ -582,11 +807,12 @@ pub enum ActionConfig {
     Slack(SlackConfig),
     Email(EmailConfig),
     Log(LogConfig),
+    Cache(CacheActionConfig),
 }
 
 impl ActionConfig {
     /// Every `type` the config accepts.
-    pub const TYPES: [&'static str; 4] = ["webhook", "slack", "email", "log"];
+    pub const TYPES: [&'static str; 5] = ["webhook", "slack", "email", "log", "cache"];
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -594,6 +820,7 @@ impl ActionConfig {
             ActionConfig::Slack(_) => "slack",
             ActionConfig::Email(_) => "email",
             ActionConfig::Log(_) => "log",
+            ActionConfig::Cache(_) => "cache",
         }
     }
 
@@ -602,7 +829,7 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.mode,
             ActionConfig::Slack(c) => c.mode,
             ActionConfig::Email(c) => c.mode,
-            ActionConfig::Log(_) => ActionMode::Inline,
+            ActionConfig::Log(_) | ActionConfig::Cache(_) => ActionMode::Inline,
         }
     }
 
@@ -612,7 +839,7 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.timeout,
             ActionConfig::Slack(c) => c.timeout,
             ActionConfig::Email(c) => c.timeout,
-            ActionConfig::Log(_) => None,
+            ActionConfig::Log(_) | ActionConfig::Cache(_) => None,
         }
     }
 
@@ -629,6 +856,7 @@ impl ActionConfig {
             ),
             ActionConfig::Email(c) => format!("email to {}", c.to.join(", ")),
             ActionConfig::Log(c) => format!("log at {}", c.level),
+            ActionConfig::Cache(c) => c.summary(),
         }
     }
 
@@ -685,6 +913,7 @@ impl ActionConfig {
                     .as_deref()
                     .map_or(Ok(()), |m| check_template("message", m))
             }
+            ActionConfig::Cache(c) => c.validate(),
         }
     }
 }
@@ -778,4 +1007,78 @@ pub struct LogConfig {
     pub level: String,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// `type = "cache"`: invalidates cached entries (needs `[cache] enabled = true`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheActionConfig {
+    /// Keys to delete, templated (e.g. `"product:{{ entity_id }}"`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Redis globs to delete (`*`, `?`, `[..]`), templated; never `KEYS`, always `SCAN`.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Drop every cached action result of this event's entity.
+    #[serde(default)]
+    pub invalidate_entity: bool,
+    /// Drop every cached result of these action types (e.g. `["webhook"]`).
+    #[serde(default)]
+    pub invalidate_action_types: Vec<String>,
+}
+
+impl CacheActionConfig {
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.keys.is_empty() {
+            parts.push(format!("{} key(s)", self.keys.len()));
+        }
+        if !self.patterns.is_empty() {
+            parts.push(format!("{} pattern(s)", self.patterns.len()));
+        }
+        if self.invalidate_entity {
+            parts.push("the entity's results".into());
+        }
+        if !self.invalidate_action_types.is_empty() {
+            parts.push(format!(
+                "{} results",
+                self.invalidate_action_types.join("/")
+            ));
+        }
+        format!("cache invalidate {}", parts.join(", "))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.keys.is_empty()
+            && self.patterns.is_empty()
+            && !self.invalidate_entity
+            && self.invalidate_action_types.is_empty()
+        {
+            return Err(
+                "nothing to invalidate: set keys, patterns, invalidate_entity or invalidate_action_types"
+                    .into(),
+            );
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.is_empty() {
+                return Err(format!("keys[{i}] is empty"));
+            }
+            check_template(&format!("keys[{i}]"), k)?;
+        }
+        for (i, p) in self.patterns.iter().enumerate() {
+            if p.is_empty() {
+                return Err(format!("patterns[{i}] is empty"));
+            }
+            check_template(&format!("patterns[{i}]"), p)?;
+        }
+        for t in &self.invalidate_action_types {
+            if !ActionConfig::TYPES.contains(&t.as_str()) {
+                return Err(format!(
+                    "invalidate_action_types: unknown action type `{t}`; expected one of {}",
+                    ActionConfig::TYPES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
 }

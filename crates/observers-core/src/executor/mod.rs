@@ -1,6 +1,7 @@
 //! The executor: for one event, dedup claim, match, condition, then every matching action
 //! concurrently, each with its timeout, circuit breaker, retries and dead-letter hand-off.
 
+mod cached;
 mod observers;
 mod summary;
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
+pub use cached::{CachedActionExecutor, escape_glob};
 pub use observers::{ActionSlot, CompiledObserver, MatchDecision, ObserverSet};
 pub use summary::{ActionReport, ExecutionSummary};
 
@@ -44,6 +46,7 @@ pub struct ObserverExecutor {
     telemetry: SharedTelemetry,
     breakers: Arc<BreakerRegistry>,
     jobs: Option<Arc<dyn JobQueue>>,
+    cache: Option<Arc<CachedActionExecutor>>,
     permits: Arc<Semaphore>,
     /// Identifies this process run in dedup claims.
     owner: String,
@@ -57,6 +60,7 @@ pub struct ExecutorBuilder {
     telemetry: Option<SharedTelemetry>,
     breakers: Option<Arc<BreakerRegistry>>,
     jobs: Option<Arc<dyn JobQueue>>,
+    cache: Option<Arc<CachedActionExecutor>>,
     max_concurrent_actions: usize,
 }
 
@@ -91,6 +95,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Caches successful inline action results (see [`CachedActionExecutor`]).
+    #[must_use]
+    pub fn action_cache(mut self, cache: Arc<CachedActionExecutor>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     #[must_use]
     pub fn max_concurrent_actions(mut self, n: usize) -> Self {
         self.max_concurrent_actions = n.max(1);
@@ -115,6 +126,7 @@ impl ExecutorBuilder {
             telemetry,
             breakers,
             jobs: self.jobs,
+            cache: self.cache,
             permits: Arc::new(Semaphore::new(self.max_concurrent_actions)),
             owner: format!(
                 "{}-{}-{}",
@@ -141,6 +153,7 @@ impl ObserverExecutor {
             telemetry: None,
             breakers: None,
             jobs: None,
+            cache: None,
             max_concurrent_actions: 128,
         }
     }
@@ -387,7 +400,35 @@ impl ObserverExecutor {
                 .enqueue(jobs.as_ref(), set, o, index, slot, event)
                 .await;
         }
-        self.attempt_inline(set, o, index, slot, event, ctx).await
+        let action_type = slot.action.type_name();
+        let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|_| CachedActionExecutor::caches(action_type))
+        else {
+            return self.attempt_inline(set, o, index, slot, event, ctx).await;
+        };
+        let started = Instant::now();
+        let key = CachedActionExecutor::key(event, &o.name, index, action_type);
+        if let Some(detail) = cache.lookup(&key, action_type).await {
+            let report = ActionReport::new(&o.name, index, action_type).finish(
+                ActionOutcome::Success,
+                0,
+                started.elapsed(),
+                Some(format!("cached: {detail}")),
+            );
+            self.emit_finished(&report);
+            return Attempted {
+                report,
+                error: None,
+            };
+        }
+        let attempted = self.attempt_inline(set, o, index, slot, event, ctx).await;
+        if attempted.error.is_none() && attempted.report.outcome == ActionOutcome::Success {
+            let detail = attempted.report.detail.as_deref().unwrap_or_default();
+            cache.store(&key, action_type, detail).await;
+        }
+        attempted
     }
 
     async fn enqueue(

@@ -6,6 +6,7 @@ pub mod changelog;
 pub mod checkpoint;
 pub mod dedup;
 pub mod dlq;
+pub mod fallback;
 pub mod jobs;
 pub mod lease;
 pub mod search;

@@ -5,5 +5,6 @@
 mod capture;
 mod changelog;
 mod checkpoint;
+mod dedup;
 mod dlq;
 mod source;

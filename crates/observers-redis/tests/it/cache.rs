@@ -130,3 +130,14 @@ async fn redis_delete_pattern_stays_inside_the_prefix() {
         "documented: not counted remotely"
     );
 }
+
+/// The action cache (`CachedActionExecutor` + the `cache` action), shared with core.
+async fn action_cache(c: Arc<dyn CacheBackend>) {
+    observers_core::testkit::action_cache::caches_successes_and_invalidates(c).await;
+}
+for_each_backend!(action_cache, memory_store(), redis_store);
+
+async fn action_cache_escapes_globs(c: Arc<dyn CacheBackend>) {
+    observers_core::testkit::action_cache::entity_invalidation_escapes_globs(c).await;
+}
+for_each_backend!(action_cache_escapes_globs, memory_store(), redis_store);

@@ -8,4 +8,5 @@
 
 mod cache;
 mod dedup;
+mod fallback;
 mod support;

@@ -1,0 +1,76 @@
+//! `type = "cache"`: invalidates cached entries (keys, globs, an entity's action results, an
+//! action type's results). Globs go through `CacheBackend::delete_pattern` (Redis: `SCAN` +
+//! `UNLINK`, never `KEYS`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Action, ActionResult, Invocation, render, template};
+use crate::config::CacheActionConfig;
+use crate::error::{ObserverError, Result};
+use crate::executor::CachedActionExecutor;
+use crate::template::Template;
+
+pub struct CacheAction {
+    keys: Vec<Template>,
+    patterns: Vec<Template>,
+    entity: bool,
+    action_types: Vec<String>,
+    cache: Option<Arc<CachedActionExecutor>>,
+}
+
+impl CacheAction {
+    pub fn new(
+        config: &CacheActionConfig,
+        cache: Option<Arc<CachedActionExecutor>>,
+    ) -> Result<Self> {
+        Ok(Self {
+            keys: config
+                .keys
+                .iter()
+                .map(|k| template("keys", k))
+                .collect::<Result<_>>()?,
+            patterns: config
+                .patterns
+                .iter()
+                .map(|p| template("patterns", p))
+                .collect::<Result<_>>()?,
+            entity: config.invalidate_entity,
+            action_types: config.invalidate_action_types.clone(),
+            cache,
+        })
+    }
+}
+
+#[async_trait]
+impl Action for CacheAction {
+    fn type_name(&self) -> &'static str {
+        "cache"
+    }
+
+    async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
+        let cache = self.cache.as_ref().ok_or_else(|| {
+            ObserverError::permanent(
+                "OBS-CACHE-DISABLED",
+                "the cache action needs the action cache; set [cache] enabled = true",
+            )
+        })?;
+        let mut removed = 0;
+        for t in &self.keys {
+            removed += cache.invalidate_key(&render(t, inv.template)?).await?;
+        }
+        for t in &self.patterns {
+            removed += cache.invalidate_pattern(&render(t, inv.template)?).await?;
+        }
+        if self.entity {
+            removed += cache
+                .invalidate_entity(&inv.event.entity_type, &inv.event.entity_id)
+                .await?;
+        }
+        for t in &self.action_types {
+            removed += cache.invalidate_action_type(t).await?;
+        }
+        Ok(ActionResult::new(format!("invalidated {removed} entries")))
+    }
+}
