@@ -702,21 +702,23 @@ impl ObserverMetrics {
             .inc();
     }
 
-    /// A cache lookup hit (`backend`: `memory`, `redis`).
-    pub fn cache_hit(&self, backend: &str) {
-        self.cache_hits.get_or_create(&l1("backend", backend)).inc();
-    }
-
-    pub fn cache_miss(&self, backend: &str) {
-        self.cache_misses
-            .get_or_create(&l1("backend", backend))
+    /// An action result served from the action cache (the action did not run).
+    pub fn cache_hit(&self, action_type: &str) {
+        self.cache_hits
+            .get_or_create(&l1("action_type", action_type))
             .inc();
     }
 
-    /// `n` entries evicted or invalidated.
-    pub fn cache_evicted(&self, backend: &str, n: u64) {
+    pub fn cache_miss(&self, action_type: &str) {
+        self.cache_misses
+            .get_or_create(&l1("action_type", action_type))
+            .inc();
+    }
+
+    /// `n` cached action results evicted or invalidated.
+    pub fn cache_evicted(&self, action_type: &str, n: u64) {
         self.cache_evictions
-            .get_or_create(&l1("backend", backend))
+            .get_or_create(&l1("action_type", action_type))
             .inc_by(n);
     }
 

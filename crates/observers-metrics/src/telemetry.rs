@@ -155,6 +155,31 @@ impl Telemetry for ObserverMetrics {
                     h.backlog.set(crate::families::saturating_i64(*rows));
                 });
             }
+            TelemetryEvent::FallbackActivated { backend, reason: _ } => {
+                self.primary_failed(backend);
+                self.fallback_invoked(backend);
+                self.set_fallback_active(backend, true);
+            }
+            TelemetryEvent::FallbackRecovered { backend, outage: _ } => {
+                self.set_fallback_active(backend, false);
+            }
+            TelemetryEvent::HealthCheck {
+                backend,
+                healthy,
+                latency,
+            } => self.health_checked(backend, *latency, *healthy),
+            // The verdict itself shows as observer_fallback_active and the consecutive-failure
+            // gauge that HealthCheck keeps.
+            TelemetryEvent::HealthStateChanged { .. } => {}
+            TelemetryEvent::FallbackReplayed { backend, items } => {
+                self.sync_operations(backend, "ok", *items as u64);
+            }
+            TelemetryEvent::CacheHit { action_type } => self.cache_hit(action_type),
+            TelemetryEvent::CacheMiss { action_type } => self.cache_miss(action_type),
+            TelemetryEvent::CacheEviction {
+                action_type,
+                entries,
+            } => self.cache_evicted(action_type, *entries),
         }
     }
 }
@@ -343,9 +368,9 @@ mod tests {
     #[test]
     fn helper_methods_for_other_areas_reach_their_families() {
         let m = ObserverMetrics::new();
-        m.cache_hit("redis");
-        m.cache_miss("redis");
-        m.cache_evicted("redis", 3);
+        m.cache_hit("webhook");
+        m.cache_miss("webhook");
+        m.cache_evicted("webhook", 3);
         m.fallback_invoked("dedup");
         m.set_fallback_active("dedup", true);
         m.health_checked("redis", Duration::from_millis(2), false);
@@ -363,7 +388,7 @@ mod tests {
         m.search_indexed("postgres", true, 10, Duration::from_millis(1));
         let s = scrape(&m);
         assert_eq!(
-            s.sum("observer_cache_hits_total", &[("backend", "redis")]),
+            s.sum("observer_cache_hits_total", &[("action_type", "webhook")]),
             1.0
         );
         assert_eq!(s.sum("observer_cache_evictions_total", &[]), 3.0);

@@ -173,26 +173,18 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
             }
         }
     }
-    let checks: [(&str, Result<(), String>); 5] = [
+    let checks = [
         ("breaker", config.breaker.validate()),
         ("executor", config.executor.validate()),
         ("retry", config.retry.validate()),
         ("source", config.source.validate()),
         ("metrics", config.metrics.validate()),
         ("queue", config.queue.validate()),
-    ];
-    for (section, result) in checks {
-        if let Err(message) = result {
-            let offset = text.find(&format!("[{section}]")).unwrap_or(0);
-            return Err(err(offset, section.to_owned(), message));
-        }
-    }
-    let store_checks = [
         ("redis", config.redis.validate()),
         ("dedup", config.dedup.validate()),
         ("cache", config.cache.validate()),
     ];
-    for (section, result) in store_checks {
+    for (section, result) in checks {
         if let Err(message) = result {
             let offset = text.find(&format!("[{section}]")).unwrap_or(0);
             return Err(err(offset, section.to_owned(), message));
