@@ -16,6 +16,25 @@ async fn log_row(pool: &PgPool, entity_id: &str, op: &str) {
         .unwrap();
 }
 
+/// Reads until `want` items are final. The cutoff is the cluster-wide snapshot xmin, so a write
+/// transaction open in another test's database holds every reader back for a moment: wait for
+/// the rows with a deadline instead of expecting them on the first read.
+async fn fetch_final(
+    src: &PgEventSource,
+    after: Cursor,
+    limit: usize,
+    want: usize,
+) -> Vec<SourceItem> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let items = src.fetch(after, limit).await.unwrap();
+        if items.len() >= want || tokio::time::Instant::now() > deadline {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn ids(items: &[SourceItem]) -> Vec<i64> {
     items.iter().map(|i| i.cursor().id).collect()
 }
@@ -26,9 +45,9 @@ async fn reads_in_cursor_order_after_the_cursor(pool: PgPool) {
         log_row(&pool, &i.to_string(), "insert").await;
     }
     let src = PgEventSource::new(pool.clone());
-    let first = src.fetch(Cursor::START, 3).await.unwrap();
+    let first = fetch_final(&src, Cursor::START, 3, 3).await;
     assert_eq!(ids(&first), [1, 2, 3]);
-    let rest = src.fetch(first[2].cursor(), 10).await.unwrap();
+    let rest = fetch_final(&src, first[2].cursor(), 10, 2).await;
     assert_eq!(ids(&rest), [4, 5]);
     assert!(src.fetch(rest[1].cursor(), 10).await.unwrap().is_empty());
     let SourceItem::Event(e) = &rest[0] else {
@@ -63,7 +82,7 @@ async fn late_committing_transaction_is_not_skipped(pool: PgPool) {
     );
 
     slow_tx.commit().await.unwrap();
-    let after_commit = src.fetch(Cursor::START, 100).await.unwrap();
+    let after_commit = fetch_final(&src, Cursor::START, 100, 2).await;
     let entity_ids: Vec<_> = after_commit
         .iter()
         .map(|i| match i {
@@ -88,10 +107,7 @@ async fn rows_that_cannot_be_decoded_are_poison(pool: PgPool) {
         .await
         .unwrap();
     log_row(&pool, "4", "update").await;
-    let items = PgEventSource::new(pool.clone())
-        .fetch(Cursor::START, 10)
-        .await
-        .unwrap();
+    let items = fetch_final(&PgEventSource::new(pool.clone()), Cursor::START, 10, 4).await;
     let kinds: Vec<String> = items
         .iter()
         .map(|i| match i {
