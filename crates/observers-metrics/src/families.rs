@@ -14,10 +14,10 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::handles::Handles;
+use crate::histogram::AtomicHistogram as Histogram;
 
 pub(crate) type L1 = [(&'static str, String); 1];
 pub(crate) type L2 = [(&'static str, String); 2];
@@ -29,18 +29,18 @@ pub(crate) type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 pub const MAX_LABEL_VALUES: usize = 1000;
 
 /// Buckets of every latency histogram, in seconds (0.5 ms .. 60 s).
-pub const LATENCY_BUCKETS: [f64; 16] = [
+pub static LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
 
 /// Buckets of lease hold times, in seconds (1 s .. 1 day).
-pub const LEASE_BUCKETS: [f64; 10] = [
+pub static LEASE_BUCKETS: [f64; 10] = [
     1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0,
 ];
 
 pub(crate) fn latency() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
+    Histogram::new(&LATENCY_BUCKETS)
 }
 
 pub(crate) fn l1(k: &'static str, v: &str) -> L1 {
@@ -537,7 +537,7 @@ impl ObserverMetrics {
                 "observer_lease_hold_duration",
                 "How long a lease was held before release or loss",
                 seconds,
-                Histogram::new(LEASE_BUCKETS)
+                Histogram::new(&LEASE_BUCKETS)
             ),
             lease_renewals: reg!(
                 "observer_lease_renewals",

@@ -1,44 +1,57 @@
-//! Pre-resolved metric handles per label value, so the hot path does one read-locked hash probe
-//! on a `&str` (no allocation, no label-set construction) and then touches atomics. The number
-//! of distinct values is capped: past the cap, new values share the series `"other"`, so a
-//! misbehaving source cannot blow up the cardinality.
+//! Pre-resolved metric handles per label value, so the hot path does one lock-free load and
+//! one hash probe on a `&str` (no allocation, no label-set construction, no lock) and then
+//! touches atomics. Inserting a new value copies the map (rare: label values are bounded). The
+//! number of distinct values is capped: past the cap, new values share the series `"other"`,
+//! so a misbehaving source cannot blow up the cardinality.
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use foldhash::fast::FixedState;
 
 /// The label value every key past the cap is folded into.
 pub const OVERFLOW: &str = "other";
 
+type Map<V> = HashMap<Box<str>, Arc<V>, FixedState>;
+
 /// Handles keyed by one label value.
 pub(crate) struct Handles<V> {
-    map: RwLock<HashMap<Box<str>, V>>,
+    map: ArcSwap<Map<V>>,
+    /// Serializes inserts (readers never take it).
+    insert: Mutex<()>,
     cap: usize,
 }
 
 impl<V> Handles<V> {
     pub fn new(cap: usize) -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: ArcSwap::from_pointee(Map::default()),
+            insert: Mutex::new(()),
             cap: cap.max(1),
         }
     }
 
     /// Runs `f` on the handle of `key`, creating it with `make` the first time.
     pub fn with<R>(&self, key: &str, make: impl FnOnce(&str) -> V, f: impl FnOnce(&V) -> R) -> R {
-        {
-            let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(v) = map.get(key) {
-                return f(v);
-            }
+        if let Some(v) = self.map.load().get(key) {
+            return f(v);
         }
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        let key = if map.len() >= self.cap && !map.contains_key(key) {
+        let _guard = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.map.load_full();
+        let key = if current.len() >= self.cap && !current.contains_key(key) {
             OVERFLOW
         } else {
             key
         };
-        let v = map.entry(key.into()).or_insert_with(|| make(key));
-        f(v)
+        if let Some(v) = current.get(key) {
+            return f(v);
+        }
+        let v = Arc::new(make(key));
+        let mut next = Map::clone(&current);
+        next.insert(key.into(), Arc::clone(&v));
+        self.map.store(Arc::new(next));
+        f(&v)
     }
 }
 
@@ -54,6 +67,34 @@ mod tests {
         assert_eq!(h.with("b", made, Clone::clone), "b");
         assert_eq!(h.with("c", made, Clone::clone), OVERFLOW);
         assert_eq!(h.with("a", made, Clone::clone), "a");
-        assert_eq!(h.map.read().unwrap().len(), 3);
+        assert_eq!(h.map.load().len(), 3);
+    }
+
+    #[test]
+    fn concurrent_first_uses_create_one_handle() {
+        let h: Arc<Handles<std::sync::atomic::AtomicU64>> = Arc::new(Handles::new(10));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let h = Arc::clone(&h);
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        h.with(
+                            "k",
+                            |_| std::sync::atomic::AtomicU64::new(0),
+                            |c| c.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let total = h.with(
+            "k",
+            |_| unreachable!(),
+            |c| c.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        assert_eq!(total, 4000);
     }
 }

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod families;
 mod handles;
+pub mod histogram;
 pub mod scrape;
 pub mod server;
 pub mod telemetry;
