@@ -44,7 +44,13 @@ fn spawn_worker(config: &std::path::Path, log: &std::path::Path) -> Run {
         .open(log)
         .unwrap();
     Command::new(env!("CARGO_BIN_EXE_observers"))
-        .args(["worker", "--workers", "2", "--config", config.to_str().unwrap()])
+        .args([
+            "worker",
+            "--workers",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
