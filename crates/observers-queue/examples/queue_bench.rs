@@ -227,8 +227,55 @@ fn graphile(node: &Path, dir: &Path, jobs: usize, probes: usize) -> Result<Figur
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("graphile-worker harness output: {e}"))?;
+    parse_figures(&out.stdout)
+}
+
+/// Builds the graphile_worker (crates.io) harness, outside the workspace, into the cache dir.
+fn build_graphile_rs() -> Result<PathBuf, String> {
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/graphile_worker_rs/Cargo.toml");
+    let target = cache_dir().join("target");
+    eprintln!(
+        "building the graphile_worker 0.14.1 harness into {}",
+        target.display()
+    );
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the graphile_worker harness failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(target.join("release/graphile-worker-rs-bench"))
+}
+
+async fn graphile_rs(bin: &Path, jobs: usize, probes: usize) -> Result<Figures, String> {
+    admin_db("DROP SCHEMA IF EXISTS graphile_worker_rs CASCADE").await;
+    let mut cmd = Command::new(bin);
+    cmd.env("DATABASE_URL", db_url())
+        .env("JOBS", jobs.to_string())
+        .env("LATENCY_JOBS", probes.to_string());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "graphile_worker harness failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse_figures(&out.stdout)
+}
+
+fn parse_figures(stdout: &[u8]) -> Result<Figures, String> {
+    let v: Value =
+        serde_json::from_slice(stdout).map_err(|e| format!("peer harness output: {e}"))?;
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     Ok(Figures {
         enqueue_per_sec: f("enqueue_per_sec"),
@@ -236,6 +283,13 @@ fn graphile(node: &Path, dir: &Path, jobs: usize, probes: usize) -> Result<Figur
         p50_ms: f("latency_p50_ms"),
         p99_ms: f("latency_p99_ms"),
     })
+}
+
+async fn admin_db(sql: &str) {
+    let mut c = sqlx::PgConnection::connect(&db_url()).await.unwrap();
+    c.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+        .await
+        .unwrap();
 }
 
 fn row(name: &str, f: &Figures) {
@@ -261,45 +315,63 @@ async fn main() {
     }
     let peer = install_graphile();
     if let Err(e) = &peer {
-        println!("graphile-worker cannot be measured: {e}");
+        println!("graphile-worker (npm) cannot be measured: {e}");
+    }
+    let peer_rs = if std::env::var_os("QUEUE_BENCH_SKIP_RUST_PEER").is_some() {
+        Err("skipped (QUEUE_BENCH_SKIP_RUST_PEER)".to_owned())
+    } else {
+        build_graphile_rs()
+    };
+    if let Err(e) = &peer_rs {
+        println!("graphile_worker (crates.io) cannot be measured: {e}");
     }
     println!(
         "queue benchmark: {jobs} no-op jobs, enqueue batches of {BATCH}; ours: {workers} workers, dequeue batch {batch}; \
-         graphile-worker 0.18.0: concurrency 24, localQueue 500, completeJobBatchDelay 0; {rounds} rounds each, best shown"
+         peers: graphile-worker 0.18.0 (npm) concurrency 24, localQueue 500, completeJobBatchDelay 0; \
+         graphile_worker 0.14.1 (crates.io) concurrency 24, local queue 500, completion batch delay 0; \
+         {rounds} rounds each, best drain shown"
     );
     for (mode, setting) in [("durable", "on"), ("synchronous_commit=off", "off")] {
         admin(&format!(
             "ALTER DATABASE {DB} SET synchronous_commit = {setting}"
         ))
         .await;
-        let mut best_ours: Option<Figures> = None;
-        let mut best_peer: Option<Figures> = None;
-        for _ in 0..rounds {
-            let f = ours(jobs, workers, batch, probes).await;
-            if best_ours.is_none_or(|b| f.drain_per_sec > b.drain_per_sec) {
-                best_ours = Some(f);
+        let mut best: [Option<Figures>; 3] = [None, None, None];
+        let keep = |slot: &mut Option<Figures>, f: Figures| {
+            if slot.is_none_or(|b| f.drain_per_sec > b.drain_per_sec) {
+                *slot = Some(f);
             }
+        };
+        for _ in 0..rounds {
+            keep(&mut best[0], ours(jobs, workers, batch, probes).await);
             if let Ok((node, dir)) = &peer {
                 match graphile(node, dir, jobs, probes) {
-                    Ok(f) => {
-                        if best_peer.is_none_or(|b| f.drain_per_sec > b.drain_per_sec) {
-                            best_peer = Some(f);
-                        }
-                    }
+                    Ok(f) => keep(&mut best[1], f),
                     Err(e) => println!("  graphile-worker run failed: {e}"),
+                }
+            }
+            if let Ok(bin) = &peer_rs {
+                match graphile_rs(bin, jobs, probes).await {
+                    Ok(f) => keep(&mut best[2], f),
+                    Err(e) => println!("  graphile_worker run failed: {e}"),
                 }
             }
         }
         println!("{mode}:");
-        let ours = best_ours.unwrap();
+        let ours = best[0].unwrap();
         row("observers-queue", &ours);
-        if let Some(p) = best_peer {
-            row("graphile-worker 0.18.0", &p);
-            println!(
-                "  ratio (ours / graphile-worker): drain {:.2}x, enqueue {:.2}x",
-                ours.drain_per_sec / p.drain_per_sec,
-                ours.enqueue_per_sec / p.enqueue_per_sec
-            );
+        for (name, peer) in [
+            ("graphile-worker 0.18.0 (npm)", best[1]),
+            ("graphile_worker 0.14.1 (crates.io)", best[2]),
+        ] {
+            if let Some(p) = peer {
+                row(name, &p);
+                println!(
+                    "    ratio ours / {name}: drain {:.2}x, enqueue {:.2}x",
+                    ours.drain_per_sec / p.drain_per_sec,
+                    ours.enqueue_per_sec / p.enqueue_per_sec
+                );
+            }
         }
     }
     admin(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await;
