@@ -421,3 +421,78 @@ async fn fail(shared: &Shared, job: &Job, err: &ObserverError) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observers_core::stores::jobs::{MemoryJobQueue, NewJob};
+    use serde_json::json;
+    use std::sync::atomic::AtomicU32;
+
+    /// Fails the first attempt of every job transiently, then succeeds.
+    #[derive(Default)]
+    struct FlakyOnce {
+        runs: AtomicU32,
+    }
+
+    #[async_trait]
+    impl JobHandler for FlakyOnce {
+        async fn run(&self, job: &Job) -> Result<()> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            if job.attempts == 1 {
+                return Err(ObserverError::transient("OBS-TEST", "first attempt fails"));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pool_over_the_memory_queue_retries_and_completes_every_job() {
+        let queue = Arc::new(MemoryJobQueue::new());
+        for n in 0..40 {
+            queue
+                .enqueue(NewJob::new("default", "test", json!({ "n": n })))
+                .await
+                .unwrap();
+        }
+        let handler = Arc::new(FlakyOnce::default());
+        let config = WorkerConfig {
+            worker_id: "w".into(),
+            queues: vec!["default".into()],
+            workers: 3,
+            batch_size: 8,
+            retry: RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                multiplier: 2.0,
+                jitter: false,
+            },
+            heartbeat_interval: Duration::from_millis(50),
+            stale_after: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(20),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let pool = WorkerPool::new(queue.clone(), handler.clone(), config);
+        let stats = pool.stats();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(pool.run(rx));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while queue.stats().await.unwrap().completed < 40 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs did not complete"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 80, "two runs per job");
+        assert_eq!(
+            (stats.completed(), stats.retried(), stats.failed()),
+            (40, 40, 0)
+        );
+        let s = queue.stats().await.unwrap();
+        assert_eq!((s.pending, s.processing, s.failed), (0, 0, 0));
+    }
+}
