@@ -1,16 +1,31 @@
 //! `cargo xtask bench`: the criterion benches of core (each next to an in-run baseline), then
 //! the PostgreSQL pipeline benchmark (drain rate against pgbench's writer rate, commit-to-
 //! webhook latency, checkpoint saves against a raw UPSERT, the capture trigger's cost).
-//! Figures are recorded in docs/benchmarks.md.
+//! A flag runs one area's benchmark alone instead (see `AREAS`). Figures are recorded in
+//! docs/benchmarks.md.
 
 use anyhow::Result;
 
 use crate::services;
 
+/// `--flag`, package, example: the benchmarks that run alone, each against its own peer or
+/// baseline in the same run.
+const AREAS: &[(&str, &str, &str)] = &[
+    // the job queue against graphile-worker (npm) on the same PostgreSQL; the peer installs
+    // into a cache dir
+    ("--queue", "observers-queue", "queue_bench"),
+    // the Redis stores against redis-benchmark; it starts its own redis-server (needs
+    // redis-server and redis-benchmark on PATH)
+    ("--redis", "observers-redis", "redis_bench"),
+];
+
 pub fn run(args: &[String]) -> Result<()> {
     let database_url = services::postgres()?;
-    if args.iter().any(|a| a == "--queue") {
-        return queue(&database_url);
+    if let Some((_, package, name)) = AREAS
+        .iter()
+        .find(|(flag, _, _)| args.iter().any(|a| a == flag))
+    {
+        return example(package, name, &database_url);
     }
     let only_pipeline = args.iter().any(|a| a == "--pipeline");
     if !only_pipeline {
@@ -22,24 +37,11 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         crate::cargo(&cmd)?;
     }
-    let mut cmd =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "observers-cli",
-        "--example",
-        "pipeline_bench",
-    ])
-    .env("DATABASE_URL", database_url);
-    crate::run(&mut cmd)
+    example("observers-cli", "pipeline_bench", &database_url)
 }
 
-/// `cargo xtask bench --queue`: the job queue against graphile-worker (npm) on the same
-/// PostgreSQL (observers-queue's `queue_bench` example; the peer installs into a cache dir).
-fn queue(database_url: &str) -> Result<()> {
+/// Runs a release-built example with `DATABASE_URL` set.
+fn example(package: &str, name: &str, database_url: &str) -> Result<()> {
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args([
@@ -47,9 +49,9 @@ fn queue(database_url: &str) -> Result<()> {
         "--release",
         "--quiet",
         "-p",
-        "observers-queue",
+        package,
         "--example",
-        "queue_bench",
+        name,
     ])
     .env("DATABASE_URL", database_url);
     crate::run(&mut cmd)

@@ -302,3 +302,69 @@ pub mod action_cache {
         assert_eq!(cache.lookup(&key, "webhook").await.as_deref(), Some("ok"));
     }
 }
+
+/// The hybrid-cache suite: every strategy over a memory local layer and the given remote.
+pub mod hybrid {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::clock::system_clock;
+    use crate::stores::cache::{CacheBackend, MemoryCacheBackend};
+    use crate::stores::hybrid::{HybridCache, HybridStrategy};
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    pub async fn strategies(remote: Arc<dyn CacheBackend>) {
+        for strategy in [
+            HybridStrategy::WriteThrough,
+            HybridStrategy::WriteBehind,
+            HybridStrategy::ReadThrough,
+            HybridStrategy::CacheAside,
+        ] {
+            let local = Arc::new(MemoryCacheBackend::new(100, system_clock()));
+            let h = HybridCache::new(local.clone(), remote.clone(), strategy, TTL);
+            let k = |s: &str| format!("{strategy:?}:{s}");
+
+            h.set(&k("a"), b"1".to_vec(), TTL).await.unwrap();
+            assert_eq!(
+                h.get(&k("a")).await.unwrap(),
+                Some(b"1".to_vec()),
+                "{strategy:?}"
+            );
+            h.flush().await;
+            assert_eq!(
+                remote.get(&k("a")).await.unwrap(),
+                Some(b"1".to_vec()),
+                "{strategy:?}: reaches the remote"
+            );
+            let local_has_a = local.get(&k("a")).await.unwrap().is_some();
+            match strategy {
+                HybridStrategy::WriteThrough | HybridStrategy::WriteBehind => {
+                    assert!(local_has_a, "{strategy:?}: written locally too");
+                }
+                HybridStrategy::ReadThrough => {
+                    assert!(local_has_a, "{strategy:?}: the read kept a local copy");
+                }
+                HybridStrategy::CacheAside => assert!(!local_has_a, "cache-aside: remote only"),
+            }
+
+            // Written by someone else (another instance): every strategy finds it.
+            remote.set(&k("b"), b"2".to_vec(), TTL).await.unwrap();
+            assert_eq!(
+                h.get(&k("b")).await.unwrap(),
+                Some(b"2".to_vec()),
+                "{strategy:?}"
+            );
+
+            // Invalidation reaches both layers.
+            h.set(&k("c"), b"3".to_vec(), TTL).await.unwrap();
+            assert!(h.delete(&k("c")).await.unwrap());
+            assert_eq!(h.get(&k("c")).await.unwrap(), None, "{strategy:?}");
+            assert_eq!(remote.get(&k("c")).await.unwrap(), None, "{strategy:?}");
+            assert!(h.delete_pattern(&format!("{strategy:?}:*")).await.unwrap() >= 2);
+            assert_eq!(h.get(&k("a")).await.unwrap(), None, "{strategy:?}");
+            assert_eq!(local.get(&k("a")).await.unwrap(), None, "{strategy:?}");
+            assert!(h.set(&k("z"), vec![1], Duration::ZERO).await.is_err());
+        }
+    }
+}

@@ -10,6 +10,7 @@ use observers_core::executor::CachedActionExecutor;
 use observers_core::stores::cache::{CacheBackend, MemoryCacheBackend};
 use observers_core::stores::dedup::{DedupStore, MemoryDedupStore};
 use observers_core::stores::fallback::{FallbackCache, FallbackDedupStore, Resilience};
+use observers_core::stores::hybrid::{HybridCache, HybridStrategy};
 use observers_core::telemetry::SharedTelemetry;
 use observers_postgres::{PgPool, PostgresDedupStore};
 use observers_redis::ConnectionManager;
@@ -131,9 +132,18 @@ pub fn build(config: &Config, pool: &PgPool, telemetry: &SharedTelemetry) -> Cli
                     RedisCacheBackend::new(side.conn.clone())
                         .with_prefix(format!("{}cache:", side.prefix)),
                 );
-                Some(match &side.resilience {
+                let remote: Arc<dyn CacheBackend> = match &side.resilience {
                     Some(r) => Arc::new(FallbackCache::new(r.clone(), redis, memory())),
                     None => redis,
+                };
+                Some(match config.cache.strategy {
+                    HybridStrategy::CacheAside => remote,
+                    strategy => Arc::new(HybridCache::new(
+                        memory(),
+                        remote,
+                        strategy,
+                        config.cache.local_ttl,
+                    )),
                 })
             }
         }

@@ -297,6 +297,11 @@ pub struct CacheConfig {
     /// Per action type TTL, e.g. `ttl = { webhook = "30s", email = "1m" }`. Built in (seed 003):
     /// webhook 30s, slack 30s, email 60s.
     pub ttl: BTreeMap<String, String>,
+    /// With `backend = "redis"`: how a local in-memory layer is used in front of Redis.
+    pub strategy: crate::stores::hybrid::HybridStrategy,
+    /// Longest a local copy is kept (bounds staleness across instances).
+    #[serde(with = "duration")]
+    pub local_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -307,6 +312,8 @@ impl Default for CacheConfig {
             default_ttl: Duration::from_secs(60),
             max_entries: 10_000,
             ttl: BTreeMap::new(),
+            strategy: crate::stores::hybrid::HybridStrategy::CacheAside,
+            local_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -339,6 +346,9 @@ impl CacheConfig {
         }
         if self.max_entries == 0 {
             return Err("max_entries must be at least 1".into());
+        }
+        if self.local_ttl.is_zero() {
+            return Err("local_ttl must be greater than zero".into());
         }
         for (kind, ttl) in &self.ttl {
             if !ActionConfig::TYPES.contains(&kind.as_str()) {

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,10 @@ pub struct Resilience {
     replaying: tokio::sync::Mutex<()>,
     fallback_ops: AtomicU64,
     replayed: AtomicU64,
+    /// Writes waiting in every journal (kept by the journals), so the hot path checks an atomic.
+    pending: Arc<AtomicUsize>,
+    /// Mirrors `fallback_since.is_some()` for the hot path.
+    on_fallback: AtomicBool,
 }
 
 impl fmt::Debug for Resilience {
@@ -211,6 +215,8 @@ impl Resilience {
             replaying: tokio::sync::Mutex::new(()),
             fallback_ops: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            pending: Arc::new(AtomicUsize::new(0)),
+            on_fallback: AtomicBool::new(false),
         })
     }
 
@@ -301,6 +307,7 @@ impl Resilience {
         let mut since = lock(&self.fallback_since);
         if since.is_none() {
             *since = Some(Instant::now());
+            self.on_fallback.store(true, Ordering::SeqCst);
             drop(since);
             tracing::warn!(backend = %self.backend, mode = %self.config.mode, reason, "primary store unavailable; serving from the fallback");
             self.telemetry.emit(&TelemetryEvent::FallbackActivated {
@@ -311,8 +318,12 @@ impl Resilience {
     }
 
     fn note_primary_ok(&self) {
+        if !self.on_fallback.load(Ordering::SeqCst) {
+            return;
+        }
         let mut since = lock(&self.fallback_since);
         if let Some(at) = since.take() {
+            self.on_fallback.store(false, Ordering::SeqCst);
             drop(since);
             let outage = at.elapsed();
             tracing::info!(backend = %self.backend, outage = ?outage, "primary store recovered; fallback no longer used");
@@ -329,7 +340,7 @@ impl Resilience {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        if self.pending() > 0 {
+        if self.pending.load(Ordering::SeqCst) > 0 {
             self.replay_pending().await?;
         }
         match tokio::time::timeout(self.config.op_timeout, op()).await {
@@ -526,15 +537,17 @@ struct Journal<E> {
     entries: Mutex<VecDeque<E>>,
     max: usize,
     dropped: AtomicU64,
+    total: Arc<AtomicUsize>,
 }
 
 impl<E> Journal<E> {
-    fn new(backend: &str, max: usize) -> Self {
+    fn new(resilience: &Resilience) -> Self {
         Self {
-            backend: backend.to_owned(),
+            backend: resilience.backend.clone(),
             entries: Mutex::new(VecDeque::new()),
-            max: max.max(1),
+            max: resilience.config.max_replay.max(1),
             dropped: AtomicU64::new(0),
+            total: resilience.pending.clone(),
         }
     }
 
@@ -542,24 +555,41 @@ impl<E> Journal<E> {
         let mut entries = lock(&self.entries);
         if entries.len() >= self.max {
             entries.pop_front();
+            self.total.fetch_sub(1, Ordering::SeqCst);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(backend = %self.backend, dropped, max = self.max, "fallback replay journal full; oldest writes dropped");
             }
         }
         entries.push_back(entry);
+        self.total.fetch_add(1, Ordering::SeqCst);
     }
 
     fn pop(&self) -> Option<E> {
-        lock(&self.entries).pop_front()
+        // The counter moves under the lock, so it never goes below zero.
+        let mut entries = lock(&self.entries);
+        let entry = entries.pop_front();
+        if entry.is_some() {
+            self.total.fetch_sub(1, Ordering::SeqCst);
+        }
+        entry
     }
 
     fn unpop(&self, entry: E) {
-        lock(&self.entries).push_front(entry);
+        let mut entries = lock(&self.entries);
+        entries.push_front(entry);
+        self.total.fetch_add(1, Ordering::SeqCst);
     }
 
     fn len(&self) -> usize {
         lock(&self.entries).len()
+    }
+}
+
+impl<E> Drop for Journal<E> {
+    fn drop(&mut self) {
+        let left = lock(&self.entries).len();
+        self.total.fetch_sub(left, Ordering::SeqCst);
     }
 }
 
@@ -622,7 +652,7 @@ impl FallbackDedupStore {
     ) -> Self {
         let journal = Arc::new(DedupJournal {
             primary: primary.clone(),
-            journal: Journal::new(resilience.backend(), resilience.config.max_replay),
+            journal: Journal::new(&resilience),
         });
         let as_replay: Arc<dyn Replay> = journal.clone();
         resilience.register(Arc::downgrade(&as_replay));
@@ -756,7 +786,7 @@ impl FallbackCache {
     ) -> Self {
         let journal = Arc::new(CacheJournal {
             primary: primary.clone(),
-            journal: Journal::new(resilience.backend(), resilience.config.max_replay),
+            journal: Journal::new(&resilience),
         });
         let as_replay: Arc<dyn Replay> = journal.clone();
         resilience.register(Arc::downgrade(&as_replay));

@@ -141,3 +141,9 @@ async fn action_cache_escapes_globs(c: Arc<dyn CacheBackend>) {
     observers_core::testkit::action_cache::entity_invalidation_escapes_globs(c).await;
 }
 for_each_backend!(action_cache_escapes_globs, memory_store(), redis_store);
+
+/// Hybrid caches (write-through, write-behind, read-through, cache-aside) with this remote.
+async fn hybrid_strategies(c: Arc<dyn CacheBackend>) {
+    observers_core::testkit::hybrid::strategies(c).await;
+}
+for_each_backend!(hybrid_strategies, memory_store(), redis_store);
