@@ -10,6 +10,7 @@ mod dlq;
 mod engine;
 mod migrate;
 mod run;
+mod search;
 mod validate;
 
 use std::path::PathBuf;
@@ -73,6 +74,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Search the audit trail of processed events.
+    Search(search::SearchArgs),
+    /// The audit trail of processed events: retention.
+    #[command(subcommand)]
+    Events(search::EventsCommand),
     /// A guided tour: a demo database, a captured table, a local webhook receiver, deliveries.
     Demo {
         /// Orders to insert.
@@ -103,6 +109,8 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             execute,
             format,
         } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
+        Command::Search(args) => search::search(args, &db).await,
+        Command::Events(cmd) => search::events(cmd, &db).await,
         Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
     }
 }

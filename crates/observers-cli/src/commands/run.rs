@@ -24,7 +24,12 @@ pub async fn run(config_path: &Path) -> CliResult {
     let pool = observers_postgres::connect(&url, 8).await?;
     observers_postgres::migrate(&pool).await?;
     let telemetry = CountingTelemetry::new();
-    let executor = Arc::new(engine::executor(&config, &pool, telemetry.clone())?);
+    let search = super::search::SearchRuntime::start(&config, &pool).await?;
+    let executor = Arc::new(
+        search
+            .attach(engine::executor_builder(&config, &pool, telemetry.clone())?)
+            .build(),
+    );
     let checkpoints =
         Arc::new(PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()));
     let listener = ChangeLogListener::new(
@@ -61,6 +66,7 @@ pub async fn run(config_path: &Path) -> CliResult {
             tracing::warn!("in-flight actions did not finish within {SHUTDOWN_GRACE:?}; they will be re-delivered on the next start");
         }
     }
+    search.shutdown().await;
     pool.close().await;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod docs;
 mod e2e;
+mod search;
 mod support;
 mod validate;
 
