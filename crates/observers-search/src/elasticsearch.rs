@@ -41,6 +41,7 @@ pub struct ElasticsearchBackend {
     index: String,
     max_attempts: u32,
     backoff: Duration,
+    refresh_on_write: bool,
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -88,6 +89,7 @@ impl ElasticsearchBackend {
             index: index.to_owned(),
             max_attempts: 5,
             backoff: Duration::from_millis(200),
+            refresh_on_write: false,
         })
     }
 
@@ -96,6 +98,14 @@ impl ElasticsearchBackend {
     pub fn with_retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
         self.max_attempts = max_attempts.max(1);
         self.backoff = backoff;
+        self
+    }
+
+    /// Makes every `_bulk` write wait until its documents are searchable
+    /// (`refresh=wait_for`): slower writes, no up-to-1 s refresh delay before they show.
+    #[must_use]
+    pub fn with_refresh_on_write(mut self, on: bool) -> Self {
+        self.refresh_on_write = on;
         self
     }
 

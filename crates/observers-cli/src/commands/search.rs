@@ -12,7 +12,9 @@ use observers_core::config::{Config, SearchBackendKind};
 use observers_core::executor::ExecutorBuilder;
 use observers_core::stores::search::{MAX_PER_PAGE, SearchBackend, SearchQuery};
 use observers_postgres::PgPool;
-use observers_search::{EventSearchIndexer, IndexerConfig, IndexerTask, PostgresSearchBackend};
+use observers_search::{
+    ElasticsearchBackend, EventSearchIndexer, IndexerConfig, IndexerTask, PostgresSearchBackend,
+};
 
 use super::db::DbArgs;
 use crate::output::{self, Format};
@@ -80,15 +82,22 @@ pub fn backend(config: &Config, pool: &PgPool) -> CliResult<Option<Arc<dyn Searc
     Ok(match config.search.backend {
         SearchBackendKind::None => None,
         SearchBackendKind::Postgres => Some(Arc::new(PostgresSearchBackend::new(pool.clone()))),
-        SearchBackendKind::Elasticsearch => Some(elasticsearch(config)?),
+        SearchBackendKind::Elasticsearch => Some(Arc::new(elasticsearch(config)?)),
     })
 }
 
-fn elasticsearch(config: &Config) -> CliResult<Arc<dyn SearchBackend>> {
-    let _ = config;
-    Err(Exit::usage(anyhow::anyhow!(
-        "[search] backend = \"elasticsearch\" is not available in this build yet"
-    )))
+fn elasticsearch(config: &Config) -> CliResult<ElasticsearchBackend> {
+    let url = config.search.url.as_ref().ok_or_else(|| {
+        Exit::usage(anyhow::anyhow!(
+            "[search] backend = \"elasticsearch\" needs url = \"http://host:9200\""
+        ))
+    })?;
+    let index = config
+        .search
+        .index
+        .as_deref()
+        .unwrap_or(observers_search::elasticsearch::DEFAULT_INDEX);
+    ElasticsearchBackend::new(url.expose(), index).map_err(Exit::usage)
 }
 
 /// The backend the ops commands use: `[search]` of `--config` when given, else PostgreSQL.
@@ -96,7 +105,7 @@ async fn command_backend(db: &DbArgs) -> CliResult<Arc<dyn SearchBackend>> {
     if let Some(path) = &db.config {
         let config = super::load_config(path)?;
         if config.search.backend == SearchBackendKind::Elasticsearch {
-            return elasticsearch(&config);
+            return Ok(Arc::new(elasticsearch(&config)?));
         }
         if config.search.backend == SearchBackendKind::None {
             return Err(Exit::usage(anyhow::anyhow!(
@@ -195,6 +204,11 @@ impl SearchRuntime {
         let Some(backend) = backend(config, pool)? else {
             return Ok(Self::default());
         };
+        if config.search.backend == SearchBackendKind::Elasticsearch
+            && let Err(e) = elasticsearch(config)?.ensure_index().await
+        {
+            tracing::warn!(error = %e, "cannot create the Elasticsearch index template yet; indexing will retry writes");
+        }
         if let Err(e) = backend.health().await {
             tracing::warn!(error = %e, "search backend is not healthy yet; events are buffered and retried");
         }

@@ -3,6 +3,7 @@
 //! Elasticsearch backend against recorded REST fixtures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod es;
 mod http;
 mod indexer;
 mod suite;

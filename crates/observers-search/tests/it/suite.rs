@@ -102,7 +102,7 @@ fn queries() -> Vec<(&'static str, SearchQuery)> {
     ]
 }
 
-async fn searches_match_the_reference(backend: Arc<dyn SearchBackend>) {
+pub async fn searches_match_the_reference(backend: Arc<dyn SearchBackend>) {
     let all = generated_set(N);
     // Indexed in several batches, one of them re-indexing events with the same content.
     for chunk in all.chunks(70) {
@@ -132,7 +132,7 @@ async fn searches_match_the_reference(backend: Arc<dyn SearchBackend>) {
     assert!(r.total > 10 && r.total < 100, "{}", r.total);
 }
 
-async fn paging_covers_every_match_once(backend: Arc<dyn SearchBackend>) {
+pub async fn paging_covers_every_match_once(backend: Arc<dyn SearchBackend>) {
     let all = generated_set(N);
     backend.index(&all).await.unwrap();
     let base = SearchQuery::new()
@@ -158,7 +158,7 @@ async fn paging_covers_every_match_once(backend: Arc<dyn SearchBackend>) {
     assert_eq!(seen, want);
 }
 
-async fn reindex_replaces_and_retention_deletes(backend: Arc<dyn SearchBackend>) {
+pub async fn reindex_replaces_and_retention_deletes(backend: Arc<dyn SearchBackend>) {
     backend.index(&generated_set(20)).await.unwrap();
     let mut again = generated(4);
     again.errors = vec!["late SMTP refusal".into()];
