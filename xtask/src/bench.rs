@@ -9,6 +9,9 @@ use crate::services;
 
 pub fn run(args: &[String]) -> Result<()> {
     let database_url = services::postgres()?;
+    if args.iter().any(|a| a == "--search") {
+        return search(&database_url);
+    }
     let only_pipeline = args.iter().any(|a| a == "--pipeline");
     if !only_pipeline {
         let mut cmd = vec!["bench", "-p", "observers-benches"];
@@ -29,6 +32,23 @@ pub fn run(args: &[String]) -> Result<()> {
         "observers-cli",
         "--example",
         "pipeline_bench",
+    ])
+    .env("DATABASE_URL", database_url);
+    crate::run(&mut cmd)
+}
+
+/// `--search`: the search backend on 1 million events (docs/benchmarks.md, "Search").
+fn search(database_url: &str) -> Result<()> {
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "observers-search",
+        "--example",
+        "search_bench",
     ])
     .env("DATABASE_URL", database_url);
     crate::run(&mut cmd)
