@@ -2,7 +2,16 @@
 //! (generated with SQL), p50/p99 of typical queries against a primary-key lookup measured in
 //! the same run, and indexing throughput (through `EventSearchIndexer`) against the executor's
 //! in-process rate measured in the same run. Figures go to docs/benchmarks.md.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::too_many_lines,
+    clippy::items_after_statements,
+    clippy::type_complexity
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
