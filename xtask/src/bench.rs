@@ -17,6 +17,8 @@ const AREAS: &[(&str, &str, &str)] = &[
     // the Redis stores against redis-benchmark; it starts its own redis-server (needs
     // redis-server and redis-benchmark on PATH)
     ("--redis", "observers-redis", "redis_bench"),
+    // the search backend on 1 million events
+    ("--search", "observers-search", "search_bench"),
 ];
 
 pub fn run(args: &[String]) -> Result<()> {

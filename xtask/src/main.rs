@@ -17,7 +17,8 @@ commands:
   test-integration   the same (kept for scripts; all suites are integration-aware)
   ci                 fmt --check, clippy -D warnings, then test
   bench              run the benchmarks and print ratios against same-run baselines
-                     (--pipeline: PostgreSQL pipeline only; --queue: job queue vs graphile-worker)
+                     (--pipeline: PostgreSQL pipeline only; --queue: job queue vs graphile-worker;
+                      --redis: Redis stores vs redis-benchmark; --search: search on 1M events)
   migrate            apply the migrations to DATABASE_URL
   demo               run `observers demo`";
 

@@ -1,1 +1,14 @@
-//! Search backends (PostgreSQL full-text, Elasticsearch) and the event search indexer. Filled by the observers-search issue (#6); nothing here yet.
+//! Search backends (PostgreSQL full-text, Elasticsearch), the event search indexer that feeds
+//! them from the executor, and the `GET /api/observers/search` router.
+#![forbid(unsafe_code)]
+
+pub mod elasticsearch;
+pub mod error;
+pub mod http;
+pub mod indexer;
+pub mod postgres;
+
+pub use elasticsearch::ElasticsearchBackend;
+pub use error::SearchError;
+pub use indexer::{EventSearchIndexer, IndexerConfig, IndexerStats, IndexerTask, indexed_event};
+pub use postgres::PostgresSearchBackend;

@@ -7,7 +7,7 @@ use observers_core::actions::ActionFactory;
 use observers_core::breaker::BreakerRegistry;
 use observers_core::clock::system_clock;
 use observers_core::config::Config;
-use observers_core::executor::Dedup;
+use observers_core::executor::{Dedup, ExecutorBuilder};
 use observers_core::listener::ListenerConfig;
 use observers_core::telemetry::SharedTelemetry;
 use observers_core::{ObserverExecutor, ObserverSet};
@@ -41,6 +41,15 @@ pub fn executor(
     pool: &PgPool,
     telemetry: SharedTelemetry,
 ) -> CliResult<ObserverExecutor> {
+    Ok(executor_builder(config, pool, telemetry)?.build())
+}
+
+/// [`executor`] before `build()`, for callers that attach more (the search indexer).
+pub fn executor_builder(
+    config: &Config,
+    pool: &PgPool,
+    telemetry: SharedTelemetry,
+) -> CliResult<ExecutorBuilder> {
     let breakers = Arc::new(BreakerRegistry::new(
         config.breaker.clone(),
         system_clock(),
@@ -63,7 +72,7 @@ pub fn executor(
             namespace: config.source.listener_id.clone(),
         });
     }
-    Ok(builder.build())
+    Ok(builder)
 }
 
 pub fn listener_config(config: &Config) -> ListenerConfig {

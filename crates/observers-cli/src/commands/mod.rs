@@ -14,6 +14,7 @@ mod migrate;
 mod ops;
 mod queue;
 mod run;
+mod search;
 mod status;
 mod stores;
 mod validate;
@@ -85,6 +86,11 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Scrape a running instance's /metrics and summarise it.
     Metrics(metrics_cmd::MetricsArgs),
+    /// Search the audit trail of processed events.
+    Search(search::SearchArgs),
+    /// The audit trail of processed events: retention.
+    #[command(subcommand)]
+    Events(search::EventsCommand),
     /// A guided tour: a demo database, a captured table, a local webhook receiver, deliveries.
     Demo {
         /// Orders to insert.
@@ -124,6 +130,8 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             execute,
             format,
         } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
+        Command::Search(args) => search::search(args, &db).await,
+        Command::Events(cmd) => search::events(cmd, &db).await,
         Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
         Command::Status(args) => status::run(args, &db).await,
         Command::Metrics(args) => metrics_cmd::run(args, db.config.as_deref()).await,

@@ -74,6 +74,7 @@ pub async fn start(
     pool: &PgPool,
     executor: &Arc<ObserverExecutor>,
     metrics: Option<Arc<ObserverMetrics>>,
+    routes: Vec<axum::Router>,
     stop: watch::Receiver<bool>,
 ) -> CliResult<Vec<JoinHandle<()>>> {
     let Some(metrics) = metrics else {
@@ -100,7 +101,9 @@ pub async fn start(
             mapping: DebeziumMapping::from(&config.metrics.debezium),
         });
     }
-    let server = OpsServer::new(state);
+    let server = routes
+        .into_iter()
+        .fold(OpsServer::new(state), OpsServer::merge);
     let bound = match &config.metrics.listen {
         Some(addr) => server.bind(addr).await?,
         None => server.bind_default().await?,

@@ -23,7 +23,12 @@ pub async fn run(config_path: &Path) -> CliResult {
     let pool = observers_postgres::connect(&url, 8).await?;
     observers_postgres::migrate(&pool).await?;
     let (telemetry, metrics) = ops::telemetry(&config);
-    let executor = Arc::new(engine::executor(&config, &pool, telemetry)?);
+    let search = super::search::SearchRuntime::start(&config, &pool).await?;
+    let executor = Arc::new(
+        search
+            .attach(engine::executor_builder(&config, &pool, telemetry)?)
+            .build(),
+    );
     let checkpoints =
         Arc::new(PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()));
     let listener = ChangeLogListener::new(
@@ -34,7 +39,15 @@ pub async fn run(config_path: &Path) -> CliResult {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ops_tasks = ops::start(&config, &pool, &executor, metrics, stop_rx.clone()).await?;
+    let ops_tasks = ops::start(
+        &config,
+        &pool,
+        &executor,
+        metrics,
+        search.routes().into_iter().collect(),
+        stop_rx.clone(),
+    )
+    .await?;
     tokio::spawn(signals(
         config_path.to_path_buf(),
         executor.clone(),
@@ -72,6 +85,7 @@ pub async fn run(config_path: &Path) -> CliResult {
         let _ = task.await;
     }
     super::queue::join(workers).await;
+    search.shutdown().await;
     pool.close().await;
     Ok(())
 }

@@ -7,6 +7,7 @@ mod metrics;
 mod monitoring;
 mod queue;
 mod redis_fault;
+mod search;
 mod support;
 mod validate;
 

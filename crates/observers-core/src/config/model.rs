@@ -560,12 +560,34 @@ pub enum SearchBackendKind {
 }
 
 /// `[search]`.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SearchConfig {
     pub backend: SearchBackendKind,
+    /// Elasticsearch base URL (`backend = "elasticsearch"`).
     pub url: Option<Secret>,
+    /// Elasticsearch index name (default `observer-events`).
     pub index: Option<String>,
+    /// Events buffered for indexing; beyond this they are dropped from the index (counted).
+    pub buffer: usize,
+    /// Events per bulk write.
+    pub batch_size: usize,
+    /// The longest an event waits before its batch is written.
+    #[serde(with = "duration")]
+    pub flush_interval: Duration,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            backend: SearchBackendKind::None,
+            url: None,
+            index: None,
+            buffer: 10_000,
+            batch_size: 500,
+            flush_interval: Duration::from_millis(200),
+        }
+    }
 }
 
 /// `[queue]`: the job queue for `mode = "queued"` actions.

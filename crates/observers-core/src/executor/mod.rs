@@ -48,8 +48,16 @@ pub struct ObserverExecutor {
     jobs: Option<Arc<dyn JobQueue>>,
     cache: Option<Arc<CachedActionExecutor>>,
     permits: Arc<Semaphore>,
+    summaries: Option<Arc<dyn SummarySink>>,
     /// Identifies this process run in dedup claims.
     owner: String,
+}
+
+/// Receives every processed event with its outcome (search indexing, audit trails). Called on
+/// the executor's hot path once per processed event (not for duplicates): it must return at
+/// once (hand the work to a channel or a task) and never block.
+pub trait SummarySink: Send + Sync {
+    fn accept(&self, event: &EntityEvent, summary: &ExecutionSummary);
 }
 
 /// Builder for [`ObserverExecutor`].
@@ -62,9 +70,17 @@ pub struct ExecutorBuilder {
     jobs: Option<Arc<dyn JobQueue>>,
     cache: Option<Arc<CachedActionExecutor>>,
     max_concurrent_actions: usize,
+    summaries: Option<Arc<dyn SummarySink>>,
 }
 
 impl ExecutorBuilder {
+    /// Hands every processed event and its summary to `sink` (e.g. the search indexer).
+    #[must_use]
+    pub fn summaries(mut self, sink: Arc<dyn SummarySink>) -> Self {
+        self.summaries = Some(sink);
+        self
+    }
+
     #[must_use]
     pub fn dlq(mut self, dlq: Arc<dyn DeadLetterQueue>) -> Self {
         self.dlq = Some(dlq);
@@ -128,6 +144,7 @@ impl ExecutorBuilder {
             jobs: self.jobs,
             cache: self.cache,
             permits: Arc::new(Semaphore::new(self.max_concurrent_actions)),
+            summaries: self.summaries,
             owner: format!(
                 "{}-{}-{}",
                 std::process::id(),
@@ -155,6 +172,7 @@ impl ObserverExecutor {
             jobs: None,
             cache: None,
             max_concurrent_actions: 128,
+            summaries: None,
         }
     }
 
@@ -265,6 +283,9 @@ impl ObserverExecutor {
             matched: matched.len(),
             duration: summary.duration,
         });
+        if let Some(sink) = &self.summaries {
+            sink.accept(event, &summary);
+        }
         Ok(summary)
     }
 

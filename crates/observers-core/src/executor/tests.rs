@@ -133,3 +133,37 @@ async fn retry_action_reruns_one_action_without_a_new_dlq_item() {
     assert!(exec.retry_action(&order(1, 5), "o", 3).await.is_err());
     assert_eq!(exec.dlq().count(None).await.unwrap(), 0);
 }
+
+#[derive(Default)]
+struct Sink(std::sync::Mutex<Vec<(i64, Vec<String>, usize)>>);
+
+impl SummarySink for Sink {
+    fn accept(&self, event: &EntityEvent, summary: &ExecutionSummary) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((event.id, summary.matched.clone(), summary.actions.len()));
+    }
+}
+
+#[tokio::test]
+async fn the_summary_sink_sees_every_processed_event_but_no_duplicate() {
+    let counter = Arc::new(Counter::default());
+    let sink = Arc::new(Sink::default());
+    let exec = ObserverExecutor::builder(set_with(&counter, ActionMode::Inline, Some("total > 3")))
+        .summaries(sink.clone())
+        .dedup(Dedup {
+            store: Arc::new(MemoryDedupStore::new(100, Arc::new(ManualClock::new()))),
+            window: Duration::from_secs(60),
+            namespace: "l".into(),
+        })
+        .build();
+    exec.process(&order(1, 5)).await.unwrap();
+    exec.process(&order(1, 5)).await.unwrap();
+    exec.process(&order(2, 1)).await.unwrap();
+    assert_eq!(
+        *sink.0.lock().unwrap(),
+        vec![(1, vec!["o".to_owned()], 1), (2, vec![], 0)],
+        "unmatched events are reported too; the duplicate is not"
+    );
+}

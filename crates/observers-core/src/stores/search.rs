@@ -109,8 +109,9 @@ fn push_scalars(value: &Value, out: &mut String) {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SearchQuery {
-    /// Whitespace-separated terms; each must occur (case-insensitively) in
-    /// [`IndexedEvent::text`].
+    /// Words; each must be a prefix of a word of [`IndexedEvent::text`], case-insensitively
+    /// (words are the runs of letters and digits: see [`search_tokens`]). Every backend
+    /// implements these semantics.
     pub text: Option<String>,
     pub entity_type: Option<String>,
     pub event_type: Option<EventKind>,
@@ -221,14 +222,9 @@ impl SearchQuery {
         u64::from(self.page.max(1) - 1) * u64::from(self.effective_per_page())
     }
 
-    /// The full-text terms, lowercased.
+    /// The full-text terms: the words of `text`, lowercased (see [`search_tokens`]).
     pub fn terms(&self) -> Vec<String> {
-        self.text
-            .as_deref()
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_lowercase)
-            .collect()
+        search_tokens(self.text.as_deref().unwrap_or_default())
     }
 
     /// Whether the event passes every filter except the text terms.
@@ -249,12 +245,24 @@ impl SearchQuery {
 
     /// Whether the event matches the whole query, text included.
     pub fn matches(&self, e: &IndexedEvent) -> bool {
-        self.matches_filters(e) && terms_match(&self.terms(), &e.text().to_lowercase())
+        self.matches_filters(e) && terms_match(&self.terms(), &search_tokens(&e.text()))
     }
 }
 
-fn terms_match(terms: &[String], lowercase_text: &str) -> bool {
-    terms.iter().all(|t| lowercase_text.contains(t.as_str()))
+/// The words full-text search works on: maximal runs of letters and digits, lowercased, in
+/// order (`"[OBS-5XX] user2@Example.com"` gives `obs 5xx user2 example com`). Backends index
+/// these words and match each query word as a prefix of an indexed word.
+pub fn search_tokens(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn terms_match(terms: &[String], words: &[String]) -> bool {
+    terms
+        .iter()
+        .all(|t| words.iter().any(|w| w.starts_with(t.as_str())))
 }
 
 /// Match counts by entity type and by event type, over every match (not only the page).
@@ -297,8 +305,8 @@ pub trait SearchBackend: Send + Sync {
 
 struct Stored {
     event: IndexedEvent,
-    /// `event.text()` lowercased once at index time, not on every search.
-    text: String,
+    /// The words of `event.text()`, sorted and deduplicated once at index time.
+    words: Vec<String>,
 }
 
 #[derive(Default)]
@@ -312,9 +320,11 @@ impl SearchState {
         if let Some(old) = self.by_id.insert(event.event_id, event.timestamp) {
             self.by_time.remove(&(old, event.event_id));
         }
-        let text = event.text().to_lowercase();
+        let mut words = search_tokens(&event.text());
+        words.sort_unstable();
+        words.dedup();
         self.by_time
-            .insert((event.timestamp, event.event_id), Stored { event, text });
+            .insert((event.timestamp, event.event_id), Stored { event, words });
     }
 }
 
@@ -395,7 +405,7 @@ impl SearchBackend for MemorySearchBackend {
             .range((lower, upper))
             .rev()
             .map(|(_, stored)| stored)
-            .filter(|s| q.matches_filters(&s.event) && terms_match(&terms, &s.text));
+            .filter(|s| q.matches_filters(&s.event) && terms_match(&terms, &s.words));
         for stored in matching {
             if (offset..offset.saturating_add(per_page)).contains(&total) {
                 results.push(stored.event.clone());
@@ -538,6 +548,8 @@ mod tests {
             (SearchQuery::new().with_text("GATEWAY timeout"), vec![3]),
             (SearchQuery::new().with_text("timeout insert"), vec![]),
             (SearchQuery::new().with_text("user2@EXAMPLE"), vec![2]),
+            (SearchQuery::new().with_text("gate TIME"), vec![3]),
+            (SearchQuery::new().with_text("ateway"), vec![]),
             (
                 SearchQuery::new()
                     .with_entity_type("user")

@@ -1,0 +1,277 @@
+//! The default search backend: `observer_events` in PostgreSQL, with a `tsvector` column
+//! (`simple` configuration, GIN index) for full text and B-tree indexes for the filters.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use observers_core::EventKind;
+use observers_core::error::Result;
+use observers_core::stores::search::{
+    Facets, IndexedEvent, SearchBackend, SearchQuery, SearchResults, search_tokens,
+};
+use observers_postgres::PgPool;
+use serde_json::Value;
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::error::SearchError;
+
+/// The largest text indexed per event (a `tsvector` holds at most 1 MB).
+const MAX_TEXT_BYTES: usize = 256 * 1024;
+/// Rows deleted per statement by retention.
+const DELETE_BATCH: i64 = 10_000;
+
+const UPSERT: &str = r"
+INSERT INTO observer_events (event_id, entity_type, entity_id, event_type, tenant_id, user_id,
+    timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms,
+    indexed_at, search)
+SELECT d.event_id, d.entity_type, d.entity_id, d.event_type, d.tenant_id, d.user_id,
+    d.timestamp, d.data, d.matched_observers, d.successful_actions, d.failed_actions, d.errors,
+    d.duration_ms, now(), to_tsvector('simple', d.words)
+FROM jsonb_to_recordset($1) AS d(event_id bigint, entity_type text, entity_id text,
+    event_type text, tenant_id text, user_id text, timestamp timestamptz, data jsonb,
+    matched_observers text[], successful_actions text[], failed_actions text[], errors text[],
+    duration_ms bigint, words text)
+ON CONFLICT (event_id) DO UPDATE SET
+    entity_type = EXCLUDED.entity_type, entity_id = EXCLUDED.entity_id,
+    event_type = EXCLUDED.event_type, tenant_id = EXCLUDED.tenant_id,
+    user_id = EXCLUDED.user_id, timestamp = EXCLUDED.timestamp, data = EXCLUDED.data,
+    matched_observers = EXCLUDED.matched_observers,
+    successful_actions = EXCLUDED.successful_actions,
+    failed_actions = EXCLUDED.failed_actions, errors = EXCLUDED.errors,
+    duration_ms = EXCLUDED.duration_ms, indexed_at = now(), search = EXCLUDED.search";
+
+const COLUMNS: &str = "event_id, entity_type, entity_id, event_type, tenant_id, user_id, \
+    timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms";
+
+/// [`SearchBackend`] over `observer_events` (migration `20260101000005_search_fulltext`).
+#[derive(Debug, Clone)]
+pub struct PostgresSearchBackend {
+    pool: PgPool,
+}
+
+impl PostgresSearchBackend {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+/// The words stored in the `tsvector`: the event's search tokens, bounded in size.
+fn words(e: &IndexedEvent) -> String {
+    let mut out = String::new();
+    for w in search_tokens(&e.text()) {
+        if out.len() + w.len() + 1 > MAX_TEXT_BYTES {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&w);
+    }
+    out
+}
+
+/// `word:* & word:*` for the query's words (letters and digits only, so nothing to escape).
+pub(crate) fn prefix_tsquery(terms: &[String]) -> Option<String> {
+    if terms.is_empty() {
+        return None;
+    }
+    Some(
+        terms
+            .iter()
+            .map(|t| format!("{t}:*"))
+            .collect::<Vec<_>>()
+            .join(" & "),
+    )
+}
+
+fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
+    qb.push(" WHERE true");
+    if let Some(v) = &q.entity_type {
+        qb.push(" AND entity_type = ").push_bind(v.clone());
+    }
+    if let Some(v) = &q.entity_id {
+        qb.push(" AND entity_id = ").push_bind(v.clone());
+    }
+    if let Some(v) = q.event_type {
+        qb.push(" AND event_type = ").push_bind(v.as_str());
+    }
+    if let Some(v) = &q.tenant_id {
+        qb.push(" AND tenant_id = ").push_bind(v.clone());
+    }
+    if let Some(v) = q.from {
+        qb.push(" AND timestamp >= ").push_bind(v);
+    }
+    if let Some(v) = q.to {
+        qb.push(" AND timestamp < ").push_bind(v);
+    }
+    if let Some(tsq) = prefix_tsquery(&q.terms()) {
+        qb.push(" AND search @@ to_tsquery('simple', ")
+            .push_bind(tsq)
+            .push(")");
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    event_id: i64,
+    entity_type: String,
+    entity_id: String,
+    event_type: String,
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    timestamp: DateTime<Utc>,
+    data: Option<Value>,
+    matched_observers: Vec<String>,
+    successful_actions: Vec<String>,
+    failed_actions: Vec<String>,
+    errors: Vec<String>,
+    duration_ms: i64,
+}
+
+impl Row {
+    fn into_event(self) -> std::result::Result<IndexedEvent, SearchError> {
+        let event_type: EventKind = self.event_type.parse().map_err(|_| SearchError::BadReply {
+            what: "observer_events".into(),
+            message: format!(
+                "event {} has an unknown event_type `{}`",
+                self.event_id, self.event_type
+            ),
+        })?;
+        Ok(IndexedEvent {
+            event_id: self.event_id,
+            entity_type: self.entity_type,
+            entity_id: self.entity_id,
+            event_type,
+            tenant_id: self.tenant_id,
+            user_id: self.user_id,
+            timestamp: self.timestamp,
+            data: self.data.unwrap_or(Value::Null),
+            matched_observers: self.matched_observers,
+            successful_actions: self.successful_actions,
+            failed_actions: self.failed_actions,
+            errors: self.errors,
+            duration_ms: u64::try_from(self.duration_ms).unwrap_or(0),
+        })
+    }
+}
+
+impl PostgresSearchBackend {
+    async fn page(&self, q: &SearchQuery) -> std::result::Result<Vec<IndexedEvent>, SearchError> {
+        let per_page = i64::from(q.effective_per_page());
+        if per_page == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb =
+            QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM observer_events"));
+        push_where(&mut qb, q);
+        qb.push(" ORDER BY timestamp DESC, event_id DESC LIMIT ")
+            .push_bind(per_page)
+            .push(" OFFSET ")
+            .push_bind(i64::try_from(q.offset()).unwrap_or(i64::MAX));
+        let rows: Vec<Row> = qb.build_query_as().fetch_all(&self.pool).await?;
+        rows.into_iter().map(Row::into_event).collect()
+    }
+
+    async fn counts(
+        &self,
+        q: &SearchQuery,
+    ) -> std::result::Result<(u64, Option<Facets>), SearchError> {
+        if !q.facets {
+            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM observer_events");
+            push_where(&mut qb, q);
+            let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+            return Ok((u64::try_from(n).unwrap_or(0), None));
+        }
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT entity_type, event_type, count(*) FROM observer_events",
+        );
+        push_where(&mut qb, q);
+        qb.push(" GROUP BY entity_type, event_type");
+        let groups: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&self.pool).await?;
+        let mut facets = Facets::default();
+        let mut total = 0;
+        for (entity, kind, n) in groups {
+            let n = u64::try_from(n).unwrap_or(0);
+            total += n;
+            *facets.entity_types.entry(entity).or_default() += n;
+            *facets.event_types.entry(kind).or_default() += n;
+        }
+        Ok((total, Some(facets)))
+    }
+}
+
+#[async_trait]
+impl SearchBackend for PostgresSearchBackend {
+    async fn index(&self, events: &[IndexedEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // One row per event id (the last wins): ON CONFLICT cannot touch a row twice.
+        let mut latest: BTreeMap<i64, &IndexedEvent> = BTreeMap::new();
+        for e in events {
+            latest.insert(e.event_id, e);
+        }
+        let docs: Vec<Value> = latest
+            .values()
+            .map(|e| {
+                let mut doc = serde_json::to_value(e).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut doc {
+                    map.insert("words".into(), Value::String(words(e)));
+                }
+                doc
+            })
+            .collect();
+        sqlx::query(UPSERT)
+            .bind(Value::Array(docs))
+            .execute(&self.pool)
+            .await
+            .map_err(SearchError::from)?;
+        Ok(())
+    }
+
+    async fn search(&self, q: &SearchQuery) -> Result<SearchResults> {
+        if let (Some(from), Some(to)) = (q.from, q.to)
+            && from >= to
+        {
+            return Ok(SearchResults {
+                total: 0,
+                results: Vec::new(),
+                facets: q.facets.then(Facets::default),
+            });
+        }
+        let ((total, facets), results) = tokio::try_join!(self.counts(q), self.page(q))?;
+        Ok(SearchResults {
+            total,
+            results,
+            facets,
+        })
+    }
+
+    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM observer_events WHERE event_id IN \
+                 (SELECT event_id FROM observer_events WHERE timestamp < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(DELETE_BATCH)
+            .execute(&self.pool)
+            .await
+            .map_err(SearchError::from)?;
+            deleted += done.rows_affected();
+            if done.rows_affected() < u64::try_from(DELETE_BATCH).unwrap_or(u64::MAX) {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    async fn health(&self) -> Result<()> {
+        sqlx::query("SELECT 1 FROM observer_events LIMIT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(SearchError::from)?;
+        Ok(())
+    }
+}
