@@ -8,6 +8,7 @@ mod debug_event;
 mod demo;
 mod dlq;
 mod engine;
+mod ha;
 mod migrate;
 mod run;
 mod validate;
@@ -73,6 +74,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// High availability: the status of the HA group of --config.
+    #[command(subcommand)]
+    Ha(ha::HaCommand),
     /// A guided tour: a demo database, a captured table, a local webhook receiver, deliveries.
     Demo {
         /// Orders to insert.
@@ -103,6 +107,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
             execute,
             format,
         } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
+        Command::Ha(cmd) => ha::run(cmd, &db).await,
         Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
     }
 }

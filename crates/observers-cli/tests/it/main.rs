@@ -3,6 +3,7 @@
 
 mod docs;
 mod e2e;
+mod ha;
 mod support;
 mod validate;
 

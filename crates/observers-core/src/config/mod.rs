@@ -176,6 +176,10 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
             return Err(err(offset, section.to_owned(), message));
         }
     }
+    if let Err(message) = config.ha.validate() {
+        let offset = text.find("[ha]").unwrap_or(0);
+        return Err(err(offset, "ha".to_owned(), message));
+    }
     Ok(config)
 }
 
