@@ -9,6 +9,9 @@ use crate::services;
 
 pub fn run(args: &[String]) -> Result<()> {
     let database_url = services::postgres()?;
+    if args.iter().any(|a| a == "--ha") {
+        return ha(&database_url);
+    }
     let only_pipeline = args.iter().any(|a| a == "--pipeline");
     if !only_pipeline {
         let mut cmd = vec!["bench", "-p", "observers-benches"];
@@ -29,6 +32,33 @@ pub fn run(args: &[String]) -> Result<()> {
         "observers-cli",
         "--example",
         "pipeline_bench",
+    ])
+    .env("DATABASE_URL", database_url);
+    crate::run(&mut cmd)
+}
+
+/// `cargo xtask bench --ha`: failover time over 20 SIGKILLs and lease acquisition latency
+/// (observers-cli's `ha_bench` example, which runs the release `observers` binary).
+fn ha(database_url: &str) -> Result<()> {
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "observers-cli",
+        "--bin",
+        "observers",
+    ])?;
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "observers-cli",
+        "--example",
+        "ha_bench",
     ])
     .env("DATABASE_URL", database_url);
     crate::run(&mut cmd)

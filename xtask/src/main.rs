@@ -17,6 +17,7 @@ commands:
   test-integration   the same (kept for scripts; all suites are integration-aware)
   ci                 fmt --check, clippy -D warnings, then test
   bench              run the benchmarks and print ratios against same-run baselines
+                     (--pipeline: PostgreSQL pipeline only; --ha: failover and leases only)
   migrate            apply the migrations to DATABASE_URL
   demo               run `observers demo`";
 

@@ -43,9 +43,6 @@ const FETCH_PARTITION: &str = "SELECT id, txid::text::bigint AS txid, entity_typ
       ORDER BY txid, id \
       LIMIT $3";
 
-/// The partition of an entity id, as the partitioned read computes it.
-pub const PARTITION_SQL: &str = "(hashtextextended($1, 0) & 9223372036854775807) % $2";
-
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,

@@ -180,6 +180,24 @@ entity = "Item"
         spawn_run(&self.config(instance), &self.log(instance))
     }
 
+    /// Runs `observers ARGS --config <instance's config>`; returns its standard output.
+    fn cli(&self, args: &[&str], instance: &str) -> String {
+        let config = self.config(instance);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_observers"))
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
+            .env_remove("DATABASE_URL")
+            .env_remove("OBSERVERS_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "observers {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     fn log(&self, instance: &str) -> PathBuf {
         self.dir.path().join(format!("{instance}.log"))
     }
@@ -505,9 +523,43 @@ async fn three_instances_share_six_partitions_and_survive_a_kill() {
     })
     .await;
 
-    // Per entity: each instance delivered in increasing order, and the first deliveries of the
-    // versions came in order.
-    let hits = g.hooks.hits();
+    assert_entity_order(&g.hooks.hits());
+    check_status(&g);
+
+    for (_, mut run) in runs {
+        signal(&run, "TERM");
+        assert_eq!(wait_exit(&mut run, Duration::from_secs(10)).await, Some(0));
+    }
+    // Every partition has its own cursor, and prune keeps what any of them has not passed.
+    let cursors: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM observer_checkpoints WHERE listener_id LIKE 'ha#p%'",
+    )
+    .fetch_one(g.pool())
+    .await
+    .unwrap();
+    assert_eq!(cursors, 6);
+    g.write("unread", 1).await;
+    let unread_before = unread_rows(g.pool()).await;
+    assert!(unread_before >= 1);
+    g.cli(&["changelog", "prune"], "a");
+    assert_eq!(
+        unread_rows(g.pool()).await,
+        unread_before,
+        "prune kept unread rows"
+    );
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM observer_change_log")
+        .fetch_one(g.pool())
+        .await
+        .unwrap();
+    assert!(
+        total < i64::try_from(ENTITIES).unwrap() * VERSIONS,
+        "prune deleted read rows"
+    );
+}
+
+/// Per entity: each instance delivered in increasing order, and the first deliveries of the
+/// versions came in order.
+fn assert_entity_order(hits: &[Hit]) {
     for e in 0..ENTITIES {
         let id = format!("e{e}");
         let mine: Vec<&Hit> = hits.iter().filter(|h| h.entity_id == id).collect();
@@ -530,16 +582,31 @@ async fn three_instances_share_six_partitions_and_survive_a_kill() {
         }
         assert_eq!(firsts, (1..=VERSIONS).collect::<Vec<_>>(), "{id}");
     }
-    for (_, mut run) in runs {
-        signal(&run, "TERM");
-        assert_eq!(wait_exit(&mut run, Duration::from_secs(10)).await, Some(0));
-    }
-    // Every partition has its own cursor, and prune keeps what the slowest still needs.
-    let cursors: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM observer_checkpoints WHERE listener_id LIKE 'ha#p%'",
+}
+
+/// `observers ha status` shows the leader, the six leases with epochs and the lag per partition.
+fn check_status(g: &Group) {
+    let status = g.cli(&["ha", "status", "--format", "json"], "a");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(["a", "b"].contains(&status["leader"]["holder"].as_str().unwrap()));
+    assert_eq!(status["leases"].as_array().unwrap().len(), 6, "{status}");
+    assert_eq!(status["lag"].as_array().unwrap().len(), 6, "{status}");
+    assert!(status["leases"][0]["epoch"].as_i64().unwrap() >= 1);
+    let text = g.cli(&["ha", "status"], "a");
+    assert!(
+        text.contains("leader: ") && text.contains("ha#p5"),
+        "{text}"
+    );
+}
+
+/// Change-log rows some partition has not passed yet.
+async fn unread_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM observer_change_log l JOIN observer_checkpoints c \
+           ON c.listener_id = 'ha#p' || ((hashtextextended(l.entity_id, 0) & 9223372036854775807) % 6) \
+         WHERE (l.txid, l.id) > (c.cursor_txid::text::xid8, c.cursor_id)",
     )
-    .fetch_one(g.pool())
+    .fetch_one(pool)
     .await
-    .unwrap();
-    assert_eq!(cursors, 6);
+    .unwrap()
 }

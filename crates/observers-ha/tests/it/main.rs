@@ -4,3 +4,4 @@
 
 mod coordinator;
 mod lease;
+mod partition;
