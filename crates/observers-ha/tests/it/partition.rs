@@ -24,6 +24,16 @@ async fn partitions_split_the_log_by_entity(pool: PgPool) {
         }
     }
     let src = PgEventSource::new(pool.clone());
+    // Rows are read only below the cluster's snapshot xmin: wait until other sessions' open
+    // transactions (other tests on the same server) no longer hold them back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while src.fetch_rows(Cursor::START, 1000).await.unwrap().len() < 90 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows never became final"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let n = 4;
     let mut seen = BTreeSet::new();
     let mut home: BTreeMap<String, u32> = BTreeMap::new();
