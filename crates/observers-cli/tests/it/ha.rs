@@ -525,6 +525,7 @@ async fn three_instances_share_six_partitions_and_survive_a_kill() {
 
     assert_entity_order(&g.hooks.hits());
     check_status(&g);
+    runs.insert("d", join_and_rebalance(&g).await);
 
     for (_, mut run) in runs {
         signal(&run, "TERM");
@@ -555,6 +556,29 @@ async fn three_instances_share_six_partitions_and_survive_a_kill() {
         total < i64::try_from(ENTITIES).unwrap() * VERSIONS,
         "prune deleted read rows"
     );
+}
+
+/// A fourth instance joins: partitions are rebalanced over three again, it takes its share and
+/// delivers the next changes.
+async fn join_and_rebalance(g: &Group) -> Run {
+    let d = g.spawn("d");
+    until("six partitions balanced over a, b and d", async || {
+        let h = g.holders().await;
+        let count = |i: &str| h.values().filter(|x| *x == i).count();
+        h.len() == 6 && ["a", "b", "d"].iter().all(|i| count(i) == 2)
+    })
+    .await;
+    for e in 0..ENTITIES {
+        g.write(&format!("e{e}"), VERSIONS + 1).await;
+    }
+    until("the changes after the join delivered", async || {
+        (0..ENTITIES).all(|e| g.hooks.delivered(&format!("e{e}"), VERSIONS + 1))
+    })
+    .await;
+    let by_d = g.hooks.by("d");
+    assert!(!by_d.is_empty(), "d delivers its partitions' changes");
+    assert!(by_d.iter().all(|h| h.version == VERSIONS + 1), "{by_d:?}");
+    d
 }
 
 /// Per entity: each instance delivered in increasing order, and the first deliveries of the
