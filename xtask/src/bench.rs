@@ -19,6 +19,9 @@ const AREAS: &[(&str, &str, &str)] = &[
     ("--redis", "observers-redis", "redis_bench"),
     // the search backend on 1 million events
     ("--search", "observers-search", "search_bench"),
+    // failover time over 20 SIGKILLs and lease acquisition latency; it runs the release
+    // `observers` binary, built first
+    ("--ha", "observers-cli", "ha_bench"),
 ];
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -27,6 +30,19 @@ pub fn run(args: &[String]) -> Result<()> {
         .iter()
         .find(|(flag, _, _)| args.iter().any(|a| a == flag))
     {
+        if *package == "observers-cli" {
+            crate::cargo(&[
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                package,
+                "--bin",
+                "observers",
+                "--example",
+                name,
+            ])?;
+        }
         return example(package, name, &database_url);
     }
     let only_pipeline = args.iter().any(|a| a == "--pipeline");

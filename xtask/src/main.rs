@@ -18,7 +18,8 @@ commands:
   ci                 fmt --check, clippy -D warnings, then test
   bench              run the benchmarks and print ratios against same-run baselines
                      (--pipeline: PostgreSQL pipeline only; --queue: job queue vs graphile-worker;
-                      --redis: Redis stores vs redis-benchmark; --search: search on 1M events)
+                      --redis: Redis stores vs redis-benchmark; --search: search on 1M events;
+                      --ha: failover and lease acquisition)
   migrate            apply the migrations to DATABASE_URL
   demo               run `observers demo`";
 

@@ -58,7 +58,12 @@ pub struct Listener {
     checkpoints: Arc<dyn CheckpointStore>,
     executor: Arc<ObserverExecutor>,
     config: ListenerConfig,
+    guard: Option<ListenerGuard>,
 }
+
+/// Says whether the listener may still deliver (HA: this instance still holds its lease by its
+/// own conservative clock). Checked before every read and before every event is started.
+pub type ListenerGuard = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Listener {
     pub fn new(
@@ -72,7 +77,21 @@ impl Listener {
             checkpoints,
             executor,
             config,
+            guard: None,
         }
+    }
+
+    /// Stops the listener with `ObserverError::Fenced` as soon as `guard` answers `false`:
+    /// nothing more is read or started (events already running finish, and the save that
+    /// follows is refused by the fenced store).
+    #[must_use]
+    pub fn with_guard(mut self, guard: ListenerGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    fn guard_holds(&self) -> bool {
+        self.guard.as_ref().is_none_or(|g| g())
     }
 
     /// Runs until `shutdown` turns true: events in flight finish and the checkpoint is saved.
@@ -88,6 +107,11 @@ impl Listener {
         let mut backoff = Duration::from_millis(100);
         let mut source_failed = false;
         while !*shutdown.borrow() {
+            if !self.guard_holds() {
+                return Err(ObserverError::Fenced(format!(
+                    "listener `{id}` lost its lease; stopping without reading further"
+                )));
+            }
             let items = match self
                 .source
                 .fetch(stats.cursor, self.config.batch_size)
@@ -254,7 +278,7 @@ impl Listener {
             &events,
             self.config.max_in_flight,
             &|p| tracker.complete(positions[p]),
-            &|| !*shutdown.borrow(),
+            &|| !*shutdown.borrow() && self.guard_holds(),
             |_, event| async move {
                 let lag = chrono::Utc::now() - event.timestamp;
                 telemetry.emit(&TelemetryEvent::CommitToDispatch {

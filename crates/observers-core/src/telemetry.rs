@@ -164,6 +164,40 @@ pub enum TelemetryEvent<'a> {
         action_type: &'a str,
         entries: u64,
     },
+    /// HA: live instances of the group, as this instance sees them.
+    HaListenersActive {
+        group: &'a str,
+        count: usize,
+    },
+    /// HA: the leader recorded that `failed_instance` stopped heartbeating.
+    HaFailover {
+        group: &'a str,
+        failed_instance: &'a str,
+        partitions: usize,
+    },
+    /// HA: partition leases this instance holds.
+    HaLeasesHeld {
+        group: &'a str,
+        instance: &'a str,
+        count: usize,
+    },
+    /// HA: this instance became the group leader under `epoch`.
+    HaLeaderElected {
+        group: &'a str,
+        leader: &'a str,
+        epoch: i64,
+    },
+    /// HA: rows of a partition after its cursor, and the age of the oldest of them.
+    HaCheckpointLag {
+        listener: &'a str,
+        rows: u64,
+        lag: Duration,
+    },
+    /// HA: this instance lost a partition lease (or a save was fenced) and stopped its listener.
+    HaSteppedDown {
+        group: &'a str,
+        partition: u32,
+    },
 }
 
 impl TelemetryEvent<'_> {
@@ -194,6 +228,12 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::CacheHit { .. } => "cache_hit",
             TelemetryEvent::CacheMiss { .. } => "cache_miss",
             TelemetryEvent::CacheEviction { .. } => "cache_eviction",
+            TelemetryEvent::HaListenersActive { .. } => "ha_listeners_active",
+            TelemetryEvent::HaFailover { .. } => "ha_failover",
+            TelemetryEvent::HaLeasesHeld { .. } => "ha_leases_held",
+            TelemetryEvent::HaLeaderElected { .. } => "ha_leader_elected",
+            TelemetryEvent::HaCheckpointLag { .. } => "ha_checkpoint_lag",
+            TelemetryEvent::HaSteppedDown { .. } => "ha_stepped_down",
         }
     }
 }

@@ -180,6 +180,19 @@ impl Telemetry for ObserverMetrics {
                 action_type,
                 entries,
             } => self.cache_evicted(action_type, *entries),
+            TelemetryEvent::HaListenersActive { group: _, count } => {
+                self.set_listeners_active(*count as u64);
+            }
+            TelemetryEvent::HaFailover { .. } => self.failover(),
+            TelemetryEvent::HaLeasesHeld { count, .. } => {
+                self.set_leases_held(*count as u64);
+                self.set_partitions_owned(*count as u64);
+            }
+            TelemetryEvent::HaLeaderElected { .. } => self.set_leader(true),
+            TelemetryEvent::HaCheckpointLag { listener, lag, .. } => {
+                self.set_checkpoint_lag(listener, *lag);
+            }
+            TelemetryEvent::HaSteppedDown { .. } => self.lease_renewal("lost"),
         }
     }
 }

@@ -32,6 +32,17 @@ const FETCH: &str = "SELECT id, txid::text::bigint AS txid, entity_type, entity_
       ORDER BY txid, id \
       LIMIT $3";
 
+/// The same read restricted to one partition: rows whose entity id hashes to `$5` of `$4`
+/// (a stable hash, so an entity always lands in the same partition and stays in order).
+const FETCH_PARTITION: &str = "SELECT id, txid::text::bigint AS txid, entity_type, entity_id, \
+            operation, tenant_id, user_id, before, after, created_at \
+       FROM observer_change_log \
+      WHERE (txid, id) > ($1::text::xid8, $2) \
+        AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+        AND (hashtextextended(entity_id, 0) & 9223372036854775807) % $4 = $5 \
+      ORDER BY txid, id \
+      LIMIT $3";
+
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
@@ -128,6 +139,28 @@ impl PgEventSource {
             .bind(txid)
             .bind(after.id)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Row::into_item).collect())
+    }
+
+    /// Like [`fetch_rows`](Self::fetch_rows), only the rows of `partition` (of `partitions`).
+    pub async fn fetch_partition(
+        &self,
+        after: Cursor,
+        limit: usize,
+        partition: u32,
+        partitions: u32,
+    ) -> Result<Vec<SourceItem>, PgError> {
+        if partitions <= 1 {
+            return self.fetch_rows(after, limit).await;
+        }
+        let rows: Vec<Row> = sqlx::query_as(FETCH_PARTITION)
+            .bind(after.txid.to_string())
+            .bind(after.id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::from(partitions))
+            .bind(i64::from(partition))
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(Row::into_item).collect())

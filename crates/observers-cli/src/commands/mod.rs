@@ -8,6 +8,7 @@ mod debug_event;
 mod demo;
 mod dlq;
 mod engine;
+mod ha;
 mod jobs;
 mod metrics_cmd;
 mod migrate;
@@ -91,6 +92,10 @@ pub enum Command {
     /// The audit trail of processed events: retention.
     #[command(subcommand)]
     Events(search::EventsCommand),
+
+    /// High availability: the status of the HA group of --config.
+    #[command(subcommand)]
+    Ha(ha::HaCommand),
     /// A guided tour: a demo database, a captured table, a local webhook receiver, deliveries.
     Demo {
         /// Orders to insert.
@@ -132,6 +137,8 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
         Command::Search(args) => search::search(args, &db).await,
         Command::Events(cmd) => search::events(cmd, &db).await,
+
+        Command::Ha(cmd) => ha::run(cmd, &db).await,
         Command::Demo { orders } => demo::run(db.database_url.clone(), orders).await,
         Command::Status(args) => status::run(args, &db).await,
         Command::Metrics(args) => metrics_cmd::run(args, db.config.as_deref()).await,

@@ -20,7 +20,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 pub async fn run(config_path: &Path) -> CliResult {
     let config = super::load_config(config_path)?;
     let url = engine::database_url(&config)?;
-    let pool = observers_postgres::connect(&url, 8).await?;
+    super::ha::check(&config)?;
+    let pool = observers_postgres::connect(&url, super::ha::pool_size(&config)).await?;
     observers_postgres::migrate(&pool).await?;
     let (telemetry, metrics) = ops::telemetry(&config);
     let search = super::search::SearchRuntime::start(&config, &pool).await?;
@@ -28,14 +29,6 @@ pub async fn run(config_path: &Path) -> CliResult {
         search
             .attach(engine::executor_builder(&config, &pool, telemetry)?)
             .build(),
-    );
-    let checkpoints =
-        Arc::new(PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()));
-    let listener = ChangeLogListener::new(
-        pool.clone(),
-        checkpoints,
-        executor.clone(),
-        engine::listener_config(&config),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -72,11 +65,25 @@ pub async fn run(config_path: &Path) -> CliResult {
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    tokio::select! {
-        result = listener.run(stop_rx) => {
-            let stats = result?;
-            tracing::info!(cursor = %stats.cursor, events = stats.events, "stopped cleanly");
+    let work = async {
+        if config.ha.enabled {
+            return super::ha::run_group(&config, &pool, executor.clone(), stop_rx).await;
         }
+        let checkpoints = Arc::new(
+            PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()),
+        );
+        let listener = ChangeLogListener::new(
+            pool.clone(),
+            checkpoints,
+            executor.clone(),
+            engine::listener_config(&config),
+        );
+        let stats = listener.run(stop_rx).await?;
+        tracing::info!(cursor = %stats.cursor, events = stats.events, "stopped cleanly");
+        CliResult::Ok(())
+    };
+    tokio::select! {
+        result = work => result?,
         () = grace => {
             tracing::warn!("in-flight actions did not finish within {SHUTDOWN_GRACE:?}; they will be re-delivered on the next start");
         }

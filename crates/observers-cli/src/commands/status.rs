@@ -1,7 +1,7 @@
 //! `observers status`: seed 003's status tree, from the database (listeners and cursors,
 //! backlog and lag, the DLQ, the change log) and, when reachable, the running instance's
 //! `/status` (metrics summary, breakers). `--format json` prints the same as one object.
-//! The HA issue adds a `group` section (leases, leader) in [`StatusReport::group`].
+//! With `--config` naming an HA group, the group (leader, instances, partitions) too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,8 +61,8 @@ pub struct StatusReport {
     pub database: DatabaseStatus,
     /// The instance's `/status`, or `{"reachable": false, ...}`.
     pub instance: Value,
-    /// Group membership, leases and leader (filled by the HA issue; `null` until then).
-    pub group: Value,
+    /// The HA group of `--config` (leader, instances, partition leases); `null` without HA.
+    pub group: Option<observers_ha::GroupStatus>,
 }
 
 /// The database part, shared with the ops server's `database` section.
@@ -116,10 +116,21 @@ pub async fn run(args: StatusArgs, db: &DbArgs) -> CliResult {
         ),
         Err(e) => serde_json::json!({"reachable": false, "url": url, "error": format!("{e:#}")}),
     };
+    let group = match &db.config {
+        Some(path) => {
+            let config = super::load_config(path)?;
+            if config.ha.enabled {
+                Some(super::ha::group_status(&config, &pool).await?)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
     let report = StatusReport {
         database,
         instance,
-        group: Value::Null,
+        group,
     };
     match args.format {
         Format::Json => output::json(&report),
@@ -190,8 +201,11 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(o, "├── Dead-Letter Queue");
     let _ = writeln!(o, "│   ├── Pending: {}", d.dlq_pending);
     let _ = writeln!(o, "│   └── Resolved: {}", d.dlq_resolved);
-    if !report.group.is_null() {
-        let _ = writeln!(o, "├── Group\n│   └── {}", report.group);
+    if let Some(group) = &report.group {
+        let _ = writeln!(o, "├── HA Group");
+        for line in super::ha::render(group).lines() {
+            let _ = writeln!(o, "│   {line}");
+        }
     }
     render_instance(&mut o, inst);
     o

@@ -183,6 +183,7 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
         ("redis", config.redis.validate()),
         ("dedup", config.dedup.validate()),
         ("cache", config.cache.validate()),
+        ("ha", config.ha.validate()),
     ];
     for (section, result) in checks {
         if let Err(message) = result {

@@ -681,6 +681,8 @@ pub struct HaConfig {
     pub lease_ttl: Duration,
     #[serde(with = "duration")]
     pub renew_interval: Duration,
+    /// Largest group size accepted; more instances register but stay idle.
+    pub max_instances: usize,
 }
 
 impl Default for HaConfig {
@@ -691,7 +693,39 @@ impl Default for HaConfig {
             instance_id: None,
             lease_ttl: Duration::from_secs(10),
             renew_interval: Duration::from_secs(3),
+            max_instances: 10,
         }
+    }
+}
+
+impl HaConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.group.trim().is_empty() {
+            return Err("group must not be empty".into());
+        }
+        if self
+            .instance_id
+            .as_ref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return Err("instance_id must not be empty when set".into());
+        }
+        if self.lease_ttl < Duration::from_millis(100) {
+            return Err(format!(
+                "lease_ttl must be at least 100ms, got {:?}",
+                self.lease_ttl
+            ));
+        }
+        if self.renew_interval.is_zero() || self.renew_interval * 2 > self.lease_ttl {
+            return Err(format!(
+                "renew_interval must be greater than zero and at most half of lease_ttl ({:?}), got {:?}",
+                self.lease_ttl, self.renew_interval
+            ));
+        }
+        if self.max_instances == 0 {
+            return Err("max_instances must be at least 1".into());
+        }
+        Ok(())
     }
 }
 

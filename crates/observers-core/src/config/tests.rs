@@ -249,3 +249,18 @@ fn missing_required_field() {
         &["entity"],
     );
 }
+
+#[test]
+fn ha_settings_are_checked() {
+    check(
+        "[ha]\nenabled = true\nlease_ttl = \"2s\"\nrenew_interval = \"1500ms\"\n",
+        1,
+        "ha",
+        &["renew_interval", "half of lease_ttl"],
+    );
+    check("\n[ha]\nlease_ttl = \"10ms\"\n", 2, "ha", &["lease_ttl"]);
+    check("[ha]\nmax_instances = 0\n", 1, "ha", &["max_instances"]);
+    check("[ha]\ngroup = \" \"\n", 1, "ha", &["group"]);
+    let ok = load("[ha]\nenabled = true\nlease_ttl = \"2s\"\nrenew_interval = \"1s\"\n").unwrap();
+    assert_eq!(ok.ha.max_instances, 10);
+}

@@ -160,3 +160,47 @@ async fn restart_resumes_from_the_checkpoint_without_redelivery() {
         30
     );
 }
+
+#[tokio::test]
+async fn a_failing_guard_stops_reading_and_starting_events() {
+    let (source, _checkpoints, _dlq, log, listener) = setup();
+    for i in 0..200 {
+        source.push(EntityEvent::new(
+            0,
+            "Order",
+            i.to_string(),
+            EventKind::Insert,
+            None,
+            None,
+        ));
+    }
+    // The lease "runs out" after ten deliveries: events in flight finish, no new one starts.
+    let seen = log.clone();
+    let listener = listener.with_guard(Arc::new(move || seen.lock().unwrap().len() < 10));
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let err = listener.run(rx).await.unwrap_err();
+    assert_eq!(err.code(), "OBS-FENCED", "{err}");
+    let delivered = log.lock().unwrap().len();
+    assert!(
+        (10..10 + 8).contains(&delivered),
+        "at most max_in_flight past the guard: {delivered}"
+    );
+}
+
+#[tokio::test]
+async fn a_guard_that_never_held_reads_nothing() {
+    let (source, checkpoints, _dlq, log, listener) = setup();
+    source.push(EntityEvent::new(
+        0,
+        "Order",
+        "1",
+        EventKind::Insert,
+        None,
+        None,
+    ));
+    let listener = listener.with_guard(Arc::new(|| false));
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    assert!(listener.run(rx).await.is_err());
+    assert!(log.lock().unwrap().is_empty());
+    assert_eq!(checkpoints.load("default").await.unwrap(), None);
+}
