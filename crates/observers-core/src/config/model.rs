@@ -518,6 +518,7 @@ impl RedisConfig {
         ResilienceConfig {
             mode: self.fallback_mode().unwrap_or(FallbackMode::CircuitBreaker),
             op_timeout: self.op_timeout,
+            enforce_timeout: true,
             health: HealthConfig {
                 interval: self.health_interval,
                 timeout: self.health_timeout,

@@ -103,6 +103,10 @@ pub struct ResilienceConfig {
     pub mode: FallbackMode,
     /// Longest a primary operation may take before it counts as failed and the fallback serves.
     pub op_timeout: Duration,
+    /// Whether the wrapper puts `op_timeout` on each call itself. Turn off only when the primary
+    /// already bounds every call (e.g. a Redis client with connection and response timeouts):
+    /// it saves a timer per call.
+    pub enforce_timeout: bool,
     pub health: HealthConfig,
     /// The breaker of `FallbackMode::CircuitBreaker`.
     pub breaker: BreakerConfig,
@@ -116,6 +120,7 @@ impl Default for ResilienceConfig {
         Self {
             mode: FallbackMode::CircuitBreaker,
             op_timeout: Duration::from_millis(500),
+            enforce_timeout: true,
             health: HealthConfig::default(),
             breaker: BreakerConfig {
                 window_size: 10,
@@ -362,6 +367,9 @@ impl Resilience {
             if self.pending.load(Ordering::SeqCst) > 0 {
                 return Err(Attempt::Busy);
             }
+        }
+        if !self.config.enforce_timeout {
+            return op().await.map_err(Attempt::Failed);
         }
         match tokio::time::timeout(self.config.op_timeout, op()).await {
             Ok(result) => result.map_err(Attempt::Failed),
