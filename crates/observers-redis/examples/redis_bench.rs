@@ -180,9 +180,14 @@ async fn claim_rate(store: Arc<dyn DedupStore>, tag: &str) -> f64 {
     .await
 }
 
-fn wrapped(primary: Arc<dyn DedupStore>, mode: FallbackMode) -> Arc<dyn DedupStore> {
+fn wrapped(
+    primary: Arc<dyn DedupStore>,
+    mode: FallbackMode,
+    enforce_timeout: bool,
+) -> Arc<dyn DedupStore> {
     let config = ResilienceConfig {
         mode,
+        enforce_timeout,
         max_replay: ops() * 2,
         ..ResilienceConfig::default()
     };
@@ -256,18 +261,25 @@ async fn main() {
 
     let bare: Arc<dyn DedupStore> =
         Arc::new(RedisDedupStore::new(conn.clone()).with_prefix("bench:dedup:"));
-    let through_wrapper = wrapped(bare.clone(), FallbackMode::CircuitBreaker);
-    // Alternate rounds and keep each one's best, so load from elsewhere hits both alike.
-    let (mut direct, mut through) = (0.0_f64, 0.0_f64);
+    let through_wrapper = wrapped(bare.clone(), FallbackMode::CircuitBreaker, true);
+    let untimed_wrapper = wrapped(bare.clone(), FallbackMode::CircuitBreaker, false);
+    // Alternate rounds and keep each one's best, so load from elsewhere hits all alike.
+    let (mut direct, mut through, mut untimed) = (0.0_f64, 0.0_f64, 0.0_f64);
     for round in 0..3 {
         direct = direct.max(claim_rate(bare.clone(), &format!("direct{round}")).await);
         through =
             through.max(claim_rate(through_wrapper.clone(), &format!("wrapped{round}")).await);
+        untimed =
+            untimed.max(claim_rate(untimed_wrapper.clone(), &format!("untimed{round}")).await);
     }
     println!("dedup claim+complete, RedisDedupStore       {direct:>9.0}/s   (best of 3)");
     println!(
         "  through the fallback wrapper, Redis up    {through:>9.0}/s   (best of 3; wrapper cost {:+.1}%)",
         (direct - through) / direct * 100.0
+    );
+    println!(
+        "  same, client-side timeouts only           {untimed:>9.0}/s   (best of 3; wrapper cost {:+.1}%)",
+        (direct - untimed) / direct * 100.0
     );
     let dead = connect_lazy(
         &format!("redis://127.0.0.1:{}", free_port()),
@@ -275,7 +287,7 @@ async fn main() {
     )
     .unwrap();
     let down: Arc<dyn DedupStore> = Arc::new(RedisDedupStore::new(dead));
-    let on_fallback = claim_rate(wrapped(down, FallbackMode::CircuitBreaker), "down").await;
+    let on_fallback = claim_rate(wrapped(down, FallbackMode::CircuitBreaker, true), "down").await;
     println!(
         "  on the fallback, Redis down (breaker open) {on_fallback:>8.0}/s   ({:.2}x of Redis up)",
         on_fallback / direct

@@ -66,7 +66,7 @@ pub fn executor_builder(
         builder = builder.action_cache(cache);
     }
     if let Some(store) = stores.dedup {
-        builder = builder.dedup(Dedup {
+        builder = builder.dedup_key(config.dedup.key_strategy()).dedup(Dedup {
             store,
             window: config.dedup.window,
             namespace: config.source.listener_id.clone(),

@@ -50,7 +50,11 @@ impl Builder<'_> {
             let conn = observers_redis::connect_lazy(&url, cfg.op_timeout)
                 .map_err(|e| Exit::usage(anyhow::anyhow!("[redis] url: {e}")))?;
             let resilience = cfg.fallback_mode().map(|mode| {
-                let r = Resilience::new("redis", cfg.resilience(), self.telemetry.clone());
+                let mut settings = cfg.resilience();
+                // connect_lazy already bounds connecting and every response by op_timeout; a
+                // second timer per call cost ~17% of dedup throughput (docs/benchmarks.md).
+                settings.enforce_timeout = false;
+                let r = Resilience::new("redis", settings, self.telemetry.clone());
                 r.start_health_monitor(Arc::new(RedisProbe::new(conn.clone())));
                 tracing::info!(fallback = %mode, "Redis stores fall back to memory while Redis is down");
                 r

@@ -259,6 +259,30 @@ pub struct DedupConfig {
     pub window: Duration,
     /// Most keys the in-memory store keeps.
     pub max_entries: usize,
+    /// `event_id` (default): the same change once. `time_bucket`: one event per entity and kind
+    /// per `bucket` of event time (the seeds' strategy; drops later changes in the bucket).
+    pub key: DedupKeyKind,
+    #[serde(with = "duration")]
+    pub bucket: Duration,
+}
+
+/// `[dedup] key`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupKeyKind {
+    #[default]
+    EventId,
+    TimeBucket,
+}
+
+impl DedupConfig {
+    /// The executor's key strategy.
+    pub fn key_strategy(&self) -> crate::executor::DedupKey {
+        match self.key {
+            DedupKeyKind::EventId => crate::executor::DedupKey::EventId,
+            DedupKeyKind::TimeBucket => crate::executor::DedupKey::TimeBucket(self.bucket),
+        }
+    }
 }
 
 impl Default for DedupConfig {
@@ -268,6 +292,8 @@ impl Default for DedupConfig {
             backend: StoreBackend::Memory,
             window: Duration::from_secs(300),
             max_entries: 100_000,
+            key: DedupKeyKind::EventId,
+            bucket: Duration::from_secs(60),
         }
     }
 }
@@ -276,6 +302,9 @@ impl DedupConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.window.is_zero() {
             return Err("window must be greater than zero".into());
+        }
+        if self.bucket.is_zero() {
+            return Err("bucket must be greater than zero".into());
         }
         if self.max_entries == 0 {
             return Err("max_entries must be at least 1".into());
@@ -489,6 +518,7 @@ impl RedisConfig {
         ResilienceConfig {
             mode: self.fallback_mode().unwrap_or(FallbackMode::CircuitBreaker),
             op_timeout: self.op_timeout,
+            enforce_timeout: true,
             health: HealthConfig {
                 interval: self.health_interval,
                 timeout: self.health_timeout,

@@ -37,12 +37,44 @@ pub struct Dedup {
     pub namespace: String,
 }
 
+/// How the dedup key of an event is made (the listener id is always prepended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DedupKey {
+    /// The change-log id: exactly the same change is processed once (re-deliveries).
+    #[default]
+    EventId,
+    /// The seeds' `(entity_type, entity_id, kind, time bucket)`: at most one event per entity
+    /// and kind per bucket of the event timestamp is processed; later ones in the bucket are
+    /// dropped even when their data differ.
+    TimeBucket(Duration),
+}
+
+impl DedupKey {
+    pub fn key(&self, namespace: &str, event: &EntityEvent) -> String {
+        match self {
+            DedupKey::EventId => format!("{namespace}:{}", event.id),
+            DedupKey::TimeBucket(bucket) => {
+                let width = i64::try_from(bucket.as_millis()).unwrap_or(i64::MAX).max(1);
+                let at = event.timestamp.timestamp_millis();
+                format!(
+                    "{namespace}:{}:{}:{}:{}",
+                    event.entity_type,
+                    event.entity_id,
+                    event.kind.as_str(),
+                    at.div_euclid(width) * width
+                )
+            }
+        }
+    }
+}
+
 /// Runs observers for events. Cheap to share (`Arc`); the observer set can be swapped while
 /// events are in flight (in-flight work keeps the set it started with).
 pub struct ObserverExecutor {
     set: RwLock<Arc<ObserverSet>>,
     dlq: Arc<dyn DeadLetterQueue>,
     dedup: Option<Dedup>,
+    dedup_key: DedupKey,
     telemetry: SharedTelemetry,
     breakers: Arc<BreakerRegistry>,
     jobs: Option<Arc<dyn JobQueue>>,
@@ -65,6 +97,7 @@ pub struct ExecutorBuilder {
     set: ObserverSet,
     dlq: Option<Arc<dyn DeadLetterQueue>>,
     dedup: Option<Dedup>,
+    dedup_key: DedupKey,
     telemetry: Option<SharedTelemetry>,
     breakers: Option<Arc<BreakerRegistry>>,
     jobs: Option<Arc<dyn JobQueue>>,
@@ -90,6 +123,13 @@ impl ExecutorBuilder {
     #[must_use]
     pub fn dedup(mut self, dedup: Dedup) -> Self {
         self.dedup = Some(dedup);
+        self
+    }
+
+    /// How dedup keys are made (default: the event id).
+    #[must_use]
+    pub fn dedup_key(mut self, key: DedupKey) -> Self {
+        self.dedup_key = key;
         self
     }
 
@@ -139,6 +179,7 @@ impl ExecutorBuilder {
                 .dlq
                 .unwrap_or_else(|| Arc::new(MemoryDeadLetterQueue::default())),
             dedup: self.dedup,
+            dedup_key: self.dedup_key,
             telemetry,
             breakers,
             jobs: self.jobs,
@@ -167,6 +208,7 @@ impl ObserverExecutor {
             set,
             dlq: None,
             dedup: None,
+            dedup_key: DedupKey::EventId,
             telemetry: None,
             breakers: None,
             jobs: None,
@@ -212,7 +254,7 @@ impl ObserverExecutor {
         let dedup_key = self
             .dedup
             .as_ref()
-            .map(|d| format!("{}:{}", d.namespace, event.id));
+            .map(|d| self.dedup_key.key(&d.namespace, event));
         if let (Some(d), Some(key)) = (&self.dedup, &dedup_key) {
             // Two-phase claim; a store outage must not lose events, so it fails open.
             match d.store.claim(key, &self.owner, d.window).await {

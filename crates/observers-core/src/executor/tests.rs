@@ -167,3 +167,42 @@ async fn the_summary_sink_sees_every_processed_event_but_no_duplicate() {
         "unmatched events are reported too; the duplicate is not"
     );
 }
+
+#[tokio::test]
+async fn time_bucketed_dedup_keys_drop_repeats_within_a_bucket() {
+    let counter = Arc::new(Counter::default());
+    let exec = ObserverExecutor::builder(set_with(&counter, ActionMode::Inline, None))
+        .dedup_key(DedupKey::TimeBucket(Duration::from_secs(60)))
+        .dedup(Dedup {
+            store: Arc::new(MemoryDedupStore::new(100, Arc::new(ManualClock::new()))),
+            window: Duration::from_secs(300),
+            namespace: "l".into(),
+        })
+        .build();
+    let at = |id: i64, entity: &str, secs: i64| {
+        let mut e = order(id, 5);
+        e.entity_id = entity.into();
+        e.timestamp = chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        e
+    };
+    // 1_800_000_000 is a multiple of 60: seconds 0..59 share a bucket.
+    assert!(!exec.process(&at(1, "a", 0)).await.unwrap().deduplicated);
+    assert!(
+        exec.process(&at(2, "a", 59)).await.unwrap().deduplicated,
+        "same bucket"
+    );
+    assert!(
+        !exec.process(&at(3, "b", 59)).await.unwrap().deduplicated,
+        "other entity"
+    );
+    assert!(
+        !exec.process(&at(4, "a", 60)).await.unwrap().deduplicated,
+        "next bucket"
+    );
+    assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        DedupKey::EventId.key("l", &at(9, "a", 0)),
+        "l:9",
+        "the default key"
+    );
+}

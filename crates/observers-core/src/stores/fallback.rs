@@ -58,6 +58,16 @@ impl fmt::Display for FallbackMode {
     }
 }
 
+/// Fallback writes one operation replays before its own call (the health monitor replays all).
+const OP_REPLAY_BATCH: usize = 256;
+
+/// Why an attempt on the primary did not answer.
+enum Attempt {
+    /// Fallback writes are still being replayed: serve from the fallback, keep the order.
+    Busy,
+    Failed(ObserverError),
+}
+
 /// A cheap liveness check of the primary (Redis: `PING`).
 #[async_trait]
 pub trait HealthProbe: Send + Sync {
@@ -93,6 +103,10 @@ pub struct ResilienceConfig {
     pub mode: FallbackMode,
     /// Longest a primary operation may take before it counts as failed and the fallback serves.
     pub op_timeout: Duration,
+    /// Whether the wrapper puts `op_timeout` on each call itself. Turn off only when the primary
+    /// already bounds every call (e.g. a Redis client with connection and response timeouts):
+    /// it saves a timer per call.
+    pub enforce_timeout: bool,
     pub health: HealthConfig,
     /// The breaker of `FallbackMode::CircuitBreaker`.
     pub breaker: BreakerConfig,
@@ -106,6 +120,7 @@ impl Default for ResilienceConfig {
         Self {
             mode: FallbackMode::CircuitBreaker,
             op_timeout: Duration::from_millis(500),
+            enforce_timeout: true,
             health: HealthConfig::default(),
             breaker: BreakerConfig {
                 window_size: 10,
@@ -128,9 +143,9 @@ impl Default for ResilienceConfig {
 #[async_trait]
 pub trait Replay: Send + Sync {
     fn pending(&self) -> usize;
-    /// Replays everything pending, oldest first; stops at the first primary failure (the entry
-    /// stays for next time). Returns how many were replayed.
-    async fn replay(&self) -> Result<usize>;
+    /// Replays up to `max` pending writes, oldest first; stops at the first primary failure
+    /// (the entry stays for next time). Returns how many were replayed.
+    async fn replay(&self, max: usize) -> Result<usize>;
 }
 
 /// What a [`Resilience`] reports about itself (for `status` and tests).
@@ -269,17 +284,17 @@ impl Resilience {
     /// replaying, then find nothing left.
     pub async fn replay_pending(&self) -> Result<usize> {
         let _guard = self.replaying.lock().await;
+        self.replay_locked(usize::MAX).await
+    }
+
+    async fn replay_locked(&self, max: usize) -> Result<usize> {
         let mut total = 0;
         for journal in self.live_journals() {
-            if journal.pending() == 0 {
+            if journal.pending() == 0 || total >= max {
                 continue;
             }
-            let result = journal.replay().await;
-            let n = match &result {
-                Ok(n) => *n,
-                Err(_) => 0,
-            };
-            total += n;
+            let result = journal.replay(max - total).await;
+            total += result.as_ref().map_or(0, |n| *n);
             if let Err(e) = result {
                 self.note_replayed(total);
                 return Err(e);
@@ -334,21 +349,34 @@ impl Resilience {
         }
     }
 
-    /// One bounded attempt on the primary, replaying fallback writes first.
-    async fn attempt<T, F, Fut>(&self, op: &mut F) -> Result<T>
+    /// One bounded attempt on the primary, replaying fallback writes first (at most
+    /// `OP_REPLAY_BATCH` of them, so no caller waits long; while writes remain, or while another
+    /// task replays, the fallback keeps serving so the primary sees writes in order).
+    async fn attempt<T, F, Fut>(&self, op: &mut F) -> std::result::Result<T, Attempt>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         if self.pending.load(Ordering::SeqCst) > 0 {
-            self.replay_pending().await?;
+            let Ok(_guard) = self.replaying.try_lock() else {
+                return Err(Attempt::Busy);
+            };
+            self.replay_locked(OP_REPLAY_BATCH)
+                .await
+                .map_err(Attempt::Failed)?;
+            if self.pending.load(Ordering::SeqCst) > 0 {
+                return Err(Attempt::Busy);
+            }
+        }
+        if !self.config.enforce_timeout {
+            return op().await.map_err(Attempt::Failed);
         }
         match tokio::time::timeout(self.config.op_timeout, op()).await {
-            Ok(result) => result,
-            Err(_) => Err(ObserverError::Timeout {
+            Ok(result) => result.map_err(Attempt::Failed),
+            Err(_) => Err(Attempt::Failed(ObserverError::Timeout {
                 what: format!("{} operation", self.backend),
                 after: self.config.op_timeout,
-            }),
+            })),
         }
     }
 
@@ -366,10 +394,10 @@ impl Resilience {
                     return None;
                 };
                 let result = self.attempt(&mut op).await;
-                let outcome = if result.is_ok() {
-                    CallOutcome::Success
-                } else {
-                    CallOutcome::Failure
+                let outcome = match &result {
+                    Ok(_) => CallOutcome::Success,
+                    Err(Attempt::Busy) => CallOutcome::Ignored,
+                    Err(Attempt::Failed(_)) => CallOutcome::Failure,
                 };
                 self.breaker.record(permit, outcome);
                 result
@@ -392,12 +420,12 @@ impl Resilience {
                 };
                 let mut result = self.attempt(&mut op).await;
                 for _ in 1..tries {
-                    if result.is_ok() {
+                    if !matches!(result, Err(Attempt::Failed(_))) {
                         break;
                     }
                     result = self.attempt(&mut op).await;
                 }
-                if result.is_err() {
+                if matches!(result, Err(Attempt::Failed(_))) {
                     self.degraded.store(true, Ordering::SeqCst);
                 }
                 result
@@ -408,7 +436,11 @@ impl Resilience {
                 self.note_primary_ok();
                 Some(v)
             }
-            Err(e) => {
+            Err(Attempt::Busy) => {
+                self.fallback_ops.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(Attempt::Failed(e)) => {
                 tracing::debug!(backend = %self.backend, op = what, error = %e, "primary operation failed");
                 self.activate("primary operation failed");
                 None
@@ -615,9 +647,11 @@ impl Replay for DedupJournal {
         self.journal.len()
     }
 
-    async fn replay(&self) -> Result<usize> {
+    async fn replay(&self, max: usize) -> Result<usize> {
         let mut n = 0;
-        while let Some(write) = self.journal.pop() {
+        while n < max
+            && let Some(write) = self.journal.pop()
+        {
             let result = match &write {
                 DedupWrite::Complete { key, expires_at } => match remaining(*expires_at) {
                     Some(left) => self.primary.complete(key, left).await,
@@ -742,9 +776,11 @@ impl Replay for CacheJournal {
         self.journal.len()
     }
 
-    async fn replay(&self) -> Result<usize> {
+    async fn replay(&self, max: usize) -> Result<usize> {
         let mut n = 0;
-        while let Some(write) = self.journal.pop() {
+        while n < max
+            && let Some(write) = self.journal.pop()
+        {
             let result = match &write {
                 CacheWrite::Set {
                     key,

@@ -417,3 +417,40 @@ async fn healthy_probes_close_an_open_breaker_without_waiting_for_traffic() {
     assert_eq!(r.telemetry.count("fallback_recovered"), 1);
     assert_eq!(r.store.pending_replay(), 0);
 }
+
+#[tokio::test]
+async fn operations_replay_in_small_batches_and_keep_the_order() {
+    let r = rig(FallbackMode::HealthBased);
+    r.switch.set_down(true);
+    // Unhealthy after three failed probes: everything goes to the fallback.
+    for _ in 0..3 {
+        r.resilience.check(r.switch.as_ref()).await;
+    }
+    for i in 0..600 {
+        process(&r.store, &format!("k{i}")).await;
+    }
+    assert_eq!(r.store.pending_replay(), 600);
+    r.switch.set_down(false);
+    // Force the verdict back without the monitor's replay, to see the operations' own.
+    r.resilience.healthy.store(true, Ordering::SeqCst);
+    // Each operation replays at most 256 writes; while some remain it is served by the fallback.
+    assert_eq!(process(&r.store, "x1").await, ClaimOutcome::Acquired);
+    // Claim and complete replayed 256 each; the completion, served by the fallback, queued one.
+    assert_eq!(r.store.pending_replay(), 600 - 2 * 256 + 1);
+    let mut rounds = 0;
+    while r.store.pending_replay() > 0 {
+        process(&r.store, &format!("y{rounds}")).await;
+        rounds += 1;
+        assert!(rounds < 10, "replay makes progress");
+    }
+    assert_eq!(
+        r.primary.inner.claim("k599", "x", TTL).await.unwrap(),
+        ClaimOutcome::AlreadyDone
+    );
+    assert_eq!(process(&r.store, "z").await, ClaimOutcome::Acquired);
+    assert_eq!(
+        r.primary.inner.claim("z", "x", TTL).await.unwrap(),
+        ClaimOutcome::AlreadyDone,
+        "served by the primary once the journal is empty"
+    );
+}
