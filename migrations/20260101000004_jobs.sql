@@ -19,9 +19,12 @@ CREATE TABLE IF NOT EXISTS observer_jobs (
     heartbeat_at  timestamptz,
     created_at    timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz,
-    completed_at  timestamptz,
-    CONSTRAINT observer_jobs_unique_key UNIQUE (unique_key)
+    completed_at  timestamptz
 );
+
+-- Idempotent enqueue. Partial, so keyless jobs do not pay an index entry per update.
+CREATE UNIQUE INDEX IF NOT EXISTS observer_jobs_unique_key
+    ON observer_jobs (unique_key) WHERE unique_key IS NOT NULL;
 
 -- The dequeue path: due pending jobs of a queue by priority, run_at, id.
 CREATE INDEX IF NOT EXISTS observer_jobs_dequeue

@@ -251,7 +251,7 @@ impl JobQueue for PostgresJobQueue {
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO observer_jobs (queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
                  VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6, now()), $7) \
-                 ON CONFLICT (unique_key) DO NOTHING RETURNING id",
+                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id",
             )
             .bind(&job.queue)
             .bind(&job.kind)
@@ -317,7 +317,7 @@ impl JobQueue for PostgresJobQueue {
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[], $7::int4[]) \
                   WITH ORDINALITY AS t(q, k, p, u, pr, r, m, ord) \
              ORDER BY ord \
-             ON CONFLICT (unique_key) DO NOTHING RETURNING id, unique_key",
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id, unique_key",
         )
         .bind(&queues)
         .bind(&kinds)
