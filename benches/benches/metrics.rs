@@ -2,7 +2,7 @@
 //! on one matching no-op action with `ObserverMetrics` as its telemetry, against the same
 //! executor with `NoopTelemetry`, in the same run (goal: < 1 % slower). Also the raw cost of
 //! the telemetry one such event emits (`EventProcessed` + `ActionFinished`), against the no-op
-//! sink.
+//! sink, each event's share, and one histogram observation against prometheus-client's.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -112,6 +112,20 @@ fn bench(c: &mut Criterion) {
                 noop.emit(black_box(e));
             }
         });
+    });
+    for (i, e) in per_event.iter().enumerate() {
+        group.bench_function(format!("emit_{}", e.name()), |b| {
+            b.iter(|| metrics.emit(black_box(&per_event[i])));
+        });
+    }
+    let bounds = &observers_metrics::families::LATENCY_BUCKETS;
+    let ours = observers_metrics::histogram::AtomicHistogram::new(bounds);
+    let theirs = prometheus_client::metrics::histogram::Histogram::new(bounds.iter().copied());
+    group.bench_function("histogram_observe_atomic", |b| {
+        b.iter(|| ours.observe(black_box(0.003)));
+    });
+    group.bench_function("histogram_observe_baseline_prometheus_client", |b| {
+        b.iter(|| theirs.observe(black_box(0.003)));
     });
     group.finish();
 }

@@ -7,7 +7,9 @@
 //! Areas whose telemetry variants do not exist yet (Redis fallback and cache, jobs, HA, search)
 //! get one plain method per fact below, so mapping a new variant is one match arm.
 
-use std::sync::atomic::AtomicU64;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -63,6 +65,8 @@ pub enum JobOutcome {
 
 /// Handles of one (observer, action type) pair, resolved once.
 pub(crate) struct ActionHandles {
+    pub observer: Box<str>,
+    pub action_type: Box<str>,
     /// By `ActionOutcome` in declaration order (see `outcome_index`).
     pub outcomes: [Counter; 5],
     pub failed: Counter,
@@ -75,9 +79,31 @@ pub(crate) struct ActionHandles {
 
 /// Handles of one entity type.
 pub(crate) struct EntityHandles {
+    pub key: Box<str>,
     pub processed: Counter,
     pub deduplicated: Counter,
 }
+
+/// The action handles of one observer (its effective label value, after the cap).
+pub(crate) struct ObserverActions {
+    pub observer: Box<str>,
+    pub per_type: Handles<ActionHandles>,
+}
+
+/// Entries of the per-thread cache of action handles.
+const ACTION_SLOTS: usize = 4;
+
+type ActionSlots = ([Option<(u64, Arc<ActionHandles>)>; ACTION_SLOTS], usize);
+
+thread_local! {
+    // Per-thread caches in front of the shared maps: the last entity type and the last few
+    // (observer, action type) pairs, keyed by the `ObserverMetrics` instance id. A hit costs a
+    // string comparison; a miss falls back to the lock-free maps.
+    static LAST_ENTITY: RefCell<Option<(u64, Arc<EntityHandles>)>> = const { RefCell::new(None) };
+    static LAST_ACTIONS: RefCell<ActionSlots> = const { RefCell::new(([None, None, None, None], 0)) };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Handles of one listener.
 pub(crate) struct ListenerHandles {
@@ -97,6 +123,8 @@ pub(crate) struct ListenerHandles {
 
 /// Every metric family, and the caches of pre-resolved handles of the hot path.
 pub struct ObserverMetrics {
+    /// Unique per instance, so per-thread caches never serve another instance's handles.
+    pub(crate) id: u64,
     pub(crate) registry: Registry,
 
     // Events and matching.
@@ -185,7 +213,7 @@ pub struct ObserverMetrics {
 
     // Hot-path handle caches.
     pub(crate) entity_handles: Handles<EntityHandles>,
-    pub(crate) action_handles: Handles<Handles<ActionHandles>>,
+    pub(crate) action_handles: Handles<ObserverActions>,
     pub(crate) listener_handles: Handles<ListenerHandles>,
     pub(crate) rejection_handles: Handles<Counter>,
 }
@@ -576,6 +604,7 @@ impl ObserverMetrics {
                 seconds,
                 hist_family()
             ),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entity_handles: Handles::new(MAX_LABEL_VALUES),
             action_handles: Handles::new(MAX_LABEL_VALUES),
             listener_handles: Handles::new(MAX_LABEL_VALUES),
@@ -596,18 +625,27 @@ impl ObserverMetrics {
     }
 
     pub(crate) fn entity<R>(&self, entity_type: &str, f: impl FnOnce(&EntityHandles) -> R) {
-        self.entity_handles.with(
-            entity_type,
-            |k| EntityHandles {
+        LAST_ENTITY.with(|cell| {
+            let mut last = cell.borrow_mut();
+            if let Some((id, h)) = last.as_ref()
+                && *id == self.id
+                && *h.key == *entity_type
+            {
+                f(h);
+                return;
+            }
+            let h = self.entity_handles.get_arc(entity_type, |k| EntityHandles {
+                key: k.into(),
                 processed: self
                     .events_processed
                     .get_or_create_owned(&l1("entity_type", k)),
                 deduplicated: self
                     .events_deduplicated
                     .get_or_create_owned(&l1("entity_type", k)),
-            },
-            f,
-        );
+            });
+            f(&h);
+            *last = Some((self.id, h));
+        });
     }
 
     pub(crate) fn action<R>(
@@ -616,11 +654,32 @@ impl ObserverMetrics {
         action_type: &str,
         f: impl FnOnce(&ActionHandles) -> R,
     ) {
-        self.action_handles.with(
-            observer,
-            |_| Handles::new(MAX_LABEL_VALUES),
-            |per_type| per_type.with(action_type, |t| self.make_action_handles(observer, t), f),
-        );
+        LAST_ACTIONS.with(|cell| {
+            let mut last = cell.borrow_mut();
+            let (slots, next) = &mut *last;
+            if let Some((_, h)) = slots.iter().flatten().find(|(id, h)| {
+                *id == self.id && *h.observer == *observer && *h.action_type == *action_type
+            }) {
+                f(h);
+                return;
+            }
+            let h = self.action_handles.with(
+                observer,
+                |k| ObserverActions {
+                    observer: k.into(),
+                    per_type: Handles::new(MAX_LABEL_VALUES),
+                },
+                |o| {
+                    o.per_type
+                        .get_arc(action_type, |t| self.make_action_handles(&o.observer, t))
+                },
+            );
+            f(&h);
+            if let Some(slot) = slots.get_mut(*next % ACTION_SLOTS) {
+                *slot = Some((self.id, h));
+            }
+            *next = next.wrapping_add(1);
+        });
     }
 
     fn make_action_handles(&self, observer: &str, action_type: &str) -> ActionHandles {
@@ -634,6 +693,8 @@ impl ObserverMetrics {
             ])
         };
         ActionHandles {
+            observer: observer.into(),
+            action_type: action_type.into(),
             outcomes: [
                 outcome(O::Success),
                 outcome(O::DeadLettered),

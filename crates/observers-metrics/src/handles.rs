@@ -32,11 +32,23 @@ impl<V> Handles<V> {
         }
     }
 
+    /// The handle of `key`, created with `make` the first time.
+    pub fn get_arc(&self, key: &str, make: impl FnOnce(&str) -> V) -> Arc<V> {
+        if let Some(v) = self.map.load().get(key) {
+            return Arc::clone(v);
+        }
+        self.insert_slow(key, make)
+    }
+
     /// Runs `f` on the handle of `key`, creating it with `make` the first time.
     pub fn with<R>(&self, key: &str, make: impl FnOnce(&str) -> V, f: impl FnOnce(&V) -> R) -> R {
         if let Some(v) = self.map.load().get(key) {
             return f(v);
         }
+        f(&self.insert_slow(key, make))
+    }
+
+    fn insert_slow(&self, key: &str, make: impl FnOnce(&str) -> V) -> Arc<V> {
         let _guard = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.map.load_full();
         let key = if current.len() >= self.cap && !current.contains_key(key) {
@@ -45,13 +57,13 @@ impl<V> Handles<V> {
             key
         };
         if let Some(v) = current.get(key) {
-            return f(v);
+            return Arc::clone(v);
         }
         let v = Arc::new(make(key));
         let mut next = Map::clone(&current);
         next.insert(key.into(), Arc::clone(&v));
         self.map.store(Arc::new(next));
-        f(&v)
+        v
     }
 }
 

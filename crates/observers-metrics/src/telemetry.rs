@@ -357,6 +357,37 @@ mod tests {
     }
 
     #[test]
+    fn per_thread_caches_never_mix_instances() {
+        let (a, b) = (ObserverMetrics::new(), ObserverMetrics::new());
+        let processed = TelemetryEvent::EventProcessed {
+            entity_type: "Order",
+            matched: 1,
+            duration: Duration::ZERO,
+        };
+        let finished = TelemetryEvent::ActionFinished {
+            observer: "o",
+            action_type: "webhook",
+            outcome: ActionOutcome::Success,
+            attempts: 1,
+            duration: Duration::ZERO,
+        };
+        for _ in 0..3 {
+            a.emit(&processed);
+            a.emit(&finished);
+        }
+        b.emit(&processed);
+        b.emit(&finished);
+        for (m, n) in [(&a, 3.0), (&b, 1.0)] {
+            let s = scrape(m);
+            assert_eq!(s.sum("observer_events_processed_total", &[]), n);
+            assert_eq!(
+                s.sum("observer_actions_executed_total", &[("outcome", "success")]),
+                n
+            );
+        }
+    }
+
+    #[test]
     fn label_values_past_the_cap_fold_into_other() {
         let m = ObserverMetrics::new();
         for i in 0..crate::families::MAX_LABEL_VALUES + 5 {
