@@ -11,6 +11,7 @@ use observers_core::ObserverExecutor;
 use observers_core::config::Config;
 use observers_core::debezium::DebeziumMapping;
 use observers_core::stores::dlq::{DeadLetterQueue, DlqStatus};
+use observers_core::stores::jobs::JobQueue;
 use observers_core::telemetry::{NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use observers_metrics::{
     IngestTarget, InstanceInfo, ObserverMetrics, OpsServer, OpsState, ReadinessCheck, StatusSection,
@@ -67,6 +68,69 @@ impl StatusSection for DatabaseSection {
     }
 }
 
+/// `/ready`'s HA check: this instance is a live member of its group (a standby holding no
+/// partition is ready too: it is what takes over).
+struct GroupMemberReady {
+    pool: PgPool,
+    config: Config,
+}
+
+#[async_trait]
+impl ReadinessCheck for GroupMemberReady {
+    fn name(&self) -> &'static str {
+        "lease"
+    }
+
+    async fn check(&self) -> Result<Value, String> {
+        let me = observers_ha::MultiListenerConfig::from_config(&self.config)
+            .map_err(|e| e.to_string())?;
+        let group = super::ha::group_status(&self.config, &self.pool)
+            .await
+            .map_err(|e| format!("{:#}", e.error))?;
+        let record = group
+            .instances
+            .iter()
+            .find(|i| i.instance_id == me.listener_id)
+            .ok_or_else(|| {
+                format!(
+                    "{} is not registered in group {} yet",
+                    me.listener_id, group.group
+                )
+            })?;
+        if record.heartbeat_age_secs > me.lease_duration.as_secs_f64() {
+            return Err(format!(
+                "{}'s last heartbeat is {:.1}s old (lease {:?})",
+                me.listener_id, record.heartbeat_age_secs, me.lease_duration
+            ));
+        }
+        Ok(json!({
+            "instance": record.instance_id,
+            "partitions": record.partitions,
+            "leader": record.is_leader,
+        }))
+    }
+}
+
+/// `/status`'s `group` section: the HA group (leader, instances, partition leases, lag).
+struct GroupSection {
+    pool: PgPool,
+    config: Config,
+}
+
+#[async_trait]
+impl StatusSection for GroupSection {
+    fn name(&self) -> &'static str {
+        "group"
+    }
+
+    async fn collect(&self) -> Result<Value, String> {
+        let group = super::ha::group_status(&self.config, &self.pool)
+            .await
+            .map_err(|e| format!("{:#}", e.error))?;
+        serde_json::to_value(group).map_err(|e| e.to_string())
+    }
+}
+
 /// Starts the ops server and the gauge poller (when metrics are on); both stop when `stop`
 /// turns true. Returns their tasks.
 pub async fn start(
@@ -95,6 +159,17 @@ pub async fn start(
         .with_check(Arc::new(DatabaseReady(pool.clone())))
         .with_section(Arc::new(DatabaseSection(pool.clone())))
         .with_breakers(executor.breakers().clone());
+    if config.ha.enabled {
+        state = state
+            .with_check(Arc::new(GroupMemberReady {
+                pool: pool.clone(),
+                config: config.clone(),
+            }))
+            .with_section(Arc::new(GroupSection {
+                pool: pool.clone(),
+                config: config.clone(),
+            }));
+    }
     if config.metrics.debezium.enabled {
         state = state.with_ingest(IngestTarget {
             sink: Arc::new(PostgresChangeLogSink::new(pool.clone())),
@@ -142,6 +217,7 @@ async fn poll_gauges(
     mut stop: watch::Receiver<bool>,
 ) {
     let dlq = PostgresDeadLetterQueue::new(pool.clone());
+    let jobs = observers_queue::PostgresJobQueue::new(pool.clone());
     let telemetry = executor.telemetry().clone();
     // Without HA this process runs exactly one listener; with HA the HA wiring owns these.
     if !ha {
@@ -167,6 +243,11 @@ async fn poll_gauges(
         match dlq.count(Some(DlqStatus::Pending)).await {
             Ok(n) => metrics.set_dlq_pending(n),
             Err(e) => tracing::debug!(error = %e, "counting the DLQ failed"),
+        }
+        match jobs.stats().await {
+            // The queue's stats are over every queue; the label says so.
+            Ok(j) => metrics.set_job_depth("all", j.pending, j.processing),
+            Err(e) => tracing::debug!(error = %e, "counting the job queue failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

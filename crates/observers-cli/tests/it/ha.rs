@@ -634,3 +634,56 @@ async fn unread_rows(pool: &PgPool) -> i64 {
     .await
     .unwrap()
 }
+
+/// The ops server of an HA instance: `/ready` checks its group membership and `/status` carries
+/// the group (leader, instances, leases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_server_reports_group_membership() {
+    let g = Group::new("ha_ops", 2).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = g.config("a");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&config, text).unwrap();
+    let mut a = spawn_run(&config, &g.log("a"));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = crate::support::http_client();
+    let mut ready = serde_json::Value::Null;
+    until("/ready reports a as a live member", async || {
+        let Ok(r) = http.get(format!("{base}/ready")).send().await else {
+            return false;
+        };
+        let ok = r.status() == 200;
+        ready = r.json().await.unwrap_or_default();
+        ok && ready["checks"]["lease"]["ok"] == true
+    })
+    .await;
+    assert_eq!(ready["checks"]["lease"]["detail"]["instance"], "a");
+    until("a holds both partitions", async || {
+        g.holders().await.len() == 2
+    })
+    .await;
+    let status: serde_json::Value = http
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let group = &status["group"];
+    assert_eq!(group["group"], "test", "{status}");
+    assert_eq!(group["leader"]["holder"], "a", "{status}");
+    assert_eq!(group["instances"][0]["instance_id"], "a", "{status}");
+    assert_eq!(
+        group["leases"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    signal(&a, "TERM");
+    assert_eq!(wait_exit(&mut a, LONG).await, Some(0));
+}

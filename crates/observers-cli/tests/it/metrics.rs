@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use observers_metrics::Scrape;
 
-use crate::support::{Receiver, Run, TestDb, signal, wait_exit, wait_until, write_config};
+use crate::support::{
+    Receiver, Run, TestDb, http_client, signal, wait_exit, wait_until, write_config,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 const TOKEN: &str = "test-ops-token";
@@ -52,13 +54,8 @@ async fn ops_url(log: &Path) -> String {
     }
 }
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 async fn get(url: &str) -> (u16, String) {
-    let resp = client().get(url).send().await.unwrap();
+    let resp = http_client().get(url).send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
@@ -356,7 +353,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 async fn post(url: &str, token: Option<&str>, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let mut req = client()
+    let mut req = http_client()
         .post(url)
         .header("content-type", "application/json")
         .body(body);

@@ -131,8 +131,14 @@ entity = "Order"
     );
 
     let api = format!("http://127.0.0.1:{port}/api/observers/search?text=zanzibar");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let body: serde_json::Value = reqwest::get(&api).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = crate::support::http_client()
+        .get(&api)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["total"], 1);
     assert_eq!(body["facets"]["entity_types"]["Order"], 1);
 

@@ -254,3 +254,9 @@ pub async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An HTTP client for the ops server (the workspace's reqwest leaves the TLS provider to us).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
