@@ -53,7 +53,7 @@ pub(crate) fn l2(k1: &'static str, v1: &str, k2: &'static str, v2: &str) -> L2 {
     [(k1, v1.to_owned()), (k2, v2.to_owned())]
 }
 
-/// How a job ended (queue helper).
+/// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOutcome {
     Completed,

@@ -1,6 +1,6 @@
 //! HA wiring of the CLI: `observers run` with `[ha] enabled = true` (one listener per held
 //! partition, fenced checkpoints, leases released on SIGTERM), and `observers ha status`, the
-//! group status the lead folds into `observers status`.
+//! group status that `observers status` and the ops server's `/status` also show.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
