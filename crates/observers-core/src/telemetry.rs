@@ -198,6 +198,13 @@ pub enum TelemetryEvent<'a> {
         group: &'a str,
         partition: u32,
     },
+    /// A queued job's run ended: `completed`, `retried` (it runs again later) or `failed` (for
+    /// good; a DLQ item was written).
+    JobFinished {
+        queue: &'a str,
+        outcome: &'static str,
+        duration: Duration,
+    },
 }
 
 impl TelemetryEvent<'_> {
@@ -234,6 +241,7 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::HaLeaderElected { .. } => "ha_leader_elected",
             TelemetryEvent::HaCheckpointLag { .. } => "ha_checkpoint_lag",
             TelemetryEvent::HaSteppedDown { .. } => "ha_stepped_down",
+            TelemetryEvent::JobFinished { .. } => "job_finished",
         }
     }
 }

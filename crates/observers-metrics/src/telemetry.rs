@@ -193,6 +193,18 @@ impl Telemetry for ObserverMetrics {
                 self.set_checkpoint_lag(listener, *lag);
             }
             TelemetryEvent::HaSteppedDown { .. } => self.lease_renewal("lost"),
+            TelemetryEvent::JobFinished {
+                queue,
+                outcome,
+                duration,
+            } => {
+                let outcome = match *outcome {
+                    "completed" => crate::JobOutcome::Completed,
+                    "retried" => crate::JobOutcome::Retried,
+                    _ => crate::JobOutcome::Failed,
+                };
+                self.job_finished(queue, outcome, *duration);
+            }
         }
     }
 }
@@ -459,5 +471,22 @@ mod tests {
         let summary = crate::MetricsSummary::from_scrape(&s);
         assert_eq!(summary.cache_hit_ratio, Some(0.5));
         assert_eq!(summary.fallback_active, ["dedup"]);
+    }
+
+    #[test]
+    fn job_runs_count_by_queue_and_outcome() {
+        let m = ObserverMetrics::new();
+        for outcome in ["completed", "completed", "retried", "failed"] {
+            m.emit(&TelemetryEvent::JobFinished {
+                queue: "default",
+                outcome,
+                duration: Duration::from_millis(3),
+            });
+        }
+        let s = scrape(&m);
+        let q = [("queue", "default")];
+        assert_eq!(s.sum("observer_jobs_completed_total", &q), 2.0);
+        assert_eq!(s.sum("observer_jobs_retried_total", &q), 1.0);
+        assert_eq!(s.sum("observer_jobs_failed_total", &q), 1.0);
     }
 }

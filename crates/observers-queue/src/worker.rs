@@ -8,13 +8,14 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{TimeDelta, Utc};
 use observers_core::config::QueueConfig;
 use observers_core::retry::RetryPolicy;
 use observers_core::stores::jobs::{Job, JobQueue, JobStatus};
+use observers_core::telemetry::{NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use observers_core::{ObserverError, Result};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -98,6 +99,7 @@ pub struct WorkerPool {
     handler: Arc<dyn JobHandler>,
     config: WorkerConfig,
     stats: Arc<PoolStats>,
+    telemetry: SharedTelemetry,
 }
 
 struct Shared {
@@ -105,6 +107,7 @@ struct Shared {
     handler: Arc<dyn JobHandler>,
     config: WorkerConfig,
     stats: Arc<PoolStats>,
+    telemetry: SharedTelemetry,
     /// Jobs this pool holds (processing under its worker id).
     held: Mutex<HashSet<i64>>,
     /// Wakes fetchers early (a local retry fell due sooner than the poll).
@@ -137,7 +140,15 @@ impl WorkerPool {
             handler,
             config,
             stats: Arc::new(PoolStats::default()),
+            telemetry: Arc::new(NoopTelemetry),
         }
+    }
+
+    /// Reports every finished run as [`TelemetryEvent::JobFinished`].
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: SharedTelemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     pub fn stats(&self) -> Arc<PoolStats> {
@@ -157,6 +168,7 @@ impl WorkerPool {
             handler: self.handler,
             config: self.config,
             stats: self.stats,
+            telemetry: self.telemetry,
             held: Mutex::new(HashSet::new()),
             wake: Notify::new(),
         });
@@ -380,17 +392,25 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<i64>) {
 }
 
 async fn run_one(shared: &Shared, job: Job, done: &mpsc::UnboundedSender<i64>) {
-    match shared.handler.run(&job).await {
+    let started = Instant::now();
+    let outcome = match shared.handler.run(&job).await {
         Ok(()) => {
             if done.send(job.id).is_err() {
                 tracing::warn!(job = job.id, "completion channel closed");
             }
+            "completed"
         }
         Err(err) => fail(shared, &job, &err).await,
-    }
+    };
+    shared.telemetry.emit(&TelemetryEvent::JobFinished {
+        queue: &job.queue,
+        outcome,
+        duration: started.elapsed(),
+    });
 }
 
-async fn fail(shared: &Shared, job: &Job, err: &ObserverError) {
+/// Records a failed run; returns the telemetry outcome (`retried` or `failed`).
+async fn fail(shared: &Shared, job: &Job, err: &ObserverError) -> &'static str {
     let retry = err.is_transient() && job.attempts < job.max_attempts;
     let retry_at = retry.then(|| {
         let delay = shared
@@ -408,6 +428,7 @@ async fn fail(shared: &Shared, job: &Job, err: &ObserverError) {
             shared.stats.retried.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(job = job.id, attempt = job.attempts, error = %message, ?retry_at, "job failed; retry scheduled");
             shared.wake.notify_waiters();
+            "retried"
         }
         Ok(_) => {
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -415,9 +436,11 @@ async fn fail(shared: &Shared, job: &Job, err: &ObserverError) {
             if let Err(e) = shared.handler.dead_letter(job, err).await {
                 tracing::error!(job = job.id, error = %e, "could not dead-letter a failed job");
             }
+            "failed"
         }
         Err(e) => {
             tracing::warn!(job = job.id, error = %e, "could not record a job failure; it runs again when rescued");
+            "retried"
         }
     }
 }

@@ -53,7 +53,8 @@ pub fn spawn_workers(
         Arc::new(PostgresJobQueue::new(pool.clone())),
         Arc::new(ActionJobHandler::new(executor.clone())),
         settings,
-    );
+    )
+    .with_telemetry(executor.telemetry().clone());
     Some(tokio::spawn(pool.run(stop)))
 }
 
