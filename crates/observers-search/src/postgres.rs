@@ -104,8 +104,8 @@ pub(crate) fn prefix_tsquery(terms: &[String]) -> Option<String> {
     )
 }
 
-fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
-    qb.push(" WHERE true");
+/// The filters other than the text, ANDed after a `WHERE true`.
+fn push_filters(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     if let Some(v) = &q.entity_type {
         qb.push(" AND entity_type = ").push_bind(v.clone());
     }
@@ -124,12 +124,40 @@ fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     if let Some(v) = q.to {
         qb.push(" AND timestamp < ").push_bind(v);
     }
+}
+
+fn push_text(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     if let Some(tsq) = prefix_tsquery(&q.terms()) {
         qb.push(" AND search @@ to_tsquery('simple', ")
             .push_bind(tsq)
             .push(")");
     }
 }
+
+fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
+    qb.push(" WHERE true");
+    push_filters(qb, q);
+    push_text(qb, q);
+}
+
+/// ` FROM ... WHERE ...` of a count. `fenced`: the other filters select the rows first and the
+/// text is checked on each of them (`OFFSET 0` keeps the planner from combining the text's GIN
+/// posting lists with the B-tree index, which costs the whole posting list of a common word).
+fn push_count_source(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery, fenced: bool) {
+    if fenced {
+        qb.push(" FROM (SELECT entity_type, event_type, timestamp, event_id, search FROM observer_events WHERE true");
+        push_filters(qb, q);
+        qb.push(" OFFSET 0) AS e WHERE true");
+        push_text(qb, q);
+    } else {
+        qb.push(" FROM observer_events");
+        push_where(qb, q);
+    }
+}
+
+/// At most this many rows selected by the other filters are checked one by one for the text
+/// (see [`push_count_source`]); beyond, the GIN index finds the text's matches.
+const FENCE_ROWS: i64 = 20_000;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -192,6 +220,29 @@ impl PostgresSearchBackend {
         rows.into_iter().map(Row::into_event).collect()
     }
 
+    /// Whether the query has text and other filters selecting at most [`FENCE_ROWS`] rows
+    /// (counted in the B-tree indexes, bounded).
+    async fn few_rows_besides_text(
+        &self,
+        q: &SearchQuery,
+    ) -> std::result::Result<bool, SearchError> {
+        let filtered = q.entity_type.is_some()
+            || q.entity_id.is_some()
+            || q.tenant_id.is_some()
+            || q.from.is_some()
+            || q.to.is_some();
+        if q.terms().is_empty() || !filtered {
+            return Ok(false);
+        }
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT count(*) FROM (SELECT 1 FROM observer_events WHERE true",
+        );
+        push_filters(&mut qb, q);
+        qb.push(" LIMIT ").push_bind(FENCE_ROWS + 1).push(") AS f");
+        let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+        Ok(n <= FENCE_ROWS)
+    }
+
     /// The total (exact up to `exact_up_to`) and the facets, from at most `exact_up_to + 1`
     /// matches: the count stops there, and facets group the newest `exact_up_to` matches.
     async fn counts(
@@ -200,11 +251,10 @@ impl PostgresSearchBackend {
     ) -> std::result::Result<(u64, bool, Option<Facets>), SearchError> {
         let cap = q.effective_exact_up_to();
         let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
+        let fenced = self.few_rows_besides_text(q).await?;
         if !q.facets {
-            let mut qb = QueryBuilder::<Postgres>::new(
-                "SELECT count(*) FROM (SELECT 1 FROM observer_events",
-            );
-            push_where(&mut qb, q);
+            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1");
+            push_count_source(&mut qb, q, fenced);
             qb.push(" LIMIT ").push_bind(limit).push(") AS m");
             let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
             let n = u64::try_from(n).unwrap_or(0);
@@ -215,10 +265,9 @@ impl PostgresSearchBackend {
         );
         qb.push_bind(limit - 1).push(
             "), count(*) FROM (SELECT entity_type, event_type, \
-             row_number() OVER (ORDER BY timestamp DESC, event_id DESC) AS rank \
-             FROM observer_events",
+             row_number() OVER (ORDER BY timestamp DESC, event_id DESC) AS rank",
         );
-        push_where(&mut qb, q);
+        push_count_source(&mut qb, q, fenced);
         qb.push(" ORDER BY timestamp DESC, event_id DESC LIMIT ")
             .push_bind(limit)
             .push(") AS m GROUP BY entity_type, event_type");
