@@ -283,7 +283,7 @@ async fn main() {
     let s = indexer.stats();
     assert_eq!(s.indexed, u64::try_from(N).unwrap());
     println!(
-        "| indexing through EventSearchIndexer (batches of 500, all indexes in place, 1M rows) | {index_rate:.0} events/s | executor in-process, one no-op action: {exec_rate:.0} events/s | {:.2}× |",
+        "| indexing through EventSearchIndexer (batches of 500, two writers, all indexes in place, 1M rows) | {index_rate:.0} events/s | executor in-process, one no-op action: {exec_rate:.0} events/s | {:.2}× |",
         index_rate / exec_rate
     );
     pool.close().await;

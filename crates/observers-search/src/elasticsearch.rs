@@ -454,9 +454,8 @@ impl SearchBackend for ElasticsearchBackend {
             && from >= to
         {
             return Ok(SearchResults {
-                total: 0,
-                results: Vec::new(),
                 facets: q.facets.then(Facets::default),
+                ..SearchResults::default()
             });
         }
         if q.offset() + u64::from(q.effective_per_page()) > MAX_RESULT_WINDOW {
@@ -473,6 +472,8 @@ impl SearchBackend for ElasticsearchBackend {
             .as_u64()
             .or_else(|| reply["hits"]["total"].as_u64())
             .ok_or_else(|| self.bad("no hits.total in the _search reply"))?;
+        // `track_total_hits: true`: Elasticsearch counts every match ("eq").
+        let total_exact = reply["hits"]["total"]["relation"].as_str() != Some("gte");
         let hits = reply["hits"]["hits"]
             .as_array()
             .ok_or_else(|| self.bad("no hits.hits in the _search reply"))?;
@@ -489,6 +490,7 @@ impl SearchBackend for ElasticsearchBackend {
         });
         Ok(SearchResults {
             total,
+            total_exact,
             results,
             facets,
         })

@@ -3,7 +3,8 @@
 //! Query parameters mirror [`SearchQuery`]: `text`, `entity_type`, `entity_id`, `event_type`
 //! (`insert|update|delete`), `tenant` (or `tenant_id`), `since` / `until` (RFC 3339; `since`
 //! inclusive, `until` exclusive), `page` (1-based), `per_page` (0 to 1000) and `facets`
-//! (`true` by default). The reply is `{"total": N, "results": [...], "facets": {...}|null}`.
+//! (`true` by default). The reply is `{"total": N, "total_exact": bool, "results": [...],
+//! "facets": {...}|null}`.
 //! A bad or unknown parameter is a 400 naming it: `{"error": "...", "parameter": "..."}`.
 
 use std::sync::Arc;
@@ -140,7 +141,9 @@ async fn search(
         }
     };
     match backend.search(&q).await {
-        Ok(r) => Json(json!({"total": r.total, "results": r.results, "facets": r.facets}))
+        Ok(r) => Json(
+            json!({"total": r.total, "total_exact": r.total_exact, "results": r.results, "facets": r.facets}),
+        )
             .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "search failed");

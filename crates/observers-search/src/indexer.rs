@@ -2,8 +2,10 @@
 //! buffered bulk writes, off the executor's hot path.
 //!
 //! The executor calls [`SummarySink::accept`], which only converts the event and `try_send`s it
-//! onto a bounded channel. One task drains the channel into batches and writes a batch when it
-//! holds `batch_size` events or `flush_interval` after its first event, whichever comes first.
+//! onto a bounded channel. `writers` tasks (each owning the events whose id falls to it, so that
+//! the writes of one event stay in order) drain their channel into batches and write a batch
+//! when it holds `batch_size` events or `flush_interval` after its first event, whichever comes
+//! first; the writers' batches are written concurrently.
 //! The executor is never slowed down by search: when the channel is full (the backend is down
 //! or slower than the event rate), the event is dropped from the index, counted in
 //! [`IndexerStats::dropped`] and logged (the first drop and every 1000th). Search is an audit
@@ -23,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Buffering of the indexer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct IndexerConfig {
     /// Events waiting to be written; beyond this they are dropped (and counted).
     pub capacity: usize,
@@ -35,6 +37,9 @@ pub struct IndexerConfig {
     pub max_attempts: u32,
     /// First wait between attempts (doubles, at most 5 s).
     pub retry_backoff: Duration,
+    /// Writer tasks, each with `capacity / writers` of the buffer and one write in flight
+    /// (at least 1). Events are assigned by id, so one event's writes are never reordered.
+    pub writers: usize,
 }
 
 impl Default for IndexerConfig {
@@ -45,6 +50,7 @@ impl Default for IndexerConfig {
             flush_interval: Duration::from_millis(200),
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
+            writers: 2,
         }
     }
 }
@@ -100,7 +106,8 @@ pub fn indexed_event(event: &EntityEvent, summary: &ExecutionSummary) -> Indexed
 /// The [`SummarySink`] that feeds a [`SearchBackend`]; attach it with
 /// `ExecutorBuilder::summaries`.
 pub struct EventSearchIndexer {
-    tx: mpsc::Sender<IndexedEvent>,
+    /// One channel per writer; an event goes to `event_id mod writers`.
+    txs: Vec<mpsc::Sender<IndexedEvent>>,
     counters: Arc<Counters>,
 }
 
@@ -115,49 +122,61 @@ impl std::fmt::Debug for EventSearchIndexer {
 /// The indexer's writer task; [`IndexerTask::shutdown`] writes what is buffered and stops it.
 #[derive(Debug)]
 pub struct IndexerTask {
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<()>,
+    stops: Vec<oneshot::Sender<()>>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl IndexerTask {
-    /// Flushes every buffered event (with retries) and ends the task.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
+    /// Flushes every buffered event (with retries) and ends the writer tasks.
+    pub async fn shutdown(self) {
+        for stop in self.stops {
             let _ = stop.send(());
         }
-        if let Err(e) = (&mut self.handle).await {
-            tracing::error!(error = %e, "search indexer task failed");
+        for handle in self.handles {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "search indexer task failed");
+            }
         }
     }
 }
 
 impl EventSearchIndexer {
-    /// Starts the writer task on the current runtime.
+    /// Starts the writer tasks on the current runtime.
     pub fn start(
         backend: Arc<dyn SearchBackend>,
         config: IndexerConfig,
     ) -> (Arc<Self>, IndexerTask) {
-        let (tx, rx) = mpsc::channel(config.capacity.max(1));
+        let writers = config.writers.max(1);
+        let per_writer = config.capacity.div_ceil(writers).max(1);
         let counters = Arc::new(Counters::default());
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let writer = Writer {
-            backend,
-            config,
-            counters: counters.clone(),
+        let mut txs = Vec::with_capacity(writers);
+        let mut task = IndexerTask {
+            stops: Vec::with_capacity(writers),
+            handles: Vec::with_capacity(writers),
         };
-        let handle = tokio::spawn(writer.run(rx, stop_rx));
-        (
-            Arc::new(Self { tx, counters }),
-            IndexerTask {
-                stop: Some(stop_tx),
-                handle,
-            },
-        )
+        for backend in std::iter::repeat_n(backend, writers) {
+            let (tx, rx) = mpsc::channel(per_writer);
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let writer = Writer {
+                backend,
+                config,
+                counters: counters.clone(),
+            };
+            txs.push(tx);
+            task.stops.push(stop_tx);
+            task.handles.push(tokio::spawn(writer.run(rx, stop_rx)));
+        }
+        (Arc::new(Self { txs, counters }), task)
     }
 
     /// Queues one document (never waits); `false` when it was dropped.
     pub fn offer(&self, doc: IndexedEvent) -> bool {
-        match self.tx.try_send(doc) {
+        let writers = i64::try_from(self.txs.len()).unwrap_or(1);
+        let slot = usize::try_from(doc.event_id.rem_euclid(writers)).unwrap_or(0);
+        let Some(tx) = self.txs.get(slot) else {
+            return false;
+        };
+        match tx.try_send(doc) {
             Ok(()) => {
                 self.counters.accepted.fetch_add(1, Ordering::Relaxed);
                 true

@@ -21,17 +21,22 @@ const MAX_TEXT_BYTES: usize = 256 * 1024;
 /// Rows deleted per statement by retention.
 const DELETE_BATCH: i64 = 10_000;
 
+/// One statement per batch: every column travels as one array parameter (no per-row JSON
+/// parsing), the `tsvector` is computed here only, and a re-indexed event replaces its row.
+/// The `text[]` columns travel as one string per row, their items joined by U+001F.
 const UPSERT: &str = r"
 INSERT INTO observer_events (event_id, entity_type, entity_id, event_type, tenant_id, user_id,
     timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms,
     indexed_at, search)
 SELECT d.event_id, d.entity_type, d.entity_id, d.event_type, d.tenant_id, d.user_id,
-    d.timestamp, d.data, d.matched_observers, d.successful_actions, d.failed_actions, d.errors,
-    d.duration_ms, now(), to_tsvector('simple', d.words)
-FROM jsonb_to_recordset($1) AS d(event_id bigint, entity_type text, entity_id text,
-    event_type text, tenant_id text, user_id text, timestamp timestamptz, data jsonb,
-    matched_observers text[], successful_actions text[], failed_actions text[], errors text[],
-    duration_ms bigint, words text)
+    d.timestamp, d.data, string_to_array(d.matched, E'\x1f'),
+    string_to_array(d.succeeded, E'\x1f'), string_to_array(d.failed, E'\x1f'),
+    string_to_array(d.errors, E'\x1f'), d.duration_ms, now(), to_tsvector('simple', d.words)
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::timestamptz[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[],
+    $13::bigint[], $14::text[])
+    AS d(event_id, entity_type, entity_id, event_type, tenant_id, user_id, timestamp, data,
+    matched, succeeded, failed, errors, duration_ms, words)
 ON CONFLICT (event_id) DO UPDATE SET
     entity_type = EXCLUDED.entity_type, entity_id = EXCLUDED.entity_id,
     event_type = EXCLUDED.event_type, tenant_id = EXCLUDED.tenant_id,
@@ -40,6 +45,20 @@ ON CONFLICT (event_id) DO UPDATE SET
     successful_actions = EXCLUDED.successful_actions,
     failed_actions = EXCLUDED.failed_actions, errors = EXCLUDED.errors,
     duration_ms = EXCLUDED.duration_ms, indexed_at = now(), search = EXCLUDED.search";
+
+/// The separator of `text[]` items in [`UPSERT`]'s parameters (removed from the items).
+const SEP: char = '\u{1f}';
+
+fn joined(items: &[String]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(SEP);
+        }
+        out.extend(item.chars().filter(|c| *c != SEP));
+    }
+    out
+}
 
 const COLUMNS: &str = "event_id, entity_type, entity_id, event_type, tenant_id, user_id, \
     timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms";
@@ -85,8 +104,8 @@ pub(crate) fn prefix_tsquery(terms: &[String]) -> Option<String> {
     )
 }
 
-fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
-    qb.push(" WHERE true");
+/// The filters other than the text, ANDed after a `WHERE true`.
+fn push_filters(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     if let Some(v) = &q.entity_type {
         qb.push(" AND entity_type = ").push_bind(v.clone());
     }
@@ -105,12 +124,40 @@ fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     if let Some(v) = q.to {
         qb.push(" AND timestamp < ").push_bind(v);
     }
+}
+
+fn push_text(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     if let Some(tsq) = prefix_tsquery(&q.terms()) {
         qb.push(" AND search @@ to_tsquery('simple', ")
             .push_bind(tsq)
             .push(")");
     }
 }
+
+fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
+    qb.push(" WHERE true");
+    push_filters(qb, q);
+    push_text(qb, q);
+}
+
+/// ` FROM ... WHERE ...` of a count. `fenced`: the other filters select the rows first and the
+/// text is checked on each of them (`OFFSET 0` keeps the planner from combining the text's GIN
+/// posting lists with the B-tree index, which costs the whole posting list of a common word).
+fn push_count_source(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery, fenced: bool) {
+    if fenced {
+        qb.push(" FROM (SELECT entity_type, event_type, timestamp, event_id, search FROM observer_events WHERE true");
+        push_filters(qb, q);
+        qb.push(" OFFSET 0) AS e WHERE true");
+        push_text(qb, q);
+    } else {
+        qb.push(" FROM observer_events");
+        push_where(qb, q);
+    }
+}
+
+/// At most this many rows selected by the other filters are checked one by one for the text
+/// (see [`push_count_source`]); beyond, the GIN index finds the text's matches.
+const FENCE_ROWS: i64 = 20_000;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -173,31 +220,70 @@ impl PostgresSearchBackend {
         rows.into_iter().map(Row::into_event).collect()
     }
 
+    /// Whether the query has text and other filters selecting at most [`FENCE_ROWS`] rows
+    /// (counted in the B-tree indexes, bounded).
+    async fn few_rows_besides_text(
+        &self,
+        q: &SearchQuery,
+    ) -> std::result::Result<bool, SearchError> {
+        let filtered = q.entity_type.is_some()
+            || q.entity_id.is_some()
+            || q.tenant_id.is_some()
+            || q.from.is_some()
+            || q.to.is_some();
+        if q.terms().is_empty() || !filtered {
+            return Ok(false);
+        }
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT count(*) FROM (SELECT 1 FROM observer_events WHERE true",
+        );
+        push_filters(&mut qb, q);
+        qb.push(" LIMIT ").push_bind(FENCE_ROWS + 1).push(") AS f");
+        let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+        Ok(n <= FENCE_ROWS)
+    }
+
+    /// The total (exact up to `exact_up_to`) and the facets, from at most `exact_up_to + 1`
+    /// matches: the count stops there, and facets group the newest `exact_up_to` matches.
     async fn counts(
         &self,
         q: &SearchQuery,
-    ) -> std::result::Result<(u64, Option<Facets>), SearchError> {
+    ) -> std::result::Result<(u64, bool, Option<Facets>), SearchError> {
+        let cap = q.effective_exact_up_to();
+        let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
+        let fenced = self.few_rows_besides_text(q).await?;
         if !q.facets {
-            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM observer_events");
-            push_where(&mut qb, q);
+            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1");
+            push_count_source(&mut qb, q, fenced);
+            qb.push(" LIMIT ").push_bind(limit).push(") AS m");
             let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
-            return Ok((u64::try_from(n).unwrap_or(0), None));
+            let n = u64::try_from(n).unwrap_or(0);
+            return Ok((n.min(cap), n <= cap, None));
         }
         let mut qb = QueryBuilder::<Postgres>::new(
-            "SELECT entity_type, event_type, count(*) FROM observer_events",
+            "SELECT entity_type, event_type, count(*) FILTER (WHERE rank <= ",
         );
-        push_where(&mut qb, q);
-        qb.push(" GROUP BY entity_type, event_type");
-        let groups: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&self.pool).await?;
+        qb.push_bind(limit - 1).push(
+            "), count(*) FROM (SELECT entity_type, event_type, \
+             row_number() OVER (ORDER BY timestamp DESC, event_id DESC) AS rank",
+        );
+        push_count_source(&mut qb, q, fenced);
+        qb.push(" ORDER BY timestamp DESC, event_id DESC LIMIT ")
+            .push_bind(limit)
+            .push(") AS m GROUP BY entity_type, event_type");
+        let groups: Vec<(String, String, i64, i64)> =
+            qb.build_query_as().fetch_all(&self.pool).await?;
         let mut facets = Facets::default();
-        let mut total = 0;
-        for (entity, kind, n) in groups {
-            let n = u64::try_from(n).unwrap_or(0);
-            total += n;
-            *facets.entity_types.entry(entity).or_default() += n;
-            *facets.event_types.entry(kind).or_default() += n;
+        let mut seen = 0;
+        for (entity, kind, counted, n) in groups {
+            seen += u64::try_from(n).unwrap_or(0);
+            let counted = u64::try_from(counted).unwrap_or(0);
+            if counted > 0 {
+                *facets.entity_types.entry(entity).or_default() += counted;
+                *facets.event_types.entry(kind).or_default() += counted;
+            }
         }
-        Ok((total, Some(facets)))
+        Ok((seen.min(cap), seen <= cap, Some(facets)))
     }
 }
 
@@ -212,18 +298,52 @@ impl SearchBackend for PostgresSearchBackend {
         for e in events {
             latest.insert(e.event_id, e);
         }
-        let docs: Vec<Value> = latest
-            .values()
-            .map(|e| {
-                let mut doc = serde_json::to_value(e).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut doc {
-                    map.insert("words".into(), Value::String(words(e)));
-                }
-                doc
-            })
-            .collect();
+        let n = latest.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut entity_types = Vec::with_capacity(n);
+        let mut entity_ids = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut tenants = Vec::with_capacity(n);
+        let mut users = Vec::with_capacity(n);
+        let mut timestamps = Vec::with_capacity(n);
+        let mut data = Vec::with_capacity(n);
+        let mut matched = Vec::with_capacity(n);
+        let mut succeeded = Vec::with_capacity(n);
+        let mut failed = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut durations = Vec::with_capacity(n);
+        let mut texts = Vec::with_capacity(n);
+        for e in latest.values() {
+            ids.push(e.event_id);
+            entity_types.push(e.entity_type.as_str());
+            entity_ids.push(e.entity_id.as_str());
+            event_types.push(e.event_type.as_str());
+            tenants.push(e.tenant_id.as_deref());
+            users.push(e.user_id.as_deref());
+            timestamps.push(e.timestamp);
+            data.push((!e.data.is_null()).then_some(&e.data));
+            matched.push(joined(&e.matched_observers));
+            succeeded.push(joined(&e.successful_actions));
+            failed.push(joined(&e.failed_actions));
+            errors.push(joined(&e.errors));
+            durations.push(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
+            texts.push(words(e));
+        }
         sqlx::query(UPSERT)
-            .bind(Value::Array(docs))
+            .bind(ids)
+            .bind(entity_types)
+            .bind(entity_ids)
+            .bind(event_types)
+            .bind(tenants)
+            .bind(users)
+            .bind(timestamps)
+            .bind(data)
+            .bind(matched)
+            .bind(succeeded)
+            .bind(failed)
+            .bind(errors)
+            .bind(durations)
+            .bind(texts)
             .execute(&self.pool)
             .await
             .map_err(SearchError::from)?;
@@ -235,14 +355,15 @@ impl SearchBackend for PostgresSearchBackend {
             && from >= to
         {
             return Ok(SearchResults {
-                total: 0,
-                results: Vec::new(),
                 facets: q.facets.then(Facets::default),
+                ..SearchResults::default()
             });
         }
-        let ((total, facets), results) = tokio::try_join!(self.counts(q), self.page(q))?;
+        let ((total, total_exact, facets), results) =
+            tokio::try_join!(self.counts(q), self.page(q))?;
         Ok(SearchResults {
             total,
+            total_exact,
             results,
             facets,
         })

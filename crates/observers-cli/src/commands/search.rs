@@ -156,7 +156,11 @@ pub async fn search(args: SearchArgs, db: &DbArgs) -> CliResult {
                 );
             }
             let shown = r.results.len();
-            println!("{shown} shown of {} matching (page {})", r.total, q.page);
+            let bound = if r.total_exact { "" } else { "at least " };
+            println!(
+                "{shown} shown of {bound}{} matching (page {})",
+                r.total, q.page
+            );
             if let Some(f) = &r.facets {
                 for (name, counts) in [
                     ("entity types", &f.entity_types),

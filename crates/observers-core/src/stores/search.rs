@@ -18,6 +18,10 @@ use crate::event::{EntityEvent, EventKind};
 pub const DEFAULT_PER_PAGE: u32 = 20;
 /// The largest page a query may ask for.
 pub const MAX_PER_PAGE: u32 = 1000;
+/// Matches counted exactly (total and facets) when the query does not say; beyond this the
+/// total is reported as this bound with `total_exact: false` (as Elasticsearch's
+/// `track_total_hits` does) and facets count the newest this-many matches.
+pub const DEFAULT_EXACT_UP_TO: u64 = 10_000;
 
 /// One processed event as the audit trail keeps it: the change plus what the observers did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +129,9 @@ pub struct SearchQuery {
     pub per_page: u32,
     /// Whether to count matches by entity type and event type.
     pub facets: bool,
+    /// Count at most this many matches (at least 1): when more match, `total` is this bound
+    /// with `total_exact: false`, and facets count the newest this-many matches only.
+    pub exact_up_to: u64,
 }
 
 impl Default for SearchQuery {
@@ -140,6 +147,7 @@ impl Default for SearchQuery {
             page: 1,
             per_page: DEFAULT_PER_PAGE,
             facets: false,
+            exact_up_to: DEFAULT_EXACT_UP_TO,
         }
     }
 }
@@ -212,6 +220,18 @@ impl SearchQuery {
         self
     }
 
+    /// Counts exactly up to `n` matches (see [`SearchQuery::exact_up_to`]).
+    #[must_use]
+    pub fn with_exact_up_to(mut self, n: u64) -> Self {
+        self.exact_up_to = n.max(1);
+        self
+    }
+
+    /// The counting bound actually used (at least 1).
+    pub fn effective_exact_up_to(&self) -> u64 {
+        self.exact_up_to.max(1)
+    }
+
     /// The page size actually used (deserialized queries are not clamped on the way in).
     pub fn effective_per_page(&self) -> u32 {
         self.per_page.min(MAX_PER_PAGE)
@@ -265,7 +285,9 @@ fn terms_match(terms: &[String], words: &[String]) -> bool {
         .all(|t| words.iter().any(|w| w.starts_with(t.as_str())))
 }
 
-/// Match counts by entity type and by event type, over every match (not only the page).
+/// Match counts by entity type and by event type, over every match (not only the page), or
+/// over the newest [`SearchQuery::exact_up_to`] matches when more match
+/// (`SearchResults::total_exact` is then false).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Facets {
     pub entity_types: BTreeMap<String, u64>,
@@ -283,12 +305,32 @@ impl Facets {
 }
 
 /// One page of matches, newest first, with the total number of matches.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchResults {
+    /// The number of matches, or [`SearchQuery::exact_up_to`] when more match.
     pub total: u64,
+    /// False when more than [`SearchQuery::exact_up_to`] events match: `total` is then a lower
+    /// bound and facets cover the newest `total` matches only.
+    #[serde(default = "yes")]
+    pub total_exact: bool,
     pub results: Vec<IndexedEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facets: Option<Facets>,
+}
+
+impl Default for SearchResults {
+    fn default() -> Self {
+        Self {
+            total: 0,
+            total_exact: true,
+            results: Vec::new(),
+            facets: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where processed events are indexed for search. Indexing an event whose `event_id` is
@@ -383,9 +425,8 @@ impl SearchBackend for MemorySearchBackend {
             && from >= to
         {
             return Ok(SearchResults {
-                total: 0,
-                results: Vec::new(),
                 facets,
+                ..SearchResults::default()
             });
         }
         let lower = q
@@ -396,9 +437,11 @@ impl SearchBackend for MemorySearchBackend {
         let terms = q.terms();
         let offset = q.offset();
         let per_page = u64::from(q.effective_per_page());
+        let cap = q.effective_exact_up_to();
 
         let state = lock(&self.state);
         let mut total = 0_u64;
+        let mut total_exact = true;
         let mut results = Vec::new();
         let matching = state
             .by_time
@@ -410,13 +453,21 @@ impl SearchBackend for MemorySearchBackend {
             if (offset..offset.saturating_add(per_page)).contains(&total) {
                 results.push(stored.event.clone());
             }
+            if total < cap {
+                if let Some(f) = facets.as_mut() {
+                    f.count(&stored.event);
+                }
+            } else {
+                total_exact = false;
+            }
             total += 1;
-            if let Some(f) = facets.as_mut() {
-                f.count(&stored.event);
+            if !total_exact && total >= offset.saturating_add(per_page) {
+                break;
             }
         }
         Ok(SearchResults {
-            total,
+            total: total.min(cap),
+            total_exact,
             results,
             facets,
         })
@@ -449,9 +500,8 @@ impl SearchBackend for NoopSearchBackend {
 
     async fn search(&self, q: &SearchQuery) -> Result<SearchResults> {
         Ok(SearchResults {
-            total: 0,
-            results: Vec::new(),
             facets: q.facets.then(Facets::default),
+            ..SearchResults::default()
         })
     }
 
@@ -600,6 +650,39 @@ mod tests {
         assert_eq!((counts_only.total, counts_only.results.len()), (5, 0));
     }
 
+    #[tokio::test]
+    async fn totals_and_facets_are_exact_up_to_the_bound() {
+        let s = sample().await;
+        let q = SearchQuery::new()
+            .with_facets()
+            .with_per_page(2)
+            .with_page(2)
+            .with_exact_up_to(3);
+        let r = s.search(&q).await.unwrap();
+        assert_eq!((r.total, r.total_exact, ids(&r)), (3, false, vec![3, 2]));
+        // Facets count the newest three matches: 5 (user delete), 4 and 3 (orders).
+        let facets = r.facets.unwrap();
+        assert_eq!(
+            facets.entity_types,
+            BTreeMap::from([("order".into(), 2), ("user".into(), 1)])
+        );
+        assert_eq!(facets.event_types.values().sum::<u64>(), 3);
+        let wire = serde_json::to_value(SearchResults {
+            total_exact: false,
+            ..SearchResults::default()
+        })
+        .unwrap();
+        assert_eq!(
+            wire,
+            json!({"total": 0, "total_exact": false, "results": []})
+        );
+        let exact = s
+            .search(&SearchQuery::new().with_exact_up_to(5))
+            .await
+            .unwrap();
+        assert_eq!((exact.total, exact.total_exact), (5, true));
+    }
+
     #[test]
     fn query_defaults_clamps_and_wire_form() {
         let q: SearchQuery =
@@ -623,7 +706,7 @@ mod tests {
         let results = SearchResults::default();
         assert_eq!(
             serde_json::to_value(&results).unwrap(),
-            json!({"total": 0, "results": []})
+            json!({"total": 0, "total_exact": true, "results": []})
         );
     }
 

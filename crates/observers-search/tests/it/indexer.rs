@@ -116,6 +116,7 @@ fn config(batch_size: usize, flush_interval: Duration) -> IndexerConfig {
         flush_interval,
         max_attempts: 3,
         retry_backoff: Duration::from_millis(5),
+        writers: 1,
     }
 }
 
@@ -267,4 +268,37 @@ async fn transient_failures_are_retried_and_exhaustion_is_counted() {
     task.shutdown().await;
     let s = indexer.stats();
     assert_eq!((s.indexed, s.failed), (2, 2));
+}
+
+#[tokio::test]
+async fn several_writers_index_everything_and_keep_one_events_writes_in_order() {
+    let backend = Arc::new(recording());
+    let mut cfg = config(4, Duration::from_millis(5));
+    cfg.writers = 3;
+    cfg.capacity = 300;
+    let (indexer, task) = EventSearchIndexer::start(backend.clone(), cfg);
+    for i in 1..=60 {
+        assert!(indexer.offer(generated(i)));
+    }
+    // Event 5 re-indexed with a new outcome, several times: the last offer must win.
+    for n in 1..=20 {
+        let mut again = generated(5);
+        again.errors = vec![format!("attempt{n}")];
+        assert!(indexer.offer(again));
+    }
+    task.shutdown().await;
+    let s = indexer.stats();
+    assert_eq!((s.accepted, s.indexed, s.dropped, s.failed), (80, 80, 0, 0));
+    assert!(s.batches >= 3, "batches: {}", s.batches);
+    let r = backend
+        .search(&SearchQuery::new().with_per_page(100))
+        .await
+        .unwrap();
+    assert_eq!(r.total, 60);
+    let five = backend
+        .search(&SearchQuery::new().with_text("attempt20"))
+        .await
+        .unwrap();
+    assert_eq!(five.results.len(), 1);
+    assert_eq!(five.results[0].errors, vec!["attempt20".to_string()]);
 }

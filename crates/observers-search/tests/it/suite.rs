@@ -15,12 +15,16 @@ use crate::support::{at, generated, generated_set};
 
 const N: i64 = 300;
 
-/// What a backend must answer: filter with the public matcher, newest first, then page.
-fn reference(all: &[IndexedEvent], q: &SearchQuery) -> (u64, Vec<i64>, Facets) {
+/// What a backend must answer: filter with the public matcher, newest first, then page; the
+/// total and facets count the newest `exact_up_to` matches, `total_exact` says if that was all.
+fn reference(all: &[IndexedEvent], q: &SearchQuery) -> (u64, bool, Vec<i64>, Facets) {
     let mut hits: Vec<&IndexedEvent> = all.iter().filter(|e| q.matches(e)).collect();
     hits.sort_by_key(|e| std::cmp::Reverse((e.timestamp, e.event_id)));
+    let counted = hits
+        .len()
+        .min(usize::try_from(q.effective_exact_up_to()).unwrap());
     let mut facets = Facets::default();
-    for e in &hits {
+    for e in &hits[..counted] {
         *facets
             .entity_types
             .entry(e.entity_type.clone())
@@ -36,7 +40,7 @@ fn reference(all: &[IndexedEvent], q: &SearchQuery) -> (u64, Vec<i64>, Facets) {
         .take(q.effective_per_page() as usize)
         .map(|e| e.event_id)
         .collect();
-    (hits.len() as u64, ids, facets)
+    (counted as u64, counted == hits.len(), ids, facets)
 }
 
 fn queries() -> Vec<(&'static str, SearchQuery)> {
@@ -110,10 +114,12 @@ pub async fn searches_match_the_reference(backend: Arc<dyn SearchBackend>) {
     }
     backend.index(&all[10..20]).await.unwrap();
     for (name, q) in queries() {
-        let (total, ids, facets) = reference(&all, &q);
+        let (total, exact, ids, facets) = reference(&all, &q);
         let r = backend.search(&q).await.unwrap();
         let got: Vec<i64> = r.results.iter().map(|e| e.event_id).collect();
         assert_eq!(r.total, total, "{name}: total");
+        assert!(exact, "{name}: the data set is under the default bound");
+        assert_eq!(r.total_exact, exact, "{name}: total_exact");
         assert_eq!(got, ids, "{name}: page");
         assert_eq!(r.facets, q.facets.then_some(facets), "{name}: facets");
         for e in &r.results {
@@ -130,6 +136,35 @@ pub async fn searches_match_the_reference(backend: Arc<dyn SearchBackend>) {
         .await
         .unwrap();
     assert!(r.total > 10 && r.total < 100, "{}", r.total);
+}
+
+/// With a small `exact_up_to`, totals stop at the bound (flagged inexact) and facets count the
+/// newest matches only, while pages are still exact. Elasticsearch counts exactly (not run).
+pub async fn counts_are_exact_up_to_the_bound(backend: Arc<dyn SearchBackend>) {
+    let all = generated_set(N);
+    backend.index(&all).await.unwrap();
+    let mut capped = 0;
+    for (name, q) in queries() {
+        for bound in [1, 17, 150] {
+            let q = q.clone().with_exact_up_to(bound);
+            let (total, exact, ids, facets) = reference(&all, &q);
+            let r = backend.search(&q).await.unwrap();
+            let got: Vec<i64> = r.results.iter().map(|e| e.event_id).collect();
+            assert_eq!(
+                (r.total, r.total_exact),
+                (total, exact),
+                "{name} up to {bound}: total"
+            );
+            assert_eq!(got, ids, "{name} up to {bound}: page");
+            assert_eq!(
+                r.facets,
+                q.facets.then_some(facets),
+                "{name} up to {bound}: facets"
+            );
+            capped += usize::from(!exact && q.facets);
+        }
+    }
+    assert!(capped > 10, "the bound is exercised with facets: {capped}");
 }
 
 pub async fn paging_covers_every_match_once(backend: Arc<dyn SearchBackend>) {
@@ -203,4 +238,5 @@ macro_rules! for_each_backend {
 
 for_each_backend!(searches_match_the_reference);
 for_each_backend!(paging_covers_every_match_once);
+for_each_backend!(counts_are_exact_up_to_the_bound);
 for_each_backend!(reindex_replaces_and_retention_deletes);
