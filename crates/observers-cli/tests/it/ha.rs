@@ -646,9 +646,12 @@ async fn the_ops_server_reports_group_membership() {
         .unwrap()
         .port();
     let config = g.config("a");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
-    std::fs::write(&config, text).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
     let mut a = spawn_run(&config, &g.log("a"));
     let base = format!("http://127.0.0.1:{port}");
     let http = crate::support::http_client();
