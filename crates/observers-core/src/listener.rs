@@ -135,6 +135,7 @@ impl Listener {
                     telemetry.emit(&TelemetryEvent::ListenerError {
                         listener: id,
                         error: &error,
+                        backoff,
                     });
                     tracing::warn!(
                         listener = id,
@@ -143,10 +144,6 @@ impl Listener {
                         "reading the source failed; retrying"
                     );
                     sleep_or_shutdown(backoff, &mut shutdown).await;
-                    telemetry.emit(&TelemetryEvent::ListenerReconnected {
-                        listener: id,
-                        backoff,
-                    });
                     backoff = (backoff * 2).min(self.config.max_backoff);
                     continue;
                 }

@@ -101,10 +101,13 @@ pub enum TelemetryEvent<'a> {
         listener: &'a str,
         duration: Duration,
     },
+    /// Reading the source failed; the listener waits `backoff` before the next attempt.
     ListenerError {
         listener: &'a str,
         error: &'a str,
+        backoff: Duration,
     },
+    /// Reading the source works again after failures; `backoff` was the last wait.
     ListenerReconnected {
         listener: &'a str,
         backoff: Duration,

@@ -127,16 +127,22 @@ impl Telemetry for ObserverMetrics {
                     h.checkpoint_duration.observe(duration.as_secs_f64());
                 });
             }
-            TelemetryEvent::ListenerError { listener, error: _ } => self.listener(listener, |h| {
+            TelemetryEvent::ListenerError {
+                listener,
+                error: _,
+                backoff,
+            } => self.listener(listener, |h| {
                 h.errors.inc();
                 h.consecutive_errors.inc();
+                h.backoff.set(backoff.as_secs_f64());
             }),
-            TelemetryEvent::ListenerReconnected { listener, backoff } => {
-                self.listener(listener, |h| {
-                    h.reconnects.inc();
-                    h.backoff.set(backoff.as_secs_f64());
-                });
-            }
+            TelemetryEvent::ListenerReconnected {
+                listener,
+                backoff: _,
+            } => self.listener(listener, |h| {
+                h.reconnects.inc();
+                h.backoff.set(0.0);
+            }),
             TelemetryEvent::PoisonEvent { listener, id: _ } => {
                 self.listener(listener, |h| h.poison.inc());
                 self.dlq_items_total
@@ -272,10 +278,12 @@ mod tests {
             TelemetryEvent::ListenerError {
                 listener: "l",
                 error: "x",
+                backoff: Duration::from_millis(400),
             },
             TelemetryEvent::ListenerError {
                 listener: "l",
                 error: "x",
+                backoff: Duration::from_millis(400),
             },
             TelemetryEvent::ListenerReconnected {
                 listener: "l",
@@ -349,13 +357,22 @@ mod tests {
         let l = [("listener", "l")];
         assert_eq!(s.sum("observer_listener_errors_total", &l), 2.0);
         assert_eq!(s.sum("observer_listener_consecutive_errors", &l), 2.0);
-        assert_eq!(s.sum("observer_listener_backoff_seconds", &l), 0.4);
+        // Two failed reads, then the source works again: the wait is over.
+        assert_eq!(s.sum("observer_listener_backoff_seconds", &l), 0.0);
+        assert_eq!(s.sum("observer_listener_reconnects_total", &l), 1.0);
         assert_eq!(s.sum("observer_checkpoint_saves_total", &l), 1.0);
         assert_eq!(s.sum("observer_poison_events_total", &l), 1.0);
         assert_eq!(s.sum("observer_cutoff_lag_seconds", &l), 12.0);
         assert_eq!(s.sum("observer_source_backlog", &l), 40.0);
         assert_eq!(s.sum("observer_commit_to_dispatch_seconds_count", &[]), 1.0);
 
+        // While reads fail, the gauge shows the wait before the next attempt.
+        m.emit(&TelemetryEvent::ListenerError {
+            listener: "l",
+            error: "x",
+            backoff: Duration::from_millis(800),
+        });
+        assert_eq!(scrape(&m).sum("observer_listener_backoff_seconds", &l), 0.8);
         // A processed batch clears the error streak and the backoff.
         m.emit(&TelemetryEvent::BatchProcessed {
             listener: "l",

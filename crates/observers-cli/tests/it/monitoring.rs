@@ -90,6 +90,7 @@ fn every_family() -> Scrape {
         TelemetryEvent::ListenerError {
             listener: "l",
             error: "x",
+            backoff: d,
         },
         TelemetryEvent::ListenerReconnected {
             listener: "l",
