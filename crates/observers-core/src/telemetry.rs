@@ -190,6 +190,11 @@ pub enum TelemetryEvent<'a> {
         leader: &'a str,
         epoch: i64,
     },
+    /// HA: this instance no longer leads the group (its leader lease went to another or lapsed).
+    HaLeadershipLost {
+        group: &'a str,
+        instance: &'a str,
+    },
     /// HA: rows of a partition after its cursor, and the age of the oldest of them.
     HaCheckpointLag {
         listener: &'a str,
@@ -242,6 +247,7 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::HaFailover { .. } => "ha_failover",
             TelemetryEvent::HaLeasesHeld { .. } => "ha_leases_held",
             TelemetryEvent::HaLeaderElected { .. } => "ha_leader_elected",
+            TelemetryEvent::HaLeadershipLost { .. } => "ha_leadership_lost",
             TelemetryEvent::HaCheckpointLag { .. } => "ha_checkpoint_lag",
             TelemetryEvent::HaSteppedDown { .. } => "ha_stepped_down",
             TelemetryEvent::JobFinished { .. } => "job_finished",

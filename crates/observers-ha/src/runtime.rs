@@ -288,6 +288,13 @@ impl HaRuntime {
             }
         };
         let epoch = lease.map(|l| l.epoch);
+        if epoch.is_none() && previous.is_some() {
+            tracing::info!("no longer the group leader");
+            self.emit(&TelemetryEvent::HaLeadershipLost {
+                group: &self.config.group,
+                instance: me,
+            });
+        }
         if let Some(epoch) = epoch
             && previous != Some(epoch)
         {

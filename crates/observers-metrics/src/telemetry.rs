@@ -195,6 +195,7 @@ impl Telemetry for ObserverMetrics {
                 self.set_partitions_owned(*count as u64);
             }
             TelemetryEvent::HaLeaderElected { .. } => self.set_leader(true),
+            TelemetryEvent::HaLeadershipLost { .. } => self.set_leader(false),
             TelemetryEvent::HaCheckpointLag { listener, lag, .. } => {
                 self.set_checkpoint_lag(listener, *lag);
             }
@@ -505,5 +506,27 @@ mod tests {
         assert_eq!(s.sum("observer_jobs_completed_total", &q), 2.0);
         assert_eq!(s.sum("observer_jobs_retried_total", &q), 1.0);
         assert_eq!(s.sum("observer_jobs_failed_total", &q), 1.0);
+    }
+
+    #[test]
+    fn leadership_is_counted_when_won_and_cleared_when_lost() {
+        let m = ObserverMetrics::new();
+        let elected = TelemetryEvent::HaLeaderElected {
+            group: "g",
+            leader: "a",
+            epoch: 1,
+        };
+        m.emit(&elected);
+        m.emit(&elected);
+        assert_eq!(scrape(&m).sum("observer_leader", &[]), 1.0);
+        m.emit(&TelemetryEvent::HaLeadershipLost {
+            group: "g",
+            instance: "a",
+        });
+        assert_eq!(scrape(&m).sum("observer_leader", &[]), 0.0);
+        m.emit(&elected);
+        let s = scrape(&m);
+        assert_eq!(s.sum("observer_leader", &[]), 1.0);
+        assert_eq!(s.sum("observer_leader_elections_total", &[]), 2.0);
     }
 }
