@@ -2,21 +2,12 @@
 //! real webhook receiver; graceful stops, SIGKILL, dropped connections, the DLQ and its retry.
 
 use std::collections::{BTreeSet, HashSet};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{Receiver, TestDb, signal, spawn_run, wait_exit, wait_until, write_config};
+use crate::support::{capture, capture_with, cli};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn cli(db: &TestDb, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_observers"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("OBSERVERS_CONFIG")
-        .output()
-        .unwrap()
-}
 
 fn config(db: &TestDb, rx: &Receiver, extra: &str) -> String {
     format!(
@@ -47,31 +38,6 @@ entity = "*"
         url = db.url,
         base = rx.base
     )
-}
-
-fn capture(db: &TestDb, table: &str, entity: &str) {
-    capture_with(db, table, entity, "id");
-}
-
-fn capture_with(db: &TestDb, table: &str, entity: &str, id_column: &str) {
-    let out = cli(
-        db,
-        &[
-            "capture",
-            "enable",
-            "--table",
-            table,
-            "--entity",
-            entity,
-            "--id-column",
-            id_column,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "capture enable: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

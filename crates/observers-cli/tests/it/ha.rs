@@ -640,11 +640,7 @@ async fn unread_rows(pool: &PgPool) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ops_server_reports_group_membership() {
     let g = Group::new("ha_ops", 2).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let config = g.config("a");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

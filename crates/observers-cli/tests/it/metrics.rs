@@ -15,6 +15,7 @@ use observers_metrics::Scrape;
 use crate::support::{
     Receiver, Run, TestDb, http_client, signal, wait_exit, wait_until, write_config,
 };
+use crate::support::{capture, cli};
 
 const LONG: Duration = Duration::from_secs(60);
 const TOKEN: &str = "test-ops-token";
@@ -81,15 +82,6 @@ async fn scrape_until(base: &str, what: &str, cond: impl Fn(&Scrape) -> bool) ->
     }
 }
 
-fn cli(db: &TestDb, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_observers"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("OBSERVERS_CONFIG")
-        .output()
-        .unwrap()
-}
-
 async fn count(db: &TestDb, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&db.pool)
@@ -150,17 +142,7 @@ async fn metrics_match_what_happened_and_status_agrees() {
     db.exec("CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, total int)")
         .await;
     assert!(cli(&db, &["migrate"]).status.success());
-    let out = cli(
-        &db,
-        &[
-            "capture", "enable", "--table", "orders", "--entity", "Order",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    capture(&db, "orders", "Order");
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, &config(&db, &rx, ""));

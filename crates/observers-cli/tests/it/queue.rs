@@ -16,17 +16,9 @@ use serde_json::Value;
 use crate::support::{
     Receiver, Run, TestDb, signal, spawn_run, wait_exit, wait_until, write_config,
 };
+use crate::support::{capture, cli};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn cli(db: &TestDb, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_observers"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("OBSERVERS_CONFIG")
-        .output()
-        .unwrap()
-}
 
 fn json_of(out: &std::process::Output) -> Value {
     assert!(
@@ -89,17 +81,7 @@ async fn orders_table(db: &TestDb) {
     db.exec("CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, total int)")
         .await;
     assert!(cli(db, &["migrate"]).status.success());
-    let out = cli(
-        db,
-        &[
-            "capture", "enable", "--table", "orders", "--entity", "Order",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    capture(db, "orders", "Order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

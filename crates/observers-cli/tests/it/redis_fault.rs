@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{Receiver, TestDb, signal, spawn_run, wait_exit, wait_until, write_config};
+use crate::support::{capture, free_port};
 
 const LONG: Duration = Duration::from_secs(60);
 const REDIS_SERVER: &str = "redis-server";
@@ -92,28 +93,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn capture(db: &TestDb, table: &str, entity: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_observers"))
-        .args(["capture", "enable", "--table", table, "--entity", entity])
-        .env("DATABASE_URL", &db.url)
-        .env_remove("OBSERVERS_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "capture enable: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Change-log ids of the deliveries, per entity id.

@@ -2,23 +2,14 @@
 //! and entity type) within a second of its delivery, and over `GET /api/observers/search`;
 //! `observers events prune` applies retention.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{Receiver, TestDb, signal, spawn_run, wait_exit, wait_until, write_config};
+use crate::support::{capture, cli, free_port};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The acceptance bound: found within 1 s of the delivery.
 const FOUND_WITHIN: Duration = Duration::from_secs(1);
-
-fn cli(db: &TestDb, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_observers"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("OBSERVERS_CONFIG")
-        .output()
-        .unwrap()
-}
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
@@ -28,14 +19,6 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `observers search ARGS --format json` until it reports `want` matches.
@@ -60,17 +43,7 @@ async fn a_processed_event_is_searchable_within_a_second() {
     let db = TestDb::new("search").await;
     db.exec("CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, total numeric, status text)").await;
     assert!(cli(&db, &["migrate"]).status.success());
-    let out = cli(
-        &db,
-        &[
-            "capture", "enable", "--table", "orders", "--entity", "Order",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    capture(&db, "orders", "Order");
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -260,3 +260,49 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// `observers ARGS` against `db` (its URL as `DATABASE_URL`); the output, whatever the exit code.
+pub fn cli(db: &TestDb, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_observers"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("OBSERVERS_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// `observers capture enable --table TABLE --entity ENTITY --id-column COLUMN`, which must succeed.
+pub fn capture_with(db: &TestDb, table: &str, entity: &str, id_column: &str) {
+    let out = cli(
+        db,
+        &[
+            "capture",
+            "enable",
+            "--table",
+            table,
+            "--entity",
+            entity,
+            "--id-column",
+            id_column,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "capture enable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// [`capture_with`] on the `id` column.
+pub fn capture(db: &TestDb, table: &str, entity: &str) {
+    capture_with(db, table, entity, "id");
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
