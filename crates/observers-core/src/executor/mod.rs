@@ -365,20 +365,12 @@ impl ObserverExecutor {
         action_index: usize,
     ) -> Result<ActionReport> {
         let set = self.observers();
-        let o = set.find(observer).ok_or_else(|| {
-            ObserverError::permanent(
-                "OBS-DLQ-UNKNOWN-OBSERVER",
-                format!("observer `{observer}` is not in the current config"),
-            )
-        })?;
-        let slot = o.actions.get(action_index).ok_or_else(|| {
-            ObserverError::permanent(
-                "OBS-DLQ-UNKNOWN-ACTION",
-                format!(
-                    "observer `{observer}` has no action #{action_index} in the current config"
-                ),
-            )
-        })?;
+        let (o, slot) = find_action(
+            &set,
+            observer,
+            action_index,
+            ("OBS-DLQ-UNKNOWN-OBSERVER", "OBS-DLQ-UNKNOWN-ACTION"),
+        )?;
         let ctx = TemplateContext::new(event, &o.name);
         let a = self
             .attempt_inline(&set, o, action_index, slot, event, &ctx)
@@ -400,20 +392,12 @@ impl ObserverExecutor {
         attempt: u32,
     ) -> Result<ActionReport> {
         let set = self.observers();
-        let o = set.find(observer).ok_or_else(|| {
-            ObserverError::permanent(
-                "OBS-JOB-UNKNOWN-OBSERVER",
-                format!("observer `{observer}` is not in the current config"),
-            )
-        })?;
-        let slot = o.actions.get(action_index).ok_or_else(|| {
-            ObserverError::permanent(
-                "OBS-JOB-UNKNOWN-ACTION",
-                format!(
-                    "observer `{observer}` has no action #{action_index} in the current config"
-                ),
-            )
-        })?;
+        let (o, slot) = find_action(
+            &set,
+            observer,
+            action_index,
+            ("OBS-JOB-UNKNOWN-OBSERVER", "OBS-JOB-UNKNOWN-ACTION"),
+        )?;
         if slot.is_disabled() {
             let report = ActionReport::new(&o.name, action_index, slot.action.type_name()).finish(
                 ActionOutcome::Skipped,
@@ -667,6 +651,29 @@ impl ObserverExecutor {
             duration: r.duration,
         });
     }
+}
+
+/// An observer of `set` and one of its actions, by name and index; `codes` are the error codes
+/// for an unknown observer and an unknown action.
+fn find_action<'s>(
+    set: &'s ObserverSet,
+    observer: &str,
+    action_index: usize,
+    codes: (&'static str, &'static str),
+) -> Result<(&'s CompiledObserver, &'s ActionSlot)> {
+    let o = set.find(observer).ok_or_else(|| {
+        ObserverError::permanent(
+            codes.0,
+            format!("observer `{observer}` is not in the current config"),
+        )
+    })?;
+    let slot = o.actions.get(action_index).ok_or_else(|| {
+        ObserverError::permanent(
+            codes.1,
+            format!("observer `{observer}` has no action #{action_index} in the current config"),
+        )
+    })?;
+    Ok((o, slot))
 }
 
 #[cfg(test)]

@@ -1,28 +1,9 @@
 //! Shared test plumbing: the per-backend test macro and polling with a deadline.
 
-use std::future::Future;
-use std::time::Duration;
-
 use chrono::{DateTime, SubsecRound, Utc};
 
-/// Polls `check` until it returns true, failing after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "{what}: not true within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls a condition with a deadline (shared by every store crate's tests).
+pub use observers_core::testkit::eventually;
 
 /// Now, at PostgreSQL's microsecond precision (so stored instants compare equal).
 pub fn now_us() -> DateTime<Utc> {

@@ -1,9 +1,11 @@
 //! Shared test plumbing: reaching Redis (or deciding to skip), unique prefixes, polling.
 
-use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+
+/// Polls a condition with a deadline (shared by every store crate's tests).
+pub use observers_core::testkit::eventually;
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
@@ -27,25 +29,6 @@ pub async fn redis() -> Option<ConnectionManager> {
 /// A key prefix no other test (or run) uses.
 pub fn unique_prefix(kind: &str) -> String {
     format!("observers-test:{kind}:{:016x}:", rand::random::<u64>())
-}
-
-/// Polls `check` until it returns true, failing after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "{what}: not true within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// One `#[tokio::test]` per backend for a suite function taking `&dyn Trait` (or `Arc<dyn Trait>`).

@@ -1,12 +1,12 @@
 //! Shared test plumbing: a generated data set and polling with deadlines.
 
-use std::future::Future;
-use std::time::Duration;
-
 use chrono::{DateTime, TimeZone, Utc};
 use observers_core::stores::search::IndexedEvent;
 use observers_core::{EntityEvent, EventKind};
 use serde_json::json;
+
+/// Polls a condition with a deadline (shared by every store crate's tests).
+pub use observers_core::testkit::eventually;
 
 pub const ENTITIES: [&str; 3] = ["Order", "User", "Invoice"];
 
@@ -53,23 +53,4 @@ pub fn generated(i: i64) -> IndexedEvent {
 
 pub fn generated_set(n: i64) -> Vec<IndexedEvent> {
     (1..=n).map(generated).collect()
-}
-
-/// Polls `check` until it returns true, failing after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "{what}: not true within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
