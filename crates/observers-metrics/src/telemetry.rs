@@ -196,8 +196,15 @@ impl Telemetry for ObserverMetrics {
             }
             TelemetryEvent::HaLeaderElected { .. } => self.set_leader(true),
             TelemetryEvent::HaLeadershipLost { .. } => self.set_leader(false),
-            TelemetryEvent::HaCheckpointLag { listener, lag, .. } => {
+            TelemetryEvent::HaCheckpointLag {
+                listener,
+                rows,
+                lag,
+            } => {
                 self.set_checkpoint_lag(listener, *lag);
+                self.listener(listener, |h| {
+                    h.backlog.set(crate::families::saturating_i64(*rows));
+                });
             }
             TelemetryEvent::HaSteppedDown { .. } => self.lease_renewal("lost"),
             TelemetryEvent::JobFinished {

@@ -4,7 +4,6 @@
 //! [`telemetry`] and [`start`] and nothing else of this module.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use observers_core::ObserverExecutor;
@@ -198,9 +197,7 @@ pub async fn start(
         pool.clone(),
         executor.clone(),
         metrics,
-        config.source.listener_id.clone(),
-        config.metrics.refresh_interval,
-        config.ha.enabled,
+        config.clone(),
         stop,
     ));
     Ok(vec![server, poller])
@@ -211,11 +208,13 @@ async fn poll_gauges(
     pool: PgPool,
     executor: Arc<ObserverExecutor>,
     metrics: Arc<ObserverMetrics>,
-    listener: String,
-    interval: Duration,
-    ha: bool,
+    config: Config,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = config.source.listener_id;
+    let interval = config.metrics.refresh_interval;
+    let ha = config.ha.enabled;
+    let partitioned = ha && config.source.partitions > 1;
     let dlq = PostgresDeadLetterQueue::new(pool.clone());
     let jobs = observers_queue::PostgresJobQueue::new(pool.clone());
     let telemetry = executor.telemetry().clone();
@@ -232,11 +231,15 @@ async fn poll_gauges(
                     listener: &listener,
                     lag: g.cutoff_lag,
                 });
-                telemetry.emit(&TelemetryEvent::SourceBacklog {
-                    listener: &listener,
-                    rows: g.backlog,
-                });
-                metrics.set_checkpoint_lag(&listener, g.checkpoint_lag);
+                // Partitioned, every partition has a cursor of its own (`listener#pN`) and the
+                // HA leader reports their backlog and lag; the consumer name has no cursor.
+                if !partitioned {
+                    telemetry.emit(&TelemetryEvent::SourceBacklog {
+                        listener: &listener,
+                        rows: g.backlog,
+                    });
+                    metrics.set_checkpoint_lag(&listener, g.checkpoint_lag);
+                }
             }
             Err(e) => tracing::debug!(error = %e, "reading the source gauges failed"),
         }

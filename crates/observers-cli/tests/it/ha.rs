@@ -648,6 +648,7 @@ async fn the_ops_server_reports_group_membership() {
         format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
     )
     .unwrap();
+    g.write("m", 1).await;
     let mut a = spawn_run(&config, &g.log("a"));
     let base = format!("http://127.0.0.1:{port}");
     let http = crate::support::http_client();
@@ -682,6 +683,35 @@ async fn the_ops_server_reports_group_membership() {
         group["leases"].as_array().map(Vec::len),
         Some(2),
         "{status}"
+    );
+    // Partitioned, backlog and lag are per partition cursor (the leader's report); the
+    // consumer name itself has no cursor and must not count the whole change log (`m`, written
+    // before a started) as its backlog.
+    until("a delivers m", async || {
+        g.hooks.by("a").iter().any(|h| h.entity_id == "m")
+    })
+    .await;
+    let mut text = String::new();
+    until("per-partition lag in /metrics", async || {
+        let Ok(r) = http.get(format!("{base}/metrics")).send().await else {
+            return false;
+        };
+        text = r.text().await.unwrap_or_default();
+        text.contains("observer_source_backlog{listener=\"ha\"}")
+            && (0..2).all(|p| {
+                text.contains(&format!(
+                    "observer_checkpoint_lag_seconds{{listener=\"ha#p{p}\"}}"
+                ))
+            })
+    })
+    .await;
+    let consumer_backlog: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("observer_source_backlog{listener=\"ha\"}"))
+        .collect();
+    assert!(
+        consumer_backlog.iter().all(|l| l.ends_with(" 0")),
+        "{consumer_backlog:?}"
     );
     signal(&a, "TERM");
     assert_eq!(wait_exit(&mut a, LONG).await, Some(0));
