@@ -2,59 +2,18 @@
 //! on one matching no-op action with `ObserverMetrics` as its telemetry, against the same
 //! executor with `NoopTelemetry`, in the same run (goal: < 1 % slower). Also the raw cost of
 //! the telemetry one such event emits (`EventProcessed` + `ActionFinished`), against the no-op
-//! sink, each event's share, and one histogram observation against prometheus-client's.
+//! sink, each event's share, and one (sharded) histogram observation against prometheus-client's.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
-use observers_core::actions::{Action, ActionResult, Invocation};
-use observers_core::condition::Condition;
-use observers_core::executor::{ActionSlot, CompiledObserver, ObserverSet};
-use observers_core::retry::RetryPolicy;
-use observers_core::telemetry::{
-    ActionOutcome, NoopTelemetry, SharedTelemetry, Telemetry, TelemetryEvent,
-};
-use observers_core::{EntityEvent, EventKind, ObserverExecutor};
+use observers_benches::{event, executor};
+use observers_core::ObserverExecutor;
+use observers_core::telemetry::{ActionOutcome, NoopTelemetry, Telemetry, TelemetryEvent};
 use observers_metrics::ObserverMetrics;
-use serde_json::json;
-
-struct Noop;
-
-#[async_trait]
-impl Action for Noop {
-    fn type_name(&self) -> &'static str {
-        "noop"
-    }
-
-    async fn execute(&self, _inv: &Invocation<'_>) -> observers_core::Result<ActionResult> {
-        Ok(ActionResult::default())
-    }
-}
-
-fn event() -> EntityEvent {
-    let before = json!({"id": 42, "status": "pending", "total": 150.5, "currency": "EUR"});
-    let after = json!({"id": 42, "status": "paid", "total": 150.5, "currency": "EUR"});
-    EntityEvent::new(
-        42,
-        "Order",
-        "42",
-        EventKind::Update,
-        Some(before),
-        Some(after),
-    )
-}
-
-fn executor(telemetry: SharedTelemetry) -> ObserverExecutor {
-    let observer = CompiledObserver::new("paid-orders", "Order", vec![EventKind::Update])
-        .with_condition(Condition::compile("total > 100 && status == 'paid'").unwrap())
-        .with_action(ActionSlot::new(Arc::new(Noop), "noop"));
-    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(1));
-    ObserverExecutor::builder(set).telemetry(telemetry).build()
-}
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -88,6 +47,7 @@ fn bench(c: &mut Criterion) {
         TelemetryEvent::EventProcessed {
             entity_type: "Order",
             matched: 1,
+            failed: 0,
             duration: Duration::from_micros(5),
         },
         TelemetryEvent::ActionFinished {
@@ -119,15 +79,58 @@ fn bench(c: &mut Criterion) {
         });
     }
     let bounds = &observers_metrics::families::LATENCY_BUCKETS;
-    let ours = observers_metrics::histogram::AtomicHistogram::new(bounds);
+    let ours = observers_metrics::sharded::ShardedHistogram::new(bounds);
     let theirs = prometheus_client::metrics::histogram::Histogram::new(bounds.iter().copied());
-    group.bench_function("histogram_observe_atomic", |b| {
+    group.bench_function("histogram_observe_sharded", |b| {
         b.iter(|| ours.observe(black_box(0.003)));
     });
     group.bench_function("histogram_observe_baseline_prometheus_client", |b| {
         b.iter(|| theirs.observe(black_box(0.003)));
     });
     group.finish();
+    paired(&runtime, &off, &on);
+}
+
+/// Metrics on against off in many short back-to-back pairs (order alternating), so drift in
+/// the machine's load hits both halves of a pair alike; prints the median of the per-pair
+/// ratios. Criterion's medians of two long runs cannot resolve a 1 % difference on a busy
+/// machine; this can.
+fn paired(runtime: &tokio::runtime::Runtime, off: &ObserverExecutor, on: &ObserverExecutor) {
+    const PAIRS: usize = 400;
+    const CALLS: u32 = 2_000;
+    let ev = event();
+    let time = |x: &ObserverExecutor| {
+        runtime.block_on(async {
+            let t = std::time::Instant::now();
+            for _ in 0..CALLS {
+                x.process(black_box(&ev)).await.unwrap();
+            }
+            t.elapsed().as_secs_f64() / f64::from(CALLS)
+        })
+    };
+    time(off);
+    time(on);
+    let mut ratios: Vec<f64> = (0..PAIRS)
+        .map(|i| {
+            let (off_s, on_s) = if i % 2 == 0 {
+                let a = time(off);
+                (a, time(on))
+            } else {
+                let b = time(on);
+                (time(off), b)
+            };
+            on_s / off_s
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    // Quartiles by index: PAIRS / 4, / 2 and * 3 / 4.
+    let q = |quarters: usize| (ratios[(PAIRS - 1) * quarters / 4] - 1.0) * 100.0;
+    println!(
+        "metrics/paired_on_vs_off: {PAIRS} pairs of {CALLS} calls: median {:+.2} % (quartiles {:+.2} % / {:+.2} %)",
+        q(2),
+        q(1),
+        q(3)
+    );
 }
 
 fn config() -> Criterion {

@@ -45,6 +45,12 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         return example(package, name, &database_url);
     }
+    if args.iter().any(|a| a == "--metrics") {
+        // Time (criterion, metrics on against off, in alternating runs), then instructions
+        // (callgrind), which the machine's load does not blur.
+        crate::cargo(&["bench", "-p", "observers-benches", "--bench", "metrics"])?;
+        return example("observers-benches", "metrics_instructions", &database_url);
+    }
     let only_pipeline = args.iter().any(|a| a == "--pipeline");
     if !only_pipeline {
         let mut cmd = vec!["bench", "-p", "observers-benches"];

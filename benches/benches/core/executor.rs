@@ -6,32 +6,19 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use criterion::Criterion;
-use observers_core::actions::{Action, ActionResult, Invocation, idempotency_key};
+use observers_core::actions::{Action, Invocation, idempotency_key};
 use observers_core::condition::Condition;
 use observers_core::executor::{ActionSlot, CompiledObserver, ObserverSet};
 use observers_core::retry::RetryPolicy;
 use observers_core::template::TemplateContext;
 use observers_core::{EventKind, ObserverExecutor};
 
+use observers_benches::Noop;
+
 use crate::{CONDITION, order_event};
 
 const OBSERVER: &str = "paid-orders";
-
-/// Does nothing, so the measurement is the executor's own cost.
-struct Noop;
-
-#[async_trait]
-impl Action for Noop {
-    fn type_name(&self) -> &'static str {
-        "noop"
-    }
-
-    async fn execute(&self, _inv: &Invocation<'_>) -> observers_core::Result<ActionResult> {
-        Ok(ActionResult::default())
-    }
-}
 
 pub fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -58,6 +58,8 @@ pub enum TelemetryEvent<'a> {
     EventProcessed {
         entity_type: &'a str,
         matched: usize,
+        /// Actions that failed for good (dead-lettered or short-circuited).
+        failed: usize,
         duration: Duration,
     },
     EventDeduplicated {

@@ -7,8 +7,7 @@
 //! Areas whose telemetry variants do not exist yet (Redis fallback and cache, jobs, HA, search)
 //! get one plain method per fact below, so mapping a new variant is one match arm.
 
-use std::cell::RefCell;
-use std::sync::Arc;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,8 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::handles::Handles;
-use crate::histogram::AtomicHistogram as Histogram;
+use crate::handles::{Arena, Handles};
+use crate::sharded::{self, Shard, ShardedCounter, ShardedHistogram as Histogram};
 
 pub(crate) type L1 = [(&'static str, String); 1];
 pub(crate) type L2 = [(&'static str, String); 2];
@@ -68,8 +67,8 @@ pub(crate) struct ActionHandles {
     pub observer: Box<str>,
     pub action_type: Box<str>,
     /// By `ActionOutcome` in declaration order (see `outcome_index`).
-    pub outcomes: [Counter; 5],
-    pub failed: Counter,
+    pub outcomes: [ShardedCounter; 5],
+    pub failed: ShardedCounter,
     pub retries: Counter,
     pub retries_successful: Counter,
     pub retries_exhausted: Counter,
@@ -80,30 +79,62 @@ pub(crate) struct ActionHandles {
 /// Handles of one entity type.
 pub(crate) struct EntityHandles {
     pub key: Box<str>,
-    pub processed: Counter,
+    pub processed: ShardedCounter,
+    pub failed: ShardedCounter,
     pub deduplicated: Counter,
 }
 
 /// The action handles of one observer (its effective label value, after the cap).
 pub(crate) struct ObserverActions {
     pub observer: Box<str>,
-    pub per_type: Handles<ActionHandles>,
+    /// Index in `ObserverMetrics::action_arena`, by action type.
+    pub per_type: Handles<u32>,
 }
 
 /// Entries of the per-thread cache of action handles.
 const ACTION_SLOTS: usize = 4;
 
-type ActionSlots = ([Option<(u64, Arc<ActionHandles>)>; ACTION_SLOTS], usize);
+/// (instance id, arena index) pairs; id 0 is no instance (ids start at 1).
+type ActionSlots = [(u64, u32); ACTION_SLOTS];
 
 thread_local! {
     // Per-thread caches in front of the shared maps: the last entity type and the last few
-    // (observer, action type) pairs, keyed by the `ObserverMetrics` instance id. A hit costs a
-    // string comparison; a miss falls back to the lock-free maps.
-    static LAST_ENTITY: RefCell<Option<(u64, Arc<EntityHandles>)>> = const { RefCell::new(None) };
-    static LAST_ACTIONS: RefCell<ActionSlots> = const { RefCell::new(([None, None, None, None], 0)) };
+    // (observer, action type) pairs, as arena indexes keyed by the `ObserverMetrics` instance
+    // id. Plain `Copy` cells without destructors: reading one is a load that cannot fail. A hit
+    // costs a string comparison; a miss falls back to the lock-free maps.
+    static LAST_ENTITY: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
+    static LAST_ACTIONS: Cell<(ActionSlots, usize)> = const { Cell::new(([(0, 0); ACTION_SLOTS], 0)) };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// String equality for the per-thread caches' keys (entity types, observer names, action
+/// types: mostly under 16 bytes). Up to 16 bytes it compares in registers, two overlapping
+/// words, instead of calling `memcmp`, which was a quarter of the hot path's instructions.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let half = |s: &[u8], at: usize| {
+        s.get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map(u32::from_ne_bytes)
+    };
+    match n {
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        // Under 4 bytes or over 16.
+        _ => a == b,
+    }
+}
 
 /// Handles of one listener.
 pub(crate) struct ListenerHandles {
@@ -128,17 +159,18 @@ pub struct ObserverMetrics {
     pub(crate) registry: Registry,
 
     // Events and matching.
-    pub(crate) events_processed: Family<L1, Counter>,
+    pub(crate) events_processed: Family<L1, ShardedCounter>,
+    pub(crate) events_failed: Family<L1, ShardedCounter>,
     pub(crate) events_deduplicated: Family<L1, Counter>,
     pub(crate) event_duration: Histogram,
-    pub(crate) observers_matched: Counter,
-    pub(crate) observers_matched_zero: Counter,
+    pub(crate) observers_matched: ShardedCounter,
+    pub(crate) observers_matched_zero: ShardedCounter,
     pub(crate) condition_errors: Family<L1, Counter>,
     pub(crate) observers_registered: Gauge,
 
     // Actions, retries, DLQ.
-    pub(crate) actions_executed: Family<L3, Counter>,
-    pub(crate) actions_failed: Family<L2, Counter>,
+    pub(crate) actions_executed: Family<L3, ShardedCounter>,
+    pub(crate) actions_failed: Family<L2, ShardedCounter>,
     pub(crate) action_duration: HistFamily<L1>,
     pub(crate) retries: Family<L2, Counter>,
     pub(crate) retries_successful: Family<L2, Counter>,
@@ -212,8 +244,11 @@ pub struct ObserverMetrics {
     pub(crate) search_query_duration: HistFamily<L1>,
 
     // Hot-path handle caches.
-    pub(crate) entity_handles: Handles<EntityHandles>,
+    /// Arena index of each entity type's handles.
+    pub(crate) entity_handles: Handles<u32>,
+    pub(crate) entity_arena: Arena<EntityHandles>,
     pub(crate) action_handles: Handles<ObserverActions>,
+    pub(crate) action_arena: Arena<ActionHandles>,
     pub(crate) listener_handles: Handles<ListenerHandles>,
     pub(crate) rejection_handles: Handles<Counter>,
 }
@@ -265,6 +300,11 @@ impl ObserverMetrics {
                 "Events run through the executor, by entity type",
                 Family::default()
             ),
+            events_failed: reg!(
+                "observer_events_failed",
+                "Events with at least one action that failed for good (dead-lettered or short-circuited), by entity type",
+                Family::default()
+            ),
             events_deduplicated: reg!(
                 "observer_events_deduplicated",
                 "Events skipped because they were already processed within the dedup window",
@@ -279,12 +319,12 @@ impl ObserverMetrics {
             observers_matched: reg!(
                 "observer_observers_matched",
                 "Observers matched (entity, kind, tenant and condition), summed over events",
-                Counter::default()
+                ShardedCounter::default()
             ),
             observers_matched_zero: reg!(
                 "observer_observers_matched_zero",
                 "Events that matched no observer",
-                Counter::default()
+                ShardedCounter::default()
             ),
             condition_errors: reg!(
                 "observer_condition_errors",
@@ -606,7 +646,9 @@ impl ObserverMetrics {
             ),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entity_handles: Handles::new(MAX_LABEL_VALUES),
+            entity_arena: Arena::default(),
             action_handles: Handles::new(MAX_LABEL_VALUES),
+            action_arena: Arena::default(),
             listener_handles: Handles::new(MAX_LABEL_VALUES),
             rejection_handles: Handles::new(MAX_LABEL_VALUES),
             registry: r,
@@ -624,62 +666,90 @@ impl ObserverMetrics {
         out
     }
 
-    pub(crate) fn entity<R>(&self, entity_type: &str, f: impl FnOnce(&EntityHandles) -> R) {
-        LAST_ENTITY.with(|cell| {
-            let mut last = cell.borrow_mut();
-            if let Some((id, h)) = last.as_ref()
-                && *id == self.id
-                && *h.key == *entity_type
-            {
-                f(h);
-                return;
-            }
-            let h = self.entity_handles.get_arc(entity_type, |k| EntityHandles {
+    /// Runs `f` on the handles of `entity_type`, with this thread's shard.
+    #[inline]
+    pub(crate) fn entity(&self, entity_type: &str, f: impl FnOnce(&EntityHandles, Shard)) {
+        let shard = sharded::shard();
+        let (id, i) = LAST_ENTITY.with(Cell::get);
+        let cached = self
+            .entity_arena
+            .get(i)
+            .filter(|h| id == self.id && same(&h.key, entity_type));
+        if let Some(h) = cached.or_else(|| self.entity_slow(entity_type)) {
+            f(h, shard);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn entity_slow(&self, entity_type: &str) -> Option<&EntityHandles> {
+        let i = *self.entity_handles.get_arc(entity_type, |k| {
+            let h = EntityHandles {
                 key: k.into(),
                 processed: self
                     .events_processed
                     .get_or_create_owned(&l1("entity_type", k)),
+                failed: self
+                    .events_failed
+                    .get_or_create_owned(&l1("entity_type", k)),
                 deduplicated: self
                     .events_deduplicated
                     .get_or_create_owned(&l1("entity_type", k)),
-            });
-            f(&h);
-            *last = Some((self.id, h));
+            };
+            // The cap (`MAX_LABEL_VALUES` + "other") is far below the arena's size.
+            self.entity_arena.push(h).unwrap_or(u32::MAX)
         });
+        LAST_ENTITY.with(|c| c.set((self.id, i)));
+        self.entity_arena.get(i)
     }
 
-    pub(crate) fn action<R>(
+    /// Runs `f` on the handles of (`observer`, `action_type`), with this thread's shard.
+    #[inline]
+    pub(crate) fn action(
         &self,
         observer: &str,
         action_type: &str,
-        f: impl FnOnce(&ActionHandles) -> R,
+        f: impl FnOnce(&ActionHandles, Shard),
     ) {
-        LAST_ACTIONS.with(|cell| {
-            let mut last = cell.borrow_mut();
-            let (slots, next) = &mut *last;
-            if let Some((_, h)) = slots.iter().flatten().find(|(id, h)| {
-                *id == self.id && *h.observer == *observer && *h.action_type == *action_type
-            }) {
-                f(h);
-                return;
-            }
-            let h = self.action_handles.with(
-                observer,
-                |k| ObserverActions {
-                    observer: k.into(),
-                    per_type: Handles::new(MAX_LABEL_VALUES),
-                },
-                |o| {
-                    o.per_type
-                        .get_arc(action_type, |t| self.make_action_handles(&o.observer, t))
-                },
-            );
-            f(&h);
-            if let Some(slot) = slots.get_mut(*next % ACTION_SLOTS) {
-                *slot = Some((self.id, h));
-            }
-            *next = next.wrapping_add(1);
+        let shard = sharded::shard();
+        let (slots, _) = LAST_ACTIONS.with(Cell::get);
+        let cached = slots.iter().find_map(|&(id, i)| {
+            self.action_arena.get(i).filter(|h| {
+                id == self.id && same(&h.observer, observer) && same(&h.action_type, action_type)
+            })
         });
+        if let Some(h) = cached.or_else(|| self.action_slow(observer, action_type)) {
+            f(h, shard);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn action_slow(&self, observer: &str, action_type: &str) -> Option<&ActionHandles> {
+        let i = self.action_handles.with(
+            observer,
+            |k| ObserverActions {
+                observer: k.into(),
+                per_type: Handles::new(MAX_LABEL_VALUES),
+            },
+            |o| {
+                *o.per_type.get_arc(action_type, |t| {
+                    // Room for about 2 million (observer, action type) pairs; past that (only
+                    // with both labels near their caps) the pair is not metered.
+                    self.action_arena
+                        .push(self.make_action_handles(&o.observer, t))
+                        .unwrap_or(u32::MAX)
+                })
+            },
+        );
+        LAST_ACTIONS.with(|c| {
+            let (mut slots, next) = c.get();
+            if let Some(slot) = slots.get_mut(next % ACTION_SLOTS) {
+                *slot = (self.id, i);
+            }
+            c.set((slots, next.wrapping_add(1)));
+        });
+        self.action_arena.get(i)
     }
 
     fn make_action_handles(&self, observer: &str, action_type: &str) -> ActionHandles {
@@ -930,4 +1000,26 @@ impl ObserverMetrics {
 
 pub(crate) fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod same_tests {
+    use super::same;
+
+    #[test]
+    fn same_agrees_with_string_equality_at_every_length() {
+        let base = "abcdefghijklmnopqrstuvwxyz";
+        for n in 0..=base.len() {
+            let a = &base[..n];
+            assert!(same(a, a), "{a}");
+            assert!(!same(a, &base[..n.saturating_sub(1)]) || n == 0);
+            // One byte different, at every position.
+            for i in 0..n {
+                let mut b = a.as_bytes().to_vec();
+                b[i] = b'#';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same(a, &b), "{a} vs {b}");
+            }
+        }
+    }
 }

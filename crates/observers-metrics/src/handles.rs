@@ -5,7 +5,8 @@
 //! so a misbehaving source cannot blow up the cardinality.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 use foldhash::fast::FixedState;
@@ -67,9 +68,72 @@ impl<V> Handles<V> {
     }
 }
 
+/// Entries in the first chunk of an `Arena`; chunk `c` holds `FIRST << c`.
+const FIRST: usize = 32;
+/// Chunks of an `Arena`: room for `FIRST * (2^CHUNKS - 1)` entries (about 2 million).
+const CHUNKS: usize = 16;
+
+/// An append-only arena: entries get a `u32` index, are never moved or removed, and are read
+/// by index without a lock. It lets per-thread caches hold plain indexes (`Copy`, no
+/// destructor) instead of `Arc`s, so the hot path's thread-local read is one load.
+pub(crate) struct Arena<V> {
+    chunks: [OnceLock<Box<[OnceLock<V>]>>; CHUNKS],
+    next: AtomicU32,
+}
+
+impl<V> Default for Arena<V> {
+    fn default() -> Self {
+        Self {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+            next: AtomicU32::new(0),
+        }
+    }
+}
+
+impl<V> Arena<V> {
+    /// (chunk, offset) of index `i`.
+    #[inline]
+    fn locate(i: u32) -> (usize, usize) {
+        let j = i as usize / FIRST + 1;
+        let chunk = (usize::BITS - 1 - j.leading_zeros()) as usize;
+        (chunk, i as usize - FIRST * ((1 << chunk) - 1))
+    }
+
+    #[inline]
+    pub fn get(&self, i: u32) -> Option<&V> {
+        let (chunk, offset) = Self::locate(i);
+        self.chunks.get(chunk)?.get()?.get(offset)?.get()
+    }
+
+    /// Appends `v`; `None` once the arena is full.
+    pub fn push(&self, v: V) -> Option<u32> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let (chunk, offset) = Self::locate(i);
+        let slots = self
+            .chunks
+            .get(chunk)?
+            .get_or_init(|| (0..FIRST << chunk).map(|_| OnceLock::new()).collect());
+        slots.get(offset)?.set(v).ok()?;
+        Some(i)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arena_indexes_are_stable_across_chunks() {
+        let a: Arena<usize> = Arena::default();
+        let ids: Vec<u32> = (0..1000).map(|v| a.push(v).unwrap()).collect();
+        for (v, i) in ids.iter().enumerate() {
+            assert_eq!(a.get(*i), Some(&v));
+        }
+        assert_eq!(a.get(1000), None);
+        assert_eq!(Arena::<()>::locate(31), (0, 31));
+        assert_eq!(Arena::<()>::locate(32), (1, 0));
+        assert_eq!(Arena::<()>::locate(96), (2, 0));
+    }
 
     #[test]
     fn keys_past_the_cap_share_the_overflow_handle() {

@@ -6,9 +6,9 @@
 pub mod error;
 pub mod families;
 mod handles;
-pub mod histogram;
 pub mod scrape;
 pub mod server;
+pub mod sharded;
 pub mod telemetry;
 
 pub use error::MetricsError;

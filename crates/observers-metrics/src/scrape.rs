@@ -212,6 +212,8 @@ fn parse_labels(mut s: &str) -> Result<(BTreeMap<String, String>, &str), String>
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MetricsSummary {
     pub events_processed: f64,
+    /// Events with at least one action that failed for good.
+    pub events_failed: f64,
     pub events_deduplicated: f64,
     pub events_matched_none: f64,
     /// p50 and p99 of `observer_event_processing_duration_seconds`, in seconds.
@@ -262,6 +264,7 @@ impl MetricsSummary {
             .fold(0.0, f64::max);
         Self {
             events_processed: s.sum("observer_events_processed_total", &[]),
+            events_failed: s.sum("observer_events_failed_total", &[]),
             events_deduplicated: s.sum("observer_events_deduplicated_total", &[]),
             events_matched_none: s.sum("observer_observers_matched_zero_total", &[]),
             event_processing_p50_seconds: s.quantile(

@@ -2,6 +2,8 @@
 //! catch-all arm): a variant added to core is a compile error here until it is mapped to a
 //! family, so no event goes unmetered silently.
 
+use std::time::Duration;
+
 use observers_core::telemetry::{ActionOutcome, BreakerState, Telemetry, TelemetryEvent};
 
 use crate::families::{ObserverMetrics, l1, l2};
@@ -27,24 +29,94 @@ pub fn breaker_state_value(s: BreakerState) -> i64 {
 }
 
 impl Telemetry for ObserverMetrics {
-    #[allow(clippy::too_many_lines)] // one arm per variant, kept in one place on purpose
+    /// The two events of every event's hot path are handled here, in a small function; every
+    /// other one in `emit_cold`, out of line, so its big frame is not paid per event.
+    #[inline]
     fn emit(&self, event: &TelemetryEvent<'_>) {
         match event {
             TelemetryEvent::EventProcessed {
                 entity_type,
                 matched,
+                failed,
                 duration,
-            } => {
-                self.entity(entity_type, |h| h.processed.inc());
-                self.event_duration.observe(duration.as_secs_f64());
-                if *matched == 0 {
-                    self.observers_matched_zero.inc();
-                } else {
-                    self.observers_matched.inc_by(*matched as u64);
+            } => self.event_processed(entity_type, *matched, *failed, *duration),
+            TelemetryEvent::ActionFinished {
+                observer,
+                action_type,
+                outcome,
+                attempts,
+                duration,
+            } => self.action_finished(observer, action_type, *outcome, *attempts, *duration),
+            other => self.emit_cold(other),
+        }
+    }
+}
+
+impl ObserverMetrics {
+    fn event_processed(
+        &self,
+        entity_type: &str,
+        matched: usize,
+        failed: usize,
+        duration: Duration,
+    ) {
+        self.entity(entity_type, |h, shard| {
+            h.processed.inc_by_at(shard, 1);
+            if failed > 0 {
+                h.failed.inc_by_at(shard, 1);
+            }
+            self.event_duration
+                .observe_at(shard, duration.as_secs_f64());
+            if matched == 0 {
+                self.observers_matched_zero.inc_by_at(shard, 1);
+            } else {
+                self.observers_matched.inc_by_at(shard, matched as u64);
+            }
+        });
+    }
+
+    fn action_finished(
+        &self,
+        observer: &str,
+        action_type: &str,
+        outcome: ActionOutcome,
+        attempts: u32,
+        duration: Duration,
+    ) {
+        self.action(observer, action_type, |h, shard| {
+            h.outcomes[outcome_index(outcome)].inc_by_at(shard, 1);
+            h.duration.observe_at(shard, duration.as_secs_f64());
+            let failed = matches!(
+                outcome,
+                ActionOutcome::DeadLettered | ActionOutcome::ShortCircuited
+            );
+            if failed {
+                h.failed.inc_by_at(shard, 1);
+            }
+            if attempts > 1 {
+                if outcome == ActionOutcome::Success {
+                    h.retries_successful.inc();
+                } else if failed {
+                    h.retries_exhausted.inc();
                 }
             }
+        });
+    }
+
+    #[inline(never)]
+    #[allow(clippy::too_many_lines)] // one arm per variant, kept in one place on purpose
+    fn emit_cold(&self, event: &TelemetryEvent<'_>) {
+        match event {
+            TelemetryEvent::EventProcessed {
+                entity_type,
+                matched,
+                failed,
+                duration,
+            } => self.event_processed(entity_type, *matched, *failed, *duration),
             TelemetryEvent::EventDeduplicated { entity_type } => {
-                self.entity(entity_type, |h| h.deduplicated.inc());
+                self.entity(entity_type, |h, _| {
+                    h.deduplicated.inc();
+                });
             }
             TelemetryEvent::ConditionFailed { observer, error: _ } => {
                 self.condition_errors
@@ -57,24 +129,7 @@ impl Telemetry for ObserverMetrics {
                 outcome,
                 attempts,
                 duration,
-            } => self.action(observer, action_type, |h| {
-                h.outcomes[outcome_index(*outcome)].inc();
-                h.duration.observe(duration.as_secs_f64());
-                let failed = matches!(
-                    outcome,
-                    ActionOutcome::DeadLettered | ActionOutcome::ShortCircuited
-                );
-                if failed {
-                    h.failed.inc();
-                }
-                if *attempts > 1 {
-                    if *outcome == ActionOutcome::Success {
-                        h.retries_successful.inc();
-                    } else if failed {
-                        h.retries_exhausted.inc();
-                    }
-                }
-            }),
+            } => self.action_finished(observer, action_type, *outcome, *attempts, *duration),
             TelemetryEvent::ActionRetried {
                 observer,
                 action_type,
@@ -82,12 +137,16 @@ impl Telemetry for ObserverMetrics {
                 delay,
             } => {
                 self.retry_delay.observe(delay.as_secs_f64());
-                self.action(observer, action_type, |h| h.retries.inc());
+                self.action(observer, action_type, |h, _| {
+                    h.retries.inc();
+                });
             }
             TelemetryEvent::DeadLettered {
                 observer,
                 action_type,
-            } => self.action(observer, action_type, |h| h.dead_lettered.inc()),
+            } => self.action(observer, action_type, |h, _| {
+                h.dead_lettered.inc();
+            }),
             TelemetryEvent::BreakerTransition {
                 endpoint,
                 from: _,
@@ -243,11 +302,13 @@ mod tests {
             TelemetryEvent::EventProcessed {
                 entity_type: "Order",
                 matched: 2,
+                failed: 1,
                 duration: ms,
             },
             TelemetryEvent::EventProcessed {
                 entity_type: "Order",
                 matched: 0,
+                failed: 0,
                 duration: ms,
             },
             TelemetryEvent::EventDeduplicated {
@@ -329,6 +390,10 @@ mod tests {
             ),
             2.0
         );
+        assert_eq!(
+            s.sum("observer_events_failed_total", &[("entity_type", "Order")]),
+            1.0
+        );
         assert_eq!(s.sum("observer_events_deduplicated_total", &[]), 1.0);
         assert_eq!(s.sum("observer_observers_matched_total", &[]), 2.0);
         assert_eq!(s.sum("observer_observers_matched_zero_total", &[]), 1.0);
@@ -399,6 +464,7 @@ mod tests {
         let processed = TelemetryEvent::EventProcessed {
             entity_type: "Order",
             matched: 1,
+            failed: 0,
             duration: Duration::ZERO,
         };
         let finished = TelemetryEvent::ActionFinished {
@@ -431,6 +497,7 @@ mod tests {
             m.emit(&TelemetryEvent::EventProcessed {
                 entity_type: &format!("E{i}"),
                 matched: 1,
+                failed: 0,
                 duration: Duration::ZERO,
             });
         }

@@ -90,8 +90,8 @@ fn render(url: &str, s: &MetricsSummary) -> String {
     let mut o = format!("Metrics of {url}\n");
     let _ = writeln!(
         o,
-        "├── Events processed: {} ({} deduplicated, {} matched no observer)",
-        s.events_processed, s.events_deduplicated, s.events_matched_none
+        "├── Events processed: {} ({} with a failed action, {} deduplicated, {} matched no observer)",
+        s.events_processed, s.events_failed, s.events_deduplicated, s.events_matched_none
     );
     let _ = writeln!(
         o,

@@ -213,6 +213,11 @@ async fn metrics_match_what_happened_and_status_agrees() {
         s.sum("observer_actions_failed_total", &[("observer", "failing")]),
         7.0
     );
+    // Every event had the failing observer's action dead-lettered.
+    assert_eq!(
+        s.sum("observer_events_failed_total", &[("entity_type", "Order")]),
+        dlq_rows
+    );
     assert_eq!(
         s.sum("observer_dlq_items_total", &[("observer", "failing")]),
         dlq_rows
@@ -315,6 +320,7 @@ async fn metrics_match_what_happened_and_status_agrees() {
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(m["summary"]["events_processed"], 7.0);
     assert_eq!(m["summary"]["actions"]["dead_lettered"], 7.0);
+    assert_eq!(m["summary"]["events_failed"], 7.0);
 
     signal(&run, "TERM");
     assert_eq!(wait_exit(&mut run, Duration::from_secs(10)).await, Some(0));

@@ -41,6 +41,7 @@ fn promtool_accepts_the_alert_rules() {
 }
 
 /// An `ObserverMetrics` with a series in every family, as a busy instance would have.
+#[allow(clippy::too_many_lines)] // one telemetry event per family, in one list
 fn every_family() -> Scrape {
     let m = ObserverMetrics::new();
     let d = Duration::from_millis(1);
@@ -48,6 +49,7 @@ fn every_family() -> Scrape {
         TelemetryEvent::EventProcessed {
             entity_type: "E",
             matched: 0,
+            failed: 0,
             duration: d,
         },
         TelemetryEvent::EventDeduplicated { entity_type: "E" },

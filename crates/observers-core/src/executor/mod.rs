@@ -296,9 +296,11 @@ impl ObserverExecutor {
         let attempted = join_all(runs).await;
 
         let mut reports = Vec::with_capacity(attempted.len());
+        let mut failed = 0;
         for a in attempted {
             if let Some(err) = a.error {
                 self.dead_letter(event, &a.report, &err).await?;
+                failed += 1;
             }
             reports.push(a.report);
         }
@@ -323,6 +325,7 @@ impl ObserverExecutor {
         self.telemetry.emit(&TelemetryEvent::EventProcessed {
             entity_type: &event.entity_type,
             matched: matched.len(),
+            failed,
             duration: summary.duration,
         });
         if let Some(sink) = &self.summaries {
