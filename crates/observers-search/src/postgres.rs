@@ -16,6 +16,8 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::error::SearchError;
 
+mod probe;
+
 /// The largest text indexed per event (a `tsvector` holds at most 1 MB).
 const MAX_TEXT_BYTES: usize = 256 * 1024;
 /// Rows deleted per statement by retention.
@@ -67,11 +69,26 @@ const COLUMNS: &str = "event_id, entity_type, entity_id, event_type, tenant_id, 
 #[derive(Debug, Clone)]
 pub struct PostgresSearchBackend {
     pool: PgPool,
+    probe_rows: i64,
+    page_probe_rows: i64,
 }
 
 impl PostgresSearchBackend {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            probe_rows: DEFAULT_PROBE_ROWS,
+            page_probe_rows: DEFAULT_PAGE_PROBE_ROWS,
+        }
+    }
+
+    /// Moves the probe's row budgets (with other filters, text alone; at least 1 each), so
+    /// that tests exercise both the probe and the GIN fallback on small data sets.
+    #[must_use]
+    pub fn with_probe_rows(mut self, with_filters: i64, text_alone: i64) -> Self {
+        self.probe_rows = with_filters.max(1);
+        self.page_probe_rows = text_alone.max(1);
+        self
     }
 }
 
@@ -91,17 +108,12 @@ fn words(e: &IndexedEvent) -> String {
 }
 
 /// `word:* & word:*` for the query's words (letters and digits only, so nothing to escape).
-pub(crate) fn prefix_tsquery(terms: &[String]) -> Option<String> {
-    if terms.is_empty() {
-        return None;
-    }
-    Some(
-        terms
-            .iter()
-            .map(|t| format!("{t}:*"))
-            .collect::<Vec<_>>()
-            .join(" & "),
-    )
+pub(crate) fn tsquery_text(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("{t}:*"))
+        .collect::<Vec<_>>()
+        .join(" & ")
 }
 
 /// The filters other than the text, ANDed after a `WHERE true`.
@@ -126,38 +138,24 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     }
 }
 
-fn push_text(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
-    if let Some(tsq) = prefix_tsquery(&q.terms()) {
+/// ` WHERE ...`: every filter, and the text through the GIN index.
+fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
+    qb.push(" WHERE true");
+    push_filters(qb, q);
+    let terms = q.terms();
+    if !terms.is_empty() {
         qb.push(" AND search @@ to_tsquery('simple', ")
-            .push_bind(tsq)
+            .push_bind(tsquery_text(&terms))
             .push(")");
     }
 }
 
-fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
-    qb.push(" WHERE true");
-    push_filters(qb, q);
-    push_text(qb, q);
-}
-
-/// ` FROM ... WHERE ...` of a count. `fenced`: the other filters select the rows first and the
-/// text is checked on each of them (`OFFSET 0` keeps the planner from combining the text's GIN
-/// posting lists with the B-tree index, which costs the whole posting list of a common word).
-fn push_count_source(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery, fenced: bool) {
-    if fenced {
-        qb.push(" FROM (SELECT entity_type, event_type, timestamp, event_id, search FROM observer_events WHERE true");
-        push_filters(qb, q);
-        qb.push(" OFFSET 0) AS e WHERE true");
-        push_text(qb, q);
-    } else {
-        qb.push(" FROM observer_events");
-        push_where(qb, q);
-    }
-}
-
-/// At most this many rows selected by the other filters are checked one by one for the text
-/// (see [`push_count_source`]); beyond, the GIN index finds the text's matches.
-const FENCE_ROWS: i64 = 20_000;
+/// Rows a text query's probe reads newest first (see [`probe`]) when the query has other
+/// filters: enough to settle the count of any filter selecting at most this many events.
+pub const DEFAULT_PROBE_ROWS: i64 = 20_000;
+/// Rows the probe reads for text alone, where only the page can be settled: a page of 20
+/// for a word in one event in 100 or more.
+pub const DEFAULT_PAGE_PROBE_ROWS: i64 = 5_000;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -204,6 +202,7 @@ impl Row {
 }
 
 impl PostgresSearchBackend {
+    /// The page through the best index for the filters, the text (if any) through GIN.
     async fn page(&self, q: &SearchQuery) -> std::result::Result<Vec<IndexedEvent>, SearchError> {
         let per_page = i64::from(q.effective_per_page());
         if per_page == 0 {
@@ -220,27 +219,22 @@ impl PostgresSearchBackend {
         rows.into_iter().map(Row::into_event).collect()
     }
 
-    /// Whether the query has text and other filters selecting at most [`FENCE_ROWS`] rows
-    /// (counted in the B-tree indexes, bounded).
-    async fn few_rows_besides_text(
-        &self,
-        q: &SearchQuery,
-    ) -> std::result::Result<bool, SearchError> {
-        let filtered = q.entity_type.is_some()
-            || q.entity_id.is_some()
-            || q.tenant_id.is_some()
-            || q.from.is_some()
-            || q.to.is_some();
-        if q.terms().is_empty() || !filtered {
-            return Ok(false);
+    /// The events of `ids`, in that order (a primary-key lookup each).
+    async fn events(&self, ids: &[i64]) -> std::result::Result<Vec<IndexedEvent>, SearchError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "SELECT count(*) FROM (SELECT 1 FROM observer_events WHERE true",
-        );
-        push_filters(&mut qb, q);
-        qb.push(" LIMIT ").push_bind(FENCE_ROWS + 1).push(") AS f");
-        let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
-        Ok(n <= FENCE_ROWS)
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM observer_events WHERE event_id = ANY($1)"
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_id: BTreeMap<i64, Row> = rows.into_iter().map(|r| (r.event_id, r)).collect();
+        ids.iter()
+            .filter_map(|id| by_id.remove(id))
+            .map(Row::into_event)
+            .collect()
     }
 
     /// The total (exact up to `exact_up_to`) and the facets, from at most `exact_up_to + 1`
@@ -251,10 +245,11 @@ impl PostgresSearchBackend {
     ) -> std::result::Result<(u64, bool, Option<Facets>), SearchError> {
         let cap = q.effective_exact_up_to();
         let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
-        let fenced = self.few_rows_besides_text(q).await?;
         if !q.facets {
-            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1");
-            push_count_source(&mut qb, q, fenced);
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "SELECT count(*) FROM (SELECT 1 FROM observer_events",
+            );
+            push_where(&mut qb, q);
             qb.push(" LIMIT ").push_bind(limit).push(") AS m");
             let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
             let n = u64::try_from(n).unwrap_or(0);
@@ -265,9 +260,10 @@ impl PostgresSearchBackend {
         );
         qb.push_bind(limit - 1).push(
             "), count(*) FROM (SELECT entity_type, event_type, \
-             row_number() OVER (ORDER BY timestamp DESC, event_id DESC) AS rank",
+             row_number() OVER (ORDER BY timestamp DESC, event_id DESC) AS rank \
+             FROM observer_events",
         );
-        push_count_source(&mut qb, q, fenced);
+        push_where(&mut qb, q);
         qb.push(" ORDER BY timestamp DESC, event_id DESC LIMIT ")
             .push_bind(limit)
             .push(") AS m GROUP BY entity_type, event_type");
@@ -284,6 +280,67 @@ impl PostgresSearchBackend {
             }
         }
         Ok((seen.min(cap), seen <= cap, Some(facets)))
+    }
+
+    /// A text query. With other filters, the newest-first probe first, then the GIN index for
+    /// what it left open. Text alone: the count through the GIN index (a probe could settle it
+    /// only on a small table); then the page through the GIN index when every match was
+    /// counted (their pages were just read), else through a probe (more matches than
+    /// `exact_up_to`: a common word, whose page the newest rows hold).
+    async fn text_search(
+        &self,
+        q: &SearchQuery,
+        terms: &[String],
+    ) -> std::result::Result<SearchResults, SearchError> {
+        let filtered = q.entity_type.is_some()
+            || q.entity_id.is_some()
+            || q.event_type.is_some()
+            || q.tenant_id.is_some()
+            || q.from.is_some()
+            || q.to.is_some();
+        if !filtered {
+            let (total, total_exact, facets) = self.counts(q).await?;
+            let results = if q.effective_per_page() == 0 || (total_exact && q.offset() >= total) {
+                Vec::new()
+            } else if total_exact {
+                self.page(q).await?
+            } else {
+                let p = probe::probe(&self.pool, q, terms, self.page_probe_rows).await?;
+                if p.page_conclusive(q) {
+                    self.events(&p.page_ids()).await?
+                } else {
+                    self.page(q).await?
+                }
+            };
+            return Ok(SearchResults {
+                total,
+                total_exact,
+                results,
+                facets,
+            });
+        }
+        let p = probe::probe(&self.pool, q, terms, self.probe_rows).await?;
+        let counts = async {
+            if p.counts_conclusive(q) {
+                Ok(p.counts(q))
+            } else {
+                self.counts(q).await
+            }
+        };
+        let page = async {
+            if p.page_conclusive(q) {
+                self.events(&p.page_ids()).await
+            } else {
+                self.page(q).await
+            }
+        };
+        let ((total, total_exact, facets), results) = tokio::try_join!(counts, page)?;
+        Ok(SearchResults {
+            total,
+            total_exact,
+            results,
+            facets,
+        })
     }
 }
 
@@ -358,6 +415,10 @@ impl SearchBackend for PostgresSearchBackend {
                 facets: q.facets.then(Facets::default),
                 ..SearchResults::default()
             });
+        }
+        let terms = q.terms();
+        if !terms.is_empty() {
+            return Ok(self.text_search(q, &terms).await?);
         }
         let ((total, total_exact, facets), results) =
             tokio::try_join!(self.counts(q), self.page(q))?;

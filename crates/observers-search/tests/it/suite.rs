@@ -86,6 +86,25 @@ fn queries() -> Vec<(&'static str, SearchQuery)> {
                 .with_tenant("globex"),
         ),
         (
+            "full text common word, paged",
+            q().with_text("example")
+                .with_per_page(5)
+                .with_page(2)
+                .with_facets(),
+        ),
+        (
+            "text + filter without matches",
+            q().with_text("zebra").with_tenant("acme").with_facets(),
+        ),
+        (
+            "text + filter, beyond the last page",
+            q().with_text("paid")
+                .with_entity_type("Order")
+                .with_per_page(10)
+                .with_page(9)
+                .with_facets(),
+        ),
+        (
             "page 2 of 7",
             q().with_per_page(7).with_page(2).with_facets(),
         ),
@@ -231,6 +250,20 @@ macro_rules! for_each_backend {
             #[sqlx::test(migrations = "../../migrations")]
             async fn postgres(pool: PgPool) {
                 super::$suite(Arc::new(PostgresSearchBackend::new(pool))).await;
+            }
+
+            /// Probes that settle some queries and leave others to the GIN index.
+            #[sqlx::test(migrations = "../../migrations")]
+            async fn postgres_small_probe(pool: PgPool) {
+                let backend = PostgresSearchBackend::new(pool).with_probe_rows(40, 12);
+                super::$suite(Arc::new(backend)).await;
+            }
+
+            /// Probes that settle nothing: every text query goes through the GIN index.
+            #[sqlx::test(migrations = "../../migrations")]
+            async fn postgres_without_probe(pool: PgPool) {
+                let backend = PostgresSearchBackend::new(pool).with_probe_rows(1, 1);
+                super::$suite(Arc::new(backend)).await;
             }
         }
     };
