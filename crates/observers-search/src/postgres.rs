@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use observers_core::EventKind;
 use observers_core::error::Result;
 use observers_core::stores::search::{
-    Facets, IndexedEvent, SearchBackend, SearchQuery, SearchResults, search_tokens,
+    Facets, IndexedEvent, SearchBackend, SearchQuery, SearchResults,
 };
 use observers_postgres::PgPool;
 use serde_json::Value;
@@ -17,50 +17,10 @@ use sqlx::{Postgres, QueryBuilder};
 use crate::error::SearchError;
 
 mod probe;
+mod write;
 
-/// The largest text indexed per event (a `tsvector` holds at most 1 MB).
-const MAX_TEXT_BYTES: usize = 256 * 1024;
 /// Rows deleted per statement by retention.
 const DELETE_BATCH: i64 = 10_000;
-
-/// One statement per batch: every column travels as one array parameter (no per-row JSON
-/// parsing), the `tsvector` is computed here only, and a re-indexed event replaces its row.
-/// The `text[]` columns travel as one string per row, their items joined by U+001F.
-const UPSERT: &str = r"
-INSERT INTO observer_events (event_id, entity_type, entity_id, event_type, tenant_id, user_id,
-    timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms,
-    indexed_at, search)
-SELECT d.event_id, d.entity_type, d.entity_id, d.event_type, d.tenant_id, d.user_id,
-    d.timestamp, d.data, string_to_array(d.matched, E'\x1f'),
-    string_to_array(d.succeeded, E'\x1f'), string_to_array(d.failed, E'\x1f'),
-    string_to_array(d.errors, E'\x1f'), d.duration_ms, now(), to_tsvector('simple', d.words)
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::timestamptz[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[],
-    $13::bigint[], $14::text[])
-    AS d(event_id, entity_type, entity_id, event_type, tenant_id, user_id, timestamp, data,
-    matched, succeeded, failed, errors, duration_ms, words)
-ON CONFLICT (event_id) DO UPDATE SET
-    entity_type = EXCLUDED.entity_type, entity_id = EXCLUDED.entity_id,
-    event_type = EXCLUDED.event_type, tenant_id = EXCLUDED.tenant_id,
-    user_id = EXCLUDED.user_id, timestamp = EXCLUDED.timestamp, data = EXCLUDED.data,
-    matched_observers = EXCLUDED.matched_observers,
-    successful_actions = EXCLUDED.successful_actions,
-    failed_actions = EXCLUDED.failed_actions, errors = EXCLUDED.errors,
-    duration_ms = EXCLUDED.duration_ms, indexed_at = now(), search = EXCLUDED.search";
-
-/// The separator of `text[]` items in [`UPSERT`]'s parameters (removed from the items).
-const SEP: char = '\u{1f}';
-
-fn joined(items: &[String]) -> String {
-    let mut out = String::new();
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(SEP);
-        }
-        out.extend(item.chars().filter(|c| *c != SEP));
-    }
-    out
-}
 
 const COLUMNS: &str = "event_id, entity_type, entity_id, event_type, tenant_id, user_id, \
     timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms";
@@ -92,26 +52,15 @@ impl PostgresSearchBackend {
     }
 }
 
-/// The words stored in the `tsvector`: the event's search tokens, bounded in size.
-fn words(e: &IndexedEvent) -> String {
-    let mut out = String::new();
-    for w in search_tokens(&e.text()) {
-        if out.len() + w.len() + 1 > MAX_TEXT_BYTES {
-            break;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&w);
-    }
-    out
-}
-
-/// `word:* & word:*` for the query's words (letters and digits only, so nothing to escape).
+/// `'word':* & 'word':*` for the query's words, read with `::tsquery` (no text-search
+/// parser: the lexemes are the words as [`search_tokens`] cut them, on both sides). Words are
+/// letters and digits only, so nothing needs escaping.
+///
+/// [`search_tokens`]: observers_core::stores::search::search_tokens
 pub(crate) fn tsquery_text(terms: &[String]) -> String {
     terms
         .iter()
-        .map(|t| format!("{t}:*"))
+        .map(|t| format!("'{t}':*"))
         .collect::<Vec<_>>()
         .join(" & ")
 }
@@ -144,9 +93,9 @@ fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     push_filters(qb, q);
     let terms = q.terms();
     if !terms.is_empty() {
-        qb.push(" AND search @@ to_tsquery('simple', ")
+        qb.push(" AND search @@ ")
             .push_bind(tsquery_text(&terms))
-            .push(")");
+            .push("::tsquery");
     }
 }
 
@@ -347,64 +296,7 @@ impl PostgresSearchBackend {
 #[async_trait]
 impl SearchBackend for PostgresSearchBackend {
     async fn index(&self, events: &[IndexedEvent]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        // One row per event id (the last wins): ON CONFLICT cannot touch a row twice.
-        let mut latest: BTreeMap<i64, &IndexedEvent> = BTreeMap::new();
-        for e in events {
-            latest.insert(e.event_id, e);
-        }
-        let n = latest.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut entity_types = Vec::with_capacity(n);
-        let mut entity_ids = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut tenants = Vec::with_capacity(n);
-        let mut users = Vec::with_capacity(n);
-        let mut timestamps = Vec::with_capacity(n);
-        let mut data = Vec::with_capacity(n);
-        let mut matched = Vec::with_capacity(n);
-        let mut succeeded = Vec::with_capacity(n);
-        let mut failed = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut durations = Vec::with_capacity(n);
-        let mut texts = Vec::with_capacity(n);
-        for e in latest.values() {
-            ids.push(e.event_id);
-            entity_types.push(e.entity_type.as_str());
-            entity_ids.push(e.entity_id.as_str());
-            event_types.push(e.event_type.as_str());
-            tenants.push(e.tenant_id.as_deref());
-            users.push(e.user_id.as_deref());
-            timestamps.push(e.timestamp);
-            data.push((!e.data.is_null()).then_some(&e.data));
-            matched.push(joined(&e.matched_observers));
-            succeeded.push(joined(&e.successful_actions));
-            failed.push(joined(&e.failed_actions));
-            errors.push(joined(&e.errors));
-            durations.push(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
-            texts.push(words(e));
-        }
-        sqlx::query(UPSERT)
-            .bind(ids)
-            .bind(entity_types)
-            .bind(entity_ids)
-            .bind(event_types)
-            .bind(tenants)
-            .bind(users)
-            .bind(timestamps)
-            .bind(data)
-            .bind(matched)
-            .bind(succeeded)
-            .bind(failed)
-            .bind(errors)
-            .bind(durations)
-            .bind(texts)
-            .execute(&self.pool)
-            .await
-            .map_err(SearchError::from)?;
-        Ok(())
+        Ok(write::write(&self.pool, events).await?)
     }
 
     async fn search(&self, q: &SearchQuery) -> Result<SearchResults> {

@@ -106,10 +106,10 @@ pub(super) async fn probe(
             ") FROM (SELECT entity_type, event_type, event_id, hit, count(*) FILTER (WHERE hit) \
              OVER (ORDER BY timestamp DESC, event_id DESC ROWS UNBOUNDED PRECEDING) AS n \
              FROM (SELECT entity_type, event_type, event_id, timestamp, \
-             ts_match_vq(search, (SELECT to_tsquery('simple', ",
+             ts_match_vq(search, (SELECT ",
         )
         .push_bind(tsquery_text(terms))
-        .push("))) AS hit FROM observer_events WHERE true");
+        .push("::tsquery)) AS hit FROM observer_events WHERE true");
     push_filters(&mut qb, q);
     qb.push(" ORDER BY timestamp DESC, event_id DESC LIMIT ")
         .push_bind(rows)
