@@ -99,11 +99,11 @@ fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     }
 }
 
-/// Rows a text query's probe reads newest first (see [`probe`]) when the query has other
-/// filters: enough to settle the count of any filter selecting at most this many events.
+/// A text query whose other filters select at most this many events reads them all newest
+/// first in one probe (see [`probe`]) instead of going through the GIN index.
 pub const DEFAULT_PROBE_ROWS: i64 = 20_000;
-/// Rows the probe reads for text alone, where only the page can be settled: a page of 20
-/// for a word in one event in 100 or more.
+/// Rows the page probe reads when more events match than are counted exactly (a common
+/// word): a first page of 20 for a word in one event in 250 or more.
 pub const DEFAULT_PAGE_PROBE_ROWS: i64 = 5_000;
 
 #[derive(sqlx::FromRow)]
@@ -231,16 +231,13 @@ impl PostgresSearchBackend {
         Ok((seen.min(cap), seen <= cap, Some(facets)))
     }
 
-    /// A text query. With other filters, the newest-first probe first, then the GIN index for
-    /// what it left open. Text alone: the count through the GIN index (a probe could settle it
-    /// only on a small table); then the page through the GIN index when every match was
-    /// counted (their pages were just read), else through a probe (more matches than
-    /// `exact_up_to`: a common word, whose page the newest rows hold).
-    async fn text_search(
+    /// Whether the filters other than the text select at most `limit` events (counted in the
+    /// B-tree indexes, bounded).
+    async fn few_filtered(
         &self,
         q: &SearchQuery,
-        terms: &[String],
-    ) -> std::result::Result<SearchResults, SearchError> {
+        limit: i64,
+    ) -> std::result::Result<bool, SearchError> {
         let filtered = q.entity_type.is_some()
             || q.entity_id.is_some()
             || q.event_type.is_some()
@@ -248,42 +245,53 @@ impl PostgresSearchBackend {
             || q.from.is_some()
             || q.to.is_some();
         if !filtered {
-            let (total, total_exact, facets) = self.counts(q).await?;
-            let results = if q.effective_per_page() == 0 || (total_exact && q.offset() >= total) {
-                Vec::new()
-            } else if total_exact {
-                self.page(q).await?
-            } else {
-                let p = probe::probe(&self.pool, q, terms, self.page_probe_rows).await?;
-                if p.page_conclusive(q) {
-                    self.events(&p.page_ids()).await?
-                } else {
-                    self.page(q).await?
-                }
-            };
-            return Ok(SearchResults {
-                total,
-                total_exact,
-                results,
-                facets,
-            });
+            return Ok(false);
         }
-        let p = probe::probe(&self.pool, q, terms, self.probe_rows).await?;
-        let counts = async {
-            if p.counts_conclusive(q) {
-                Ok(p.counts(q))
-            } else {
-                self.counts(q).await
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT count(*) FROM (SELECT 1 FROM observer_events WHERE true",
+        );
+        push_filters(&mut qb, q);
+        qb.push(" LIMIT ").push_bind(limit + 1).push(") AS f");
+        let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+        Ok(n <= limit)
+    }
+
+    /// A text query. When the other filters select at most `probe_rows` events, one probe
+    /// reads them all, newest first, and settles the count, the facets and the page. Otherwise
+    /// the count goes through the GIN index; then the page too when every match was counted
+    /// (their heap pages were just read), else (more matches than `exact_up_to`: a common
+    /// word, whose page the newest rows hold) through a `page_probe_rows` probe, and through
+    /// the GIN index only if that probe falls short.
+    async fn text_search(
+        &self,
+        q: &SearchQuery,
+        terms: &[String],
+    ) -> std::result::Result<SearchResults, SearchError> {
+        if self.few_filtered(q, self.probe_rows).await? {
+            let p = probe::probe(&self.pool, q, terms, self.probe_rows).await?;
+            if p.counts_conclusive(q) && p.page_conclusive(q) {
+                let (total, total_exact, facets) = p.counts(q);
+                return Ok(SearchResults {
+                    total,
+                    total_exact,
+                    results: self.events(&p.page_ids()).await?,
+                    facets,
+                });
             }
-        };
-        let page = async {
+        }
+        let (total, total_exact, facets) = self.counts(q).await?;
+        let results = if q.effective_per_page() == 0 || (total_exact && q.offset() >= total) {
+            Vec::new()
+        } else if total_exact {
+            self.page(q).await?
+        } else {
+            let p = probe::probe(&self.pool, q, terms, self.page_probe_rows).await?;
             if p.page_conclusive(q) {
-                self.events(&p.page_ids()).await
+                self.events(&p.page_ids()).await?
             } else {
-                self.page(q).await
+                self.page(q).await?
             }
         };
-        let ((total, total_exact, facets), results) = tokio::try_join!(counts, page)?;
         Ok(SearchResults {
             total,
             total_exact,
