@@ -1,5 +1,6 @@
-//! The default search backend: `observer_events` in PostgreSQL, with a `tsvector` column
-//! (`simple` configuration, GIN index) for full text and B-tree indexes for the filters.
+//! The default search backend: `observer_events` in PostgreSQL, with a `tsvector` column (the
+//! indexer's words, GIN index) for full text and B-tree indexes for the filters. Writes are in
+//! [`write`], the newest-first probe of text queries in [`probe`].
 
 use std::collections::BTreeMap;
 
