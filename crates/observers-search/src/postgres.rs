@@ -318,6 +318,13 @@ impl SearchBackend for PostgresSearchBackend {
             });
         }
         let terms = q.terms();
+        if terms.iter().any(|t| t.len() > write::MAX_WORD_BYTES) {
+            // No indexed word is that long, and a `tsquery` cannot hold it.
+            return Ok(SearchResults {
+                facets: q.facets.then(Facets::default),
+                ..SearchResults::default()
+            });
+        }
         if !terms.is_empty() {
             return Ok(self.text_search(q, &terms).await?);
         }

@@ -21,7 +21,7 @@ use crate::error::SearchError;
 const MAX_TEXT_BYTES: usize = 256 * 1024;
 /// The longest lexeme a `tsvector` holds, in bytes (longer words are left out, as the
 /// text-search parser does).
-const MAX_WORD_BYTES: usize = 2046;
+pub(super) const MAX_WORD_BYTES: usize = 2046;
 
 const COPY: &str = "COPY observer_events (event_id, entity_type, entity_id, event_type, \
     tenant_id, user_id, timestamp, data, matched_observers, successful_actions, \
