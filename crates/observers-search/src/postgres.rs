@@ -1,5 +1,6 @@
-//! The default search backend: `observer_events` in PostgreSQL, with a `tsvector` column
-//! (`simple` configuration, GIN index) for full text and B-tree indexes for the filters.
+//! The default search backend: `observer_events` in PostgreSQL, with a `tsvector` column (the
+//! indexer's words, GIN index) for full text and B-tree indexes for the filters. Writes are in
+//! [`write`], the newest-first probe of text queries in [`probe`].
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use observers_core::EventKind;
 use observers_core::error::Result;
 use observers_core::stores::search::{
-    Facets, IndexedEvent, SearchBackend, SearchQuery, SearchResults, search_tokens,
+    Facets, IndexedEvent, SearchBackend, SearchQuery, SearchResults,
 };
 use observers_postgres::PgPool;
 use serde_json::Value;
@@ -16,49 +17,11 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::error::SearchError;
 
-/// The largest text indexed per event (a `tsvector` holds at most 1 MB).
-const MAX_TEXT_BYTES: usize = 256 * 1024;
+mod probe;
+mod write;
+
 /// Rows deleted per statement by retention.
 const DELETE_BATCH: i64 = 10_000;
-
-/// One statement per batch: every column travels as one array parameter (no per-row JSON
-/// parsing), the `tsvector` is computed here only, and a re-indexed event replaces its row.
-/// The `text[]` columns travel as one string per row, their items joined by U+001F.
-const UPSERT: &str = r"
-INSERT INTO observer_events (event_id, entity_type, entity_id, event_type, tenant_id, user_id,
-    timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms,
-    indexed_at, search)
-SELECT d.event_id, d.entity_type, d.entity_id, d.event_type, d.tenant_id, d.user_id,
-    d.timestamp, d.data, string_to_array(d.matched, E'\x1f'),
-    string_to_array(d.succeeded, E'\x1f'), string_to_array(d.failed, E'\x1f'),
-    string_to_array(d.errors, E'\x1f'), d.duration_ms, now(), to_tsvector('simple', d.words)
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::timestamptz[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[],
-    $13::bigint[], $14::text[])
-    AS d(event_id, entity_type, entity_id, event_type, tenant_id, user_id, timestamp, data,
-    matched, succeeded, failed, errors, duration_ms, words)
-ON CONFLICT (event_id) DO UPDATE SET
-    entity_type = EXCLUDED.entity_type, entity_id = EXCLUDED.entity_id,
-    event_type = EXCLUDED.event_type, tenant_id = EXCLUDED.tenant_id,
-    user_id = EXCLUDED.user_id, timestamp = EXCLUDED.timestamp, data = EXCLUDED.data,
-    matched_observers = EXCLUDED.matched_observers,
-    successful_actions = EXCLUDED.successful_actions,
-    failed_actions = EXCLUDED.failed_actions, errors = EXCLUDED.errors,
-    duration_ms = EXCLUDED.duration_ms, indexed_at = now(), search = EXCLUDED.search";
-
-/// The separator of `text[]` items in [`UPSERT`]'s parameters (removed from the items).
-const SEP: char = '\u{1f}';
-
-fn joined(items: &[String]) -> String {
-    let mut out = String::new();
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(SEP);
-        }
-        out.extend(item.chars().filter(|c| *c != SEP));
-    }
-    out
-}
 
 const COLUMNS: &str = "event_id, entity_type, entity_id, event_type, tenant_id, user_id, \
     timestamp, data, matched_observers, successful_actions, failed_actions, errors, duration_ms";
@@ -67,41 +30,40 @@ const COLUMNS: &str = "event_id, entity_type, entity_id, event_type, tenant_id, 
 #[derive(Debug, Clone)]
 pub struct PostgresSearchBackend {
     pool: PgPool,
+    probe_rows: i64,
+    page_probe_rows: i64,
 }
 
 impl PostgresSearchBackend {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            probe_rows: DEFAULT_PROBE_ROWS,
+            page_probe_rows: DEFAULT_PAGE_PROBE_ROWS,
+        }
+    }
+
+    /// Moves the probe's row budgets (with other filters, text alone; at least 1 each), so
+    /// that tests exercise both the probe and the GIN fallback on small data sets.
+    #[must_use]
+    pub fn with_probe_rows(mut self, with_filters: i64, text_alone: i64) -> Self {
+        self.probe_rows = with_filters.max(1);
+        self.page_probe_rows = text_alone.max(1);
+        self
     }
 }
 
-/// The words stored in the `tsvector`: the event's search tokens, bounded in size.
-fn words(e: &IndexedEvent) -> String {
-    let mut out = String::new();
-    for w in search_tokens(&e.text()) {
-        if out.len() + w.len() + 1 > MAX_TEXT_BYTES {
-            break;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&w);
-    }
-    out
-}
-
-/// `word:* & word:*` for the query's words (letters and digits only, so nothing to escape).
-pub(crate) fn prefix_tsquery(terms: &[String]) -> Option<String> {
-    if terms.is_empty() {
-        return None;
-    }
-    Some(
-        terms
-            .iter()
-            .map(|t| format!("{t}:*"))
-            .collect::<Vec<_>>()
-            .join(" & "),
-    )
+/// `'word':* & 'word':*` for the query's words, read with `::tsquery` (no text-search
+/// parser: the lexemes are the words as [`search_tokens`] cut them, on both sides). Words are
+/// letters and digits only, so nothing needs escaping.
+///
+/// [`search_tokens`]: observers_core::stores::search::search_tokens
+pub(crate) fn tsquery_text(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("'{t}':*"))
+        .collect::<Vec<_>>()
+        .join(" & ")
 }
 
 /// The filters other than the text, ANDed after a `WHERE true`.
@@ -126,38 +88,24 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     }
 }
 
-fn push_text(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
-    if let Some(tsq) = prefix_tsquery(&q.terms()) {
-        qb.push(" AND search @@ to_tsquery('simple', ")
-            .push_bind(tsq)
-            .push(")");
-    }
-}
-
+/// ` WHERE ...`: every filter, and the text through the GIN index.
 fn push_where(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery) {
     qb.push(" WHERE true");
     push_filters(qb, q);
-    push_text(qb, q);
-}
-
-/// ` FROM ... WHERE ...` of a count. `fenced`: the other filters select the rows first and the
-/// text is checked on each of them (`OFFSET 0` keeps the planner from combining the text's GIN
-/// posting lists with the B-tree index, which costs the whole posting list of a common word).
-fn push_count_source(qb: &mut QueryBuilder<Postgres>, q: &SearchQuery, fenced: bool) {
-    if fenced {
-        qb.push(" FROM (SELECT entity_type, event_type, timestamp, event_id, search FROM observer_events WHERE true");
-        push_filters(qb, q);
-        qb.push(" OFFSET 0) AS e WHERE true");
-        push_text(qb, q);
-    } else {
-        qb.push(" FROM observer_events");
-        push_where(qb, q);
+    let terms = q.terms();
+    if !terms.is_empty() {
+        qb.push(" AND search @@ ")
+            .push_bind(tsquery_text(&terms))
+            .push("::tsquery");
     }
 }
 
-/// At most this many rows selected by the other filters are checked one by one for the text
-/// (see [`push_count_source`]); beyond, the GIN index finds the text's matches.
-const FENCE_ROWS: i64 = 20_000;
+/// A text query whose other filters select at most this many events reads them all newest
+/// first in one probe (see [`probe`]) instead of going through the GIN index.
+pub const DEFAULT_PROBE_ROWS: i64 = 20_000;
+/// Rows the page probe reads when more events match than are counted exactly (a common
+/// word): a first page of 20 for a word in one event in 250 or more.
+pub const DEFAULT_PAGE_PROBE_ROWS: i64 = 5_000;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -204,6 +152,7 @@ impl Row {
 }
 
 impl PostgresSearchBackend {
+    /// The page through the best index for the filters, the text (if any) through GIN.
     async fn page(&self, q: &SearchQuery) -> std::result::Result<Vec<IndexedEvent>, SearchError> {
         let per_page = i64::from(q.effective_per_page());
         if per_page == 0 {
@@ -220,27 +169,22 @@ impl PostgresSearchBackend {
         rows.into_iter().map(Row::into_event).collect()
     }
 
-    /// Whether the query has text and other filters selecting at most [`FENCE_ROWS`] rows
-    /// (counted in the B-tree indexes, bounded).
-    async fn few_rows_besides_text(
-        &self,
-        q: &SearchQuery,
-    ) -> std::result::Result<bool, SearchError> {
-        let filtered = q.entity_type.is_some()
-            || q.entity_id.is_some()
-            || q.tenant_id.is_some()
-            || q.from.is_some()
-            || q.to.is_some();
-        if q.terms().is_empty() || !filtered {
-            return Ok(false);
+    /// The events of `ids`, in that order (a primary-key lookup each).
+    async fn events(&self, ids: &[i64]) -> std::result::Result<Vec<IndexedEvent>, SearchError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "SELECT count(*) FROM (SELECT 1 FROM observer_events WHERE true",
-        );
-        push_filters(&mut qb, q);
-        qb.push(" LIMIT ").push_bind(FENCE_ROWS + 1).push(") AS f");
-        let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
-        Ok(n <= FENCE_ROWS)
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM observer_events WHERE event_id = ANY($1)"
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_id: BTreeMap<i64, Row> = rows.into_iter().map(|r| (r.event_id, r)).collect();
+        ids.iter()
+            .filter_map(|id| by_id.remove(id))
+            .map(Row::into_event)
+            .collect()
     }
 
     /// The total (exact up to `exact_up_to`) and the facets, from at most `exact_up_to + 1`
@@ -251,10 +195,11 @@ impl PostgresSearchBackend {
     ) -> std::result::Result<(u64, bool, Option<Facets>), SearchError> {
         let cap = q.effective_exact_up_to();
         let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
-        let fenced = self.few_rows_besides_text(q).await?;
         if !q.facets {
-            let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1");
-            push_count_source(&mut qb, q, fenced);
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "SELECT count(*) FROM (SELECT 1 FROM observer_events",
+            );
+            push_where(&mut qb, q);
             qb.push(" LIMIT ").push_bind(limit).push(") AS m");
             let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
             let n = u64::try_from(n).unwrap_or(0);
@@ -265,9 +210,10 @@ impl PostgresSearchBackend {
         );
         qb.push_bind(limit - 1).push(
             "), count(*) FROM (SELECT entity_type, event_type, \
-             row_number() OVER (ORDER BY timestamp DESC, event_id DESC) AS rank",
+             row_number() OVER (ORDER BY timestamp DESC, event_id DESC) AS rank \
+             FROM observer_events",
         );
-        push_count_source(&mut qb, q, fenced);
+        push_where(&mut qb, q);
         qb.push(" ORDER BY timestamp DESC, event_id DESC LIMIT ")
             .push_bind(limit)
             .push(") AS m GROUP BY entity_type, event_type");
@@ -285,69 +231,81 @@ impl PostgresSearchBackend {
         }
         Ok((seen.min(cap), seen <= cap, Some(facets)))
     }
+
+    /// Whether the filters other than the text select at most `limit` events (counted in the
+    /// B-tree indexes, bounded).
+    async fn few_filtered(
+        &self,
+        q: &SearchQuery,
+        limit: i64,
+    ) -> std::result::Result<bool, SearchError> {
+        let filtered = q.entity_type.is_some()
+            || q.entity_id.is_some()
+            || q.event_type.is_some()
+            || q.tenant_id.is_some()
+            || q.from.is_some()
+            || q.to.is_some();
+        if !filtered {
+            return Ok(false);
+        }
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT count(*) FROM (SELECT 1 FROM observer_events WHERE true",
+        );
+        push_filters(&mut qb, q);
+        qb.push(" LIMIT ").push_bind(limit + 1).push(") AS f");
+        let n: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+        Ok(n <= limit)
+    }
+
+    /// A text query. When the other filters select at most `probe_rows` events, one probe
+    /// reads them all, newest first, and settles the count, the facets and the page. Otherwise
+    /// the count goes through the GIN index; then the page too when every match was counted
+    /// (their heap pages were just read), else (more matches than `exact_up_to`: a common
+    /// word, whose page the newest rows hold) through a `page_probe_rows` probe, and through
+    /// the GIN index only if that probe falls short.
+    async fn text_search(
+        &self,
+        q: &SearchQuery,
+        terms: &[String],
+    ) -> std::result::Result<SearchResults, SearchError> {
+        if self.few_filtered(q, self.probe_rows).await? {
+            let p = probe::probe(&self.pool, q, terms, self.probe_rows).await?;
+            if p.counts_conclusive(q) && p.page_conclusive(q) {
+                let (total, total_exact, facets) = p.counts(q);
+                return Ok(SearchResults {
+                    total,
+                    total_exact,
+                    results: self.events(&p.page_ids()).await?,
+                    facets,
+                });
+            }
+        }
+        let (total, total_exact, facets) = self.counts(q).await?;
+        let results = if q.effective_per_page() == 0 || (total_exact && q.offset() >= total) {
+            Vec::new()
+        } else if total_exact {
+            self.page(q).await?
+        } else {
+            let p = probe::probe(&self.pool, q, terms, self.page_probe_rows).await?;
+            if p.page_conclusive(q) {
+                self.events(&p.page_ids()).await?
+            } else {
+                self.page(q).await?
+            }
+        };
+        Ok(SearchResults {
+            total,
+            total_exact,
+            results,
+            facets,
+        })
+    }
 }
 
 #[async_trait]
 impl SearchBackend for PostgresSearchBackend {
     async fn index(&self, events: &[IndexedEvent]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        // One row per event id (the last wins): ON CONFLICT cannot touch a row twice.
-        let mut latest: BTreeMap<i64, &IndexedEvent> = BTreeMap::new();
-        for e in events {
-            latest.insert(e.event_id, e);
-        }
-        let n = latest.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut entity_types = Vec::with_capacity(n);
-        let mut entity_ids = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut tenants = Vec::with_capacity(n);
-        let mut users = Vec::with_capacity(n);
-        let mut timestamps = Vec::with_capacity(n);
-        let mut data = Vec::with_capacity(n);
-        let mut matched = Vec::with_capacity(n);
-        let mut succeeded = Vec::with_capacity(n);
-        let mut failed = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut durations = Vec::with_capacity(n);
-        let mut texts = Vec::with_capacity(n);
-        for e in latest.values() {
-            ids.push(e.event_id);
-            entity_types.push(e.entity_type.as_str());
-            entity_ids.push(e.entity_id.as_str());
-            event_types.push(e.event_type.as_str());
-            tenants.push(e.tenant_id.as_deref());
-            users.push(e.user_id.as_deref());
-            timestamps.push(e.timestamp);
-            data.push((!e.data.is_null()).then_some(&e.data));
-            matched.push(joined(&e.matched_observers));
-            succeeded.push(joined(&e.successful_actions));
-            failed.push(joined(&e.failed_actions));
-            errors.push(joined(&e.errors));
-            durations.push(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
-            texts.push(words(e));
-        }
-        sqlx::query(UPSERT)
-            .bind(ids)
-            .bind(entity_types)
-            .bind(entity_ids)
-            .bind(event_types)
-            .bind(tenants)
-            .bind(users)
-            .bind(timestamps)
-            .bind(data)
-            .bind(matched)
-            .bind(succeeded)
-            .bind(failed)
-            .bind(errors)
-            .bind(durations)
-            .bind(texts)
-            .execute(&self.pool)
-            .await
-            .map_err(SearchError::from)?;
-        Ok(())
+        Ok(write::write(&self.pool, events).await?)
     }
 
     async fn search(&self, q: &SearchQuery) -> Result<SearchResults> {
@@ -358,6 +316,17 @@ impl SearchBackend for PostgresSearchBackend {
                 facets: q.facets.then(Facets::default),
                 ..SearchResults::default()
             });
+        }
+        let terms = q.terms();
+        if terms.iter().any(|t| t.len() > write::MAX_WORD_BYTES) {
+            // No indexed word is that long, and a `tsquery` cannot hold it.
+            return Ok(SearchResults {
+                facets: q.facets.then(Facets::default),
+                ..SearchResults::default()
+            });
+        }
+        if !terms.is_empty() {
+            return Ok(self.text_search(q, &terms).await?);
         }
         let ((total, total_exact, facets), results) =
             tokio::try_join!(self.counts(q), self.page(q))?;

@@ -86,6 +86,25 @@ fn queries() -> Vec<(&'static str, SearchQuery)> {
                 .with_tenant("globex"),
         ),
         (
+            "full text common word, paged",
+            q().with_text("example")
+                .with_per_page(5)
+                .with_page(2)
+                .with_facets(),
+        ),
+        (
+            "text + filter without matches",
+            q().with_text("zebra").with_tenant("acme").with_facets(),
+        ),
+        (
+            "text + filter, beyond the last page",
+            q().with_text("paid")
+                .with_entity_type("Order")
+                .with_per_page(10)
+                .with_page(9)
+                .with_facets(),
+        ),
+        (
             "page 2 of 7",
             q().with_per_page(7).with_page(2).with_facets(),
         ),
@@ -218,6 +237,49 @@ pub async fn reindex_replaces_and_retention_deletes(backend: Arc<dyn SearchBacke
     backend.health().await.unwrap();
 }
 
+/// Values with what SQL text formats reserve (tabs, newlines, backslashes, quotes, braces,
+/// `\N`, `NULL`) come back as they went in, and their words are searchable.
+pub async fn odd_characters_round_trip(backend: Arc<dyn SearchBackend>) {
+    let mut e = generated(1);
+    e.entity_id = "a\tb\\N".into();
+    e.tenant_id = None;
+    e.user_id = Some("NULL".into());
+    e.data = serde_json::json!({"note": "tab\there, line\nbreak\r, back\\slash \\N", "q": "say \"hi\" {x,y}"});
+    e.matched_observers = vec!["NULL".into(), String::new(), "a,b".into()];
+    e.errors = vec!["quote \" and backslash \\ and {brace}".into()];
+    e.failed_actions = vec!["\u{1f}sep".into()];
+    backend.index(std::slice::from_ref(&e)).await.unwrap();
+    let mut want = e.clone();
+    // The unnest fallback joins list items with U+001F and drops it from them.
+    let found = |r: &observers_core::stores::search::SearchResults| r.results.clone();
+    for text in ["brace", "line", "hi", "backslash"] {
+        let r = backend
+            .search(&SearchQuery::new().with_text(text))
+            .await
+            .unwrap();
+        let got = found(&r);
+        assert_eq!(got.len(), 1, "{text}");
+        want.failed_actions.clone_from(&got[0].failed_actions);
+        assert_eq!(got[0], want, "{text}");
+    }
+    assert!(want.failed_actions[0].ends_with("sep"));
+    // A word longer than PostgreSQL's lexeme limit (2,046 bytes) is not indexed there; asking
+    // for one finds nothing rather than failing.
+    let long = "x".repeat(3000);
+    let r = backend
+        .search(&SearchQuery::new().with_text(long.as_str()).with_facets())
+        .await
+        .unwrap();
+    assert_eq!(r.total, 0);
+    // Indexed again (the upsert path): the same event comes back.
+    backend.index(std::slice::from_ref(&e)).await.unwrap();
+    let r = backend
+        .search(&SearchQuery::new().with_entity_id("a\tb\\N"))
+        .await
+        .unwrap();
+    assert_eq!(r.total, 1);
+}
+
 macro_rules! for_each_backend {
     ($suite:ident) => {
         mod $suite {
@@ -232,6 +294,20 @@ macro_rules! for_each_backend {
             async fn postgres(pool: PgPool) {
                 super::$suite(Arc::new(PostgresSearchBackend::new(pool))).await;
             }
+
+            /// Probes that settle some queries and leave others to the GIN index.
+            #[sqlx::test(migrations = "../../migrations")]
+            async fn postgres_small_probe(pool: PgPool) {
+                let backend = PostgresSearchBackend::new(pool).with_probe_rows(40, 12);
+                super::$suite(Arc::new(backend)).await;
+            }
+
+            /// Probes that settle nothing: every text query goes through the GIN index.
+            #[sqlx::test(migrations = "../../migrations")]
+            async fn postgres_without_probe(pool: PgPool) {
+                let backend = PostgresSearchBackend::new(pool).with_probe_rows(1, 1);
+                super::$suite(Arc::new(backend)).await;
+            }
         }
     };
 }
@@ -240,3 +316,4 @@ for_each_backend!(searches_match_the_reference);
 for_each_backend!(paging_covers_every_match_once);
 for_each_backend!(counts_are_exact_up_to_the_bound);
 for_each_backend!(reindex_replaces_and_retention_deletes);
+for_each_backend!(odd_characters_round_trip);
