@@ -156,3 +156,122 @@ pub fn promtool() -> Result<()> {
          `apt-get install prometheus` (Debian/Ubuntu) or put promtool on the PATH"
     )
 }
+
+/// A private PostgreSQL cluster for a benchmark, configured as a production server would be
+/// rather than as a distribution's defaults (128 MB of shared buffers): `settings` are passed
+/// to the server. Created with the machine's `initdb` in a temporary directory on a free port,
+/// run as the `postgres` user when this runs as root (`initdb` refuses root), and stopped and
+/// removed on drop.
+pub struct PrivatePostgres {
+    bindir: String,
+    data: std::path::PathBuf,
+    as_postgres: bool,
+    pub url: String,
+}
+
+impl PrivatePostgres {
+    /// `None` (with the reason on stderr) when the server binaries are not installed.
+    pub fn start(settings: &[&str]) -> Option<Self> {
+        let bindir = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|d| std::path::Path::new(d).join("initdb").exists());
+        let Some(bindir) = bindir else {
+            eprintln!("xtask: no initdb (pg_config --bindir); skipping the private PostgreSQL");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let data = std::env::temp_dir().join(format!("observers-bench-pg-{port}"));
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let pg = Self {
+            bindir,
+            data,
+            as_postgres,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        };
+        std::fs::create_dir_all(&pg.data).ok()?;
+        if as_postgres && !sh(&format!("chown postgres {}", pg.data.display())) {
+            return None;
+        }
+        let mut options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            pg.data.display()
+        );
+        for s in settings {
+            options.push_str(" -c ");
+            options.push_str(s);
+        }
+        let cluster = pg.data.join("cluster");
+        let ok = pg.as_server(&[
+            "initdb",
+            "-D",
+            &cluster.to_string_lossy(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]) && pg.as_server(&[
+            "pg_ctl",
+            "-D",
+            &cluster.to_string_lossy(),
+            "-o",
+            &options,
+            "-l",
+            &pg.data.join("log").to_string_lossy(),
+            "-w",
+            "start",
+        ]);
+        if !ok {
+            eprintln!(
+                "xtask: the private PostgreSQL did not start; see {}",
+                pg.data.display()
+            );
+            return None;
+        }
+        Some(pg)
+    }
+
+    /// Runs one of the server's programs, as `postgres` when we are root; quietly.
+    fn as_server(&self, args: &[&str]) -> bool {
+        let Some((program, rest)) = args.split_first() else {
+            return false;
+        };
+        let program = format!("{}/{program}", self.bindir);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", &program]);
+            c
+        } else {
+            Command::new(&program)
+        };
+        cmd.args(rest)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let cluster = self.data.join("cluster");
+        self.as_server(&[
+            "pg_ctl",
+            "-D",
+            &cluster.to_string_lossy(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
