@@ -27,7 +27,10 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgPool};
 use tokio::sync::{mpsc, watch};
 
-const DB: &str = "observers_queue_bench";
+/// The throwaway database; `QUEUE_BENCH_DB` names another (to run two benches side by side).
+fn db_name() -> String {
+    std::env::var("QUEUE_BENCH_DB").unwrap_or_else(|_| "observers_queue_bench".into())
+}
 const BATCH: usize = 1000;
 
 fn server_url() -> String {
@@ -42,9 +45,9 @@ fn db_url() -> String {
         .map_or((server.as_str(), ""), |(b, q)| (b, q));
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
     if query.is_empty() {
-        format!("{base}/{DB}")
+        format!("{base}/{}", db_name())
     } else {
-        format!("{base}/{DB}?{query}")
+        format!("{base}/{}?{query}", db_name())
     }
 }
 
@@ -306,18 +309,24 @@ async fn main() {
     let batch = env_usize("QUEUE_BENCH_BATCH", 500);
     let probes = env_usize("QUEUE_BENCH_PROBES", 200);
     let rounds = env_usize("QUEUE_BENCH_ROUNDS", 2);
-    admin(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await;
-    admin(&format!("CREATE DATABASE {DB}")).await;
+    let db = db_name();
+    admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    admin(&format!("CREATE DATABASE {db}")).await;
     {
         let pool = PgPool::connect(&db_url()).await.unwrap();
         observers_postgres::migrate(&pool).await.unwrap();
         pool.close().await;
     }
-    let peer = install_graphile();
+    let only_ours = std::env::var_os("QUEUE_BENCH_ONLY_OURS").is_some();
+    let peer = if only_ours {
+        Err("skipped (QUEUE_BENCH_ONLY_OURS)".to_owned())
+    } else {
+        install_graphile()
+    };
     if let Err(e) = &peer {
         println!("graphile-worker (npm) cannot be measured: {e}");
     }
-    let peer_rs = if std::env::var_os("QUEUE_BENCH_SKIP_RUST_PEER").is_some() {
+    let peer_rs = if only_ours || std::env::var_os("QUEUE_BENCH_SKIP_RUST_PEER").is_some() {
         Err("skipped (QUEUE_BENCH_SKIP_RUST_PEER)".to_owned())
     } else {
         build_graphile_rs()
@@ -333,7 +342,7 @@ async fn main() {
     );
     for (mode, setting) in [("durable", "on"), ("synchronous_commit=off", "off")] {
         admin(&format!(
-            "ALTER DATABASE {DB} SET synchronous_commit = {setting}"
+            "ALTER DATABASE {db} SET synchronous_commit = {setting}"
         ))
         .await;
         let mut best: [Option<Figures>; 3] = [None, None, None];
@@ -374,5 +383,5 @@ async fn main() {
             }
         }
     }
-    admin(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await;
+    admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
 }

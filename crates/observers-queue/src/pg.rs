@@ -382,15 +382,18 @@ impl JobQueue for PostgresJobQueue {
     }
 
     async fn dequeue(&self, queue: &str, worker: &str, max: usize) -> Result<Vec<Job>> {
+        // `id = ANY(ARRAY(...))` rather than a join with the picked rows: the planner sizes a
+        // join by the whole table and hashes every row of it (a sequential scan per batch,
+        // growing with the completed rows kept); the array probes the primary key instead.
         const SQL: &str = concat!(
-            "WITH picked AS ( \
+            "UPDATE observer_jobs j SET status = 'processing', attempts = j.attempts + 1, \
+               worker_id = $2, heartbeat_at = now(), started_at = now() \
+             WHERE j.id = ANY(ARRAY( \
                SELECT id FROM observer_jobs \
                WHERE status = 'pending' AND queue_name = $1 AND run_at <= now() \
                ORDER BY priority DESC, run_at, id \
-               LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE observer_jobs j SET status = 'processing', attempts = j.attempts + 1, \
-               worker_id = $2, heartbeat_at = now(), started_at = now() \
-             FROM picked WHERE j.id = picked.id RETURNING ",
+               LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+             RETURNING ",
             columns!("j.")
         );
         if max == 0 {
