@@ -99,7 +99,9 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         .connect(&db_url())
         .await
         .unwrap();
-    pool.execute("TRUNCATE observer_jobs").await.unwrap();
+    pool.execute("TRUNCATE observer_jobs, observer_jobs_completed, observer_job_keys")
+        .await
+        .unwrap();
     let q = Arc::new(PostgresJobQueue::new(pool.clone()));
 
     let t = Instant::now();
