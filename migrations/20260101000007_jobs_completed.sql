@@ -54,6 +54,10 @@ ON CONFLICT (id) DO NOTHING;
 
 -- `observer_job_keys` arbitrates keys now; the row-level unique index only cost index entries.
 DROP INDEX IF EXISTS observer_jobs_unique_key;
+-- The stale-job rescue (every `stale_after / 2`) scans the live jobs instead: this index cost an
+-- entry per dequeue and per heartbeat, and tempted the planner away from the primary key when
+-- completing a batch (it scanned every processing job to find the few being completed).
+DROP INDEX IF EXISTS observer_jobs_processing;
 
 ALTER TABLE observer_jobs DROP CONSTRAINT IF EXISTS observer_jobs_status_check;
 ALTER TABLE observer_jobs ADD CONSTRAINT observer_jobs_status_check

@@ -134,6 +134,7 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
     let worker_pool = WorkerPool::new(q.clone(), Arc::new(Noop { starts: starts_tx }), config);
     let stats = worker_pool.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let cpu_before = cpu_ticks(&pool).await;
     let started = Instant::now();
     let task = tokio::spawn(worker_pool.run(stop_rx));
     let target = jobs as u64;
@@ -141,6 +142,15 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let drain_per_sec = jobs as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("QUEUE_BENCH_CPU").is_some() {
+        let after = cpu_ticks(&pool).await;
+        let per_job = |a: u64, b: u64| a.saturating_sub(b) as f64 * 10_000.0 / jobs as f64;
+        eprintln!(
+            "  cpu during the drain: server {:.2} µs/job, client {:.2} µs/job",
+            per_job(after.0, cpu_before.0),
+            per_job(after.1, cpu_before.1)
+        );
+    }
     let db_completed = q.stats().await.unwrap().completed;
     assert_eq!(db_completed, target, "every job recorded completed");
 
@@ -168,6 +178,36 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
     }
+}
+
+/// CPU ticks (10 ms) used so far by the database's backends and by this process
+/// (`QUEUE_BENCH_CPU=1`: a diagnostic that holds under load, unlike wall-clock rates).
+async fn cpu_ticks(pool: &PgPool) -> (u64, u64) {
+    fn ticks(pid: &str) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .collect();
+        let f = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        f(11) + f(12)
+    }
+    if std::env::var_os("QUEUE_BENCH_CPU").is_none() {
+        return (0, 0);
+    }
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let server = pids.iter().map(|p| ticks(&p.to_string())).sum();
+    (server, ticks("self"))
 }
 
 fn cache_dir() -> PathBuf {
