@@ -94,6 +94,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figures {
+    let fetchers = env_usize("QUEUE_BENCH_FETCHERS", 2);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect(&db_url())
@@ -125,6 +126,7 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         queues: vec!["default".into()],
         workers,
         batch_size: batch,
+        fetchers,
         retry: RetryPolicy::default(),
         heartbeat_interval: Duration::from_secs(5),
         stale_after: Duration::from_secs(30),
@@ -349,6 +351,7 @@ async fn main() {
     let jobs = env_usize("QUEUE_BENCH_JOBS", 50_000);
     let workers = env_usize("QUEUE_BENCH_WORKERS", 24);
     let batch = env_usize("QUEUE_BENCH_BATCH", 500);
+    let fetchers = env_usize("QUEUE_BENCH_FETCHERS", 2);
     let probes = env_usize("QUEUE_BENCH_PROBES", 200);
     let rounds = env_usize("QUEUE_BENCH_ROUNDS", 2);
     let db = db_name();
@@ -377,7 +380,7 @@ async fn main() {
         println!("graphile_worker (crates.io) cannot be measured: {e}");
     }
     println!(
-        "queue benchmark: {jobs} no-op jobs, enqueue batches of {BATCH}; ours: {workers} workers, dequeue batch {batch}; \
+        "queue benchmark: {jobs} no-op jobs, enqueue batches of {BATCH}; ours: {workers} workers, dequeue batch {batch}, {fetchers} fetchers; \
          peers: graphile-worker 0.18.0 (npm) concurrency 24, localQueue 500, completeJobBatchDelay 0; \
          graphile_worker 0.14.1 (crates.io) concurrency 24, local queue 500, completion batch delay 0; \
          {rounds} rounds each, best drain shown"
