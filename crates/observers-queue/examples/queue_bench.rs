@@ -1,11 +1,12 @@
 //! The job-queue benchmark behind `cargo xtask bench --queue`: our PostgreSQL queue and worker
-//! pool against graphile-worker (npm) on the same PostgreSQL in the same run, durable and with
-//! `synchronous_commit = off`. Per queue: enqueue N no-op jobs in batches (enqueue rate), start
+//! pool against graphile-worker (npm), the graphile_worker crate and pg-boss (npm) on the same
+//! PostgreSQL in the same run, durable and with `synchronous_commit = off`. Per queue: enqueue N no-op jobs in batches (enqueue rate), start
 //! the workers and time until the last job completed (drain rate), then the enqueue→start
 //! latency of single jobs on idle workers.
 //!
-//! graphile-worker 0.18 needs Node >= 22.18: both are installed with npm into a cache directory
-//! (`$OBSERVERS_BENCH_CACHE`, default `~/.cache/observers-bench/peers`), never into the repo.
+//! graphile-worker 0.18 needs Node >= 22.18: Node 22, graphile-worker and pg-boss are installed
+//! with npm into a cache directory (`$OBSERVERS_BENCH_CACHE`, default
+//! `~/.cache/observers-bench/peers`), never into the repo.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -258,8 +259,44 @@ fn install_graphile() -> Result<(PathBuf, PathBuf), String> {
     Ok((node, dir))
 }
 
-fn graphile(node: &Path, dir: &Path, jobs: usize, probes: usize) -> Result<Figures, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/graphile_bench.mjs");
+/// Installs pg-boss 12.35.0 beside graphile-worker (12.38.0 does not install from this
+/// registry); the same Node 22 runs it.
+fn install_pgboss(dir: &Path) -> Result<(), String> {
+    if dir.join("node_modules/pg-boss/package.json").exists() {
+        return Ok(());
+    }
+    eprintln!("installing pg-boss@12.35.0 into {}", dir.display());
+    let out = Command::new("npm")
+        .args([
+            "i",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "pg-boss@12.35.0",
+        ])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "npm install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a Node peer harness (`peers/{script}`); its JSON figures.
+fn node_peer(
+    node: &Path,
+    dir: &Path,
+    script: &str,
+    jobs: usize,
+    probes: usize,
+) -> Result<Figures, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(script);
     let out = Command::new(node)
         .arg(&script)
         .env("DATABASE_URL", db_url())
@@ -270,7 +307,8 @@ fn graphile(node: &Path, dir: &Path, jobs: usize, probes: usize) -> Result<Figur
         .map_err(|e| format!("cannot run {}: {e}", node.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "graphile-worker harness failed: {}",
+            "{} failed: {}",
+            script.display(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -371,6 +409,16 @@ async fn main() {
     if let Err(e) = &peer {
         println!("graphile-worker (npm) cannot be measured: {e}");
     }
+    let peer_boss = match &peer {
+        Ok(_) if std::env::var_os("QUEUE_BENCH_SKIP_PGBOSS").is_some() => {
+            Err("skipped (QUEUE_BENCH_SKIP_PGBOSS)".to_owned())
+        }
+        Ok((_, dir)) => install_pgboss(dir),
+        Err(e) => Err(e.clone()),
+    };
+    if let Err(e) = &peer_boss {
+        println!("pg-boss (npm) cannot be measured: {e}");
+    }
     let peer_rs = if only_ours || std::env::var_os("QUEUE_BENCH_SKIP_RUST_PEER").is_some() {
         Err("skipped (QUEUE_BENCH_SKIP_RUST_PEER)".to_owned())
     } else {
@@ -383,6 +431,7 @@ async fn main() {
         "queue benchmark: {jobs} no-op jobs, enqueue batches of {BATCH}; ours: {workers} workers, dequeue batch {batch}, {fetchers} fetchers; \
          peers: graphile-worker 0.18.0 (npm) concurrency 24, localQueue 500, completeJobBatchDelay 0; \
          graphile_worker 0.14.1 (crates.io) concurrency 24, local queue 500, completion batch delay 0; \
+         pg-boss 12.35.0 (npm) batchSize 100, localConcurrency 4, burstWhenBatchFull, notify; \
          {rounds} rounds each, best drain shown"
     );
     for (mode, setting) in [("durable", "on"), ("synchronous_commit=off", "off")] {
@@ -390,7 +439,7 @@ async fn main() {
             "ALTER DATABASE {db} SET synchronous_commit = {setting}"
         ))
         .await;
-        let mut best: [Option<Figures>; 3] = [None, None, None];
+        let mut best: [Option<Figures>; 4] = [None, None, None, None];
         let keep = |slot: &mut Option<Figures>, f: Figures| {
             if slot.is_none_or(|b| f.drain_per_sec > b.drain_per_sec) {
                 *slot = Some(f);
@@ -399,9 +448,15 @@ async fn main() {
         for _ in 0..rounds {
             keep(&mut best[0], ours(jobs, workers, batch, probes).await);
             if let Ok((node, dir)) = &peer {
-                match graphile(node, dir, jobs, probes) {
+                match node_peer(node, dir, "graphile_bench.mjs", jobs, probes) {
                     Ok(f) => keep(&mut best[1], f),
                     Err(e) => println!("  graphile-worker run failed: {e}"),
+                }
+            }
+            if let (Ok((node, dir)), Ok(())) = (&peer, &peer_boss) {
+                match node_peer(node, dir, "pgboss_bench.mjs", jobs, probes) {
+                    Ok(f) => keep(&mut best[3], f),
+                    Err(e) => println!("  pg-boss run failed: {e}"),
                 }
             }
             if let Ok(bin) = &peer_rs {
@@ -417,6 +472,7 @@ async fn main() {
         for (name, peer) in [
             ("graphile-worker 0.18.0 (npm)", best[1]),
             ("graphile_worker 0.14.1 (crates.io)", best[2]),
+            ("pg-boss 12.35.0 (npm)", best[3]),
         ] {
             if let Some(p) = peer {
                 row(name, &p);
