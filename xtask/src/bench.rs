@@ -11,8 +11,8 @@ use crate::services;
 /// `--flag`, package, example: the benchmarks that run alone, each against its own peer or
 /// baseline in the same run.
 const AREAS: &[(&str, &str, &str)] = &[
-    // the job queue against graphile-worker (npm) on the same PostgreSQL; the peer installs
-    // into a cache dir
+    // the job queue against graphile-worker (npm), the graphile_worker crate and pg-boss (npm)
+    // on the same PostgreSQL; the peers install into a cache dir
     ("--queue", "observers-queue", "queue_bench"),
     // the Redis stores against redis-benchmark; it starts its own redis-server (needs
     // redis-server and redis-benchmark on PATH)

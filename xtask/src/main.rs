@@ -17,7 +17,7 @@ commands:
   test-integration   the same (kept for scripts; all suites are integration-aware)
   ci                 fmt --check, clippy -D warnings, then test
   bench              run the benchmarks and print ratios against same-run baselines
-                     (--pipeline: PostgreSQL pipeline only; --queue: job queue vs graphile-worker;
+                     (--pipeline: PostgreSQL pipeline only; --queue: job queue vs graphile-worker, pg-boss;
                       --redis: Redis stores vs redis-benchmark; --search: search on 1M events;
                       --ha: failover and lease acquisition)
   migrate            apply the migrations to DATABASE_URL

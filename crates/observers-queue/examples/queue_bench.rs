@@ -1,11 +1,12 @@
 //! The job-queue benchmark behind `cargo xtask bench --queue`: our PostgreSQL queue and worker
-//! pool against graphile-worker (npm) on the same PostgreSQL in the same run, durable and with
-//! `synchronous_commit = off`. Per queue: enqueue N no-op jobs in batches (enqueue rate), start
+//! pool against graphile-worker (npm), the graphile_worker crate and pg-boss (npm) on the same
+//! PostgreSQL in the same run, durable and with `synchronous_commit = off`. Per queue: enqueue N no-op jobs in batches (enqueue rate), start
 //! the workers and time until the last job completed (drain rate), then the enqueue→start
 //! latency of single jobs on idle workers.
 //!
-//! graphile-worker 0.18 needs Node >= 22.18: both are installed with npm into a cache directory
-//! (`$OBSERVERS_BENCH_CACHE`, default `~/.cache/observers-bench/peers`), never into the repo.
+//! graphile-worker 0.18 needs Node >= 22.18: Node 22, graphile-worker and pg-boss are installed
+//! with npm into a cache directory (`$OBSERVERS_BENCH_CACHE`, default
+//! `~/.cache/observers-bench/peers`), never into the repo.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -27,7 +28,10 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgPool};
 use tokio::sync::{mpsc, watch};
 
-const DB: &str = "observers_queue_bench";
+/// The throwaway database; `QUEUE_BENCH_DB` names another (to run two benches side by side).
+fn db_name() -> String {
+    std::env::var("QUEUE_BENCH_DB").unwrap_or_else(|_| "observers_queue_bench".into())
+}
 const BATCH: usize = 1000;
 
 fn server_url() -> String {
@@ -42,9 +46,9 @@ fn db_url() -> String {
         .map_or((server.as_str(), ""), |(b, q)| (b, q));
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
     if query.is_empty() {
-        format!("{base}/{DB}")
+        format!("{base}/{}", db_name())
     } else {
-        format!("{base}/{DB}?{query}")
+        format!("{base}/{}?{query}", db_name())
     }
 }
 
@@ -91,12 +95,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figures {
+    let fetchers = env_usize("QUEUE_BENCH_FETCHERS", 2);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect(&db_url())
         .await
         .unwrap();
-    pool.execute("TRUNCATE observer_jobs").await.unwrap();
+    pool.execute("TRUNCATE observer_jobs, observer_jobs_completed, observer_job_keys")
+        .await
+        .unwrap();
     let q = Arc::new(PostgresJobQueue::new(pool.clone()));
 
     let t = Instant::now();
@@ -120,6 +127,7 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         queues: vec!["default".into()],
         workers,
         batch_size: batch,
+        fetchers,
         retry: RetryPolicy::default(),
         heartbeat_interval: Duration::from_secs(5),
         stale_after: Duration::from_secs(30),
@@ -129,6 +137,7 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
     let worker_pool = WorkerPool::new(q.clone(), Arc::new(Noop { starts: starts_tx }), config);
     let stats = worker_pool.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let cpu_before = cpu_ticks(&pool).await;
     let started = Instant::now();
     let task = tokio::spawn(worker_pool.run(stop_rx));
     let target = jobs as u64;
@@ -136,6 +145,15 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let drain_per_sec = jobs as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("QUEUE_BENCH_CPU").is_some() {
+        let after = cpu_ticks(&pool).await;
+        let per_job = |a: u64, b: u64| a.saturating_sub(b) as f64 * 10_000.0 / jobs as f64;
+        eprintln!(
+            "  cpu during the drain: server {:.2} µs/job, client {:.2} µs/job",
+            per_job(after.0, cpu_before.0),
+            per_job(after.1, cpu_before.1)
+        );
+    }
     let db_completed = q.stats().await.unwrap().completed;
     assert_eq!(db_completed, target, "every job recorded completed");
 
@@ -163,6 +181,36 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
     }
+}
+
+/// CPU ticks (10 ms) used so far by the database's backends and by this process
+/// (`QUEUE_BENCH_CPU=1`: a diagnostic that holds under load, unlike wall-clock rates).
+async fn cpu_ticks(pool: &PgPool) -> (u64, u64) {
+    fn ticks(pid: &str) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .collect();
+        let f = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        f(11) + f(12)
+    }
+    if std::env::var_os("QUEUE_BENCH_CPU").is_none() {
+        return (0, 0);
+    }
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let server = pids.iter().map(|p| ticks(&p.to_string())).sum();
+    (server, ticks("self"))
 }
 
 fn cache_dir() -> PathBuf {
@@ -211,8 +259,44 @@ fn install_graphile() -> Result<(PathBuf, PathBuf), String> {
     Ok((node, dir))
 }
 
-fn graphile(node: &Path, dir: &Path, jobs: usize, probes: usize) -> Result<Figures, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/graphile_bench.mjs");
+/// Installs pg-boss 12.35.0 beside graphile-worker (12.38.0 does not install from this
+/// registry); the same Node 22 runs it.
+fn install_pgboss(dir: &Path) -> Result<(), String> {
+    if dir.join("node_modules/pg-boss/package.json").exists() {
+        return Ok(());
+    }
+    eprintln!("installing pg-boss@12.35.0 into {}", dir.display());
+    let out = Command::new("npm")
+        .args([
+            "i",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "pg-boss@12.35.0",
+        ])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "npm install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a Node peer harness (`peers/{script}`); its JSON figures.
+fn node_peer(
+    node: &Path,
+    dir: &Path,
+    script: &str,
+    jobs: usize,
+    probes: usize,
+) -> Result<Figures, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(script);
     let out = Command::new(node)
         .arg(&script)
         .env("DATABASE_URL", db_url())
@@ -223,7 +307,8 @@ fn graphile(node: &Path, dir: &Path, jobs: usize, probes: usize) -> Result<Figur
         .map_err(|e| format!("cannot run {}: {e}", node.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "graphile-worker harness failed: {}",
+            "{} failed: {}",
+            script.display(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -304,20 +389,37 @@ async fn main() {
     let jobs = env_usize("QUEUE_BENCH_JOBS", 50_000);
     let workers = env_usize("QUEUE_BENCH_WORKERS", 24);
     let batch = env_usize("QUEUE_BENCH_BATCH", 500);
+    let fetchers = env_usize("QUEUE_BENCH_FETCHERS", 2);
     let probes = env_usize("QUEUE_BENCH_PROBES", 200);
     let rounds = env_usize("QUEUE_BENCH_ROUNDS", 2);
-    admin(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await;
-    admin(&format!("CREATE DATABASE {DB}")).await;
+    let db = db_name();
+    admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    admin(&format!("CREATE DATABASE {db}")).await;
     {
         let pool = PgPool::connect(&db_url()).await.unwrap();
         observers_postgres::migrate(&pool).await.unwrap();
         pool.close().await;
     }
-    let peer = install_graphile();
+    let only_ours = std::env::var_os("QUEUE_BENCH_ONLY_OURS").is_some();
+    let peer = if only_ours {
+        Err("skipped (QUEUE_BENCH_ONLY_OURS)".to_owned())
+    } else {
+        install_graphile()
+    };
     if let Err(e) = &peer {
         println!("graphile-worker (npm) cannot be measured: {e}");
     }
-    let peer_rs = if std::env::var_os("QUEUE_BENCH_SKIP_RUST_PEER").is_some() {
+    let peer_boss = match &peer {
+        Ok(_) if std::env::var_os("QUEUE_BENCH_SKIP_PGBOSS").is_some() => {
+            Err("skipped (QUEUE_BENCH_SKIP_PGBOSS)".to_owned())
+        }
+        Ok((_, dir)) => install_pgboss(dir),
+        Err(e) => Err(e.clone()),
+    };
+    if let Err(e) = &peer_boss {
+        println!("pg-boss (npm) cannot be measured: {e}");
+    }
+    let peer_rs = if only_ours || std::env::var_os("QUEUE_BENCH_SKIP_RUST_PEER").is_some() {
         Err("skipped (QUEUE_BENCH_SKIP_RUST_PEER)".to_owned())
     } else {
         build_graphile_rs()
@@ -326,17 +428,18 @@ async fn main() {
         println!("graphile_worker (crates.io) cannot be measured: {e}");
     }
     println!(
-        "queue benchmark: {jobs} no-op jobs, enqueue batches of {BATCH}; ours: {workers} workers, dequeue batch {batch}; \
+        "queue benchmark: {jobs} no-op jobs, enqueue batches of {BATCH}; ours: {workers} workers, dequeue batch {batch}, {fetchers} fetchers; \
          peers: graphile-worker 0.18.0 (npm) concurrency 24, localQueue 500, completeJobBatchDelay 0; \
          graphile_worker 0.14.1 (crates.io) concurrency 24, local queue 500, completion batch delay 0; \
+         pg-boss 12.35.0 (npm) batchSize 100, localConcurrency 4, burstWhenBatchFull, notify; \
          {rounds} rounds each, best drain shown"
     );
     for (mode, setting) in [("durable", "on"), ("synchronous_commit=off", "off")] {
         admin(&format!(
-            "ALTER DATABASE {DB} SET synchronous_commit = {setting}"
+            "ALTER DATABASE {db} SET synchronous_commit = {setting}"
         ))
         .await;
-        let mut best: [Option<Figures>; 3] = [None, None, None];
+        let mut best: [Option<Figures>; 4] = [None, None, None, None];
         let keep = |slot: &mut Option<Figures>, f: Figures| {
             if slot.is_none_or(|b| f.drain_per_sec > b.drain_per_sec) {
                 *slot = Some(f);
@@ -345,9 +448,15 @@ async fn main() {
         for _ in 0..rounds {
             keep(&mut best[0], ours(jobs, workers, batch, probes).await);
             if let Ok((node, dir)) = &peer {
-                match graphile(node, dir, jobs, probes) {
+                match node_peer(node, dir, "graphile_bench.mjs", jobs, probes) {
                     Ok(f) => keep(&mut best[1], f),
                     Err(e) => println!("  graphile-worker run failed: {e}"),
+                }
+            }
+            if let (Ok((node, dir)), Ok(())) = (&peer, &peer_boss) {
+                match node_peer(node, dir, "pgboss_bench.mjs", jobs, probes) {
+                    Ok(f) => keep(&mut best[3], f),
+                    Err(e) => println!("  pg-boss run failed: {e}"),
                 }
             }
             if let Ok(bin) = &peer_rs {
@@ -363,6 +472,7 @@ async fn main() {
         for (name, peer) in [
             ("graphile-worker 0.18.0 (npm)", best[1]),
             ("graphile_worker 0.14.1 (crates.io)", best[2]),
+            ("pg-boss 12.35.0 (npm)", best[3]),
         ] {
             if let Some(p) = peer {
                 row(name, &p);
@@ -374,5 +484,5 @@ async fn main() {
             }
         }
     }
-    admin(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await;
+    admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
 }

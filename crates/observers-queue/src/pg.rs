@@ -1,10 +1,12 @@
-//! `PostgresJobQueue`: core's `JobQueue` over `observer_jobs`. Dequeue takes a batch with
+//! `PostgresJobQueue`: core's `JobQueue` over `observer_jobs` (live jobs) and
+//! `observer_jobs_completed` (where completion moves them). Dequeue takes a batch with
 //! `FOR UPDATE SKIP LOCKED` (concurrent workers never get the same job), enqueue is idempotent
-//! on `unique_key`, a statement trigger NOTIFYs `observer_jobs` so idle workers wake at once,
+//! on `unique_key` (claimed in `observer_job_keys` until the job is purged, whichever table it
+//! is in), a statement trigger NOTIFYs `observer_jobs` so idle workers wake at once,
 //! and all times (run_at, heartbeats, staleness) use the database clock except the `run_at`
 //! a caller passes in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -161,12 +163,14 @@ impl PostgresJobQueue {
     }
 
     async fn status_of(&self, id: i64) -> Result<Option<JobStatus>> {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM observer_jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM observer_jobs WHERE id = $1 \
+             UNION ALL SELECT 'completed' FROM observer_jobs_completed WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
         status
             .map(|s| {
                 s.parse::<JobStatus>()
@@ -187,13 +191,138 @@ impl PostgresJobQueue {
 
     async fn existing_ids(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
         let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, unique_key FROM observer_jobs WHERE unique_key = ANY($1::text[])",
+            "SELECT job_id, unique_key FROM observer_job_keys WHERE unique_key = ANY($1::text[])",
         )
         .bind(keys)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
         Ok(rows.into_iter().map(|(id, k)| (k, id)).collect())
+    }
+
+    /// Moves the processing jobs among `ids` to `observer_jobs_completed`, in one statement: a
+    /// DELETE (no new row version, no index entry) and an INSERT of the row as it was, instead
+    /// of a second non-HOT update. The jobs' keys stay claimed in `observer_job_keys`.
+    async fn move_completed(&self, ids: &[i64]) -> Result<u64> {
+        let moved = sqlx::query(
+            "WITH done AS ( \
+               DELETE FROM observer_jobs WHERE id = ANY($1::bigint[]) AND status = 'processing' \
+               RETURNING id, queue_name, kind, payload, unique_key, priority, run_at, attempts, \
+                 max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at) \
+             INSERT INTO observer_jobs_completed (id, queue_name, kind, payload, unique_key, \
+               priority, run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, \
+               created_at, started_at, completed_at) \
+             SELECT id, queue_name, kind, payload, unique_key, priority, run_at, attempts, \
+               max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at, now() \
+             FROM done",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(moved)
+    }
+
+    /// One statement: the keyed jobs claim their keys in `observer_job_keys` (the first of a
+    /// key in input order wins), and the jobs that are keyless or won their key are inserted.
+    /// Ids are drawn in input order, so they ascend with it. `None` when a key that conflicted
+    /// was freed (its job purged) before it could be looked up.
+    async fn try_enqueue_many(&self, jobs: &[NewJob]) -> Result<Option<Vec<EnqueueOutcome>>> {
+        let n = jobs.len();
+        let mut queues = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut priorities = Vec::with_capacity(n);
+        let mut run_ats = Vec::with_capacity(n);
+        let mut maxes = Vec::with_capacity(n);
+        for j in jobs {
+            queues.push(j.queue.as_str());
+            kinds.push(j.kind.as_str());
+            payloads.push(
+                serde_json::to_string(&j.payload)
+                    .map_err(|e| QueueError::Invalid(format!("job payload: {e}")))?,
+            );
+            keys.push(j.unique_key.as_deref());
+            priorities.push(j.priority);
+            run_ats.push(j.run_at);
+            maxes.push(to_i32(j.max_attempts.max(1)));
+        }
+        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "WITH input AS MATERIALIZED ( \
+               SELECT nextval('observer_jobs_id_seq') AS id, q, k, p, u, pr, r, m \
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], \
+                           $6::timestamptz[], $7::int4[]) \
+                    WITH ORDINALITY AS t(q, k, p, u, pr, r, m, ord) \
+               ORDER BY ord), \
+             claimed AS ( \
+               INSERT INTO observer_job_keys (unique_key, job_id) \
+               SELECT u, id FROM input WHERE u IS NOT NULL ORDER BY id \
+               ON CONFLICT (unique_key) DO NOTHING RETURNING job_id) \
+             INSERT INTO observer_jobs \
+               (id, queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
+             OVERRIDING SYSTEM VALUE \
+             SELECT i.id, i.q, i.k, i.p::jsonb, i.u, i.pr, COALESCE(i.r, now()), i.m \
+             FROM input i WHERE i.u IS NULL OR i.id IN (SELECT job_id FROM claimed) \
+             ORDER BY i.id \
+             RETURNING id, unique_key",
+        )
+        .bind(&queues)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(&priorities)
+        .bind(&run_ats)
+        .bind(&maxes)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut by_key = HashMap::new();
+        let mut keyless = Vec::new();
+        for (id, key) in rows {
+            match key {
+                Some(k) => {
+                    by_key.insert(k, id);
+                }
+                None => keyless.push(id),
+            }
+        }
+        keyless.sort_unstable();
+        let mut keyless = keyless.into_iter();
+        let missing: Vec<String> = jobs
+            .iter()
+            .filter_map(|j| j.unique_key.clone())
+            .filter(|k| !by_key.contains_key(k))
+            .collect();
+        let existing = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            self.existing_ids(&missing).await?
+        };
+        let mut first_seen = HashSet::new();
+        let mut out = Vec::with_capacity(n);
+        for j in jobs {
+            let outcome = match &j.unique_key {
+                None => EnqueueOutcome::Enqueued(keyless.next().ok_or_else(|| {
+                    ObserverError::store("postgres", "enqueue_many: fewer rows than jobs")
+                })?),
+                Some(k) => match (by_key.get(k), existing.get(k)) {
+                    // The first job with a new key created it; later ones in the batch are duplicates.
+                    (Some(&id), _) => {
+                        if first_seen.insert(k.clone()) {
+                            EnqueueOutcome::Enqueued(id)
+                        } else {
+                            EnqueueOutcome::Duplicate(id)
+                        }
+                    }
+                    (None, Some(&id)) => EnqueueOutcome::Duplicate(id),
+                    (None, None) => return Ok(None),
+                },
+            };
+            out.push(outcome);
+        }
+        Ok(Some(out))
     }
 }
 
@@ -245,152 +374,40 @@ async fn listen_loop(pool: PgPool, wake: Arc<Notify>) {
 #[async_trait]
 impl JobQueue for PostgresJobQueue {
     async fn enqueue(&self, job: NewJob) -> Result<EnqueueOutcome> {
-        let payload = serde_json::to_string(&job.payload)
-            .map_err(|e| QueueError::Invalid(format!("job payload: {e}")))?;
-        for _ in 0..3 {
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO observer_jobs (queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
-                 VALUES ($1, $2, $3::jsonb, $4, $5, COALESCE($6, now()), $7) \
-                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id",
-            )
-            .bind(&job.queue)
-            .bind(&job.kind)
-            .bind(&payload)
-            .bind(&job.unique_key)
-            .bind(job.priority)
-            .bind(job.run_at)
-            .bind(to_i32(job.max_attempts.max(1)))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-            if let Some(id) = inserted {
-                return Ok(EnqueueOutcome::Enqueued(id));
-            }
-            let Some(key) = &job.unique_key else {
-                break;
-            };
-            let existing: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM observer_jobs WHERE unique_key = $1")
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db)?;
-            if let Some(id) = existing {
-                return Ok(EnqueueOutcome::Duplicate(id));
-            }
-            // The conflicting job was purged in between: insert again.
-        }
-        Err(ObserverError::store(
-            "postgres",
-            "enqueue conflicted on its unique key but the existing job vanished; try again",
-        ))
+        let mut out = self.enqueue_many(vec![job]).await?;
+        out.pop()
+            .ok_or_else(|| ObserverError::store("postgres", "enqueue: no outcome"))
     }
 
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let n = jobs.len();
-        let mut queues = Vec::with_capacity(n);
-        let mut kinds = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut priorities = Vec::with_capacity(n);
-        let mut run_ats = Vec::with_capacity(n);
-        let mut maxes = Vec::with_capacity(n);
-        for j in &jobs {
-            queues.push(j.queue.as_str());
-            kinds.push(j.kind.as_str());
-            payloads.push(
-                serde_json::to_string(&j.payload)
-                    .map_err(|e| QueueError::Invalid(format!("job payload: {e}")))?,
-            );
-            keys.push(j.unique_key.as_deref());
-            priorities.push(j.priority);
-            run_ats.push(j.run_at);
-            maxes.push(to_i32(j.max_attempts.max(1)));
-        }
-        // Rows are inserted in input order, so identities ascend with it.
-        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
-            "INSERT INTO observer_jobs (queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
-             SELECT q, k, p::jsonb, u, pr, COALESCE(r, now()), m \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[], $7::int4[]) \
-                  WITH ORDINALITY AS t(q, k, p, u, pr, r, m, ord) \
-             ORDER BY ord \
-             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id, unique_key",
-        )
-        .bind(&queues)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(&keys)
-        .bind(&priorities)
-        .bind(&run_ats)
-        .bind(&maxes)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        let mut by_key = HashMap::new();
-        let mut keyless = Vec::new();
-        for (id, key) in rows {
-            match key {
-                Some(k) => {
-                    by_key.insert(k, id);
-                }
-                None => keyless.push(id),
+        for _ in 0..3 {
+            if let Some(out) = self.try_enqueue_many(&jobs).await? {
+                return Ok(out);
             }
+            // A conflicting key was purged in between: insert again.
         }
-        keyless.sort_unstable();
-        let mut keyless = keyless.into_iter();
-        let missing: Vec<String> = jobs
-            .iter()
-            .filter_map(|j| j.unique_key.clone())
-            .filter(|k| !by_key.contains_key(k))
-            .collect();
-        let existing = if missing.is_empty() {
-            HashMap::new()
-        } else {
-            self.existing_ids(&missing).await?
-        };
-        let mut first_seen = HashMap::new();
-        let mut out = Vec::with_capacity(n);
-        for j in &jobs {
-            let outcome = match &j.unique_key {
-                None => EnqueueOutcome::Enqueued(keyless.next().ok_or_else(|| {
-                    ObserverError::store("postgres", "enqueue_many: fewer rows than jobs")
-                })?),
-                Some(k) => match (by_key.get(k), existing.get(k)) {
-                    // The first job with a new key created it; later ones in the batch are duplicates.
-                    (Some(&id), _) => {
-                        if first_seen.insert(k.clone(), ()).is_none() {
-                            EnqueueOutcome::Enqueued(id)
-                        } else {
-                            EnqueueOutcome::Duplicate(id)
-                        }
-                    }
-                    (None, Some(&id)) => EnqueueOutcome::Duplicate(id),
-                    (None, None) => {
-                        return Err(ObserverError::store(
-                            "postgres",
-                            format!("enqueue_many: job with unique key `{k}` vanished; try again"),
-                        ));
-                    }
-                },
-            };
-            out.push(outcome);
-        }
-        Ok(out)
+        Err(ObserverError::store(
+            "postgres",
+            "enqueue conflicted on a unique key but the existing job vanished; try again",
+        ))
     }
 
     async fn dequeue(&self, queue: &str, worker: &str, max: usize) -> Result<Vec<Job>> {
+        // `id = ANY(ARRAY(...))` rather than a join with the picked rows: the planner sizes a
+        // join by the whole table and hashes every row of it (a sequential scan per batch,
+        // growing with the completed rows kept); the array probes the primary key instead.
         const SQL: &str = concat!(
-            "WITH picked AS ( \
+            "UPDATE observer_jobs j SET status = 'processing', attempts = j.attempts + 1, \
+               worker_id = $2, heartbeat_at = now(), started_at = now() \
+             WHERE j.id = ANY(ARRAY( \
                SELECT id FROM observer_jobs \
                WHERE status = 'pending' AND queue_name = $1 AND run_at <= now() \
                ORDER BY priority DESC, run_at, id \
-               LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE observer_jobs j SET status = 'processing', attempts = j.attempts + 1, \
-               worker_id = $2, heartbeat_at = now(), started_at = now() \
-             FROM picked WHERE j.id = picked.id RETURNING ",
+               LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+             RETURNING ",
             columns!("j.")
         );
         if max == 0 {
@@ -433,15 +450,7 @@ impl JobQueue for PostgresJobQueue {
     }
 
     async fn complete(&self, id: i64) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE observer_jobs SET status = 'completed', completed_at = now() \
-             WHERE id = $1 AND status = 'processing'",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 1 {
+        if self.move_completed(&[id]).await? == 1 {
             return Ok(());
         }
         match self.status_of(id).await? {
@@ -455,14 +464,7 @@ impl JobQueue for PostgresJobQueue {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "UPDATE observer_jobs SET status = 'completed', completed_at = now() \
-             WHERE id = ANY($1::bigint[]) AND status = 'processing'",
-        )
-        .bind(ids)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        self.move_completed(ids).await?;
         Ok(())
     }
 
@@ -523,10 +525,10 @@ impl JobQueue for PostgresJobQueue {
             sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE status = 'pending'), \
                         count(*) FILTER (WHERE status = 'processing'), \
-                        count(*) FILTER (WHERE status = 'completed'), \
+                        (SELECT count(*) FROM observer_jobs_completed), \
                         count(*) FILTER (WHERE status = 'failed'), \
-                        (avg(extract(epoch FROM completed_at - started_at) * 1000) \
-                            FILTER (WHERE status = 'completed'))::float8 \
+                        (SELECT avg(extract(epoch FROM completed_at - started_at) * 1000) \
+                         FROM observer_jobs_completed)::float8 \
                  FROM observer_jobs",
             )
             .fetch_one(&self.pool)
@@ -542,11 +544,18 @@ impl JobQueue for PostgresJobQueue {
         })
     }
 
+    /// Live jobs and completed ones together, newest first (both sides walk their primary key).
     async fn list(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
+            "(SELECT ",
             columns!(""),
-            " FROM observer_jobs WHERE ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2"
+            " FROM observer_jobs WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2) \
+             UNION ALL \
+             (SELECT id, queue_name, kind, 'completed' AS status, payload, unique_key, priority, \
+                run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, created_at \
+              FROM observer_jobs_completed WHERE $1::text IS NULL OR $1 = 'completed' \
+              ORDER BY id DESC LIMIT $2) \
+             ORDER BY id DESC LIMIT $2"
         ))
         .bind(status.map(JobStatus::as_str))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -581,13 +590,29 @@ impl JobQueue for PostgresJobQueue {
             )
             .into());
         }
-        let purged = sqlx::query("DELETE FROM observer_jobs WHERE status = $1")
-            .bind(status.as_str())
-            .execute(&self.pool)
+        // Purged jobs free their keys: a later enqueue with the same key creates a new job.
+        let purged: i64 = if status == JobStatus::Completed {
+            sqlx::query_scalar(
+                "WITH gone AS (DELETE FROM observer_jobs_completed RETURNING id, unique_key), \
+                 freed AS (DELETE FROM observer_job_keys k USING gone \
+                           WHERE k.unique_key = gone.unique_key AND k.job_id = gone.id) \
+                 SELECT count(*) FROM gone",
+            )
+            .fetch_one(&self.pool)
             .await
-            .map_err(db)?
-            .rows_affected();
-        Ok(purged)
+        } else {
+            sqlx::query_scalar(
+                "WITH gone AS (DELETE FROM observer_jobs WHERE status = $1 RETURNING id, unique_key), \
+                 freed AS (DELETE FROM observer_job_keys k USING gone \
+                           WHERE k.unique_key = gone.unique_key AND k.job_id = gone.id) \
+                 SELECT count(*) FROM gone",
+            )
+            .bind(status.as_str())
+            .fetch_one(&self.pool)
+            .await
+        }
+        .map_err(db)?;
+        Ok(u64::try_from(purged).unwrap_or_default())
     }
 
     async fn wait_for_jobs(&self, timeout: Duration) -> bool {

@@ -224,11 +224,16 @@ async fn jobs_commands_list_stats_retry_and_purge() {
     assert!(cli(&db, &["migrate"]).status.success());
     db.exec(
         "INSERT INTO observer_jobs (kind, payload, status, attempts, last_error) VALUES \
-         ('email', '{}', 'failed', 8, 'smtp down'), ('webhook', '{}', 'failed', 8, '503'), \
-         ('webhook', '{}', 'completed', 1, NULL)",
+         ('email', '{}', 'failed', 8, 'smtp down'), ('webhook', '{}', 'failed', 8, '503')",
     )
     .await;
-    db.exec("UPDATE observer_jobs SET started_at = now() - interval '2 seconds', completed_at = now() - interval '1 second' WHERE status = 'completed'").await;
+    db.exec(
+        "INSERT INTO observer_jobs_completed (id, queue_name, kind, payload, priority, run_at, \
+           attempts, max_attempts, created_at, started_at, completed_at) \
+         VALUES (nextval('observer_jobs_id_seq'), 'default', 'webhook', '{}', 0, now(), 1, 8, \
+           now(), now() - interval '2 seconds', now() - interval '1 second')",
+    )
+    .await;
 
     let stats = json_of(&cli(&db, &["jobs", "stats", "--format", "json"]));
     assert_eq!(

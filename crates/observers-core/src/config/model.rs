@@ -629,6 +629,10 @@ pub struct QueueConfig {
     pub queues: Vec<String>,
     /// Jobs taken per dequeue; a pool holds at most `workers + batch_size` jobs.
     pub batch_size: usize,
+    /// Dequeues in flight per queue (1 or 2). With 2 the next batch is fetched while the
+    /// previous one is still being taken, for throughput; batches may then start out of
+    /// priority order with each other.
+    pub fetchers: usize,
     /// Attempts a queued action gets, the first included.
     pub max_attempts: u32,
     /// Delay before the first retry; multiplied by `multiplier` per attempt, capped.
@@ -656,6 +660,7 @@ impl Default for QueueConfig {
             workers: 4,
             queues: vec!["default".into()],
             batch_size: 100,
+            fetchers: 1,
             max_attempts: 8,
             initial_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(10 * 3600),
@@ -672,6 +677,9 @@ impl QueueConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_size == 0 {
             return Err("batch_size must be at least 1".into());
+        }
+        if !(1..=2).contains(&self.fetchers) {
+            return Err(format!("fetchers must be 1 or 2, got {}", self.fetchers));
         }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());

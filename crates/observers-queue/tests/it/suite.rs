@@ -371,3 +371,32 @@ async fn wait_for_jobs_wakes_on_enqueue(q: Q) {
     assert!(woke);
 }
 for_each_backend!(wait_for_jobs_wakes_on_enqueue);
+
+async fn enqueue_stays_idempotent_while_jobs_complete(q: Q) {
+    // Re-enqueues race the completions that move jobs out of the live table: no key is ever
+    // enqueued twice, whichever side wins each race.
+    let keyed = |n: i64| job(n).with_unique_key(format!("evt-{n}:o:0"));
+    let first = q.enqueue_many((0..200).map(keyed).collect()).await.unwrap();
+    let taken = q.dequeue("email", "w", 200).await.unwrap();
+    assert_eq!(taken.len(), 200);
+    let completer = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            for chunk in ids(&taken).chunks(10) {
+                q.complete_many(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for n in 0..200 {
+        let again = q.enqueue(keyed(n)).await.unwrap();
+        let idx = usize::try_from(n).unwrap();
+        assert_eq!(again, EnqueueOutcome::Duplicate(first[idx].id()), "key {n}");
+    }
+    completer.await.unwrap();
+    let again = q.enqueue_many((0..200).map(keyed).collect()).await.unwrap();
+    assert!(again.iter().all(|o| o.is_duplicate()));
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.completed), (0, 200));
+}
+for_each_backend!(enqueue_stays_idempotent_while_jobs_complete);

@@ -30,6 +30,7 @@ fn config(name: &str, workers: usize, batch: usize) -> WorkerConfig {
         queues: vec!["default".into()],
         workers,
         batch_size: batch,
+        fetchers: 1,
         retry: RetryPolicy {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),
@@ -138,9 +139,14 @@ async fn n_workers_run_m_jobs_exactly_once(pool: PgPool) {
         q.enqueue_many(chunk.to_vec()).await.unwrap();
     }
     let recorder = Arc::new(Recorder::default());
-    // Three pools (as three processes would be), four workers each, small batches.
+    // Three pools (as three processes would be), four workers each, small batches; one of
+    // them with two dequeues in flight.
     let pools: Vec<Running> = (0..3)
-        .map(|p| start(&q, recorder.clone(), config(&format!("pool-{p}"), 4, 16)))
+        .map(|p| {
+            let mut cfg = config(&format!("pool-{p}"), 4, 16);
+            cfg.fetchers = if p == 0 { 2 } else { 1 };
+            start(&q, recorder.clone(), cfg)
+        })
         .collect();
     wait_stats(&q, "every job completed", |s| {
         s.completed == u64::try_from(M).unwrap()
