@@ -103,7 +103,7 @@ thread_local! {
     // id. Plain `Copy` cells without destructors: reading one is a load that cannot fail. A hit
     // costs a string comparison; a miss falls back to the lock-free maps.
     static LAST_ENTITY: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
-    static LAST_ACTIONS: Cell<(ActionSlots, usize)> = const { Cell::new(([(0, 0); ACTION_SLOTS], 0)) };
+    static LAST_ACTIONS: Cell<ActionSlots> = const { Cell::new([(0, 0); ACTION_SLOTS]) };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -703,7 +703,9 @@ impl ObserverMetrics {
         self.entity_arena.get(i)
     }
 
-    /// Runs `f` on the handles of (`observer`, `action_type`), with this thread's shard.
+    /// Runs `f` on the handles of (`observer`, `action_type`), with this thread's shard. The
+    /// inline path checks only the most recent pair (kept first); the other cached pairs and
+    /// the maps are looked at out of line, so the hot code stays small.
     #[inline]
     pub(crate) fn action(
         &self,
@@ -712,21 +714,41 @@ impl ObserverMetrics {
         f: impl FnOnce(&ActionHandles, Shard),
     ) {
         let shard = sharded::shard();
-        let (slots, _) = LAST_ACTIONS.with(Cell::get);
-        let cached = slots.iter().find_map(|&(id, i)| {
-            self.action_arena.get(i).filter(|h| {
-                id == self.id && same(&h.observer, observer) && same(&h.action_type, action_type)
-            })
+        let [(id, i), ..] = LAST_ACTIONS.with(Cell::get);
+        let cached = self.action_arena.get(i).filter(|h| {
+            id == self.id && same(&h.observer, observer) && same(&h.action_type, action_type)
         });
         if let Some(h) = cached.or_else(|| self.action_slow(observer, action_type)) {
             f(h, shard);
         }
     }
 
+    /// The pair from the rest of the per-thread cache, else from the maps; either way it moves
+    /// to the front of the cache.
     #[cold]
     #[inline(never)]
     fn action_slow(&self, observer: &str, action_type: &str) -> Option<&ActionHandles> {
-        let i = self.action_handles.with(
+        let mut slots = LAST_ACTIONS.with(Cell::get);
+        let found = slots.iter().position(|&(id, i)| {
+            id == self.id
+                && self.action_arena.get(i).is_some_and(|h| {
+                    same(&h.observer, observer) && same(&h.action_type, action_type)
+                })
+        });
+        let i = match found {
+            Some(at) => slots[at].1,
+            None => self.action_index(observer, action_type),
+        };
+        // Move to front: shift the others down over the found slot (or the oldest).
+        let at = found.unwrap_or(ACTION_SLOTS - 1);
+        slots.copy_within(0..at, 1);
+        slots[0] = (self.id, i);
+        LAST_ACTIONS.with(|c| c.set(slots));
+        self.action_arena.get(i)
+    }
+
+    fn action_index(&self, observer: &str, action_type: &str) -> u32 {
+        self.action_handles.with(
             observer,
             |k| ObserverActions {
                 observer: k.into(),
@@ -741,15 +763,7 @@ impl ObserverMetrics {
                         .unwrap_or(u32::MAX)
                 })
             },
-        );
-        LAST_ACTIONS.with(|c| {
-            let (mut slots, next) = c.get();
-            if let Some(slot) = slots.get_mut(next % ACTION_SLOTS) {
-                *slot = (self.id, i);
-            }
-            c.set((slots, next.wrapping_add(1)));
-        });
-        self.action_arena.get(i)
+        )
     }
 
     fn make_action_handles(&self, observer: &str, action_type: &str) -> ActionHandles {

@@ -89,9 +89,11 @@ fn lease() -> Shard {
 #[derive(Default)]
 struct Line([AtomicU64; 8]);
 
-/// `width` cells per shard, `SHARDS + 1` shards.
+/// `width` cells per shard, `SHARDS + 1` shards. Held by value in the metric (the lines behind
+/// one pointer), so a write touches the metric's handle and one line of cells.
+#[derive(Clone)]
 struct Cells {
-    lines: Box<[Line]>,
+    lines: Arc<[Line]>,
     lines_per_shard: usize,
 }
 
@@ -115,25 +117,45 @@ impl Cells {
 
     #[inline]
     fn add(&self, shard: usize, i: usize, n: u64) {
+        if shard == SHARED {
+            return self.add_shared(i, n);
+        }
         if let Some(c) = self.cell(shard, i) {
-            if shard == SHARED {
-                c.fetch_add(n, Ordering::Relaxed);
-            } else {
-                // Only this thread writes this cell: no read-modify-write needed.
-                c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
-            }
+            // Only this thread writes this cell: no read-modify-write needed.
+            c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        }
+    }
+
+    /// Out of line: the shared row is for threads past `SHARDS` and exiting ones.
+    #[cold]
+    #[inline(never)]
+    fn add_shared(&self, i: usize, n: u64) {
+        if let Some(c) = self.cell(SHARED, i) {
+            c.fetch_add(n, Ordering::Relaxed);
         }
     }
 
     /// Adds to a cell holding an `f64`'s bits.
     #[inline]
     fn add_f64(&self, shard: usize, i: usize, v: f64) {
-        let Some(c) = self.cell(shard, i) else { return };
-        let plus = |bits: u64| (f64::from_bits(bits) + v).to_bits();
         if shard == SHARED {
-            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(plus(b)));
-        } else {
-            c.store(plus(c.load(Ordering::Relaxed)), Ordering::Relaxed);
+            return self.add_f64_shared(i, v);
+        }
+        if let Some(c) = self.cell(shard, i) {
+            c.store(
+                (f64::from_bits(c.load(Ordering::Relaxed)) + v).to_bits(),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_f64_shared(&self, i: usize, v: f64) {
+        if let Some(c) = self.cell(SHARED, i) {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((f64::from_bits(b) + v).to_bits())
+            });
         }
     }
 
@@ -155,13 +177,13 @@ impl Cells {
 /// A monotonic counter, sharded per thread. Clones share the same series.
 #[derive(Clone)]
 pub struct ShardedCounter {
-    cells: Arc<Cells>,
+    cells: Cells,
 }
 
 impl Default for ShardedCounter {
     fn default() -> Self {
         Self {
-            cells: Arc::new(Cells::new(1)),
+            cells: Cells::new(1),
         }
     }
 }
@@ -216,7 +238,7 @@ impl EncodeMetric for ShardedCounter {
 pub struct ShardedHistogram {
     bounds: &'static [f64],
     /// Per shard: one cell per bound, one for `+Inf`, then the sum (as `f64` bits).
-    cells: Arc<Cells>,
+    cells: Cells,
 }
 
 impl std::fmt::Debug for ShardedHistogram {
@@ -232,7 +254,7 @@ impl ShardedHistogram {
     pub fn new(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
-            cells: Arc::new(Cells::new(bounds.len() + 2)),
+            cells: Cells::new(bounds.len() + 2),
         }
     }
 

@@ -491,6 +491,40 @@ mod tests {
     }
 
     #[test]
+    fn more_action_pairs_than_cached_slots_each_count_exactly() {
+        let m = ObserverMetrics::new();
+        let pairs: Vec<(String, &str)> = (0..6u32)
+            .flat_map(|o| ["webhook", "email"].map(|t| (format!("o{o}"), t)))
+            .collect();
+        // Round-robin and repeated, so the per-thread cache both hits and misses.
+        for round in 0..5u32 {
+            for (i, (observer, action_type)) in (0u32..).zip(&pairs) {
+                for _ in 0..=(i + round) % 3 {
+                    m.emit(&TelemetryEvent::ActionFinished {
+                        observer,
+                        action_type,
+                        outcome: ActionOutcome::Success,
+                        attempts: 1,
+                        duration: Duration::ZERO,
+                    });
+                }
+            }
+        }
+        let s = scrape(&m);
+        for (i, (observer, action_type)) in (0u32..).zip(&pairs) {
+            let want: u32 = (0..5).map(|round| (i + round) % 3 + 1).sum();
+            assert_eq!(
+                s.sum(
+                    "observer_actions_executed_total",
+                    &[("observer", observer), ("action_type", action_type)]
+                ),
+                f64::from(want),
+                "{observer}/{action_type}"
+            );
+        }
+    }
+
+    #[test]
     fn label_values_past_the_cap_fold_into_other() {
         let m = ObserverMetrics::new();
         for i in 0..crate::families::MAX_LABEL_VALUES + 5 {
