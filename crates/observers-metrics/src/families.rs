@@ -294,6 +294,8 @@ impl ObserverMetrics {
             "Build of this instance (value is always 1)",
             info,
         );
+        // Written on every event together: one block of cells.
+        let (event_duration, [matched, matched_zero]) = Histogram::with_counters(&LATENCY_BUCKETS);
         Self {
             events_processed: reg!(
                 "observer_events_processed",
@@ -314,17 +316,17 @@ impl ObserverMetrics {
                 "observer_event_processing_duration",
                 "Time to process one event: match, conditions and all its actions",
                 seconds,
-                latency()
+                event_duration
             ),
             observers_matched: reg!(
                 "observer_observers_matched",
                 "Observers matched (entity, kind, tenant and condition), summed over events",
-                ShardedCounter::default()
+                matched
             ),
             observers_matched_zero: reg!(
                 "observer_observers_matched_zero",
                 "Events that matched no observer",
-                ShardedCounter::default()
+                matched_zero
             ),
             condition_errors: reg!(
                 "observer_condition_errors",

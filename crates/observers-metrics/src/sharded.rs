@@ -178,12 +178,15 @@ impl Cells {
 #[derive(Clone)]
 pub struct ShardedCounter {
     cells: Cells,
+    /// Its cell in `cells` (0 unless it shares a histogram's cells).
+    cell: usize,
 }
 
 impl Default for ShardedCounter {
     fn default() -> Self {
         Self {
             cells: Cells::new(1),
+            cell: 0,
         }
     }
 }
@@ -202,18 +205,18 @@ impl ShardedCounter {
 
     #[inline]
     pub fn inc_by(&self, n: u64) {
-        self.cells.add(shard().0, 0, n);
+        self.cells.add(shard().0, self.cell, n);
     }
 
     /// `inc_by` with the shard already looked up (several writes of one event).
     #[inline]
     pub fn inc_by_at(&self, shard: Shard, n: u64) {
-        self.cells.add(shard.0, 0, n);
+        self.cells.add(shard.0, self.cell, n);
     }
 
     /// The total over every shard.
     pub fn get(&self) -> u64 {
-        self.cells.sum(0)
+        self.cells.sum(self.cell)
     }
 }
 
@@ -252,10 +255,18 @@ impl std::fmt::Debug for ShardedHistogram {
 impl ShardedHistogram {
     /// `bounds` must be sorted ascending and finite.
     pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            cells: Cells::new(bounds.len() + 2),
-        }
+        Self::with_counters::<0>(bounds).0
+    }
+
+    /// A histogram and `N` counters in the same cells (the counters right after the sum), for
+    /// series written together on every event: one block, fewer cache lines per write.
+    pub fn with_counters<const N: usize>(bounds: &'static [f64]) -> (Self, [ShardedCounter; N]) {
+        let cells = Cells::new(bounds.len() + 2 + N);
+        let counters = std::array::from_fn(|i| ShardedCounter {
+            cells: cells.clone(),
+            cell: bounds.len() + 2 + i,
+        });
+        (Self { bounds, cells }, counters)
     }
 
     #[inline]
@@ -351,6 +362,19 @@ mod tests {
             .flat_map(|t| (0..1000).map(move |i| if (i + t) % 2 == 0 { 0.25 } else { 1.0 }))
             .sum();
         assert!((sum - expected).abs() < 1e-6, "{sum} vs {expected}");
+    }
+
+    #[test]
+    fn counters_sharing_a_histograms_cells_count_apart_from_it() {
+        static BOUNDS: [f64; 2] = [0.1, 1.0];
+        let (h, [a, b]) = ShardedHistogram::with_counters(&BOUNDS);
+        h.observe(0.5);
+        h.observe(5.0);
+        a.inc_by(3);
+        b.inc();
+        let (sum, count, _) = h.snapshot();
+        assert_eq!((count, a.get(), b.get()), (2, 3, 1));
+        assert!((sum - 5.5).abs() < 1e-9);
     }
 
     #[test]
