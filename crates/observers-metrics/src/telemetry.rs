@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use observers_core::telemetry::{ActionOutcome, BreakerState, Telemetry, TelemetryEvent};
 
-use crate::families::{ObserverMetrics, l1, l2};
+use crate::families::{ActionHandles, EntityHandles, ObserverMetrics, l1, l2};
 
 /// Index of an outcome in `ActionHandles::outcomes`.
 fn outcome_index(o: ActionOutcome) -> usize {
@@ -63,7 +63,7 @@ impl ObserverMetrics {
         self.entity(entity_type, |h, shard| {
             h.processed.inc_by_at(shard, 1);
             if failed > 0 {
-                h.failed.inc_by_at(shard, 1);
+                event_failed(h);
             }
             self.event_duration
                 .observe_at(shard, duration.as_secs_f64());
@@ -86,19 +86,8 @@ impl ObserverMetrics {
         self.action(observer, action_type, |h, shard| {
             h.outcomes[outcome_index(outcome)].inc_by_at(shard, 1);
             h.duration.observe_at(shard, duration.as_secs_f64());
-            let failed = matches!(
-                outcome,
-                ActionOutcome::DeadLettered | ActionOutcome::ShortCircuited
-            );
-            if failed {
-                h.failed.inc_by_at(shard, 1);
-            }
-            if attempts > 1 {
-                if outcome == ActionOutcome::Success {
-                    h.retries_successful.inc();
-                } else if failed {
-                    h.retries_exhausted.inc();
-                }
+            if outcome != ActionOutcome::Success || attempts > 1 {
+                action_failed_or_retried(h, outcome, attempts);
             }
         });
     }
@@ -278,6 +267,34 @@ impl ObserverMetrics {
                 };
                 self.job_finished(queue, outcome, *duration);
             }
+        }
+    }
+}
+
+/// Out of line: most events have no failed action.
+#[cold]
+#[inline(never)]
+fn event_failed(h: &EntityHandles) {
+    h.failed.inc();
+}
+
+/// The rarer counts of a finished action (failures, retries), out of line so the hot code of
+/// `ActionFinished` stays small.
+#[cold]
+#[inline(never)]
+fn action_failed_or_retried(h: &ActionHandles, outcome: ActionOutcome, attempts: u32) {
+    let failed = matches!(
+        outcome,
+        ActionOutcome::DeadLettered | ActionOutcome::ShortCircuited
+    );
+    if failed {
+        h.failed.inc();
+    }
+    if attempts > 1 {
+        if outcome == ActionOutcome::Success {
+            h.retries_successful.inc();
+        } else if failed {
+            h.retries_exhausted.inc();
         }
     }
 }
