@@ -20,8 +20,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use observers_core::{EntityEvent, EventKind};
 use serde_json::json;
 
-/// The condition of groups `condition` and `executor`: true for [`order_event`].
-const CONDITION: &str = "total > 100 && status == 'paid'";
+// The condition of groups `condition` and `executor`: true for `order_event`.
+use observers_benches::CONDITION;
 
 /// An `Order` update with ten columns, the shape a change-log row of a small table has.
 fn order_event() -> EntityEvent {

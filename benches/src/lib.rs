@@ -13,6 +13,12 @@ use observers_core::telemetry::SharedTelemetry;
 use observers_core::{EntityEvent, EventKind, ObserverExecutor};
 use serde_json::json;
 
+/// The one observer of [`executor`].
+pub const OBSERVER: &str = "paid-orders";
+
+/// Its condition: true for [`event`] (and for the core benchmarks' richer order event).
+pub const CONDITION: &str = "total > 100 && status == 'paid'";
+
 /// An action that does nothing, so what is measured is the executor and its telemetry.
 pub struct Noop;
 
@@ -47,9 +53,8 @@ pub fn event() -> EntityEvent {
 /// Never: the condition is a constant that compiles.
 pub fn executor(telemetry: SharedTelemetry) -> ObserverExecutor {
     #[allow(clippy::expect_used)]
-    let condition =
-        Condition::compile("total > 100 && status == 'paid'").expect("constant condition");
-    let observer = CompiledObserver::new("paid-orders", "Order", vec![EventKind::Update])
+    let condition = Condition::compile(CONDITION).expect("constant condition");
+    let observer = CompiledObserver::new(OBSERVER, "Order", vec![EventKind::Update])
         .with_condition(condition)
         .with_action(ActionSlot::new(Arc::new(Noop), "noop"));
     let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(1));

@@ -4,21 +4,14 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::Criterion;
+use observers_benches::{Noop, OBSERVER, executor};
 use observers_core::actions::{Action, Invocation, idempotency_key};
-use observers_core::condition::Condition;
-use observers_core::executor::{ActionSlot, CompiledObserver, ObserverSet};
-use observers_core::retry::RetryPolicy;
+use observers_core::telemetry::NoopTelemetry;
 use observers_core::template::TemplateContext;
-use observers_core::{EventKind, ObserverExecutor};
 
-use observers_benches::Noop;
-
-use crate::{CONDITION, order_event};
-
-const OBSERVER: &str = "paid-orders";
+use crate::order_event;
 
 pub fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -27,11 +20,7 @@ pub fn bench(c: &mut Criterion) {
         .expect("a current-thread runtime starts");
     let event = order_event();
     let action: Arc<dyn Action> = Arc::new(Noop);
-    let observer = CompiledObserver::new(OBSERVER, "Order", vec![EventKind::Update])
-        .with_condition(Condition::compile(CONDITION).expect("the benchmark condition compiles"))
-        .with_action(ActionSlot::new(Arc::clone(&action), "noop"));
-    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(1));
-    let executor = ObserverExecutor::builder(set).build();
+    let executor = executor(Arc::new(NoopTelemetry));
     let summary = runtime
         .block_on(executor.process(&event))
         .expect("the event is processed");
