@@ -21,9 +21,9 @@ pub const SHARDS: usize = 16;
 const SHARED: usize = SHARDS;
 const UNLEASED: usize = usize::MAX;
 
-/// Shards no live thread holds.
-static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-static FREE_INIT: std::sync::Once = std::sync::Once::new();
+/// Shards no live thread holds: how many were ever leased (the rest are fresh), and those
+/// handed back by exited threads.
+static FREE: Mutex<(usize, Vec<usize>)> = Mutex::new((0, Vec::new()));
 
 thread_local! {
     // This thread's shard. No destructor, so reading it is one load and cannot fail.
@@ -46,6 +46,7 @@ fn give_back(shard: usize) {
     if shard < SHARDS {
         FREE.lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .1
             .push(shard);
     }
 }
@@ -64,16 +65,15 @@ pub fn shard() -> Shard {
 #[cold]
 #[inline(never)]
 fn lease() -> Shard {
-    FREE_INIT.call_once(|| {
-        FREE.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend((0..SHARDS).rev());
-    });
-    let s = FREE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .pop()
-        .unwrap_or(SHARED);
+    let s = {
+        let mut free = FREE.lock().unwrap_or_else(PoisonError::into_inner);
+        let (fresh, returned) = &mut *free;
+        returned.pop().unwrap_or_else(|| {
+            let s = (*fresh).min(SHARED);
+            *fresh = s + 1;
+            s
+        })
+    };
     if GIVE_BACK.try_with(|_| ()).is_err() {
         // The thread is exiting: it must not keep a shard nobody will hand back.
         give_back(s);
@@ -115,62 +115,52 @@ impl Cells {
             .map(|l| &l.0[i % 8])
     }
 
+    /// Replaces a cell's value `v` with `f(v)`: a plain load and store in the thread's own row,
+    /// an atomic update in the shared one.
     #[inline]
-    fn add(&self, shard: usize, i: usize, n: u64) {
+    fn update(&self, shard: usize, i: usize, f: impl Fn(u64) -> u64) {
         if shard == SHARED {
-            return self.add_shared(i, n);
+            return self.update_shared(i, &f);
         }
         if let Some(c) = self.cell(shard, i) {
             // Only this thread writes this cell: no read-modify-write needed.
-            c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+            c.store(f(c.load(Ordering::Relaxed)), Ordering::Relaxed);
         }
     }
 
     /// Out of line: the shared row is for threads past `SHARDS` and exiting ones.
     #[cold]
     #[inline(never)]
-    fn add_shared(&self, i: usize, n: u64) {
+    fn update_shared(&self, i: usize, f: &dyn Fn(u64) -> u64) {
         if let Some(c) = self.cell(SHARED, i) {
-            c.fetch_add(n, Ordering::Relaxed);
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(f(v)));
         }
+    }
+
+    #[inline]
+    fn add(&self, shard: usize, i: usize, n: u64) {
+        self.update(shard, i, |v| v.wrapping_add(n));
     }
 
     /// Adds to a cell holding an `f64`'s bits.
     #[inline]
-    fn add_f64(&self, shard: usize, i: usize, v: f64) {
-        if shard == SHARED {
-            return self.add_f64_shared(i, v);
-        }
-        if let Some(c) = self.cell(shard, i) {
-            c.store(
-                (f64::from_bits(c.load(Ordering::Relaxed)) + v).to_bits(),
-                Ordering::Relaxed,
-            );
-        }
+    fn add_f64(&self, shard: usize, i: usize, x: f64) {
+        self.update(shard, i, |v| (f64::from_bits(v) + x).to_bits());
     }
 
-    #[cold]
-    #[inline(never)]
-    fn add_f64_shared(&self, i: usize, v: f64) {
-        if let Some(c) = self.cell(SHARED, i) {
-            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some((f64::from_bits(b) + v).to_bits())
-            });
-        }
+    /// The values of cell `i` in every shard.
+    fn values(&self, i: usize) -> impl Iterator<Item = u64> + '_ {
+        (0..=SHARDS)
+            .filter_map(move |s| self.cell(s, i))
+            .map(|c| c.load(Ordering::Relaxed))
     }
 
     fn sum(&self, i: usize) -> u64 {
-        (0..=SHARDS)
-            .filter_map(|s| self.cell(s, i))
-            .map(|c| c.load(Ordering::Relaxed))
-            .fold(0, u64::wrapping_add)
+        self.values(i).fold(0, u64::wrapping_add)
     }
 
     fn sum_f64(&self, i: usize) -> f64 {
-        (0..=SHARDS)
-            .filter_map(|s| self.cell(s, i))
-            .map(|c| f64::from_bits(c.load(Ordering::Relaxed)))
-            .sum()
+        self.values(i).map(f64::from_bits).sum()
     }
 }
 
