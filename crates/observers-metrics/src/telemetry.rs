@@ -96,12 +96,10 @@ impl ObserverMetrics {
     #[allow(clippy::too_many_lines)] // one arm per variant, kept in one place on purpose
     fn emit_cold(&self, event: &TelemetryEvent<'_>) {
         match event {
-            TelemetryEvent::EventProcessed {
-                entity_type,
-                matched,
-                failed,
-                duration,
-            } => self.event_processed(entity_type, *matched, *failed, *duration),
+            // Handled by `emit` itself; listed so the match stays exhaustive.
+            TelemetryEvent::EventProcessed { .. } | TelemetryEvent::ActionFinished { .. } => {
+                self.emit(event);
+            }
             TelemetryEvent::EventDeduplicated { entity_type } => {
                 self.entity(entity_type, |h, _| {
                     h.deduplicated.inc();
@@ -112,13 +110,6 @@ impl ObserverMetrics {
                     .get_or_create(&l1("observer", observer))
                     .inc();
             }
-            TelemetryEvent::ActionFinished {
-                observer,
-                action_type,
-                outcome,
-                attempts,
-                duration,
-            } => self.action_finished(observer, action_type, *outcome, *attempts, *duration),
             TelemetryEvent::ActionRetried {
                 observer,
                 action_type,
