@@ -685,7 +685,7 @@ impl ObserverMetrics {
     #[cold]
     #[inline(never)]
     fn entity_slow(&self, entity_type: &str) -> Option<&EntityHandles> {
-        let i = *self.entity_handles.get_arc(entity_type, |k| {
+        let make = |k: &str| {
             let h = EntityHandles {
                 key: k.into(),
                 processed: self
@@ -700,7 +700,8 @@ impl ObserverMetrics {
             };
             // The cap (`MAX_LABEL_VALUES` + "other") is far below the arena's size.
             self.entity_arena.push(h).unwrap_or(u32::MAX)
-        });
+        };
+        let i = self.entity_handles.with(entity_type, make, |i| *i);
         LAST_ENTITY.with(|c| c.set((self.id, i)));
         self.entity_arena.get(i)
     }
@@ -757,13 +758,14 @@ impl ObserverMetrics {
                 per_type: Handles::new(MAX_LABEL_VALUES),
             },
             |o| {
-                *o.per_type.get_arc(action_type, |t| {
-                    // Room for about 2 million (observer, action type) pairs; past that (only
-                    // with both labels near their caps) the pair is not metered.
+                // Room for about 2 million (observer, action type) pairs; past that (only with
+                // both labels near their caps) the pair is not metered.
+                let make = |t: &str| {
                     self.action_arena
                         .push(self.make_action_handles(&o.observer, t))
                         .unwrap_or(u32::MAX)
-                })
+                };
+                o.per_type.with(action_type, make, |i| *i)
             },
         )
     }

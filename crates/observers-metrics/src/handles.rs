@@ -33,14 +33,6 @@ impl<V> Handles<V> {
         }
     }
 
-    /// The handle of `key`, created with `make` the first time.
-    pub fn get_arc(&self, key: &str, make: impl FnOnce(&str) -> V) -> Arc<V> {
-        if let Some(v) = self.map.load().get(key) {
-            return Arc::clone(v);
-        }
-        self.insert_slow(key, make)
-    }
-
     /// Runs `f` on the handle of `key`, creating it with `make` the first time.
     pub fn with<R>(&self, key: &str, make: impl FnOnce(&str) -> V, f: impl FnOnce(&V) -> R) -> R {
         if let Some(v) = self.map.load().get(key) {
