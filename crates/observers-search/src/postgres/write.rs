@@ -198,7 +198,8 @@ fn copy_row(buf: &mut String, e: &IndexedEvent) {
     if e.data.is_null() {
         buf.push_str("\\N");
     } else {
-        copy_text(buf, &e.data.to_string());
+        // Serialized straight into the buffer, escaped on the way (no JSON string per event).
+        let _ = write!(CopyText(buf), "{}", e.data);
     }
     for list in [
         &e.matched_observers,
@@ -243,6 +244,16 @@ fn copy_text(buf: &mut String, v: &str) {
             '\r' => buf.push_str("\\r"),
             c => buf.push(c),
         }
+    }
+}
+
+/// Appends what is written to it in COPY text format (see [`copy_text`]).
+struct CopyText<'a>(&'a mut String);
+
+impl std::fmt::Write for CopyText<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        copy_text(self.0, s);
+        Ok(())
     }
 }
 
