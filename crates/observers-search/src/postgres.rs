@@ -309,17 +309,10 @@ impl SearchBackend for PostgresSearchBackend {
     }
 
     async fn search(&self, q: &SearchQuery) -> Result<SearchResults> {
-        if let (Some(from), Some(to)) = (q.from, q.to)
-            && from >= to
-        {
-            return Ok(SearchResults {
-                facets: q.facets.then(Facets::default),
-                ..SearchResults::default()
-            });
-        }
         let terms = q.terms();
-        if terms.iter().any(|t| t.len() > write::MAX_WORD_BYTES) {
-            // No indexed word is that long, and a `tsquery` cannot hold it.
+        let empty_range = matches!((q.from, q.to), (Some(from), Some(to)) if from >= to);
+        // No indexed word is longer than a lexeme, and a `tsquery` cannot hold one.
+        if empty_range || terms.iter().any(|t| t.len() > write::MAX_WORD_BYTES) {
             return Ok(SearchResults {
                 facets: q.facets.then(Facets::default),
                 ..SearchResults::default()

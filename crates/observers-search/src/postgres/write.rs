@@ -74,15 +74,23 @@ pub(super) async fn write(pool: &PgPool, events: &[IndexedEvent]) -> Result<(), 
     }
 }
 
+/// A transaction that commits with `synchronous_commit = off` (see the module's doc).
+async fn begin_unsynced(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, SearchError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 async fn copy(pool: &PgPool, rows: &[&IndexedEvent]) -> Result<(), SearchError> {
     let mut buf = String::with_capacity(rows.len() * 512);
     for e in rows {
         copy_row(&mut buf, e);
     }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_unsynced(pool).await?;
     let mut copy = tx.copy_in_raw(COPY).await?;
     copy.send(buf.as_bytes()).await?;
     copy.finish().await?;
@@ -122,10 +130,7 @@ async fn upsert(pool: &PgPool, rows: &[&IndexedEvent]) -> Result<(), SearchError
         durations.push(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
         texts.push(words(e).join(" "));
     }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_unsynced(pool).await?;
     sqlx::query(UPSERT)
         .bind(ids)
         .bind(entity_types)
@@ -193,7 +198,8 @@ fn copy_row(buf: &mut String, e: &IndexedEvent) {
     if e.data.is_null() {
         buf.push_str("\\N");
     } else {
-        copy_text(buf, &e.data.to_string());
+        // Serialized straight into the buffer, escaped on the way (no JSON string per event).
+        let _ = write!(CopyText(buf), "{}", e.data);
     }
     for list in [
         &e.matched_observers,
@@ -238,6 +244,16 @@ fn copy_text(buf: &mut String, v: &str) {
             '\r' => buf.push_str("\\r"),
             c => buf.push(c),
         }
+    }
+}
+
+/// Appends what is written to it in COPY text format (see [`copy_text`]).
+struct CopyText<'a>(&'a mut String);
+
+impl std::fmt::Write for CopyText<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        copy_text(self.0, s);
+        Ok(())
     }
 }
 
