@@ -94,8 +94,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figures {
-    let fetchers = env_usize("QUEUE_BENCH_FETCHERS", 2);
+async fn ours(
+    jobs: usize,
+    workers: usize,
+    batch: usize,
+    fetchers: usize,
+    probes: usize,
+) -> Figures {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect(&db_url())
@@ -429,7 +434,8 @@ async fn main() {
             }
         };
         for _ in 0..rounds {
-            keep(&mut best[0], ours(jobs, workers, batch, probes).await);
+            let figures = ours(jobs, workers, batch, fetchers, probes).await;
+            keep(&mut best[0], figures);
             if let Ok((node, dir)) = &peer {
                 match node_peer(node, dir, "graphile_bench.mjs", jobs, probes) {
                     Ok(f) => keep(&mut best[1], f),
