@@ -142,7 +142,11 @@ async fn ours(
     let worker_pool = WorkerPool::new(q.clone(), Arc::new(Noop { starts: starts_tx }), config);
     let stats = worker_pool.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu_before = cpu_ticks(&pool).await;
+    let cpu_before = if std::env::var_os("QUEUE_BENCH_CPU").is_some() {
+        Some(cpu_ticks(&pool).await)
+    } else {
+        None
+    };
     let started = Instant::now();
     let task = tokio::spawn(worker_pool.run(stop_rx));
     let target = jobs as u64;
@@ -150,13 +154,13 @@ async fn ours(
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let drain_per_sec = jobs as f64 / started.elapsed().as_secs_f64();
-    if std::env::var_os("QUEUE_BENCH_CPU").is_some() {
+    if let Some(before) = cpu_before {
         let after = cpu_ticks(&pool).await;
         let per_job = |a: u64, b: u64| a.saturating_sub(b) as f64 * 10_000.0 / jobs as f64;
         eprintln!(
             "  cpu during the drain: server {:.2} µs/job, client {:.2} µs/job",
-            per_job(after.0, cpu_before.0),
-            per_job(after.1, cpu_before.1)
+            per_job(after.0, before.0),
+            per_job(after.1, before.1)
         );
     }
     let db_completed = q.stats().await.unwrap().completed;
@@ -205,9 +209,6 @@ async fn cpu_ticks(pool: &PgPool) -> (u64, u64) {
                 .unwrap_or(0)
         };
         f(11) + f(12)
-    }
-    if std::env::var_os("QUEUE_BENCH_CPU").is_none() {
-        return (0, 0);
     }
     let pids: Vec<i32> =
         sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
