@@ -53,6 +53,8 @@ pub struct DatabaseStatus {
     pub dlq_pending: u64,
     pub dlq_resolved: u64,
     pub captured_tables: usize,
+    /// URLs disabled by `410 Gone` (their events go to the DLQ).
+    pub disabled_endpoints: Vec<observers_core::stores::gone::GoneEndpoint>,
 }
 
 /// The whole report.
@@ -103,6 +105,10 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
         dlq_pending: dlq.count(Some(DlqStatus::Pending)).await?,
         dlq_resolved: dlq.count(Some(DlqStatus::Resolved)).await?,
         captured_tables: observers_postgres::capture::list(pool).await?.len(),
+        disabled_endpoints: observers_core::stores::gone::GoneEndpoints::list(
+            &observers_postgres::PostgresGoneEndpoints::new(pool.clone()),
+        )
+        .await?,
     })
 }
 
@@ -201,6 +207,17 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(o, "├── Dead-Letter Queue");
     let _ = writeln!(o, "│   ├── Pending: {}", d.dlq_pending);
     let _ = writeln!(o, "│   └── Resolved: {}", d.dlq_resolved);
+    if !d.disabled_endpoints.is_empty() {
+        let _ = writeln!(
+            o,
+            "├── Disabled Endpoints (410 Gone; `observers actions enable --url URL`)"
+        );
+        let n = d.disabled_endpoints.len();
+        for (i, g) in d.disabled_endpoints.iter().enumerate() {
+            let branch = if i + 1 == n { "└──" } else { "├──" };
+            let _ = writeln!(o, "│   {branch} {} (observer {})", g.target, g.observer);
+        }
+    }
     if let Some(group) = &report.group {
         let _ = writeln!(o, "├── HA Group");
         for line in super::ha::render(group).lines() {

@@ -178,3 +178,94 @@ async fn a_dlq_outage_delays_but_never_loses_failed_events() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An endpoint where some paths are gone (410) and the others accept, recording what it got.
+#[derive(Clone, Default)]
+struct Resources {
+    gone: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Resources {
+    async fn start(&self) -> String {
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/{*path}",
+            post(
+                move |axum::extract::Path(path): axum::extract::Path<String>| {
+                    let me = me.clone();
+                    async move {
+                        let path = format!("/{path}");
+                        if me.gone.lock().unwrap().contains(&path) {
+                            return StatusCode::GONE;
+                        }
+                        me.got.lock().unwrap().push(path);
+                        StatusCode::OK
+                    }
+                },
+            ),
+        );
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", socket.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(socket, app).await.unwrap() });
+        base
+    }
+
+    fn got(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// One `410` from `/orders/1` disables that URL only: other orders keep being delivered, later
+/// changes of order 1 go to the DLQ (not skipped), `status` and `actions list` show the URL,
+/// and `actions enable --url` makes the running instance deliver to it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_only_the_url_that_answered_it() {
+    let db = setup("gone").await;
+    let resources = Resources::default();
+    resources.gone.lock().unwrap().insert("/orders/1".into());
+    let base = resources.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&db, &base).replace("/hooks/orders", "/orders/{{ entity_id }}");
+    let path = write_config(&dir, &text);
+    let _run = spawn_run(&path, &dir.path().join("run.log"));
+
+    db.exec("INSERT INTO orders VALUES (1, 10)").await;
+    wait_until("order 1 to be dead-lettered", LONG, || {
+        !dlq_items(&db).is_empty()
+    })
+    .await;
+    db.exec("INSERT INTO orders VALUES (2, 20)").await;
+    db.exec("UPDATE orders SET total = 11 WHERE id = 1").await;
+    db.exec("INSERT INTO orders VALUES (3, 30)").await;
+    wait_until("orders 2 and 3 to be delivered", LONG, || {
+        resources.got() == ["/orders/2", "/orders/3"]
+    })
+    .await;
+    wait_until("the update of order 1 to be dead-lettered", LONG, || {
+        dlq_items(&db).len() == 2
+    })
+    .await;
+    let target = format!("{base}/orders/1");
+    let status = cli(&db, &["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains(&target), "{status}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&cli(&db, &["actions", "list", "--format", "json"]).stdout).unwrap();
+    assert_eq!(listed[0]["target"], target.as_str());
+
+    resources.gone.lock().unwrap().clear();
+    let enable = cli(&db, &["actions", "enable", "--url", &target]);
+    assert!(
+        enable.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enable.stderr)
+    );
+    db.exec("UPDATE orders SET total = 12 WHERE id = 1").await;
+    wait_until("order 1 to be delivered again", LONG, || {
+        resources.got().contains(&"/orders/1".to_owned())
+    })
+    .await;
+    let unknown = cli(&db, &["actions", "enable", "--url", &target]);
+    assert_eq!(unknown.status.code(), Some(2), "no longer disabled");
+}

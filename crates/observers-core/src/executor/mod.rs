@@ -6,6 +6,7 @@ mod observers;
 mod summary;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use crate::event::EntityEvent;
 use crate::retry::{GiveUpReason, RetryDecision};
 use crate::stores::dedup::{ClaimOutcome, DedupStore};
 use crate::stores::dlq::{DeadLetterQueue, DlqEntry, MemoryDeadLetterQueue};
+use crate::stores::gone::{GoneEndpoint, GoneEndpoints, MemoryGoneEndpoints};
 use crate::stores::jobs::{EnqueueOutcome, JobQueue, NewJob};
 use crate::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use crate::template::TemplateContext;
@@ -89,6 +91,11 @@ pub struct ObserverExecutor {
     /// a claim left by an earlier attempt of ours that could not record its outcome, and the
     /// event is processed again instead of being skipped.
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Where targets that answered `410 Gone` are kept, and the ones this executor knows of
+    /// (checked with the store before an event is refused, so a re-enable takes effect).
+    gone: Arc<dyn GoneEndpoints>,
+    gone_known: Mutex<HashSet<String>>,
+    gone_count: AtomicUsize,
 }
 
 /// A key in [`ObserverExecutor::in_flight`], removed when the event's processing ends, however
@@ -134,9 +141,17 @@ pub struct ExecutorBuilder {
     cache: Option<Arc<CachedActionExecutor>>,
     max_concurrent_actions: usize,
     summaries: Option<Arc<dyn SummarySink>>,
+    gone: Option<Arc<dyn GoneEndpoints>>,
 }
 
 impl ExecutorBuilder {
+    /// Where endpoints that answered `410 Gone` are recorded (default: in memory).
+    #[must_use]
+    pub fn gone_endpoints(mut self, store: Arc<dyn GoneEndpoints>) -> Self {
+        self.gone = Some(store);
+        self
+    }
+
     /// Hands every processed event and its summary to `sink` (e.g. the search indexer).
     #[must_use]
     pub fn summaries(mut self, sink: Arc<dyn SummarySink>) -> Self {
@@ -223,6 +238,11 @@ impl ExecutorBuilder {
                 rand::random::<u32>()
             ),
             in_flight: Arc::default(),
+            gone: self
+                .gone
+                .unwrap_or_else(|| Arc::new(MemoryGoneEndpoints::default())),
+            gone_known: Mutex::default(),
+            gone_count: AtomicUsize::new(0),
         }
     }
 }
@@ -246,6 +266,7 @@ impl ObserverExecutor {
             cache: None,
             max_concurrent_actions: 128,
             summaries: None,
+            gone: None,
         }
     }
 
@@ -267,6 +288,21 @@ impl ObserverExecutor {
 
     pub fn breakers(&self) -> &Arc<BreakerRegistry> {
         &self.breakers
+    }
+
+    /// Targets disabled by `410 Gone`.
+    pub fn gone_endpoints(&self) -> &Arc<dyn GoneEndpoints> {
+        &self.gone
+    }
+
+    /// Learns the disabled targets from the store (at start: other processes may have met
+    /// some); later ones are learnt as they answer 410.
+    pub async fn load_gone_endpoints(&self) -> Result<usize> {
+        let all = self.gone.list().await?;
+        let mut known = crate::stores::lock(&self.gone_known);
+        known.extend(all.into_iter().map(|g| g.target));
+        self.gone_count.store(known.len(), Ordering::Relaxed);
+        Ok(known.len())
     }
 
     pub fn dlq(&self) -> &Arc<dyn DeadLetterQueue> {
@@ -435,8 +471,9 @@ impl ObserverExecutor {
     }
 
     /// Runs one attempt of one action (a queued job's run): timeout and circuit breaker apply,
-    /// inline retries do not (the job queue schedules the next attempt). A disabled action
-    /// reports `Skipped`. `attempt` is the job's attempt number (1-based).
+    /// inline retries do not (the job queue schedules the next attempt). A target disabled by
+    /// `410 Gone` fails permanently (the job is dead-lettered). `attempt` is the job's attempt
+    /// number (1-based).
     pub async fn run_job(
         &self,
         event: &EntityEvent,
@@ -451,16 +488,6 @@ impl ObserverExecutor {
             action_index,
             ("OBS-JOB-UNKNOWN-OBSERVER", "OBS-JOB-UNKNOWN-ACTION"),
         )?;
-        if slot.is_disabled() {
-            let report = ActionReport::new(&o.name, action_index, slot.action.type_name()).finish(
-                ActionOutcome::Skipped,
-                attempt,
-                Duration::ZERO,
-                None,
-            );
-            self.emit_finished(&report);
-            return Ok(report);
-        }
         let ctx = TemplateContext::new(event, &o.name);
         let a = self
             .attempt(&set, o, action_index, slot, event, &ctx, Some(attempt))
@@ -480,19 +507,6 @@ impl ObserverExecutor {
         event: &EntityEvent,
         ctx: &TemplateContext<'_>,
     ) -> Attempted {
-        if slot.is_disabled() {
-            let report = ActionReport::new(&o.name, index, slot.action.type_name()).finish(
-                ActionOutcome::Skipped,
-                0,
-                Duration::ZERO,
-                None,
-            );
-            self.emit_finished(&report);
-            return Attempted {
-                report,
-                error: None,
-            };
-        }
         if slot.mode == ActionMode::Queued
             && let Some(jobs) = &self.jobs
         {
@@ -586,7 +600,8 @@ impl ObserverExecutor {
     /// Runs an action with inline retries, or exactly once as attempt `single` (a job run).
     #[expect(
         clippy::too_many_arguments,
-        reason = "internal; one call site each way"
+        clippy::too_many_lines,
+        reason = "internal; one call site each way; the retry loop reads best in one piece"
     )]
     async fn attempt(
         &self,
@@ -604,6 +619,26 @@ impl ObserverExecutor {
         let timeout = slot.timeout.unwrap_or(set.action_timeout);
         let breaker = slot.action.endpoint().map(|e| self.breakers.get(e));
         let mut attempt = single.map_or(0, |a| a.saturating_sub(1));
+        let gone_target = |attempt| {
+            let inv = Invocation {
+                event,
+                observer: &o.name,
+                action_index: index,
+                idempotency_key: &key,
+                template: ctx,
+                attempt,
+            };
+            slot.action
+                .gone_target(&inv)
+                .unwrap_or_else(|| format!("{action_type}:{}#{index}", o.name))
+        };
+        if self.gone_count.load(Ordering::Relaxed) > 0
+            && let Some(refused) = self
+                .refuse_gone(&gone_target(attempt + 1), &o.name, index, action_type)
+                .await
+        {
+            return refused;
+        }
         let (outcome, error, detail) = loop {
             attempt += 1;
             // Take a concurrency slot first, so waiting for one never counts as a slow call
@@ -654,8 +689,8 @@ impl ObserverExecutor {
                 Err(e) => e,
             };
             if err.code() == "OBS-HTTP-410-GONE" {
-                slot.set_disabled(true);
-                tracing::warn!(observer = %o.name, action = index, "endpoint answered 410 Gone; action disabled until re-enabled");
+                self.mark_gone(gone_target(attempt), &o.name, index, &err)
+                    .await;
             }
             if single.is_some() {
                 break (ActionOutcome::DeadLettered, Some(err), None);
@@ -693,6 +728,77 @@ impl ObserverExecutor {
         };
         self.emit_finished(&report);
         Attempted { report, error }
+    }
+
+    /// The dead-lettered outcome of an attempt at a target disabled by `410 Gone`, or `None`
+    /// when `target` is not disabled.
+    async fn refuse_gone(
+        &self,
+        target: &str,
+        observer: &str,
+        index: usize,
+        action_type: &'static str,
+    ) -> Option<Attempted> {
+        if !self.is_gone(target).await {
+            return None;
+        }
+        let err = ObserverError::permanent(
+            "OBS-HTTP-410-GONE",
+            format!(
+                "`{target}` answered 410 Gone before and is disabled; re-enable it with `observers actions enable --url {target}`"
+            ),
+        );
+        let report = ActionReport::new(observer, index, action_type).failed(
+            ActionOutcome::DeadLettered,
+            0,
+            Duration::ZERO,
+            &err,
+        );
+        self.emit_finished(&report);
+        Some(Attempted {
+            report,
+            error: Some(err),
+        })
+    }
+
+    /// Whether `target` is disabled: only targets known here are checked with the store (a
+    /// re-enable elsewhere is seen at the next event for it); a store error keeps it disabled
+    /// (its events go to the DLQ, nothing is lost).
+    async fn is_gone(&self, target: &str) -> bool {
+        if !crate::stores::lock(&self.gone_known).contains(target) {
+            return false;
+        }
+        match self.gone.is_disabled(target).await {
+            Ok(true) => true,
+            Ok(false) => {
+                let mut known = crate::stores::lock(&self.gone_known);
+                known.remove(target);
+                self.gone_count.store(known.len(), Ordering::Relaxed);
+                tracing::info!(target, "endpoint re-enabled; delivering to it again");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(target, error = %e, "could not check a disabled endpoint; keeping it disabled");
+                true
+            }
+        }
+    }
+
+    async fn mark_gone(&self, target: String, observer: &str, index: usize, err: &ObserverError) {
+        tracing::warn!(observer, action = index, target = %target, "endpoint answered 410 Gone; disabled until `observers actions enable --url` re-enables it");
+        let record = GoneEndpoint {
+            target: target.clone(),
+            observer: observer.to_owned(),
+            action_index: index,
+            reason: crate::text::storable_owned(err.to_string()),
+            disabled_at: chrono::Utc::now(),
+        };
+        if let Err(e) = self.gone.disable(&record).await {
+            tracing::warn!(target = %target, error = %e, "could not record the disabled endpoint; disabled in this process only");
+        }
+        let mut known = crate::stores::lock(&self.gone_known);
+        known.insert(target);
+        self.gone_count.store(known.len(), Ordering::Relaxed);
     }
 
     fn emit_finished(&self, r: &ActionReport) {
