@@ -6,96 +6,49 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use observers_core::executor::ObserverExecutor;
 use observers_core::listener::{Listener, ListenerConfig, ListenerStats};
 use observers_core::stores::checkpoint::CheckpointStore;
 use observers_core::stores::source::{EventSource, SourceItem};
-use observers_core::{Cursor, EntityEvent, EventKind, ObserverError};
-use serde_json::{Value, json};
+use observers_core::{Cursor, ObserverError};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgRow};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::change_row::{self, change_columns};
 use crate::error::PgError;
 
 /// The NOTIFY channel the change log's statement trigger signals.
 pub const CHANNEL: &str = "observer_change_log";
 
 /// The one-statement, snapshot-safe read (DESIGN.md §3).
-const FETCH: &str = "SELECT id, txid::text::bigint AS txid, entity_type, entity_id, operation, \
-            tenant_id, user_id, before, after, created_at \
-       FROM observer_change_log \
+const FETCH: &str = concat!(
+    "SELECT ",
+    change_columns!(),
+    " FROM observer_change_log \
       WHERE (txid, id) > ($1::text::xid8, $2) \
         AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
       ORDER BY txid, id \
-      LIMIT $3";
+      LIMIT $3"
+);
 
 /// The same read restricted to one partition: rows whose entity id hashes to `$5` of `$4`
 /// (a stable hash, so an entity always lands in the same partition and stays in order).
-const FETCH_PARTITION: &str = "SELECT id, txid::text::bigint AS txid, entity_type, entity_id, \
-            operation, tenant_id, user_id, before, after, created_at \
-       FROM observer_change_log \
+const FETCH_PARTITION: &str = concat!(
+    "SELECT ",
+    change_columns!(),
+    " FROM observer_change_log \
       WHERE (txid, id) > ($1::text::xid8, $2) \
         AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
         AND (hashtextextended(entity_id, 0) & 9223372036854775807) % $4 = $5 \
       ORDER BY txid, id \
-      LIMIT $3";
+      LIMIT $3"
+);
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    txid: i64,
-    entity_type: String,
-    entity_id: String,
-    operation: String,
-    tenant_id: Option<String>,
-    user_id: Option<String>,
-    before: Option<Value>,
-    after: Option<Value>,
-    created_at: DateTime<Utc>,
-}
-
-impl Row {
-    fn into_item(self) -> SourceItem {
-        let cursor = Cursor::new(u64::try_from(self.txid).unwrap_or(0), self.id);
-        let kind = match self.operation.parse::<EventKind>() {
-            Ok(k) => k,
-            Err(error) => return self.poison(cursor, error),
-        };
-        let shape_error = match kind {
-            EventKind::Insert if self.after.is_none() => Some("insert without `after`"),
-            EventKind::Update if self.after.is_none() => Some("update without `after`"),
-            EventKind::Delete if self.before.is_none() => Some("delete without `before`"),
-            _ => None,
-        };
-        if let Some(error) = shape_error {
-            return self.poison(cursor, error.to_owned());
-        }
-        let mut event = EntityEvent::new(
-            self.id,
-            self.entity_type,
-            self.entity_id,
-            kind,
-            self.before,
-            self.after,
-        )
-        .with_cursor(cursor);
-        event.tenant_id = self.tenant_id;
-        event.user_id = self.user_id;
-        event.timestamp = self.created_at;
-        SourceItem::Event(event)
-    }
-
-    fn poison(self, cursor: Cursor, error: String) -> SourceItem {
-        let raw = json!({
-            "id": self.id, "txid": self.txid, "entity_type": self.entity_type, "entity_id": self.entity_id,
-            "operation": self.operation, "tenant_id": self.tenant_id, "user_id": self.user_id,
-            "before": self.before, "after": self.after, "created_at": self.created_at,
-        });
-        SourceItem::Poison { cursor, raw, error }
-    }
+/// Decodes rows one by one: a row that cannot be read becomes a poison item, never a failed batch.
+fn decode_all(rows: &[PgRow]) -> Result<Vec<SourceItem>, PgError> {
+    rows.iter().map(change_row::decode).collect()
 }
 
 /// Reads the change log; a background task LISTENs and wakes waiters.
@@ -135,13 +88,13 @@ impl PgEventSource {
         limit: usize,
     ) -> Result<Vec<SourceItem>, PgError> {
         let txid = after.txid.to_string();
-        let rows: Vec<Row> = sqlx::query_as(FETCH)
+        let rows = sqlx::query(FETCH)
             .bind(txid)
             .bind(after.id)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.into_iter().map(Row::into_item).collect())
+        decode_all(&rows)
     }
 
     /// Like [`fetch_rows`](Self::fetch_rows), only the rows of `partition` (of `partitions`).
@@ -155,7 +108,7 @@ impl PgEventSource {
         if partitions <= 1 {
             return self.fetch_rows(after, limit).await;
         }
-        let rows: Vec<Row> = sqlx::query_as(FETCH_PARTITION)
+        let rows = sqlx::query(FETCH_PARTITION)
             .bind(after.txid.to_string())
             .bind(after.id)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -163,7 +116,7 @@ impl PgEventSource {
             .bind(i64::from(partition))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.into_iter().map(Row::into_item).collect())
+        decode_all(&rows)
     }
 }
 

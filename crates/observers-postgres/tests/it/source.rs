@@ -1,11 +1,21 @@
 //! The change-log source against a real PostgreSQL: snapshot-safe cursor, poison rows, NOTIFY.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use observers_core::Cursor;
+use observers_core::actions::{Action, ActionResult, Invocation};
+use observers_core::executor::{ActionSlot, CompiledObserver};
+use observers_core::listener::ListenerConfig;
+use observers_core::retry::RetryPolicy;
+use observers_core::stores::checkpoint::CheckpointStore;
+use observers_core::stores::dlq::{DeadLetterQueue, DlqFilter};
 use observers_core::stores::source::{EventSource, SourceItem};
-use observers_postgres::PgEventSource;
+use observers_core::{Cursor, EventKind, ObserverExecutor, ObserverSet};
+use observers_postgres::{
+    ChangeLogListener, PgEventSource, PostgresCheckpointStore, PostgresDeadLetterQueue,
+};
 use sqlx::{Connection, PgPool};
+use tokio::sync::watch;
 
 async fn log_row(pool: &PgPool, entity_id: &str, op: &str) {
     sqlx::query("INSERT INTO observer_change_log (entity_type, entity_id, operation, after) VALUES ('Order', $1, $2, '{\"id\": 1}')")
@@ -145,4 +155,91 @@ async fn notify_wakes_a_waiting_reader(pool: PgPool) {
         !src.wait_for_changes(Duration::from_millis(200)).await,
         "no write, no wake-up"
     );
+}
+
+/// Records the entity ids it is run for.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+#[async_trait::async_trait]
+impl Action for Recorder {
+    fn type_name(&self) -> &'static str {
+        "record"
+    }
+
+    async fn execute(&self, inv: &Invocation<'_>) -> observers_core::Result<ActionResult> {
+        self.0.lock().unwrap().push(inv.event.entity_id.clone());
+        Ok(ActionResult::default())
+    }
+}
+
+/// A JSON object nested `depth` levels deep: `{"a": {"a": ... 1 ...}}`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "{\"a\": ".repeat(depth), "}".repeat(depth))
+}
+
+/// A `jsonb` value PostgreSQL accepts but serde_json's parser refuses (nested deeper than its
+/// recursion limit of 128) used to fail the whole batch decode, so the listener re-read the same
+/// batch forever and nothing after it was delivered. Now only that row is poison: it goes to the
+/// DLQ with its raw text, and the rows around it are delivered and checkpointed past.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_row_too_deep_to_parse_is_dead_lettered_and_the_stream_goes_on(pool: PgPool) {
+    log_row(&pool, "good-1", "insert").await;
+    sqlx::query("INSERT INTO observer_change_log (entity_type, entity_id, operation, after) VALUES ('Order', 'deep', 'insert', $1::text::jsonb)")
+        .bind(nested(200))
+        .execute(&pool)
+        .await
+        .unwrap();
+    log_row(&pool, "good-3", "insert").await;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let observer = CompiledObserver::new("rec", "*", EventKind::ALL.to_vec())
+        .with_action(ActionSlot::new(Arc::new(Recorder(seen.clone())), "record"));
+    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(5));
+    let dlq = Arc::new(PostgresDeadLetterQueue::new(pool.clone()));
+    let executor = Arc::new(ObserverExecutor::builder(set).dlq(dlq.clone()).build());
+    let checkpoints = Arc::new(PostgresCheckpointStore::new(pool.clone()));
+    let listener = ChangeLogListener::new(
+        pool.clone(),
+        checkpoints.clone(),
+        executor,
+        ListenerConfig {
+            listener_id: "deep".into(),
+            poll_interval: Duration::from_millis(50),
+            ..ListenerConfig::default()
+        },
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(async move { listener.run(stop_rx).await });
+    observers_core::testkit::eventually("checkpoint past row 3", Duration::from_secs(30), || {
+        let checkpoints = checkpoints.clone();
+        async move {
+            checkpoints
+                .load("deep")
+                .await
+                .unwrap()
+                .is_some_and(|c| c.cursor.id >= 3)
+        }
+    })
+    .await;
+    stop.send(true).unwrap();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!(stats.poison, 1);
+    assert_eq!(*seen.lock().unwrap(), ["good-1", "good-3"]);
+
+    let items = dlq.list(&DlqFilter::default()).await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let entry = &items[0].entry;
+    assert_eq!(entry.error_code, "OBS-INVALID-EVENT");
+    assert_eq!(entry.event.id, 2);
+    assert_eq!(entry.event.entity_id, "deep");
+    assert!(
+        entry.error.contains("after"),
+        "names the column: {}",
+        entry.error
+    );
+    let raw = entry.event.after.as_ref().unwrap();
+    let kept = raw["after"]
+        .as_str()
+        .expect("the unparseable value kept as text");
+    assert_eq!(kept, nested(200), "the raw text is kept whole");
 }
