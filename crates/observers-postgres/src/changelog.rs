@@ -114,6 +114,14 @@ pub async fn prune(
         }
     }
 
+    // A capture error is kept as long as the change-log row it explains.
+    sqlx::query(
+        "DELETE FROM observer_capture_errors e
+          WHERE NOT EXISTS (SELECT 1 FROM observer_change_log l WHERE l.id = e.change_id)",
+    )
+    .execute(pool)
+    .await?;
+
     tracing::info!(deleted, cutoff = %cutoff, consumers, "change log pruned");
     Ok(PruneReport {
         deleted,

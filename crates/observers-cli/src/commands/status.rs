@@ -53,6 +53,8 @@ pub struct DatabaseStatus {
     pub dlq_pending: u64,
     pub dlq_resolved: u64,
     pub captured_tables: usize,
+    /// Captured tables whose definition drifted (`observers capture list` says how).
+    pub captures_drifted: usize,
 }
 
 /// The whole report.
@@ -95,6 +97,7 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
         cutoff = g.cutoff_lag.as_secs_f64();
     }
     let dlq = PostgresDeadLetterQueue::new(pool.clone());
+    let captures = observers_postgres::capture::list(pool).await?;
     Ok(DatabaseStatus {
         listeners,
         change_log_rows: stats.total_rows,
@@ -102,7 +105,8 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
         cutoff_lag_seconds: cutoff,
         dlq_pending: dlq.count(Some(DlqStatus::Pending)).await?,
         dlq_resolved: dlq.count(Some(DlqStatus::Resolved)).await?,
-        captured_tables: observers_postgres::capture::list(pool).await?.len(),
+        captured_tables: captures.len(),
+        captures_drifted: captures.iter().filter(|c| !c.is_healthy()).count(),
     })
 }
 
@@ -187,7 +191,15 @@ pub fn render(report: &StatusReport) -> String {
     }
     let _ = writeln!(o, "├── Change Log");
     let _ = writeln!(o, "│   ├── Rows: {}", d.change_log_rows);
-    let _ = writeln!(o, "│   ├── Captured Tables: {}", d.captured_tables);
+    if d.captures_drifted == 0 {
+        let _ = writeln!(o, "│   ├── Captured Tables: {}", d.captured_tables);
+    } else {
+        let _ = writeln!(
+            o,
+            "│   ├── Captured Tables: {} ({} DRIFTED: see `observers capture list`)",
+            d.captured_tables, d.captures_drifted
+        );
+    }
     let _ = writeln!(
         o,
         "│   ├── Last Change: {}",

@@ -77,6 +77,28 @@ async fn only_rows_behind_the_slowest_consumer_are_pruned(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../../migrations")]
+async fn capture_errors_go_with_their_change_log_rows(pool: PgPool) {
+    let c = write_many(&pool, 3).await;
+    for at in [c[0], c[2]] {
+        sqlx::query(
+            "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, change_id, error)
+             VALUES ('public', 'orders', 'Order', $1, 'no key')",
+        )
+        .bind(at.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    checkpoint(&pool, "only", c[1]).await;
+    assert_eq!(changelog::prune(&pool, None, 100).await.unwrap().deleted, 2);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT change_id FROM observer_capture_errors")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [c[2].id], "the error of a row still in the log stays");
+}
+
+#[sqlx::test(migrations = "../../migrations")]
 async fn pruning_compares_txid_before_id(pool: PgPool) {
     // A transaction that starts first but commits last: its second row gets a higher id than a
     // row of a transaction that committed in between, yet sorts before it.
