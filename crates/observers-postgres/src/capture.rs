@@ -527,12 +527,16 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
     }
 
     // PostgreSQL quotes every name (%I) and trigger argument (%L); CREATE OR REPLACE TRIGGER
-    // needs 14+, DROP + CREATE in one transaction works from 13 on.
+    // needs 14+, DROP + CREATE in one transaction works from 13 on. The function is named with
+    // its schema (the change log's), so the session's search_path cannot pick another one.
     let (drop_sql, create_sql): (String, String) = sqlx::query_as(
         "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $2, $3),
                 format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION observers_capture(%L, %L, %L)',
-                       $1, $2, $3, $4, $5, $6)",
+                       'FOR EACH ROW EXECUTE FUNCTION %I.observers_capture(%L, %L, %L)',
+                       $1, $2, $3, n.nspname, $4, $5, $6)
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = 'observer_change_log'::regclass",
     )
     .bind(TRIGGER_NAME)
     .bind(&table.schema)

@@ -783,3 +783,128 @@ async fn an_existing_install_upgrades_through_migrate(pool: PgPool) {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].entity_id, "2");
 }
+
+/// A role with no rights on any `observer_*` object, shared by the tests (roles are
+/// cluster-wide); creating it is safe when tests race.
+async fn app_role(pool: &PgPool) -> &'static str {
+    exec(
+        pool,
+        "DO $$ BEGIN
+             CREATE ROLE observers_test_app NOLOGIN;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$",
+    )
+    .await;
+    "observers_test_app"
+}
+
+/// A connection acting as `role` (`SET ROLE`), outside the pool.
+async fn connect_as(pool: &PgPool, role: &str) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET ROLE {role}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+fn sqlstate(e: &sqlx::Error) -> String {
+    e.as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_default()
+}
+
+/// Least privilege: an application role that may write its own table, and nothing of
+/// Observers', still has its changes captured (the trigger is SECURITY DEFINER), and cannot
+/// forge events: no INSERT on the change log, no use of the capture function on a table of its
+/// own, and a temporary table named like the change log does not divert the trigger (pinned
+/// search_path, schema-qualified names).
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_unprivileged_role_is_captured_but_cannot_forge_events(pool: PgPool) {
+    let role = app_role(&pool).await;
+    exec(
+        &pool,
+        "CREATE TABLE orders (id int PRIMARY KEY, label text)",
+    )
+    .await;
+    capture::enable(&pool, &CaptureSpec::new("orders", "Order"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {role}; GRANT CREATE ON SCHEMA public TO {role}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut app = connect_as(&pool, role).await;
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE observer_change_log (LIKE public.orders);
+         SET observers.user_id = 'u-7';
+         INSERT INTO orders VALUES (1, 'a');
+         UPDATE orders SET label = 'b' WHERE id = 1;
+         DELETE FROM orders WHERE id = 1;",
+    )
+    .execute(&mut app)
+    .await
+    .expect("the application role writes its table");
+    let rows = log_rows(&pool).await;
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.operation.as_str(),
+                r.entity_id.as_str(),
+                r.user_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("insert", "1", Some("u-7")),
+            ("update", "1", Some("u-7")),
+            ("delete", "1", Some("u-7"))
+        ],
+        "captured into the real change log"
+    );
+    let decoy: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.observer_change_log")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(decoy, 0, "the temporary decoy got nothing");
+
+    let forged = sqlx::query(
+        "INSERT INTO public.observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('Order', '1', 'insert', '{}')",
+    )
+    .execute(&mut app)
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&forged), "42501", "permission denied: {forged}");
+    let own_trigger = sqlx::raw_sql(
+        "CREATE TABLE mine (id int);
+         CREATE TRIGGER forge AFTER INSERT ON mine FOR EACH ROW
+         EXECUTE FUNCTION public.observers_capture('Order', 'id', '')",
+    )
+    .execute(&mut app)
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&own_trigger), "42501", "{own_trigger}");
+    for table in [
+        "observer_captures",
+        "observer_capture_errors",
+        "observer_dlq_items",
+    ] {
+        let e = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT 1 FROM public.{table}")))
+            .execute(&mut app)
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{table}: {e}");
+    }
+    assert_eq!(log_count(&pool).await, 3, "nothing forged");
+}
