@@ -25,6 +25,15 @@ macro_rules! change_columns {
 }
 pub(crate) use change_columns;
 
+/// The bytes a row arrived as (the sum of its values' encodings): what the batch byte budget
+/// counts.
+pub(crate) fn wire_size(row: &PgRow) -> usize {
+    (0..row.len())
+        .filter_map(|i| row.try_get_raw(i).ok())
+        .filter_map(|v| v.as_bytes().ok().map(<[u8]>::len))
+        .sum()
+}
+
 /// Decodes one row. Fails only when the row has no usable cursor (`id`, `txid` are `NOT NULL
 /// bigint` in the schema, so only a broken schema gets there); every other problem becomes a
 /// `SourceItem::Poison` carrying what could be read, raw text included.

@@ -47,7 +47,10 @@ pub struct ListenerStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct DatabaseStatus {
     pub listeners: Vec<ListenerStatus>,
+    /// Counted up to `observers_postgres::monitoring::COUNT_CAP`.
     pub change_log_rows: u64,
+    /// `change_log_rows` reached the cap: there are at least that many.
+    pub change_log_rows_capped: bool,
     pub newest_change: Option<DateTime<Utc>>,
     pub cutoff_lag_seconds: f64,
     pub dlq_pending: u64,
@@ -101,6 +104,7 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
     Ok(DatabaseStatus {
         listeners,
         change_log_rows: stats.total_rows,
+        change_log_rows_capped: stats.total_rows_capped,
         newest_change: stats.newest_created_at,
         cutoff_lag_seconds: cutoff,
         dlq_pending: dlq.count(Some(DlqStatus::Pending)).await?,
@@ -112,7 +116,11 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
 
 pub async fn run(args: StatusArgs, db: &DbArgs) -> CliResult {
     let pool = db.migrated_pool().await?;
-    let database = database_status(&pool).await?;
+    let database = database_status(&observers_postgres::monitoring::status_pool(
+        &pool,
+        observers_postgres::monitoring::STATUS_STATEMENT_TIMEOUT,
+    ))
+    .await?;
     let url = instance_url(args.url.as_deref(), db.config.as_deref())?;
     let instance = match get(&format!("{url}/status")).await {
         Ok(body) => serde_json::from_str(&body).unwrap_or_else(
@@ -190,7 +198,12 @@ pub fn render(report: &StatusReport) -> String {
         );
     }
     let _ = writeln!(o, "├── Change Log");
-    let _ = writeln!(o, "│   ├── Rows: {}", d.change_log_rows);
+    let _ = writeln!(
+        o,
+        "│   ├── Rows: {}{}",
+        d.change_log_rows,
+        if d.change_log_rows_capped { "+" } else { "" }
+    );
     if d.captures_drifted == 0 {
         let _ = writeln!(o, "│   ├── Captured Tables: {}", d.captured_tables);
     } else {

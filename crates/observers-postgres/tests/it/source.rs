@@ -243,3 +243,74 @@ async fn a_row_too_deep_to_parse_is_dead_lettered_and_the_stream_goes_on(pool: P
         .expect("the unparseable value kept as text");
     assert_eq!(kept, nested(200), "the raw text is kept whole");
 }
+
+/// Writes `n` rows whose `after` holds a string of `len` bytes: `random` ones (hex of md5s,
+/// which TOAST compression barely shrinks) or one repeated letter (which it shrinks a
+/// hundredfold, so the stored size says little about what a reader receives).
+async fn big_rows(pool: &PgPool, n: i32, len: i32, random: bool) {
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         SELECT 'Blob', g::text, 'insert',
+                jsonb_build_object('data', CASE WHEN $3
+                    THEN left((SELECT string_agg(md5(g::text || ':' || i::text), '')
+                                 FROM generate_series(1, $2 / 32 + 1) i), $2)
+                    ELSE repeat('x', $2) END)
+           FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .bind(len)
+    .bind(random)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Reads everything after the start, batch by batch; returns the batch sizes.
+async fn drain_batches(src: &PgEventSource, total: usize) -> Vec<usize> {
+    let mut cursor = Cursor::START;
+    let mut sizes = Vec::new();
+    let mut ids = Vec::new();
+    while ids.len() < total {
+        let batch = fetch_final(src, cursor, 1000, 1).await;
+        assert!(!batch.is_empty(), "stalled after {ids:?}");
+        sizes.push(batch.len());
+        ids.extend(batch.iter().map(|i| i.cursor().id));
+        cursor = batch.last().unwrap().cursor();
+    }
+    let want: Vec<i64> = (1..=i64::try_from(total).unwrap()).collect();
+    assert_eq!(ids, want, "every row once, in order");
+    sizes
+}
+
+/// A backlog of big rows used to be read `batch_size` rows at a time whatever their size (300
+/// rows of 2 MB took `observers run` to 1.5 GB). A batch now ends at the byte budget: ten rows
+/// of 100 kB with a 250 kB budget come in batches of two.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_batch_is_bounded_in_bytes_as_well_as_rows(pool: PgPool) {
+    big_rows(&pool, 10, 100_000, true).await;
+    let src = PgEventSource::new(pool.clone()).with_max_batch_bytes(250_000);
+    assert_eq!(drain_batches(&src, 10).await, [2, 2, 2, 2, 2]);
+}
+
+/// Stored sizes are compressed: rows of 1 MB that TOAST keeps in a few kB all pass the query's
+/// budget, and the reader's own count of the bytes received still ends the batch at the budget.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_byte_budget_counts_what_arrives_not_what_is_stored(pool: PgPool) {
+    big_rows(&pool, 5, 1_000_000, false).await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT sum(pg_column_size(after))::int8 FROM observer_change_log")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(stored < 500_000, "compressed as expected: {stored}");
+    let src = PgEventSource::new(pool.clone()).with_max_batch_bytes(2_500_000);
+    assert_eq!(drain_batches(&src, 5).await, [2, 2, 1]);
+}
+
+/// A single row bigger than the whole budget still goes through, alone.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_row_bigger_than_the_budget_still_progresses(pool: PgPool) {
+    big_rows(&pool, 3, 300_000, true).await;
+    let src = PgEventSource::new(pool.clone()).with_max_batch_bytes(1024);
+    assert_eq!(drain_batches(&src, 3).await, [1, 1, 1]);
+}
