@@ -80,6 +80,7 @@ pub fn listener_config(config: &Config) -> ListenerConfig {
     ListenerConfig {
         listener_id: config.source.listener_id.clone(),
         batch_size: config.source.batch_size,
+        max_batch_bytes: config.source.max_batch_bytes,
         poll_interval: config.source.poll_interval,
         max_in_flight: config.executor.max_in_flight,
         ..ListenerConfig::default()
