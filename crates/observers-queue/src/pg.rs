@@ -58,7 +58,9 @@ macro_rules! columns {
             $p,
             "heartbeat_at, ",
             $p,
-            "created_at"
+            "created_at, ",
+            $p,
+            "group_key"
         )
     };
 }
@@ -79,6 +81,7 @@ struct JobRow {
     worker_id: Option<String>,
     heartbeat_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    group_key: Option<String>,
 }
 
 impl JobRow {
@@ -102,6 +105,7 @@ impl JobRow {
             locked_by: self.worker_id,
             heartbeat_at: self.heartbeat_at,
             created_at: self.created_at,
+            group_key: self.group_key,
         })
     }
 }
@@ -220,12 +224,14 @@ impl PostgresJobQueue {
                DELETE FROM observer_jobs \
                WHERE id = ANY($1::bigint[]) AND status = 'processing' AND worker_id = $2 \
                RETURNING id, queue_name, kind, payload, unique_key, priority, run_at, attempts, \
-                 max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at) \
+                 max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at, \
+                 group_key) \
              INSERT INTO observer_jobs_completed (id, queue_name, kind, payload, unique_key, \
                priority, run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, \
-               created_at, started_at, completed_at) \
+               created_at, started_at, completed_at, group_key) \
              SELECT id, queue_name, kind, payload, unique_key, priority, run_at, attempts, \
-               max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at, now() \
+               max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at, now(), \
+               group_key \
              FROM done",
         )
         .bind(ids)
@@ -250,6 +256,7 @@ impl PostgresJobQueue {
         let mut priorities = Vec::with_capacity(n);
         let mut run_ats = Vec::with_capacity(n);
         let mut maxes = Vec::with_capacity(n);
+        let mut groups = Vec::with_capacity(n);
         for j in jobs {
             queues.push(j.queue.as_str());
             kinds.push(j.kind.as_str());
@@ -258,22 +265,24 @@ impl PostgresJobQueue {
             priorities.push(j.priority);
             run_ats.push(j.run_at);
             maxes.push(to_i32(j.max_attempts.max(1)));
+            groups.push(j.group_key.as_deref());
         }
         let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
             "WITH input AS MATERIALIZED ( \
-               SELECT nextval('observer_jobs_id_seq') AS id, q, k, p, u, pr, r, m \
+               SELECT nextval('observer_jobs_id_seq') AS id, q, k, p, u, pr, r, m, g \
                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], \
-                           $6::timestamptz[], $7::int4[]) \
-                    WITH ORDINALITY AS t(q, k, p, u, pr, r, m, ord) \
+                           $6::timestamptz[], $7::int4[], $8::text[]) \
+                    WITH ORDINALITY AS t(q, k, p, u, pr, r, m, g, ord) \
                ORDER BY ord), \
              claimed AS ( \
                INSERT INTO observer_job_keys (unique_key, job_id) \
                SELECT u, id FROM input WHERE u IS NOT NULL ORDER BY id \
                ON CONFLICT (unique_key) DO NOTHING RETURNING job_id) \
              INSERT INTO observer_jobs \
-               (id, queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
+               (id, queue_name, kind, payload, unique_key, priority, run_at, max_attempts, \
+                group_key) \
              OVERRIDING SYSTEM VALUE \
-             SELECT i.id, i.q, i.k, i.p::jsonb, i.u, i.pr, COALESCE(i.r, now()), i.m \
+             SELECT i.id, i.q, i.k, i.p::jsonb, i.u, i.pr, COALESCE(i.r, now()), i.m, i.g \
              FROM input i WHERE i.u IS NULL OR i.id IN (SELECT job_id FROM claimed) \
              ORDER BY i.id \
              RETURNING id, unique_key",
@@ -285,6 +294,7 @@ impl PostgresJobQueue {
         .bind(&priorities)
         .bind(&run_ats)
         .bind(&maxes)
+        .bind(&groups)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -430,10 +440,13 @@ impl JobQueue for PostgresJobQueue {
             "UPDATE observer_jobs j SET status = 'processing', attempts = j.attempts + 1, \
                worker_id = $2, heartbeat_at = now(), started_at = now() \
              WHERE j.id = ANY(ARRAY( \
-               SELECT id FROM observer_jobs \
-               WHERE status = 'pending' AND queue_name = $1 AND run_at <= now() \
-               ORDER BY priority DESC, run_at, id \
-               LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+               SELECT c.id FROM observer_jobs c \
+               WHERE c.status = 'pending' AND c.queue_name = $1 AND c.run_at <= now() \
+                 AND (c.group_key IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM observer_jobs e \
+                   WHERE e.group_key = c.group_key AND e.id < c.id AND e.status <> 'failed')) \
+               ORDER BY c.priority DESC, c.run_at, c.id \
+               LIMIT $3 FOR UPDATE OF c SKIP LOCKED)) \
              RETURNING ",
             columns!("j.")
         );
@@ -613,7 +626,8 @@ impl JobQueue for PostgresJobQueue {
             " FROM observer_jobs WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2) \
              UNION ALL \
              (SELECT id, queue_name, kind, 'completed' AS status, payload, unique_key, priority, \
-                run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, created_at \
+                run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, created_at, \
+                group_key \
               FROM observer_jobs_completed WHERE $1::text IS NULL OR $1 = 'completed' \
               ORDER BY id DESC LIMIT $2) \
              ORDER BY id DESC LIMIT $2"
@@ -706,7 +720,11 @@ impl JobQueue for PostgresJobQueue {
 
     async fn next_run_at(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar(
-            "SELECT min(run_at) FROM observer_jobs WHERE status = 'pending' AND queue_name = $1",
+            "SELECT min(c.run_at) FROM observer_jobs c \
+             WHERE c.status = 'pending' AND c.queue_name = $1 \
+               AND (c.group_key IS NULL OR NOT EXISTS ( \
+                 SELECT 1 FROM observer_jobs e \
+                 WHERE e.group_key = c.group_key AND e.id < c.id AND e.status <> 'failed'))",
         )
         .bind(queue)
         .fetch_one(&self.pool)

@@ -618,6 +618,7 @@ mod tests {
             locked_by: Some("w".into()),
             heartbeat_at: None,
             created_at: at,
+            group_key: None,
         }
     }
 

@@ -48,6 +48,9 @@ pub struct NewJob {
     /// At least one.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Jobs with the same group run one at a time, in enqueue order (see [`JobQueue::dequeue`]).
+    #[serde(default)]
+    pub group_key: Option<String>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -64,7 +67,14 @@ impl NewJob {
             priority: 0,
             run_at: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            group_key: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_group_key(mut self, group: impl Into<String>) -> Self {
+        self.group_key = Some(group.into());
+        self
     }
 
     #[must_use]
@@ -167,6 +177,9 @@ pub struct Job {
     pub locked_by: Option<String>,
     pub heartbeat_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The job's serial group, if any.
+    #[serde(default)]
+    pub group_key: Option<String>,
 }
 
 /// What an enqueue did.
@@ -239,6 +252,9 @@ pub trait JobQueue: Send + Sync {
     async fn enqueue(&self, job: NewJob) -> Result<EnqueueOutcome>;
     /// Up to `max` due jobs (`run_at <= now`) of `queue`, by priority (highest first), then
     /// `run_at`, then id; each becomes processing under `worker` with one more attempt.
+    /// A job with a `group_key` is taken only when no job of its group with a lower id is
+    /// pending (due or waiting for a retry) or processing: a group runs one job at a time, in
+    /// id order. A job that failed for good does not hold its group back.
     async fn dequeue(&self, queue: &str, worker: &str, max: usize) -> Result<Vec<Job>>;
     /// Refreshes `heartbeat_at` of those jobs that `worker` still holds; others are ignored.
     async fn heartbeat(&self, worker: &str, ids: &[i64]) -> Result<()>;
@@ -357,7 +373,18 @@ struct QueueState {
     /// Job ids per status, indexed by `JobStatus::index`.
     by_status: [BTreeSet<i64>; 4],
     lanes: HashMap<String, Lanes>,
+    /// Live (pending or processing) job ids per serial group.
+    groups: HashMap<String, BTreeSet<i64>>,
     run_ms_sum: f64,
+}
+
+/// Whether an earlier job of `job`'s group is live.
+fn blocked(groups: &HashMap<String, BTreeSet<i64>>, job: &Job) -> bool {
+    job.group_key
+        .as_ref()
+        .and_then(|g| groups.get(g))
+        .and_then(BTreeSet::first)
+        .is_some_and(|&first| first < job.id)
 }
 
 impl QueueState {
@@ -399,7 +426,28 @@ impl QueueState {
         Ok(())
     }
 
+    /// The job stops holding back later jobs of its group (completed, failed, removed).
+    fn leave_group(&mut self, id: i64) {
+        let Some(group) = self.jobs.get(&id).and_then(|s| s.job.group_key.clone()) else {
+            return;
+        };
+        if let Some(live) = self.groups.get_mut(&group) {
+            live.remove(&id);
+            if live.is_empty() {
+                self.groups.remove(&group);
+            }
+        }
+    }
+
+    /// The job is live in its group again (enqueued, retried by an operator).
+    fn join_group(&mut self, id: i64) {
+        if let Some(group) = self.jobs.get(&id).and_then(|s| s.job.group_key.clone()) {
+            self.groups.entry(group).or_default().insert(id);
+        }
+    }
+
     fn remove(&mut self, id: i64) -> Option<Slot> {
+        self.leave_group(id);
         let slot = self.jobs.remove(&id)?;
         let job = &slot.job;
         self.by_status[job.status.index()].remove(&id);
@@ -559,6 +607,7 @@ impl JobQueue for MemoryJobQueue {
             locked_by: None,
             heartbeat_at: None,
             created_at: now,
+            group_key: new.group_key,
         };
         if let Some(key) = &job.unique_key {
             state.unique.insert(key.clone(), id);
@@ -573,6 +622,7 @@ impl JobQueue for MemoryJobQueue {
                 run_ms: None,
             },
         );
+        state.join_group(id);
         drop(state);
         self.wake();
         Ok(EnqueueOutcome::Enqueued(id))
@@ -591,12 +641,24 @@ impl JobQueue for MemoryJobQueue {
             lanes.scheduled.pop_first();
             lanes.ready.insert((Reverse(priority), run_at, id));
         }
+        // In order, skipping jobs whose group has an earlier live job (they stay ready).
         let mut taken = Vec::with_capacity(max.min(lanes.ready.len()));
-        while taken.len() < max
-            && let Some((_, _, id)) = lanes.ready.pop_first()
-        {
-            taken.push(id);
+        for &(prio, at, id) in &lanes.ready {
+            if taken.len() >= max {
+                break;
+            }
+            let free = state
+                .jobs
+                .get(&id)
+                .is_none_or(|slot| !blocked(&state.groups, &slot.job));
+            if free {
+                taken.push((prio, at, id));
+            }
         }
+        for entry in &taken {
+            lanes.ready.remove(entry);
+        }
+        let taken: Vec<i64> = taken.into_iter().map(|(_, _, id)| id).collect();
         let mut jobs = Vec::with_capacity(taken.len());
         for id in taken {
             let Some(slot) = state.jobs.get_mut(&id) else {
@@ -646,6 +708,10 @@ impl JobQueue for MemoryJobQueue {
         slot.run_ms = Some(run_ms);
         state.run_ms_sum += run_ms;
         state.move_status(id, JobStatus::Processing, JobStatus::Completed);
+        state.leave_group(id);
+        drop(state);
+        // Later jobs of its group may run now.
+        self.wake();
         Ok(())
     }
 
@@ -690,6 +756,7 @@ impl JobQueue for MemoryJobQueue {
             _ => {
                 slot.job.status = JobStatus::Failed;
                 state.move_status(id, JobStatus::Processing, JobStatus::Failed);
+                state.leave_group(id);
                 drop(state);
                 // A failed job no longer holds back later jobs of its group.
                 self.wake();
@@ -726,6 +793,7 @@ impl JobQueue for MemoryJobQueue {
                 slot.job.status = JobStatus::Failed;
                 rescued.failed.push(slot.job.clone());
                 state.move_status(id, JobStatus::Processing, JobStatus::Failed);
+                state.leave_group(id);
             }
         }
         drop(state);
@@ -791,6 +859,7 @@ impl JobQueue for MemoryJobQueue {
         for &id in &targets {
             state.slot(id)?.job.attempts = 0;
             state.make_pending(id, Some(now))?;
+            state.join_group(id);
         }
         drop(state);
         if !targets.is_empty() {
@@ -849,9 +918,24 @@ impl JobQueue for MemoryJobQueue {
 
     async fn next_run_at(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
         let state = lock(&self.state);
+        let free = |id: &i64| {
+            state
+                .jobs
+                .get(id)
+                .is_some_and(|slot| !blocked(&state.groups, &slot.job))
+        };
         Ok(state.lanes.get(queue).and_then(|l| {
-            let ready = l.ready.first().map(|&(_, at, _)| at);
-            let scheduled = l.scheduled.first().map(|&(at, _, _)| at);
+            let ready = l
+                .ready
+                .iter()
+                .filter(|(_, _, id)| free(id))
+                .map(|&(_, at, _)| at)
+                .min();
+            let scheduled = l
+                .scheduled
+                .iter()
+                .find(|(_, id, _)| free(id))
+                .map(|&(at, _, _)| at);
             match (ready, scheduled) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

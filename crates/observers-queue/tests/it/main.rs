@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod limits;
+mod ordering;
 mod suite;
 mod support;
 mod upgrade;

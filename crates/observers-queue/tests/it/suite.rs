@@ -508,3 +508,75 @@ async fn nul_bytes_are_stored_as_replacement_characters(q: Q) {
     assert_eq!(failed.payload["ok"], json!(1), "the payload was stored");
 }
 for_each_backend!(nul_bytes_are_stored_as_replacement_characters);
+
+#[allow(
+    clippy::many_single_char_names,
+    reason = "jobs a to f, as in the comments"
+)]
+async fn groups_run_one_job_at_a_time_in_id_order(q: Q) {
+    let grouped = |n: i64, group: &str| job(n).with_group_key(group);
+    let out = q
+        .enqueue_many(vec![
+            grouped(1, "g1"),
+            grouped(2, "g1"),
+            grouped(3, "g2"),
+            job(4),
+            grouped(5, "g1"),
+            grouped(6, "g2"),
+        ])
+        .await
+        .unwrap();
+    let [a, b, c, d, e, f] = [0, 1, 2, 3, 4, 5].map(|i| out[i].id());
+    assert_eq!(
+        ids(&q.dequeue("email", "w", 10).await.unwrap()),
+        vec![a, c, d],
+        "one job per group, the earliest; ungrouped jobs as ever"
+    );
+    assert!(
+        q.dequeue("email", "w", 10).await.unwrap().is_empty(),
+        "later jobs wait while an earlier one is processing"
+    );
+    // A job waiting for its retry holds its group back: order matters more than latency.
+    let retry_at = now_us() + secs(3600);
+    q.fail("w", c, "503", Some(retry_at)).await.unwrap();
+    assert!(q.dequeue("email", "w", 10).await.unwrap().is_empty());
+    assert_eq!(
+        q.next_run_at("email").await.unwrap(),
+        Some(retry_at),
+        "blocked jobs are not due"
+    );
+    // A job that failed for good no longer holds its group back (it is dead-lettered).
+    q.fail("w", a, "400", None).await.unwrap();
+    assert_eq!(ids(&q.dequeue("email", "w", 10).await.unwrap()), vec![b]);
+    q.complete("w", b).await.unwrap();
+    assert_eq!(ids(&q.dequeue("email", "w", 10).await.unwrap()), vec![e]);
+    assert_eq!(q.complete_many("w", &[d, e]).await.unwrap(), 2);
+    assert!(
+        q.dequeue("email", "w", 10).await.unwrap().is_empty(),
+        "{f} waits for {c}"
+    );
+    let listed = q.list(None, 10).await.unwrap();
+    let group_of = |id: i64| {
+        listed
+            .iter()
+            .find(|j| j.id == id)
+            .unwrap()
+            .group_key
+            .clone()
+    };
+    assert_eq!(
+        (group_of(e), group_of(d), group_of(f)),
+        (Some("g1".into()), None, Some("g2".into()))
+    );
+    let stats = q.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.pending,
+            stats.processing,
+            stats.completed,
+            stats.failed
+        ),
+        (2, 0, 3, 1)
+    );
+}
+for_each_backend!(groups_run_one_job_at_a_time_in_id_order);
