@@ -5,7 +5,8 @@ mod cached;
 mod observers;
 mod summary;
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -83,6 +84,35 @@ pub struct ObserverExecutor {
     summaries: Option<Arc<dyn SummarySink>>,
     /// Identifies this process run in dedup claims.
     owner: String,
+    /// Dedup keys this executor is processing right now. A claim the store reports as in
+    /// progress under our own owner is a duplicate only while its key is here; otherwise it is
+    /// a claim left by an earlier attempt of ours that could not record its outcome, and the
+    /// event is processed again instead of being skipped.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A key in [`ObserverExecutor::in_flight`], removed when the event's processing ends, however
+/// it ends (returned, failed, cancelled or panicked).
+struct InFlight {
+    keys: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl InFlight {
+    /// Registers `key`; `None` when it is already being processed by this executor.
+    fn enter(keys: &Arc<Mutex<HashSet<String>>>, key: &str) -> Option<Self> {
+        let fresh = crate::stores::lock(keys).insert(key.to_owned());
+        fresh.then(|| Self {
+            keys: keys.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::stores::lock(&self.keys).remove(&self.key);
+    }
 }
 
 /// Receives every processed event with its outcome (search indexing, audit trails). Called on
@@ -192,6 +222,7 @@ impl ExecutorBuilder {
                 chrono::Utc::now().timestamp_micros(),
                 rand::random::<u32>()
             ),
+            in_flight: Arc::default(),
         }
     }
 }
@@ -255,16 +286,19 @@ impl ObserverExecutor {
             .dedup
             .as_ref()
             .map(|d| self.dedup_key.key(&d.namespace, event));
+        let mut _in_flight = None;
         if let (Some(d), Some(key)) = (&self.dedup, &dedup_key) {
-            // Two-phase claim; a store outage must not lose events, so it fails open.
+            let Some(guard) = InFlight::enter(&self.in_flight, key) else {
+                return Ok(self.deduplicated(event, started));
+            };
+            _in_flight = Some(guard);
+            // Two-phase claim; a store outage must not lose events, so it fails open. An
+            // in-progress claim of our own owner cannot be a concurrent run (the key was not in
+            // flight here): it is left from an attempt whose outcome could not be recorded,
+            // and is taken over.
             match d.store.claim(key, &self.owner, d.window).await {
-                Ok(ClaimOutcome::Acquired) => {}
-                Ok(ClaimOutcome::AlreadyDone | ClaimOutcome::InProgress) => {
-                    self.telemetry.emit(&TelemetryEvent::EventDeduplicated {
-                        entity_type: &event.entity_type,
-                    });
-                    return Ok(ExecutionSummary::deduplicated(event, started.elapsed()));
-                }
+                Ok(ClaimOutcome::Acquired | ClaimOutcome::InProgress) => {}
+                Ok(ClaimOutcome::AlreadyDone) => return Ok(self.deduplicated(event, started)),
                 Err(e) => {
                     tracing::warn!(error = %e, event_id = event.id, "dedup claim failed; processing anyway");
                 }
@@ -299,7 +333,16 @@ impl ObserverExecutor {
         let mut failed = 0;
         for a in attempted {
             if let Some(err) = a.error {
-                self.dead_letter(event, &a.report, &err).await?;
+                if let Err(e) = self.dead_letter(event, &a.report, &err).await {
+                    // Not processed: forget the claim so a re-read (by this process or
+                    // another) runs the event again instead of taking it for a duplicate.
+                    if let (Some(d), Some(key)) = (&self.dedup, &dedup_key)
+                        && let Err(release) = d.store.release(key).await
+                    {
+                        tracing::warn!(error = %release, event_id = event.id, "dedup release failed");
+                    }
+                    return Err(e);
+                }
                 failed += 1;
             }
             reports.push(a.report);
@@ -332,6 +375,13 @@ impl ObserverExecutor {
             sink.accept(event, &summary);
         }
         Ok(summary)
+    }
+
+    fn deduplicated(&self, event: &EntityEvent, started: Instant) -> ExecutionSummary {
+        self.telemetry.emit(&TelemetryEvent::EventDeduplicated {
+            entity_type: &event.entity_type,
+        });
+        ExecutionSummary::deduplicated(event, started.elapsed())
     }
 
     async fn dead_letter(
