@@ -564,6 +564,12 @@ impl ObserverExecutor {
             priority: 0,
             run_at: None,
             max_attempts: set.job_max_attempts,
+            // One entity's jobs of one action run one at a time, in change-log order (events of
+            // an entity are enqueued in that order); other entities run in parallel.
+            group_key: Some(format!(
+                "{}:{index}:{}:{}",
+                o.name, event.entity_type, event.entity_id
+            )),
         };
         let report = ActionReport::new(&o.name, index, slot.action.type_name());
         let (report, error) = match jobs.enqueue(job).await {
