@@ -1,4 +1,5 @@
-//! `cargo xtask ci`: formatting, lints with warnings denied, then every test.
+//! `cargo xtask ci`: formatting, lints with warnings denied, every test, then a short fuzz
+//! smoke of each cargo-fuzz target.
 
 use anyhow::Result;
 
@@ -12,5 +13,10 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    crate::test::run(&[])
+    crate::test::run(&[])?;
+    let targets: Vec<String> = crate::fuzz::TARGETS
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    crate::fuzz::smoke(&targets, 10)
 }

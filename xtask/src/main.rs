@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod fuzz;
 mod services;
 mod test;
 
@@ -15,7 +16,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test               run every test of the workspace against local services
   test-integration   the same (kept for scripts; all suites are integration-aware)
-  ci                 fmt --check, clippy -D warnings, then test
+  ci                 fmt --check, clippy -D warnings, test, then a 10 s fuzz smoke per target
+  fuzz               run the cargo-fuzz targets ([--seconds N] per target, default 60; [TARGET...]:
+                     config, condition, template, debezium, change_row); fails on a crash
   bench              run the benchmarks and print ratios against same-run baselines
                      (--pipeline: PostgreSQL pipeline only; --queue: job queue vs graphile-worker, pg-boss;
                       --redis: Redis stores vs redis-benchmark; --search: search on 1M events;
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test" | "test-integration") => test::run(&args[1..]),
         Some("ci") => ci::run(),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("migrate") => cargo(&["run", "--quiet", "-p", "observers-cli", "--", "migrate"]),
         Some("demo") => cargo(&["run", "--quiet", "-p", "observers-cli", "--", "demo"]),

@@ -54,6 +54,122 @@ fn build_env() -> Env {
     extended().unwrap_or_else(|_| Env::stdlib())
 }
 
+/// Deepest bracket (`(`, `[`, `{`) nesting a condition may use.
+pub const MAX_NESTING: usize = 32;
+/// Most operators (other than `&&` and `||`) a condition may use.
+pub const MAX_OPERATORS: usize = 1_000;
+/// Deepest expression tree a condition may compile to.
+pub const MAX_DEPTH: usize = 32;
+/// Stack of the thread that parses a condition (reserved address space, touched only as used).
+const COMPILE_STACK: usize = 64 << 20;
+
+/// Refuses, before parsing, a condition whose nesting or operator count could exhaust the
+/// parser's stack. String literals are skipped; `&&` and `||` are not counted (the parser
+/// balances them).
+fn precheck(src: &str) -> Result<(), String> {
+    let bytes = src.as_bytes();
+    let (mut depth, mut operators, mut i) = (0usize, 0usize, 0usize);
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\'' | b'"' => {
+                // Skip the literal (escapes included); a triple quote reads as an empty
+                // literal followed by a quoted one, which skips the same text.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "column {}: brackets nested more than {MAX_NESTING} deep; split the condition",
+                        src[..i].chars().count() + 1
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'<' | b'>' | b'=' | b'!' | b'?' | b'.' => {
+                operators += 1;
+                if operators > MAX_OPERATORS {
+                    return Err(format!(
+                        "more than {MAX_OPERATORS} operators; split the condition"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Parses `src` and checks the tree's depth; runs on the large-stack compiler thread, where a
+/// too-deep tree is also dropped.
+fn compile_checked(src: &str) -> Result<(Program, Vec<String>), ConditionError> {
+    let program = ENV.compile(src).map_err(|errors| ConditionError::Parse {
+        expr: src.to_owned(),
+        message: parse_message(src, &errors),
+    })?;
+    let depth = tree_depth(program.expression());
+    if depth > MAX_DEPTH {
+        return Err(ConditionError::Parse {
+            expr: src.to_owned(),
+            message: format!(
+                "the expression is nested {depth} levels deep, more than {MAX_DEPTH}; split long operator chains"
+            ),
+        });
+    }
+    let variables = free_variables(program.expression());
+    Ok((program, variables))
+}
+
+/// The depth of an expression tree, walked without recursion.
+fn tree_depth(root: &IdedExpr) -> usize {
+    let mut deepest = 0;
+    let mut todo = vec![(root, 1usize)];
+    while let Some((expr, depth)) = todo.pop() {
+        deepest = deepest.max(depth);
+        let children: Vec<&IdedExpr> = match &expr.expr {
+            Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => Vec::new(),
+            Expr::Select(select) => vec![&*select.operand],
+            Expr::Call(call) => call
+                .target
+                .as_deref()
+                .into_iter()
+                .chain(&call.args)
+                .collect(),
+            Expr::List(list) => list.elements.iter().collect(),
+            Expr::Map(map) => entry_children(map.entries.iter().map(|e| &e.expr)),
+            Expr::Struct(st) => entry_children(st.entries.iter().map(|e| &e.expr)),
+            Expr::Comprehension(comp) => vec![
+                &comp.iter_range,
+                &comp.accu_init,
+                &comp.loop_cond,
+                &comp.loop_step,
+                &comp.result,
+            ],
+        };
+        todo.extend(children.into_iter().map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
+fn entry_children<'e>(entries: impl Iterator<Item = &'e EntryExpr>) -> Vec<&'e IdedExpr> {
+    let mut out = Vec::new();
+    for entry in entries {
+        match entry {
+            EntryExpr::StructField(field) => out.push(&field.value),
+            EntryExpr::MapEntry(entry) => {
+                out.push(&entry.key);
+                out.push(&entry.value);
+            }
+        }
+    }
+    out
+}
+
 /// Why a condition could not be compiled or evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConditionError {
@@ -93,16 +209,33 @@ pub struct Condition {
 
 impl Condition {
     /// Compiles `src`; done once, when the config is loaded.
+    ///
+    /// Deep nesting and long operator chains are refused with a clear error rather than
+    /// handed to the CEL parser and evaluator, which recurse once per level: brackets nest at
+    /// most [`MAX_NESTING`] deep, at most [`MAX_OPERATORS`] operators other than `&&`/`||`
+    /// (which the parser balances) appear, and the expression tree is at most [`MAX_DEPTH`]
+    /// deep, so evaluation fits a 2 MB worker stack. Parsing itself runs on a thread of its own
+    /// with a large stack.
     pub fn compile(src: &str) -> Result<Condition, ConditionError> {
-        let program = ENV.compile(src).map_err(|errors| ConditionError::Parse {
+        let too_complex = |message: String| ConditionError::Parse {
             expr: src.to_owned(),
-            message: parse_message(src, &errors),
+            message,
+        };
+        precheck(src).map_err(too_complex)?;
+        let compiled = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("cel-compile".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(scope, || compile_checked(src))
+                .map_err(|e| too_complex(format!("cannot start the compiler thread: {e}")))?
+                .join()
+                .map_err(|_| too_complex("the CEL compiler failed".into()))?
         })?;
-        let variables = free_variables(program.expression()).into();
+        let (program, variables) = compiled;
         Ok(Condition {
             source: src.into(),
             program: Arc::new(program),
-            variables,
+            variables: variables.into(),
         })
     }
 
@@ -770,5 +903,81 @@ mod tests {
         }
         assert_eq!(a, Condition::compile("total > 100").expect("compiles"));
         assert_eq!(format!("{a:?}"), "Condition(\"total > 100\")");
+    }
+
+    /// Compiles and evaluates `src` on a thread with a 2 MB stack (a tokio worker's), so a
+    /// stack overflow aborts the test instead of passing unnoticed on a bigger stack.
+    fn on_small_stack(src: String) -> Result<bool, ConditionError> {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let mut fields = serde_json::Map::new();
+                fields.insert("a".into(), 1.into());
+                let ctx = ConditionContext::from_fields(&fields);
+                Condition::compile(&src)?.evaluate(&ctx)
+            })
+            .expect("thread starts")
+            .join()
+            .expect("no panic")
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for (name, src) in [
+            (
+                "parens",
+                format!("{}a{} == 1", "(".repeat(10_000), ")".repeat(10_000)),
+            ),
+            (
+                "lists",
+                format!("{}1{} == 1", "[".repeat(10_000), "]".repeat(10_000)),
+            ),
+            (
+                "calls",
+                format!("{}a{} == 1", "int(".repeat(10_000), ")".repeat(10_000)),
+            ),
+            (
+                "plus chain",
+                format!("{} == 1", vec!["a"; 100_000].join("+")),
+            ),
+            ("select chain", format!("a{} == 1", ".b".repeat(100_000))),
+            (
+                "ternary chain",
+                format!("{}true", "a == 1 ? true : ".repeat(10_000)),
+            ),
+            (
+                "plus chain past the tree limit",
+                format!("{} == 1", vec!["a"; 200].join("+")),
+            ),
+        ] {
+            let err = on_small_stack(src).expect_err(name);
+            let ConditionError::Parse { message, .. } = &err else {
+                panic!("{name}: {err}");
+            };
+            assert!(
+                message.contains("nested") || message.contains("operators"),
+                "{name}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn conditions_at_the_limits_compile_and_evaluate_on_a_small_stack() {
+        let parens = format!(
+            "{}a{} == 1",
+            "(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
+        assert!(on_small_stack(parens).expect("nesting at the limit"));
+        // `a+a+...+a == n`: the tree is one level per `+`, plus `==` and the leaves.
+        let terms = MAX_DEPTH - 2;
+        let chain = format!("{} == {terms}", vec!["a"; terms].join("+"));
+        assert!(on_small_stack(chain).expect("chain at the limit"));
+        // `||` chains are balanced by the parser: long ones stay shallow.
+        let ors = vec!["a == 2"; 300].join(" || ") + " || a == 1";
+        assert!(on_small_stack(ors).expect("long || chain"));
+        // Operators inside string literals are not counted.
+        let quoted = format!("'{}' != '' && a == 1", "(+".repeat(5_000));
+        assert!(on_small_stack(quoted).expect("operators in a string"));
     }
 }

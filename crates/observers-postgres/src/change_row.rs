@@ -40,7 +40,6 @@ pub(crate) fn wire_size(row: &PgRow) -> usize {
 pub(crate) fn decode(row: &PgRow) -> Result<SourceItem, PgError> {
     let id: i64 = row.try_get("id")?;
     let txid: i64 = row.try_get("txid")?;
-    let cursor = Cursor::new(u64::try_from(txid).unwrap_or(0), id);
     let mut problems = Vec::new();
     let mut text = |col: &str| text_cell(row, col, &mut problems);
     let entity_type = text("entity_type");
@@ -57,26 +56,62 @@ pub(crate) fn decode(row: &PgRow) -> Result<SourceItem, PgError> {
             None
         }
     };
-    let before = json_cell("before", before_text, &mut problems);
-    let after = json_cell("after", after_text, &mut problems);
-
-    let fields = Fields {
-        id,
-        txid,
+    let columns = TextColumns {
         entity_type,
         entity_id,
         operation,
         tenant_id,
         user_id,
-        before,
-        after,
+        before: before_text,
+        after: after_text,
         created_at,
     };
-    Ok(if problems.is_empty() {
+    Ok(decode_text(id, txid, columns, problems))
+}
+
+/// A change-log row's columns as read from PostgreSQL, row images still as text.
+#[derive(Debug, Clone, Default)]
+pub struct TextColumns {
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    pub operation: Option<String>,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// Decodes a row from its text columns (what [`decode`] does once the columns are read):
+/// never fails; `problems` already found reading the columns make the row a poison item.
+/// Public for the fuzz targets.
+pub fn decode_text(
+    id: i64,
+    txid: i64,
+    columns: TextColumns,
+    mut problems: Vec<String>,
+) -> SourceItem {
+    let cursor = Cursor::new(u64::try_from(txid).unwrap_or(0), id);
+    let before = json_cell("before", columns.before, &mut problems);
+    let after = json_cell("after", columns.after, &mut problems);
+
+    let fields = Fields {
+        id,
+        txid,
+        entity_type: columns.entity_type,
+        entity_id: columns.entity_id,
+        operation: columns.operation,
+        tenant_id: columns.tenant_id,
+        user_id: columns.user_id,
+        before,
+        after,
+        created_at: columns.created_at,
+    };
+    if problems.is_empty() {
         fields.into_item(cursor)
     } else {
         fields.poison(cursor, problems.join("; "))
-    })
+    }
 }
 
 /// A text column, or (when it is not valid UTF-8, which a `SQL_ASCII` database lets through) its

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
-mod change_row;
+pub mod change_row;
 pub mod changelog;
 pub mod checkpoint;
 pub mod dedup;
