@@ -304,9 +304,12 @@ fn json_to_val(value: &Json) -> Box<dyn Val> {
         Json::Null => Box::new(CelNull),
         Json::Bool(b) => Box::new(CelBool::from(*b)),
         Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
+            // The number is its text (exact digits): parse it once as what it looks like.
+            let text = n.as_str();
+            let integer = text.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+            if let Some(i) = integer.then(|| text.parse::<i64>().ok()).flatten() {
                 Box::new(CelInt::from(i))
-            } else if let Some(u) = n.as_u64() {
+            } else if let Some(u) = integer.then(|| text.parse::<u64>().ok()).flatten() {
                 Box::new(CelUInt::from(u))
             } else {
                 Box::new(CelDouble::from(crate::numbers::to_f64(n)))

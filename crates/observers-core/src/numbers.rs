@@ -70,6 +70,15 @@ impl Serialize for StringNumbers<'_> {
     }
 }
 
+/// Deserializes a typed value (an event, a queued action) out of a JSON value without changing
+/// any number's spelling. `serde_json::from_value` hands a number that a double round-trips
+/// over as that double, so `1797…000` (309 digits) would come back as `1.7976931348623157e+308`;
+/// reading the value's text keeps every number as written. For stored payloads (jobs, DLQ
+/// items, search documents), never on the change-log read path.
+pub fn from_json<T: serde::de::DeserializeOwned>(value: &Value) -> serde_json::Result<T> {
+    serde_json::from_str(&value.to_string())
+}
+
 /// Equality as PostgreSQL's jsonb has it: numbers by value (`100.0` equals `100.00` and `1e2`),
 /// everything else as usual. Used for the field-level changes, so they agree with the trigger's
 /// `changed` column.
@@ -199,6 +208,24 @@ mod tests {
         let text = r#"{"a":12345678901234567.89,"b":1.123456789012345678,"c":1e+300,"d":-9223372036854775808,"e":18446744073709551616,"f":1.5e-07,"g":-1.7976931348623157e+308,"h":0.000000000000000000000000000001,"i":100.000}"#;
         let value: Value = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&value).unwrap(), text);
+    }
+
+    #[test]
+    fn from_json_keeps_the_spelling_that_from_value_changes() {
+        #[derive(Deserialize)]
+        struct Row {
+            n: Value,
+        }
+        let max = format!("17976931348623157{}", "0".repeat(292));
+        let value: Value = serde_json::from_str(&format!(r#"{{"n": {max}}}"#)).unwrap();
+        let lossy: Row = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(
+            lossy.n.to_string(),
+            "1.7976931348623157e+308",
+            "serde_json's behaviour"
+        );
+        let exact: Row = from_json(&value).unwrap();
+        assert_eq!(exact.n.to_string(), max);
     }
 
     #[test]

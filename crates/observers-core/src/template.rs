@@ -130,7 +130,7 @@ impl<'a> TemplateContext<'a> {
 
 /// A JSON value as a template value. Numbers stay numbers where the engine can hold them
 /// without changing their text (integers up to 128 bits, decimals whose double prints the same
-/// digits); any other number (`12345678901234567.89`, `150.50`, a 400-digit numeric) becomes an
+/// digits both when rendered and in `tojson`); any other number (`12345678901234567.89`, `150.50`, a 400-digit numeric) becomes an
 /// [`ExactNumber`], which prints PostgreSQL's digits and which `tojson` writes as a JSON number.
 fn json_value(value: &Json) -> Value {
     match value {
@@ -159,7 +159,9 @@ fn number_value(n: &serde_json::Number) -> Value {
     }
     if let Ok(f) = text.parse::<f64>() {
         let native = Value::from(f);
-        if f.is_finite() && native.to_string() == text {
+        // Native only if both the engine's printing and `tojson`'s give back the same text.
+        let json_text = serde_json::Number::from_f64(f);
+        if native.to_string() == text && json_text.is_some_and(|j| j.as_str() == text) {
             return native;
         }
     }
@@ -316,7 +318,7 @@ mod tests {
         let huge = format!("1{}", "0".repeat(400));
         let row: Json = serde_json::from_str(&format!(
             r#"{{"amount": 12345678901234567.89, "token": 1.123456789012345678, "huge": {huge},
-                "price": 150.50, "plain": 150.5, "whole": 100.0, "big": 18446744073709551616,
+                "price": 150.50, "plain": 150.5, "tiny": 0.000001, "whole": 100.0, "big": 18446744073709551616,
                 "min": -9223372036854775808, "nested": {{"n": [0.10, 2]}}, "s": "<a&b>"}}"#
         ))
         .unwrap();
@@ -329,6 +331,8 @@ mod tests {
             ("{{ new.price }}", "150.50".to_owned()),
             ("{{ new.plain }}", "150.5".to_owned()),
             ("{{ new.whole }}", "100.0".to_owned()),
+            ("{{ new.tiny }}", "0.000001".to_owned()),
+            ("{{ new.tiny | tojson }}", "0.000001".to_owned()),
             ("{{ new.big }}", "18446744073709551616".to_owned()),
             ("{{ new.min }}", "-9223372036854775808".to_owned()),
             ("{{ new.nested.n[0] }}", "0.10".to_owned()),
