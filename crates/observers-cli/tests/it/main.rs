@@ -5,6 +5,7 @@ mod docs;
 mod e2e;
 mod exact;
 mod ha;
+mod hardening;
 mod metrics;
 mod monitoring;
 mod queue;
