@@ -480,7 +480,7 @@ impl SearchBackend for ElasticsearchBackend {
         let results = hits
             .iter()
             .map(|h| {
-                serde_json::from_value::<IndexedEvent>(h["_source"].clone())
+                observers_core::numbers::from_json::<IndexedEvent>(&h["_source"])
                     .map_err(|e| self.bad(format!("document {}: {e}", h["_id"])))
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;

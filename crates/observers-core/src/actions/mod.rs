@@ -21,7 +21,7 @@ pub use email::EmailAction;
 pub use http::{HttpClients, OutboundPolicy};
 pub use log::LogAction;
 pub use slack::SlackAction;
-pub use webhook::{WebhookAction, webhook_body};
+pub use webhook::{WebhookAction, webhook_body, webhook_body_bytes};
 
 use crate::config::ActionConfig;
 use crate::error::{ObserverError, Result};

@@ -4,30 +4,68 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::http::{HttpClients, classify, transport_error};
 use super::{Action, ActionResult, Invocation, render, signing, template};
 use crate::config::WebhookConfig;
 use crate::error::{ObserverError, Result};
-use crate::event::EntityEvent;
+use crate::event::{EntityEvent, FieldChange};
+use crate::numbers::{NumberFormat, StringNumbers};
 use crate::template::Template;
 
 /// The documented webhook body.
 pub fn webhook_body(event: &EntityEvent, observer: &str) -> Value {
-    json!({
-        "id": event.id,
-        "observer": observer,
-        "entity_type": event.entity_type,
-        "entity_id": event.entity_id,
-        "event_type": event.kind.as_str(),
-        "tenant_id": event.tenant_id,
-        "user_id": event.user_id,
-        "timestamp": event.timestamp.to_rfc3339(),
-        "data": event.after,
-        "before": event.before,
-        "changes": event.changes,
-    })
+    serde_json::to_value(WebhookBody::new(event, observer)).unwrap_or(Value::Null)
+}
+
+/// The documented webhook body, borrowing the event: serialized straight to bytes, so the rows
+/// are neither copied nor re-parsed and their numbers keep PostgreSQL's digits.
+#[derive(Serialize)]
+struct WebhookBody<'a> {
+    id: i64,
+    observer: &'a str,
+    entity_type: &'a str,
+    entity_id: &'a str,
+    event_type: &'a str,
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    timestamp: String,
+    data: &'a Option<Value>,
+    before: &'a Option<Value>,
+    changes: &'a [FieldChange],
+}
+
+impl<'a> WebhookBody<'a> {
+    fn new(event: &'a EntityEvent, observer: &'a str) -> Self {
+        Self {
+            id: event.id,
+            observer,
+            entity_type: &event.entity_type,
+            entity_id: &event.entity_id,
+            event_type: event.kind.as_str(),
+            tenant_id: event.tenant_id.as_deref(),
+            user_id: event.user_id.as_deref(),
+            timestamp: event.timestamp.to_rfc3339(),
+            data: &event.after,
+            before: &event.before,
+            changes: &event.changes,
+        }
+    }
+}
+
+/// The default body's bytes, with numbers as `numbers` says.
+pub fn webhook_body_bytes(
+    event: &EntityEvent,
+    observer: &str,
+    numbers: NumberFormat,
+) -> serde_json::Result<Vec<u8>> {
+    let body = WebhookBody::new(event, observer);
+    match numbers {
+        NumberFormat::Exact => serde_json::to_vec(&body),
+        NumberFormat::String => serde_json::to_vec(&StringNumbers(&serde_json::to_value(body)?)),
+    }
 }
 
 pub struct WebhookAction {
@@ -36,6 +74,7 @@ pub struct WebhookAction {
     url: Template,
     headers: Vec<(reqwest::header::HeaderName, Template)>,
     body: Option<Template>,
+    numbers: NumberFormat,
     timeout: Option<Duration>,
     secret: Option<Vec<u8>>,
     /// The host, for the circuit breaker; `None` when the URL host is templated.
@@ -72,6 +111,7 @@ impl WebhookAction {
                 .as_deref()
                 .map(|b| template("body", b))
                 .transpose()?,
+            numbers: config.numbers,
             timeout: config.timeout,
             secret: config
                 .signing_secret
@@ -107,7 +147,7 @@ impl Action for WebhookAction {
         self.clients.policy.check_url(&url)?;
         let body = match &self.body {
             Some(t) => render(t, inv.template)?.into_bytes(),
-            None => serde_json::to_vec(&webhook_body(inv.event, inv.observer))
+            None => webhook_body_bytes(inv.event, inv.observer, self.numbers)
                 .map_err(|e| ObserverError::permanent("OBS-WEBHOOK-BODY", e.to_string()))?,
         };
         let timestamp = chrono::Utc::now().timestamp();

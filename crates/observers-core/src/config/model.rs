@@ -991,6 +991,9 @@ impl ActionConfig {
                 }
                 if let Some(body) = &c.body {
                     check_template("body", body)?;
+                    if c.numbers == crate::numbers::NumberFormat::String {
+                        return Err("numbers = \"string\" applies to the default JSON body, not to a `body` template; quote the value in the template instead, e.g. \"amount\": \"{{ new.amount }}\"".into());
+                    }
                 }
                 Ok(())
             }
@@ -1049,6 +1052,9 @@ pub struct WebhookConfig {
     /// Optional body template; the documented JSON event body when absent.
     #[serde(default)]
     pub body: Option<String>,
+    /// How the default body writes numbers: exact JSON numbers, or JSON strings.
+    #[serde(default)]
+    pub numbers: crate::numbers::NumberFormat,
     #[serde(default, with = "duration::option")]
     pub timeout: Option<Duration>,
     /// Standard Webhooks secret (`whsec_` + base64, or any string used as raw bytes).
