@@ -14,6 +14,7 @@ pub mod event;
 pub mod executor;
 pub mod listener;
 pub mod matcher;
+pub mod redact;
 pub mod retry;
 pub mod schedule;
 pub mod stores;

@@ -165,7 +165,7 @@ pub(crate) async fn classify(what: &str, resp: Response) -> ObserverError {
         .chars()
         .take(200)
         .collect();
-    let message = format!("{what} answered HTTP {status}: {body}");
+    let message = crate::redact::text(&format!("{what} answered HTTP {status}: {body}"));
     match status {
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
             ObserverError::ActionTransient {
@@ -189,24 +189,35 @@ pub(crate) async fn classify(what: &str, resp: Response) -> ObserverError {
 }
 
 /// Maps a transport error: timeouts and connection failures are transient; a policy denial
-/// (surfaced through the resolver) is permanent.
-pub(crate) fn transport_error(what: &str, err: &reqwest::Error) -> ObserverError {
-    let mut source: Option<&dyn std::error::Error> = Some(err);
+/// (surfaced through the resolver) is permanent. The client's error text embeds the full URL
+/// (a Slack URL is a secret): the URL is dropped and the rest redacted.
+pub(crate) fn transport_error(what: &str, err: reqwest::Error) -> ObserverError {
+    let err = err.without_url();
+    let mut source: Option<&dyn std::error::Error> = Some(&err);
+    let mut chain = String::new();
     while let Some(e) = source {
         if let Some(obs) = e.downcast_ref::<ObserverError>() {
-            return ObserverError::permanent(obs.code(), obs.to_string());
+            return ObserverError::permanent(obs.code(), crate::redact::text(&obs.to_string()));
+        }
+        let text = e.to_string();
+        if !chain.contains(&text) {
+            if !chain.is_empty() {
+                chain.push_str(": ");
+            }
+            chain.push_str(&text);
         }
         source = e.source();
     }
+    let chain = crate::redact::text(&chain);
     if err.is_timeout() {
         ObserverError::transient(
             "OBS-HTTP-TIMEOUT",
-            format!("{what}: request timed out: {err}"),
+            format!("{what}: request timed out: {chain}"),
         )
     } else if err.is_builder() {
-        ObserverError::permanent("OBS-HTTP-REQUEST", format!("{what}: bad request: {err}"))
+        ObserverError::permanent("OBS-HTTP-REQUEST", format!("{what}: bad request: {chain}"))
     } else {
-        ObserverError::transient("OBS-HTTP-CONNECT", format!("{what}: {err}"))
+        ObserverError::transient("OBS-HTTP-CONNECT", format!("{what}: {chain}"))
     }
 }
 

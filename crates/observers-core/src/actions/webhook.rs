@@ -95,7 +95,10 @@ impl Action for WebhookAction {
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
         let url_text = render(&self.url, inv.template)?;
         let url = reqwest::Url::parse(&url_text).map_err(|e| {
-            ObserverError::permanent("OBS-WEBHOOK-URL", format!("url `{url_text}`: {e}"))
+            ObserverError::permanent(
+                "OBS-WEBHOOK-URL",
+                format!("url `{}`: {e}", crate::redact::url(&url_text)),
+            )
         })?;
         self.clients.policy.check_url(&url)?;
         let body = match &self.body {
@@ -128,7 +131,7 @@ impl Action for WebhookAction {
             .body(body)
             .send()
             .await
-            .map_err(|e| transport_error("webhook", &e))?;
+            .map_err(|e| transport_error("webhook", e))?;
         if resp.status().is_success() {
             Ok(ActionResult::new(format!(
                 "HTTP {}",

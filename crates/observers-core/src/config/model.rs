@@ -950,7 +950,7 @@ impl ActionConfig {
     /// A one-line human summary, without secrets.
     pub fn summary(&self) -> String {
         match self {
-            ActionConfig::Webhook(c) => format!("{} {}", c.method, c.url),
+            ActionConfig::Webhook(c) => format!("{} {}", c.method, crate::redact::url(&c.url)),
             ActionConfig::Slack(c) => format!(
                 "slack{}",
                 c.channel

@@ -4,4 +4,5 @@
 mod email;
 mod executor;
 mod listener;
+mod secrets;
 mod support;
