@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::http::{HttpClients, classify, transport_error};
-use super::{Action, ActionResult, Invocation, render, signing, template};
+use super::{Action, ActionResult, Invocation, render, signing, template, template_as};
 use crate::config::WebhookConfig;
 use crate::error::{ObserverError, Result};
 use crate::event::EntityEvent;
-use crate::template::Template;
+use crate::template::{Escape, Template};
 
 /// The documented webhook body.
 pub fn webhook_body(event: &EntityEvent, observer: &str) -> Value {
@@ -65,12 +65,12 @@ impl WebhookAction {
         Ok(Self {
             clients,
             method,
-            url: template("url", &config.url)?,
+            url: template_as("url", &config.url, Escape::Url)?,
             headers,
             body: config
                 .body
                 .as_deref()
-                .map(|b| template("body", b))
+                .map(|b| template_as("body", b, Escape::Json))
                 .transpose()?,
             timeout: config.timeout,
             secret: config
@@ -102,7 +102,18 @@ impl Action for WebhookAction {
         })?;
         self.clients.policy.check_url(&url)?;
         let body = match &self.body {
-            Some(t) => render(t, inv.template)?.into_bytes(),
+            Some(t) => {
+                let body = render(t, inv.template)?;
+                // Row values cannot break the JSON (they are encoded); the template's own
+                // text can, and such a body is never sent.
+                serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
+                    ObserverError::permanent(
+                        "OBS-WEBHOOK-BODY",
+                        format!("the body template did not render valid JSON: {e}"),
+                    )
+                })?;
+                body.into_bytes()
+            }
             None => serde_json::to_vec(&webhook_body(inv.event, inv.observer))
                 .map_err(|e| ObserverError::permanent("OBS-WEBHOOK-BODY", e.to_string()))?,
         };

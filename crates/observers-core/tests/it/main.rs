@@ -6,3 +6,4 @@ mod executor;
 mod listener;
 mod secrets;
 mod support;
+mod templates;
