@@ -51,6 +51,12 @@ impl WebhookAction {
             .headers
             .iter()
             .map(|(name, value)| {
+                if signing::RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    return Err(ObserverError::permanent(
+                        "OBS-CONFIG",
+                        format!("headers: `{name}` is set by the webhook action and cannot be configured"),
+                    ));
+                }
                 let name =
                     reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                         ObserverError::permanent("OBS-CONFIG", format!("bad header name `{name}`"))
@@ -76,7 +82,12 @@ impl WebhookAction {
             secret: config
                 .signing_secret
                 .as_ref()
-                .map(|s| signing::secret_bytes(s.expose())),
+                .map(|s| {
+                    signing::secret_bytes(s.expose()).map_err(|e| {
+                        ObserverError::permanent("OBS-CONFIG", format!("signing_secret {e}"))
+                    })
+                })
+                .transpose()?,
             endpoint,
         })
     }

@@ -978,7 +978,19 @@ impl ActionConfig {
                 reqwest::Method::from_bytes(c.method.as_bytes())
                     .map_err(|_| format!("method `{}` is not an HTTP method", c.method))?;
                 for (name, value) in &c.headers {
+                    if crate::actions::signing::RESERVED_HEADERS
+                        .contains(&name.to_ascii_lowercase().as_str())
+                    {
+                        return Err(format!(
+                            "headers.{name}: set by the webhook action itself (one of {}); it cannot be configured",
+                            crate::actions::signing::RESERVED_HEADERS.join(", ")
+                        ));
+                    }
                     check_template(&format!("headers.{name}"), value.expose())?;
+                }
+                if let Some(secret) = &c.signing_secret {
+                    crate::actions::signing::secret_bytes(secret.expose())
+                        .map_err(|e| format!("signing_secret {e}"))?;
                 }
                 if let Some(body) = &c.body {
                     check_template("body", body)?;
@@ -1042,7 +1054,8 @@ pub struct WebhookConfig {
     pub body: Option<String>,
     #[serde(default, with = "duration::option")]
     pub timeout: Option<Duration>,
-    /// Standard Webhooks secret (`whsec_` + base64, or any string used as raw bytes).
+    /// Standard Webhooks secret (`whsec_` + base64, which must decode, or any other non-empty
+    /// string used as raw bytes).
     #[serde(default)]
     pub signing_secret: Option<Secret>,
     #[serde(default)]
