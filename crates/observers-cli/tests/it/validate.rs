@@ -224,3 +224,40 @@ fn configured_headers_cannot_override_signature_headers() {
         );
     }
 }
+
+/// Row data may not choose the scheme, host or port of a webhook unless the action says so.
+#[test]
+fn a_templated_host_needs_allow_templated_host() {
+    for url in [
+        "http://{{ new.host }}/hooks",
+        "{{ new.url }}",
+        "http://api.example:{{ new.port }}/x",
+        "{{ new.scheme }}://api.example/x",
+    ] {
+        check_refused(
+            &format!("{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"{url}\"\n"),
+            &["allow_templated_host"],
+            &[],
+        );
+        let f = write(&format!(
+            "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"{url}\"\nallow_templated_host = true\n"
+        ));
+        let out = observers(&["validate-config", f.path().to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let f = write(&format!(
+        "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://api.example/o/{{{{ entity_id }}}}?t={{{{ new.t }}}}\"\n"
+    ));
+    let out = observers(&["validate-config", f.path().to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -57,7 +57,7 @@ impl Action for SlackAction {
     }
 
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
-        self.clients.policy.check_url(&self.url)?;
+        self.clients.policy.check_target(&self.url).await?;
         let mut payload = json!({ "text": render(&self.text, inv.template)? });
         if let Some(c) = &self.channel {
             payload["channel"] = json!(c);

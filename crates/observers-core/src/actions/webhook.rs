@@ -111,7 +111,7 @@ impl Action for WebhookAction {
                 format!("url `{}`: {e}", crate::redact::url(&url_text)),
             )
         })?;
-        self.clients.policy.check_url(&url)?;
+        self.clients.policy.check_target(&url).await?;
         let body = match &self.body {
             Some(t) => {
                 let body = render(t, inv.template)?;

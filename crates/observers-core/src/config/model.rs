@@ -968,6 +968,12 @@ impl ActionConfig {
         match self {
             ActionConfig::Webhook(c) => {
                 check_template("url", &c.url)?;
+                if !c.allow_templated_host && templated_origin(&c.url) {
+                    return Err(format!(
+                        "url `{}`: the scheme, host or port is templated, so row data would choose where the request goes; template only the path and query, or set allow_templated_host = true",
+                        crate::redact::url(&c.url)
+                    ));
+                }
                 if !c.url.contains("{{") {
                     let url =
                         url::Url::parse(&c.url).map_err(|e| format!("url `{}`: {e}", c.url))?;
@@ -1034,6 +1040,20 @@ impl ActionConfig {
     }
 }
 
+/// Whether a template expression or block appears before the URL's path (scheme, userinfo,
+/// host or port).
+fn templated_origin(url: &str) -> bool {
+    let origin_end = match url.find("://") {
+        Some(at) => url[at + 3..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |e| at + 3 + e),
+        // No `scheme://` written out: the scheme itself comes from the template.
+        None => url.len(),
+    };
+    let origin = &url[..origin_end];
+    origin.contains("{{") || origin.contains("{%")
+}
+
 fn check_template(field: &str, source: &str) -> Result<(), String> {
     crate::template::check(source).map_err(|e| format!("{field}: {e}"))
 }
@@ -1058,6 +1078,10 @@ pub struct WebhookConfig {
     /// string used as raw bytes).
     #[serde(default)]
     pub signing_secret: Option<Secret>,
+    /// Lets the url's scheme, host or port be templated (row data then chooses the target;
+    /// the `[outbound]` address policy still applies). Off by default.
+    #[serde(default)]
+    pub allow_templated_host: bool,
     #[serde(default)]
     pub mode: ActionMode,
 }

@@ -29,7 +29,7 @@ pub fn load(text: &str) -> Config {
 
 pub fn harness(text: &str) -> Harness {
     let config = load(text);
-    let factory = ActionFactory::new(config.outbound).unwrap();
+    let factory = ActionFactory::new(config.outbound.clone()).unwrap();
     let set = ObserverSet::from_config(&config, &factory).unwrap();
     let dlq = Arc::new(MemoryDeadLetterQueue::default());
     let telemetry = CountingTelemetry::new();
