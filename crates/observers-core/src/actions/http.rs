@@ -253,14 +253,30 @@ pub(crate) fn retry_after(resp: &Response) -> Option<Duration> {
     Some(delta.to_std().unwrap_or(Duration::ZERO))
 }
 
+/// The most of an error response's body that is read (the error keeps its first 200
+/// characters); the rest is never downloaded.
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Up to `cap` bytes of a response body; a failing read keeps what arrived.
+pub(crate) async fn read_capped(mut resp: Response, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - out.len();
+                out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
 /// Maps a non-2xx response to an error: 408/429/5xx transient, 410 gone, other 4xx permanent.
 pub(crate) async fn classify(what: &str, resp: Response) -> ObserverError {
     let status = resp.status();
     let wait = retry_after(&resp);
-    let body: String = resp
-        .text()
-        .await
-        .unwrap_or_default()
+    let body: String = String::from_utf8_lossy(&read_capped(resp, MAX_ERROR_BODY).await)
         .chars()
         .take(200)
         .collect();
