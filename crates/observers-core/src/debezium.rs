@@ -95,6 +95,13 @@ pub fn parse(body: &[u8], mapping: &DebeziumMapping) -> Result<Parsed, DebeziumE
 }
 
 fn parse_event(item: Value, mapping: &DebeziumMapping) -> Result<Option<NewChange>, String> {
+    if crate::text::json_has_nul(&item) {
+        return Err(
+            "a string or key holds a NUL character (\\u0000), which PostgreSQL cannot store \
+             in text or jsonb; remove it at the source"
+                .into(),
+        );
+    }
     let mut obj = match item {
         Value::Null => return Ok(None),
         Value::Object(o) => o,
@@ -310,6 +317,23 @@ mod tests {
         ]);
         let p = check(&body).unwrap();
         assert_eq!((p.changes.len(), p.skipped), (2, 2));
+    }
+
+    /// PostgreSQL cannot store NUL in text or jsonb: such an event is refused by name (400),
+    /// never accepted and then failed at the write (which would make the sender retry forever).
+    #[test]
+    fn a_nul_anywhere_refuses_the_event_by_index() {
+        let good = event("c", &Value::Null, &json!({"id": 1}));
+        for bad in [
+            event("c", &Value::Null, &json!({"id": 2, "note": "a\u{0}b"})),
+            event("c", &Value::Null, &json!({"id": "2\u{0}"})),
+            event("c", &Value::Null, &json!({"id": 2, "k\u{0}": 1})),
+        ] {
+            let body = json!([good, bad]).to_string();
+            let err = parse(body.as_bytes(), &DebeziumMapping::default()).unwrap_err();
+            assert_eq!(err.index, Some(1), "{err}");
+            assert!(err.problem.contains("NUL"), "{err}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod telemetry;
 pub mod template;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod text;
 
 pub use error::{ObserverError, Result};
 pub use event::{Cursor, EntityEvent, EventKind, FieldChange};

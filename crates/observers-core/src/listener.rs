@@ -18,11 +18,17 @@ use crate::stores::dlq::DlqEntry;
 use crate::stores::source::{EventSource, SourceItem};
 use crate::telemetry::TelemetryEvent;
 
+/// The default byte budget of one batch (`[source] max_batch_bytes`): 16 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub listener_id: String,
     pub batch_size: usize,
+    /// Bytes of row data one batch may hold, for sources that can measure it (the PostgreSQL
+    /// change log does); a source always returns at least one item, however big.
+    pub max_batch_bytes: usize,
     pub poll_interval: Duration,
     pub max_in_flight: usize,
     /// Longest wait between reconnect attempts.
@@ -34,6 +40,7 @@ impl Default for ListenerConfig {
         Self {
             listener_id: "default".into(),
             batch_size: 1000,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             poll_interval: Duration::from_secs(1),
             max_in_flight: 64,
             max_backoff: Duration::from_secs(30),

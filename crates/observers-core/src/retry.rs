@@ -79,7 +79,8 @@ impl RetryPolicy {
         if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
             self.max_backoff
         } else {
-            Duration::from_secs_f64(secs)
+            // Never a panic, whatever the numbers (a negative product means no wait).
+            Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(self.max_backoff)
         }
     }
 

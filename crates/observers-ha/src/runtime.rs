@@ -78,7 +78,9 @@ impl HaRuntime {
             config.max_recovery_attempts,
         ));
         Self {
-            source: Arc::new(PgEventSource::new(pool)),
+            source: Arc::new(
+                PgEventSource::new(pool).with_max_batch_bytes(listener.max_batch_bytes),
+            ),
             config,
             coordinator,
             failover,

@@ -69,8 +69,11 @@ impl CaptureSpec {
     }
 }
 
-/// A captured table as recorded in `observer_captures`, with whether its trigger is really
-/// there (someone may have dropped it by hand: `trigger_present = false` shows that drift).
+/// A captured table as recorded in `observer_captures`, with what the catalog says about it now:
+/// a trigger dropped or disabled by hand, a key or tenant column renamed or dropped, the table
+/// itself gone, changes the trigger could not key. `drift` says each in words, with the fix.
+// Each bool is an independent catalog fact, reported as such in `capture list --format json`.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct CaptureInfo {
     pub schema: String,
@@ -79,8 +82,32 @@ pub struct CaptureInfo {
     pub id_column: String,
     pub tenant_column: Option<String>,
     pub enabled_at: DateTime<Utc>,
+    /// The table still exists under this name.
+    pub table_present: bool,
+    /// The capture trigger is installed on the table.
     pub trigger_present: bool,
+    /// ... and fires (not `DISABLE`d, not `ENABLE REPLICA` only).
+    pub trigger_enabled: bool,
+    /// The configured id column still exists.
+    pub id_column_present: bool,
+    /// The configured tenant column still exists (true when there is none).
+    pub tenant_column_present: bool,
+    /// The columns rows are keyed by now: the id column, else the primary key; empty when the
+    /// trigger has nothing to key rows by (they are logged with an empty entity id).
+    pub key_columns: Vec<String>,
+    /// Changes logged with an empty entity id because they could not be keyed (counted up to
+    /// [`UNKEYED_COUNT_CAP`]), and the latest reason.
+    #[sqlx(try_from = "i64")]
+    pub unkeyed_changes: u64,
+    pub last_unkeyed_error: Option<String>,
+    /// What drifted, one sentence each with the fix; empty when all is well.
+    #[sqlx(skip)]
+    #[serde(default)]
+    pub drift: Vec<String>,
 }
+
+/// `list` counts a table's unkeyed changes up to this many, so it stays cheap.
+pub const UNKEYED_COUNT_CAP: i64 = 10_000;
 
 impl CaptureInfo {
     /// `schema.table`, each part quoted only where PostgreSQL would need it.
@@ -90,6 +117,82 @@ impl CaptureInfo {
             display_ident(&self.schema),
             display_ident(&self.table)
         )
+    }
+
+    /// Whether everything is as `capture enable` left it.
+    pub fn is_healthy(&self) -> bool {
+        self.drift.is_empty()
+    }
+
+    fn describe_drift(&self) -> Vec<String> {
+        let mut drift = Vec::new();
+        let name = self.qualified_name();
+        if !self.table_present {
+            drift.push(format!(
+                "table no longer exists (dropped or renamed): enable capture on its new name, or \
+                 `observers capture disable --table {name}`"
+            ));
+            return drift;
+        }
+        if !self.trigger_present {
+            drift.push(format!(
+                "trigger is missing, changes are not captured: run `observers capture enable \
+                 --table {name} --entity {}` again",
+                self.entity_type
+            ));
+        } else if !self.trigger_enabled {
+            drift.push(format!(
+                "trigger is disabled, changes are not captured: `ALTER TABLE {name} ENABLE \
+                 TRIGGER {TRIGGER_NAME}`"
+            ));
+        }
+        if !self.id_column_present {
+            let id = display_ident(&self.id_column);
+            let keys: Vec<String> = self.key_columns.iter().map(|c| display_ident(c)).collect();
+            drift.push(match keys.as_slice() {
+                [] => format!(
+                    "id column `{id}` no longer exists (renamed or dropped) and the table has no \
+                     primary key: changes are logged with an empty entity id; run `observers \
+                     capture enable --table {name} --entity {} --id-column <column>`",
+                    self.entity_type
+                ),
+                [one] => format!(
+                    "id column `{id}` no longer exists (renamed or dropped): rows are keyed by the \
+                     primary key ({one}); run `observers capture enable --table {name} --entity {} \
+                     --id-column {one}` to make that explicit",
+                    self.entity_type
+                ),
+                many => format!(
+                    "id column `{id}` no longer exists (renamed or dropped): rows are keyed by the \
+                     primary key ({}) as a JSON array of its values; run `observers capture \
+                     enable --table {name} --entity {} --id-column <column>`",
+                    many.join(", "),
+                    self.entity_type
+                ),
+            });
+        }
+        if let Some(tenant) = &self.tenant_column
+            && !self.tenant_column_present
+        {
+            drift.push(format!(
+                "tenant column `{}` no longer exists (renamed or dropped): the tenant comes from \
+                 the session setting observers.tenant_id",
+                display_ident(tenant)
+            ));
+        }
+        if self.unkeyed_changes > 0 {
+            let n = if i64::try_from(self.unkeyed_changes).is_ok_and(|n| n >= UNKEYED_COUNT_CAP) {
+                format!("at least {UNKEYED_COUNT_CAP}")
+            } else {
+                self.unkeyed_changes.to_string()
+            };
+            drift.push(format!(
+                "{n} change(s) could not be keyed and were logged with an empty entity id \
+                 (latest: {}); see observer_capture_errors",
+                self.last_unkeyed_error.as_deref().unwrap_or("?")
+            ));
+        }
+        drift
     }
 }
 
@@ -424,12 +527,16 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
     }
 
     // PostgreSQL quotes every name (%I) and trigger argument (%L); CREATE OR REPLACE TRIGGER
-    // needs 14+, DROP + CREATE in one transaction works from 13 on.
+    // needs 14+, DROP + CREATE in one transaction works from 13 on. The function is named with
+    // its schema (the change log's), so the session's search_path cannot pick another one.
     let (drop_sql, create_sql): (String, String) = sqlx::query_as(
         "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $2, $3),
                 format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION observers_capture(%L, %L, %L)',
-                       $1, $2, $3, $4, $5, $6)",
+                       'FOR EACH ROW EXECUTE FUNCTION %I.observers_capture(%L, %L, %L)',
+                       $1, $2, $3, n.nspname, $4, $5, $6)
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = 'observer_change_log'::regclass",
     )
     .bind(TRIGGER_NAME)
     .bind(&table.schema)
@@ -466,15 +573,29 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
     tx.commit().await?;
 
     tracing::info!(table = %table.display(), entity = %entity, id_column = %id_column, "capture enabled");
-    Ok(CaptureInfo {
-        schema: table.schema,
-        table: table.name,
+    let fallback = CaptureInfo {
+        schema: table.schema.clone(),
+        table: table.name.clone(),
         entity_type: entity.to_owned(),
+        key_columns: vec![id_column.clone()],
         id_column,
         tenant_column,
         enabled_at,
+        table_present: true,
         trigger_present: true,
-    })
+        trigger_enabled: true,
+        id_column_present: true,
+        tenant_column_present: true,
+        unkeyed_changes: 0,
+        last_unkeyed_error: None,
+        drift: Vec::new(),
+    };
+    // Read back through the catalog, so what enable reports is what list will report (a
+    // concurrent disable may already have removed it: then what was installed).
+    Ok(list_where(pool, Some((&table.schema, &table.name)))
+        .await?
+        .pop()
+        .unwrap_or(fallback))
 }
 
 /// Drops the capture trigger of `table` and its `observer_captures` row. Returns `false` when the
@@ -522,27 +643,80 @@ pub async fn disable(pool: &PgPool, table: &str) -> Result<bool, PgError> {
     Ok(removed_row || dropped_trigger)
 }
 
-/// Every captured table, ordered by schema and name, with whether its trigger still exists.
+/// Every captured table, ordered by schema and name, checked against the catalog.
 pub async fn list(pool: &PgPool) -> Result<Vec<CaptureInfo>, PgError> {
-    Ok(sqlx::query_as(
-        "SELECT k.table_schema AS schema, k.table_name AS table, k.entity_type, k.id_column,
-                k.tenant_column, k.enabled_at,
-                EXISTS (
-                    SELECT 1
-                      FROM pg_catalog.pg_trigger t
-                      JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                      JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-                     WHERE n.nspname = k.table_schema AND c.relname = k.table_name
-                       AND t.tgname = $1 AND NOT t.tgisinternal
-                       AND p.proname = 'observers_capture'
-                ) AS trigger_present
-           FROM observer_captures k
-          ORDER BY k.table_schema, k.table_name",
+    list_where(pool, None).await
+}
+
+/// The state of captured tables (all, or the one named `only`) as the catalog has it now.
+async fn list_where(
+    pool: &PgPool,
+    only: Option<(&str, &str)>,
+) -> Result<Vec<CaptureInfo>, PgError> {
+    let mut list: Vec<CaptureInfo> = sqlx::query_as(
+        "WITH k AS (
+             SELECT k.*,
+                    (SELECT c.oid FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = k.table_schema AND c.relname = k.table_name
+                        AND c.relkind IN ('r', 'p')) AS rel
+               FROM observer_captures k
+              WHERE $2::text IS NULL OR (k.table_schema = $2 AND k.table_name = $3)
+         ), t AS (
+             SELECT k.*,
+                    (SELECT t.tgenabled::text
+                       FROM pg_catalog.pg_trigger t
+                       JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                      WHERE t.tgrelid = k.rel AND t.tgname = $1 AND NOT t.tgisinternal
+                        AND p.proname = 'observers_capture') AS trigger_state,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                             WHERE a.attrelid = k.rel AND a.attname = k.id_column
+                               AND a.attnum > 0 AND NOT a.attisdropped) AS id_column_present,
+                    k.tenant_column IS NULL OR EXISTS (
+                           SELECT 1 FROM pg_catalog.pg_attribute a
+                            WHERE a.attrelid = k.rel AND a.attname = k.tenant_column
+                              AND a.attnum > 0 AND NOT a.attisdropped) AS tenant_column_present,
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY x.ord)
+                                FROM pg_catalog.pg_index i
+                               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS x(attnum, ord)
+                                JOIN pg_catalog.pg_attribute a
+                                  ON a.attrelid = i.indrelid AND a.attnum = x.attnum
+                               WHERE i.indrelid = k.rel AND i.indisprimary), '{}') AS primary_key,
+                    ARRAY(SELECT e.id FROM observer_capture_errors e
+                           WHERE (e.table_schema, e.table_name) IN (
+                                     SELECT n.nspname::text, c.relname::text
+                                       FROM pg_catalog.pg_partition_tree(k.rel) pt
+                                       JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+                                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                     UNION ALL SELECT k.table_schema, k.table_name)
+                           ORDER BY e.id DESC
+                           LIMIT $4) AS unkeyed
+               FROM k
+         )
+         SELECT t.table_schema AS schema, t.table_name AS table, t.entity_type, t.id_column,
+                t.tenant_column, t.enabled_at,
+                t.rel IS NOT NULL AS table_present,
+                t.trigger_state IS NOT NULL AS trigger_present,
+                coalesce(t.trigger_state IN ('O', 'A'), false) AS trigger_enabled,
+                t.id_column_present, t.tenant_column_present,
+                CASE WHEN t.id_column_present THEN ARRAY[t.id_column] ELSE t.primary_key END
+                    AS key_columns,
+                cardinality(t.unkeyed)::int8 AS unkeyed_changes,
+                (SELECT e.error FROM observer_capture_errors e WHERE e.id = t.unkeyed[1])
+                    AS last_unkeyed_error
+           FROM t
+          ORDER BY t.table_schema, t.table_name",
     )
     .bind(TRIGGER_NAME)
+    .bind(only.map(|o| o.0))
+    .bind(only.map(|o| o.1))
+    .bind(UNKEYED_COUNT_CAP)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    for c in &mut list {
+        c.drift = c.describe_drift();
+    }
+    Ok(list)
 }
 
 #[cfg(test)]

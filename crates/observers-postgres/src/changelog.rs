@@ -114,6 +114,14 @@ pub async fn prune(
         }
     }
 
+    // A capture error is kept as long as the change-log row it explains.
+    sqlx::query(
+        "DELETE FROM observer_capture_errors e
+          WHERE NOT EXISTS (SELECT 1 FROM observer_change_log l WHERE l.id = e.change_id)",
+    )
+    .execute(pool)
+    .await?;
+
     tracing::info!(deleted, cutoff = %cutoff, consumers, "change log pruned");
     Ok(PruneReport {
         deleted,
@@ -130,12 +138,18 @@ fn checkpoint_txid(txid: i64) -> Result<u64, PgError> {
     })
 }
 
-/// The size of the change log and how far behind each consumer is.
+/// The size of the change log and how far behind each consumer is. Counts stop at a cap (see
+/// [`stats`]), so reading them costs the same on a log of a billion rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChangeLogStats {
+    /// Rows in the log, counted up to the cap.
     pub total_rows: u64,
+    /// `total_rows` reached the cap: there are at least that many.
+    pub total_rows_capped: bool,
     pub min_id: Option<i64>,
     pub max_id: Option<i64>,
+    /// `created_at` of the rows with the smallest and the largest id (read through the primary
+    /// key, not a scan).
     pub oldest_created_at: Option<DateTime<Utc>>,
     pub newest_created_at: Option<DateTime<Utc>>,
     /// One entry per checkpoint, ordered by listener id.
@@ -147,7 +161,8 @@ pub struct ChangeLogStats {
 pub struct ConsumerBacklog {
     pub listener_id: String,
     pub cursor: Cursor,
-    /// Change-log rows after `cursor` (including rows of transactions still open).
+    /// Change-log rows after `cursor` (including rows of transactions still open), counted up to
+    /// the cap.
     pub backlog: u64,
     pub updated_at: DateTime<Utc>,
 }
@@ -170,22 +185,35 @@ struct BacklogRow {
     updated_at: DateTime<Utc>,
 }
 
-/// Totals of the change log and each consumer's backlog (rows after its cursor).
+/// Totals of the change log and each consumer's backlog, counted up to
+/// [`COUNT_CAP`](crate::monitoring::COUNT_CAP) rows each.
 pub async fn stats(pool: &PgPool) -> Result<ChangeLogStats, PgError> {
+    stats_capped(pool, crate::monitoring::COUNT_CAP).await
+}
+
+/// [`stats`] with counts stopping at `cap` rows.
+pub async fn stats_capped(pool: &PgPool, cap: i64) -> Result<ChangeLogStats, PgError> {
+    let cap = cap.max(1);
     let totals: TotalsRow = sqlx::query_as(
-        "SELECT count(*) AS total_rows, min(id) AS min_id, max(id) AS max_id,
-                min(created_at) AS oldest_created_at, max(created_at) AS newest_created_at
-           FROM observer_change_log",
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM observer_change_log LIMIT $1) c) AS total_rows,
+                (SELECT min(id) FROM observer_change_log) AS min_id,
+                (SELECT max(id) FROM observer_change_log) AS max_id,
+                (SELECT created_at FROM observer_change_log ORDER BY id LIMIT 1) AS oldest_created_at,
+                (SELECT created_at FROM observer_change_log ORDER BY id DESC LIMIT 1) AS newest_created_at",
     )
+    .bind(cap)
     .fetch_one(pool)
     .await?;
     let rows: Vec<BacklogRow> = sqlx::query_as(
         "SELECT k.listener_id, k.cursor_txid, k.cursor_id, k.updated_at,
-                (SELECT count(*) FROM observer_change_log l
-                  WHERE (l.txid, l.id) > (k.cursor_txid::text::xid8, k.cursor_id)) AS backlog
+                (SELECT count(*) FROM (
+                     SELECT 1 FROM observer_change_log l
+                      WHERE (l.txid, l.id) > (k.cursor_txid::text::xid8, k.cursor_id)
+                      LIMIT $1) c) AS backlog
            FROM observer_checkpoints k
           ORDER BY k.listener_id",
     )
+    .bind(cap)
     .fetch_all(pool)
     .await?;
     let consumers = rows
@@ -201,6 +229,7 @@ pub async fn stats(pool: &PgPool) -> Result<ChangeLogStats, PgError> {
         .collect::<Result<Vec<_>, PgError>>()?;
     Ok(ChangeLogStats {
         total_rows: u64::try_from(totals.total_rows).unwrap_or_default(),
+        total_rows_capped: totals.total_rows >= cap,
         min_id: totals.min_id,
         max_id: totals.max_id,
         oldest_created_at: totals.oldest_created_at,

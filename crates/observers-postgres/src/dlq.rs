@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use observers_core::stores::dlq::{DeadLetterQueue, DlqEntry, DlqFilter, DlqItem, DlqStatus};
-use observers_core::{EntityEvent, ObserverError, Result};
+use observers_core::{EntityEvent, ObserverError, Result, text};
 use sqlx::PgPool;
 use sqlx::types::Json;
 
@@ -160,16 +160,25 @@ impl DeadLetterQueue for PostgresDeadLetterQueue {
                 entry.action_index
             ))
         })?;
+        // Error texts come from remote peers and rows from anywhere: PostgreSQL rejects NUL in
+        // text and jsonb, and a DLQ write that fails would hold the event back.
+        let mut event = serde_json::to_value(&entry.event).map_err(|e| {
+            PgError::Invalid(format!(
+                "event {} cannot be serialized: {e}",
+                entry.event.id
+            ))
+        })?;
+        text::make_json_storable(&mut event);
         let id: i64 = sqlx::query_scalar(PUSH)
             .bind(entry.event.id)
-            .bind(&entry.event.entity_type)
-            .bind(&entry.event.entity_id)
-            .bind(Json(&entry.event))
-            .bind(&entry.observer)
+            .bind(text::storable(&entry.event.entity_type))
+            .bind(text::storable(&entry.event.entity_id))
+            .bind(Json(&event))
+            .bind(text::storable(&entry.observer))
             .bind(action_index)
-            .bind(&entry.action_type)
-            .bind(&entry.error_code)
-            .bind(&entry.error)
+            .bind(text::storable(&entry.action_type))
+            .bind(text::storable(&entry.error_code))
+            .bind(text::storable(&entry.error))
             .bind(i32::try_from(entry.attempts).unwrap_or(i32::MAX))
             .fetch_one(&self.pool)
             .await
@@ -216,7 +225,7 @@ impl DeadLetterQueue for PostgresDeadLetterQueue {
         let done = sqlx::query(RECORD_RETRY)
             .bind(id)
             .bind(succeeded)
-            .bind(error)
+            .bind(error.map(text::storable))
             .execute(&self.pool)
             .await
             .map_err(db)?;

@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+mod change_row;
 pub mod changelog;
 pub mod checkpoint;
 pub mod dedup;
 pub mod dlq;
 pub mod error;
+pub mod gone;
 pub mod ingest;
 pub mod monitoring;
 pub mod source;
@@ -19,6 +21,7 @@ pub use checkpoint::PostgresCheckpointStore;
 pub use dedup::PostgresDedupStore;
 pub use dlq::PostgresDeadLetterQueue;
 pub use error::PgError;
+pub use gone::PostgresGoneEndpoints;
 pub use ingest::PostgresChangeLogSink;
 pub use source::{ChangeLogListener, PgEventSource};
 pub use sqlx::PgPool;

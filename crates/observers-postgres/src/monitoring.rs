@@ -1,15 +1,45 @@
 //! Gauges read from the database for metrics and status: the cutoff lag (age of the oldest open
 //! write transaction, which holds the snapshot-safe cursor back), a consumer's backlog and the
-//! age of its oldest unprocessed change, and a reachability probe.
+//! age of its oldest unprocessed change, and a reachability probe. [`status_pool`] is the pool
+//! they run on in `observers run`: small, separate from the listener's, with a server-side
+//! statement timeout.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 use crate::error::PgError;
 
-/// Backlogs are counted up to this many rows, so the query stays cheap on a huge log.
-pub const BACKLOG_COUNT_CAP: i64 = 1_000_000;
+/// Status counts (backlogs, change-log rows) stop at this many rows, so they stay cheap on a
+/// huge log.
+pub const COUNT_CAP: i64 = 100_000;
+
+/// Backlogs are counted up to this many rows.
+pub const BACKLOG_COUNT_CAP: i64 = COUNT_CAP;
+
+/// How long one status or gauge query may run in PostgreSQL before the server cancels it.
+pub const STATUS_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections of the status pool.
+pub const STATUS_POOL_SIZE: u32 = 2;
+
+/// A pool for status, readiness and gauge queries, separate from `pool` (same server and
+/// credentials) so they can never take the listener's connections: at most
+/// [`STATUS_POOL_SIZE`] connections, opened lazily, a short acquire timeout, and
+/// `statement_timeout` set on every connection, so a query whose caller gave up (an HTTP client
+/// that went away) stops in PostgreSQL too.
+pub fn status_pool(pool: &PgPool, statement_timeout: Duration) -> PgPool {
+    let ms = statement_timeout.as_millis().max(1).to_string();
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("statement_timeout", ms.as_str())]);
+    PgPoolOptions::new()
+        .max_connections(STATUS_POOL_SIZE)
+        .min_connections(0)
+        .acquire_timeout(statement_timeout)
+        .connect_lazy_with(options)
+}
 
 /// One consumer's view of the source.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

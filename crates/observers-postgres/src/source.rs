@@ -6,101 +6,77 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
 use observers_core::executor::ObserverExecutor;
-use observers_core::listener::{Listener, ListenerConfig, ListenerStats};
+use observers_core::listener::{DEFAULT_MAX_BATCH_BYTES, Listener, ListenerConfig, ListenerStats};
 use observers_core::stores::checkpoint::CheckpointStore;
 use observers_core::stores::source::{EventSource, SourceItem};
-use observers_core::{Cursor, EntityEvent, EventKind, ObserverError};
-use serde_json::{Value, json};
+use observers_core::{Cursor, ObserverError};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::change_row::{self, change_columns};
 use crate::error::PgError;
 
 /// The NOTIFY channel the change log's statement trigger signals.
 pub const CHANNEL: &str = "observer_change_log";
 
-/// The one-statement, snapshot-safe read (DESIGN.md §3).
-const FETCH: &str = "SELECT id, txid::text::bigint AS txid, entity_type, entity_id, operation, \
-            tenant_id, user_id, before, after, created_at \
-       FROM observer_change_log \
-      WHERE (txid, id) > ($1::text::xid8, $2) \
-        AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-      ORDER BY txid, id \
-      LIMIT $3";
+/// The one-statement, snapshot-safe read (DESIGN.md §3), without the byte budget.
+macro_rules! fetch_rows_sql {
+    () => {
+        "SELECT * FROM observer_change_log \
+          WHERE (txid, id) > ($1::text::xid8, $2) \
+            AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+          ORDER BY txid, id \
+          LIMIT $3"
+    };
+}
 
 /// The same read restricted to one partition: rows whose entity id hashes to `$5` of `$4`
 /// (a stable hash, so an entity always lands in the same partition and stays in order).
-const FETCH_PARTITION: &str = "SELECT id, txid::text::bigint AS txid, entity_type, entity_id, \
-            operation, tenant_id, user_id, before, after, created_at \
-       FROM observer_change_log \
-      WHERE (txid, id) > ($1::text::xid8, $2) \
-        AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-        AND (hashtextextended(entity_id, 0) & 9223372036854775807) % $4 = $5 \
-      ORDER BY txid, id \
-      LIMIT $3";
-
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    txid: i64,
-    entity_type: String,
-    entity_id: String,
-    operation: String,
-    tenant_id: Option<String>,
-    user_id: Option<String>,
-    before: Option<Value>,
-    after: Option<Value>,
-    created_at: DateTime<Utc>,
+macro_rules! fetch_partition_sql {
+    () => {
+        "SELECT * FROM observer_change_log \
+          WHERE (txid, id) > ($1::text::xid8, $2) \
+            AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+            AND (hashtextextended(entity_id, 0) & 9223372036854775807) % $4 = $5 \
+          ORDER BY txid, id \
+          LIMIT $3"
+    };
 }
 
-impl Row {
-    fn into_item(self) -> SourceItem {
-        let cursor = Cursor::new(u64::try_from(self.txid).unwrap_or(0), self.id);
-        let kind = match self.operation.parse::<EventKind>() {
-            Ok(k) => k,
-            Err(error) => return self.poison(cursor, error),
-        };
-        let shape_error = match kind {
-            EventKind::Insert if self.after.is_none() => Some("insert without `after`"),
-            EventKind::Update if self.after.is_none() => Some("update without `after`"),
-            EventKind::Delete if self.before.is_none() => Some("delete without `before`"),
-            _ => None,
-        };
-        if let Some(error) = shape_error {
-            return self.poison(cursor, error.to_owned());
-        }
-        let mut event = EntityEvent::new(
-            self.id,
-            self.entity_type,
-            self.entity_id,
-            kind,
-            self.before,
-            self.after,
+/// Wraps a read (its rows in `(txid, id)` order) in the byte budget `$budget`: the rows whose
+/// running total of stored row-image size (`pg_column_size`, which reads no TOAST) stays within
+/// it, and always the first. Stored sizes may be compressed, so the reader also counts the bytes
+/// it receives and stops at the budget (see [`PgEventSource::fetch_with`]).
+macro_rules! within_budget {
+    ($read:expr, $budget:literal) => {
+        concat!(
+            "SELECT ",
+            change_columns!(),
+            " FROM (SELECT r.*, \
+                    row_number() OVER w AS budget_row, \
+                    sum(coalesce(pg_column_size(r.before), 0) + coalesce(pg_column_size(r.after), 0)) \
+                        OVER w AS budget_bytes \
+               FROM (",
+            $read,
+            ") r WINDOW w AS (ORDER BY r.txid, r.id ROWS UNBOUNDED PRECEDING)) b \
+              WHERE b.budget_row = 1 OR b.budget_bytes <= ",
+            $budget,
+            " ORDER BY b.txid, b.id"
         )
-        .with_cursor(cursor);
-        event.tenant_id = self.tenant_id;
-        event.user_id = self.user_id;
-        event.timestamp = self.created_at;
-        SourceItem::Event(event)
-    }
-
-    fn poison(self, cursor: Cursor, error: String) -> SourceItem {
-        let raw = json!({
-            "id": self.id, "txid": self.txid, "entity_type": self.entity_type, "entity_id": self.entity_id,
-            "operation": self.operation, "tenant_id": self.tenant_id, "user_id": self.user_id,
-            "before": self.before, "after": self.after, "created_at": self.created_at,
-        });
-        SourceItem::Poison { cursor, raw, error }
-    }
+    };
 }
+
+const FETCH: &str = within_budget!(fetch_rows_sql!(), "$4");
+const FETCH_PARTITION: &str = within_budget!(fetch_partition_sql!(), "$6");
 
 /// Reads the change log; a background task LISTENs and wakes waiters.
 pub struct PgEventSource {
     pool: PgPool,
+    max_batch_bytes: usize,
     notify: Arc<Notify>,
     listen_task: JoinHandle<()>,
 }
@@ -119,6 +95,7 @@ impl PgEventSource {
         let listen_task = tokio::spawn(listen_loop(pool.clone(), notify.clone()));
         Self {
             pool,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             notify,
             listen_task,
         }
@@ -128,20 +105,26 @@ impl PgEventSource {
         &self.pool
     }
 
-    /// Reads up to `limit` final rows after `after`.
+    /// The byte budget of one fetch (default [`DEFAULT_MAX_BATCH_BYTES`]; at least one row is
+    /// always returned).
+    #[must_use]
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Reads up to `limit` final rows after `after`, within the byte budget.
     pub async fn fetch_rows(
         &self,
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<SourceItem>, PgError> {
-        let txid = after.txid.to_string();
-        let rows: Vec<Row> = sqlx::query_as(FETCH)
-            .bind(txid)
+        let query = sqlx::query(FETCH)
+            .bind(after.txid.to_string())
             .bind(after.id)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(Row::into_item).collect())
+            .bind(self.budget());
+        self.fetch_with(query).await
     }
 
     /// Like [`fetch_rows`](Self::fetch_rows), only the rows of `partition` (of `partitions`).
@@ -155,15 +138,40 @@ impl PgEventSource {
         if partitions <= 1 {
             return self.fetch_rows(after, limit).await;
         }
-        let rows: Vec<Row> = sqlx::query_as(FETCH_PARTITION)
+        let query = sqlx::query(FETCH_PARTITION)
             .bind(after.txid.to_string())
             .bind(after.id)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(i64::from(partitions))
             .bind(i64::from(partition))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(Row::into_item).collect())
+            .bind(self.budget());
+        self.fetch_with(query).await
+    }
+
+    fn budget(&self) -> i64 {
+        i64::try_from(self.max_batch_bytes).unwrap_or(i64::MAX)
+    }
+
+    /// Streams the rows of `query`, decoding one at a time, and stops before the row that would
+    /// take the bytes received past the budget (the first row is always taken). The query's own
+    /// budget is on stored sizes, which compression can make smaller than what arrives; this is
+    /// the exact bound on what a batch holds.
+    async fn fetch_with(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<SourceItem>, PgError> {
+        let mut rows = query.fetch(&self.pool);
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
+            let size = change_row::wire_size(&row);
+            if !items.is_empty() && bytes.saturating_add(size) > self.max_batch_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            items.push(change_row::decode(&row)?);
+        }
+        Ok(items)
     }
 }
 
@@ -235,7 +243,8 @@ impl ChangeLogListener {
         executor: Arc<ObserverExecutor>,
         config: ListenerConfig,
     ) -> Self {
-        let source = Arc::new(PgEventSource::new(pool));
+        let source =
+            Arc::new(PgEventSource::new(pool).with_max_batch_bytes(config.max_batch_bytes));
         Self {
             inner: Listener::new(source, checkpoints, executor, config),
         }

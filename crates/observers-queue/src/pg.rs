@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use observers_core::stores::jobs::{EnqueueOutcome, Job, JobQueue, JobStats, JobStatus, NewJob};
+use observers_core::stores::jobs::{
+    EnqueueOutcome, Job, JobQueue, JobStats, JobStatus, NewJob, Rescued,
+};
+use observers_core::text::{make_json_storable, storable};
 use observers_core::{ObserverError, Result};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -55,7 +58,9 @@ macro_rules! columns {
             $p,
             "heartbeat_at, ",
             $p,
-            "created_at"
+            "created_at, ",
+            $p,
+            "group_key"
         )
     };
 }
@@ -76,6 +81,7 @@ struct JobRow {
     worker_id: Option<String>,
     heartbeat_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    group_key: Option<String>,
 }
 
 impl JobRow {
@@ -99,6 +105,7 @@ impl JobRow {
             locked_by: self.worker_id,
             heartbeat_at: self.heartbeat_at,
             created_at: self.created_at,
+            group_key: self.group_key,
         })
     }
 }
@@ -162,28 +169,36 @@ impl PostgresJobQueue {
         Ok(())
     }
 
-    async fn status_of(&self, id: i64) -> Result<Option<JobStatus>> {
-        let status: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM observer_jobs WHERE id = $1 \
-             UNION ALL SELECT 'completed' FROM observer_jobs_completed WHERE id = $1",
+    /// The status of a job and the worker that holds (or last held) it.
+    async fn status_of(&self, id: i64) -> Result<Option<(JobStatus, Option<String>)>> {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, worker_id FROM observer_jobs WHERE id = $1 \
+             UNION ALL SELECT 'completed', worker_id FROM observer_jobs_completed WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        status
-            .map(|s| {
-                s.parse::<JobStatus>()
-                    .map_err(|e| QueueError::Invalid(format!("job {id}: {e}")).into())
-            })
-            .transpose()
+        row.map(|(s, w)| {
+            s.parse::<JobStatus>()
+                .map(|st| (st, w))
+                .map_err(|e| QueueError::Invalid(format!("job {id}: {e}")).into())
+        })
+        .transpose()
     }
 
-    fn not_processing(id: i64, status: Option<JobStatus>, what: &str) -> ObserverError {
-        let message = match status {
+    fn not_held(
+        id: i64,
+        worker: &str,
+        current: Option<(JobStatus, Option<String>)>,
+        what: &str,
+    ) -> ObserverError {
+        let message = match current {
             None => format!("job {id} does not exist (it may have been purged)"),
-            Some(st) => format!(
-                "cannot {what} job {id}: it is {st}, not processing (a stale worker may have lost it)"
+            Some((st, holder)) => format!(
+                "cannot {what} job {id} for worker {worker}: it is {st} under {} (a stale \
+                 worker may have lost it)",
+                holder.as_deref().unwrap_or("no worker")
             ),
         };
         QueueError::Invalid(message).into()
@@ -203,20 +218,24 @@ impl PostgresJobQueue {
     /// Moves the processing jobs among `ids` to `observer_jobs_completed`, in one statement: a
     /// DELETE (no new row version, no index entry) and an INSERT of the row as it was, instead
     /// of a second non-HOT update. The jobs' keys stay claimed in `observer_job_keys`.
-    async fn move_completed(&self, ids: &[i64]) -> Result<u64> {
+    async fn move_completed(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         let moved = sqlx::query(
             "WITH done AS ( \
-               DELETE FROM observer_jobs WHERE id = ANY($1::bigint[]) AND status = 'processing' \
+               DELETE FROM observer_jobs \
+               WHERE id = ANY($1::bigint[]) AND status = 'processing' AND worker_id = $2 \
                RETURNING id, queue_name, kind, payload, unique_key, priority, run_at, attempts, \
-                 max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at) \
+                 max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at, \
+                 group_key) \
              INSERT INTO observer_jobs_completed (id, queue_name, kind, payload, unique_key, \
                priority, run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, \
-               created_at, started_at, completed_at) \
+               created_at, started_at, completed_at, group_key) \
              SELECT id, queue_name, kind, payload, unique_key, priority, run_at, attempts, \
-               max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at, now() \
+               max_attempts, last_error, worker_id, heartbeat_at, created_at, started_at, now(), \
+               group_key \
              FROM done",
         )
         .bind(ids)
+        .bind(worker)
         .execute(&self.pool)
         .await
         .map_err(db)?
@@ -237,33 +256,33 @@ impl PostgresJobQueue {
         let mut priorities = Vec::with_capacity(n);
         let mut run_ats = Vec::with_capacity(n);
         let mut maxes = Vec::with_capacity(n);
+        let mut groups = Vec::with_capacity(n);
         for j in jobs {
             queues.push(j.queue.as_str());
             kinds.push(j.kind.as_str());
-            payloads.push(
-                serde_json::to_string(&j.payload)
-                    .map_err(|e| QueueError::Invalid(format!("job payload: {e}")))?,
-            );
+            payloads.push(payload_text(&j.payload)?);
             keys.push(j.unique_key.as_deref());
             priorities.push(j.priority);
             run_ats.push(j.run_at);
             maxes.push(to_i32(j.max_attempts.max(1)));
+            groups.push(j.group_key.as_deref());
         }
         let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
             "WITH input AS MATERIALIZED ( \
-               SELECT nextval('observer_jobs_id_seq') AS id, q, k, p, u, pr, r, m \
+               SELECT nextval('observer_jobs_id_seq') AS id, q, k, p, u, pr, r, m, g \
                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], \
-                           $6::timestamptz[], $7::int4[]) \
-                    WITH ORDINALITY AS t(q, k, p, u, pr, r, m, ord) \
+                           $6::timestamptz[], $7::int4[], $8::text[]) \
+                    WITH ORDINALITY AS t(q, k, p, u, pr, r, m, g, ord) \
                ORDER BY ord), \
              claimed AS ( \
                INSERT INTO observer_job_keys (unique_key, job_id) \
                SELECT u, id FROM input WHERE u IS NOT NULL ORDER BY id \
                ON CONFLICT (unique_key) DO NOTHING RETURNING job_id) \
              INSERT INTO observer_jobs \
-               (id, queue_name, kind, payload, unique_key, priority, run_at, max_attempts) \
+               (id, queue_name, kind, payload, unique_key, priority, run_at, max_attempts, \
+                group_key) \
              OVERRIDING SYSTEM VALUE \
-             SELECT i.id, i.q, i.k, i.p::jsonb, i.u, i.pr, COALESCE(i.r, now()), i.m \
+             SELECT i.id, i.q, i.k, i.p::jsonb, i.u, i.pr, COALESCE(i.r, now()), i.m, i.g \
              FROM input i WHERE i.u IS NULL OR i.id IN (SELECT job_id FROM claimed) \
              ORDER BY i.id \
              RETURNING id, unique_key",
@@ -275,6 +294,7 @@ impl PostgresJobQueue {
         .bind(&priorities)
         .bind(&run_ats)
         .bind(&maxes)
+        .bind(&groups)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
@@ -324,6 +344,23 @@ impl PostgresJobQueue {
         }
         Ok(Some(out))
     }
+}
+
+/// A payload as JSON text `jsonb` accepts: `\u0000` is rejected there, so a payload with a NUL
+/// (from a remote event) is stored with U+FFFD in its place rather than refused.
+fn payload_text(payload: &serde_json::Value) -> Result<String> {
+    let text = |v: &serde_json::Value| {
+        serde_json::to_string(v).map_err(|e| QueueError::Invalid(format!("job payload: {e}")))
+    };
+    let raw = text(payload)?;
+    // The escape also matches an escaped backslash before `u0000`; the walk then finds nothing.
+    if raw.contains("\\u0000") {
+        let mut clean = payload.clone();
+        if make_json_storable(&mut clean) {
+            return Ok(text(&clean)?);
+        }
+    }
+    Ok(raw)
 }
 
 /// Wakes every waiter and leaves a permit for the next one (no lost wake-up between an empty
@@ -403,10 +440,13 @@ impl JobQueue for PostgresJobQueue {
             "UPDATE observer_jobs j SET status = 'processing', attempts = j.attempts + 1, \
                worker_id = $2, heartbeat_at = now(), started_at = now() \
              WHERE j.id = ANY(ARRAY( \
-               SELECT id FROM observer_jobs \
-               WHERE status = 'pending' AND queue_name = $1 AND run_at <= now() \
-               ORDER BY priority DESC, run_at, id \
-               LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+               SELECT c.id FROM observer_jobs c \
+               WHERE c.status = 'pending' AND c.queue_name = $1 AND c.run_at <= now() \
+                 AND (c.group_key IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM observer_jobs e \
+                   WHERE e.group_key = c.group_key AND e.id < c.id AND e.status <> 'failed')) \
+               ORDER BY c.priority DESC, c.run_at, c.id \
+               LIMIT $3 FOR UPDATE OF c SKIP LOCKED)) \
              RETURNING ",
             columns!("j.")
         );
@@ -449,34 +489,37 @@ impl JobQueue for PostgresJobQueue {
         Ok(())
     }
 
-    async fn complete(&self, id: i64) -> Result<()> {
-        if self.move_completed(&[id]).await? == 1 {
+    async fn complete(&self, worker: &str, id: i64) -> Result<()> {
+        if self.move_completed(worker, &[id]).await? == 1 {
             return Ok(());
         }
         match self.status_of(id).await? {
-            Some(JobStatus::Completed) => Ok(()),
-            other => Err(Self::not_processing(id, other, "complete")),
+            Some((JobStatus::Completed, Some(w))) if w == worker => Ok(()),
+            other => Err(Self::not_held(id, worker, other, "complete")),
         }
     }
 
-    /// One statement; jobs that are no longer processing (rescued, purged) are skipped.
-    async fn complete_many(&self, ids: &[i64]) -> Result<()> {
+    /// One statement; jobs that `worker` no longer holds (rescued, re-taken, purged) are
+    /// skipped.
+    async fn complete_many(&self, worker: &str, ids: &[i64]) -> Result<u64> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        self.move_completed(ids).await?;
-        Ok(())
+        self.move_completed(worker, ids).await
     }
 
     async fn fail(
         &self,
+        worker: &str,
         id: i64,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<JobStatus> {
+        let error = storable(error);
         let status: Option<String> = sqlx::query_scalar(
             "WITH d AS (SELECT $3::timestamptz IS NOT NULL AND attempts < max_attempts AS retry \
-                        FROM observer_jobs WHERE id = $1 AND status = 'processing' FOR UPDATE) \
+                        FROM observer_jobs \
+                        WHERE id = $1 AND status = 'processing' AND worker_id = $4 FOR UPDATE) \
              UPDATE observer_jobs j SET last_error = $2, \
                status = CASE WHEN d.retry THEN 'pending' ELSE 'failed' END, \
                run_at = CASE WHEN d.retry THEN $3 ELSE j.run_at END, \
@@ -485,34 +528,65 @@ impl JobQueue for PostgresJobQueue {
              FROM d WHERE j.id = $1 RETURNING j.status",
         )
         .bind(id)
-        .bind(error)
+        .bind(error.as_ref())
         .bind(retry_at)
+        .bind(worker)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
         if let Some(s) = status {
-            s.parse()
-                .map_err(|e: String| QueueError::Invalid(format!("job {id}: {e}")).into())
+            let status = s
+                .parse()
+                .map_err(|e: String| QueueError::Invalid(format!("job {id}: {e}")))?;
+            if status == JobStatus::Failed {
+                // Later jobs of its group may run now.
+                self.notify().await?;
+            }
+            Ok(status)
         } else {
             let current = self.status_of(id).await?;
-            Err(Self::not_processing(id, current, "fail"))
+            Err(Self::not_held(id, worker, current, "fail"))
         }
     }
 
-    async fn rescue_stale(&self, older_than: Duration) -> Result<u64> {
-        let rescued = sqlx::query(
-            "UPDATE observer_jobs SET status = 'pending', worker_id = NULL, heartbeat_at = NULL \
-             WHERE status = 'processing' \
-               AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $1))",
-        )
+    /// One statement: stale jobs with attempts left go back to pending; those whose dead run
+    /// was the last attempt fail for good with an `OBS-JOB-STALE` error (the same text as
+    /// [`observers_core::stores::jobs::stale_error`]) and are returned for dead-lettering.
+    async fn rescue_stale(&self, older_than: Duration) -> Result<Rescued> {
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "WITH stale AS ( \
+               SELECT id, attempts < max_attempts AS retry FROM observer_jobs \
+               WHERE status = 'processing' \
+                 AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $1)) \
+               FOR UPDATE SKIP LOCKED) \
+             UPDATE observer_jobs j SET \
+               status = CASE WHEN s.retry THEN 'pending' ELSE 'failed' END, \
+               last_error = CASE WHEN s.retry THEN j.last_error ELSE format( \
+                 '[OBS-JOB-STALE] worker %s stopped heartbeating during attempt %s of %s \
+(the job may crash its worker); failed for good', \
+                 coalesce(j.worker_id, '?'), j.attempts, j.max_attempts) END, \
+               worker_id = CASE WHEN s.retry THEN NULL ELSE j.worker_id END, \
+               heartbeat_at = CASE WHEN s.retry THEN NULL ELSE j.heartbeat_at END \
+             FROM stale s WHERE j.id = s.id RETURNING ",
+            columns!("j.")
+        ))
         .bind(older_than.as_secs_f64())
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(db)?
-        .rows_affected();
-        if rescued > 0 {
+        .map_err(db)?;
+        let mut rescued = Rescued::default();
+        for row in rows {
+            let job = row.into_job()?;
+            if job.status == JobStatus::Failed {
+                rescued.failed.push(job);
+            } else {
+                rescued.requeued += 1;
+            }
+        }
+        if rescued.total() > 0 {
             tracing::warn!(
-                jobs = rescued,
+                requeued = rescued.requeued,
+                failed = rescued.failed.len(),
                 "rescued jobs whose worker stopped heartbeating"
             );
             self.notify().await?;
@@ -552,7 +626,8 @@ impl JobQueue for PostgresJobQueue {
             " FROM observer_jobs WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2) \
              UNION ALL \
              (SELECT id, queue_name, kind, 'completed' AS status, payload, unique_key, priority, \
-                run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, created_at \
+                run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, created_at, \
+                group_key \
               FROM observer_jobs_completed WHERE $1::text IS NULL OR $1 = 'completed' \
               ORDER BY id DESC LIMIT $2) \
              ORDER BY id DESC LIMIT $2"
@@ -645,7 +720,11 @@ impl JobQueue for PostgresJobQueue {
 
     async fn next_run_at(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar(
-            "SELECT min(run_at) FROM observer_jobs WHERE status = 'pending' AND queue_name = $1",
+            "SELECT min(c.run_at) FROM observer_jobs c \
+             WHERE c.status = 'pending' AND c.queue_name = $1 \
+               AND (c.group_key IS NULL OR NOT EXISTS ( \
+                 SELECT 1 FROM observer_jobs e \
+                 WHERE e.group_key = c.group_key AND e.id < c.id AND e.status <> 'failed'))",
         )
         .bind(queue)
         .fetch_one(&self.pool)

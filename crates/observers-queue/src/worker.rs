@@ -10,11 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
 use async_trait::async_trait;
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::FutureExt;
 use observers_core::config::QueueConfig;
 use observers_core::retry::RetryPolicy;
-use observers_core::stores::jobs::{Job, JobQueue, JobStatus};
+use observers_core::stores::jobs::{Job, JobQueue, JobStatus, stale_error};
 use observers_core::telemetry::{NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use observers_core::{ObserverError, Result};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -214,10 +218,22 @@ impl WorkerPool {
                     let shared = shared.clone();
                     let done = done_tx.clone();
                     running.spawn(async move {
-                        run_one(&shared, job, &done).await;
+                        let id = job.id;
+                        // The action's own panics are caught in `run_one` and fail the job;
+                        // this catches the rest (recording the outcome), so the job is no
+                        // longer heartbeated and its slot is freed: it is rescued when stale.
+                        let run = AssertUnwindSafe(run_one(&shared, job, &done)).catch_unwind();
+                        if let Err(panic) = run.await {
+                            shared.forget(&[id]);
+                            tracing::error!(job = id, panic = panic_message(panic.as_ref()), "job bookkeeping panicked; the job will be rescued when stale");
+                        }
                         drop(permit);
                     });
-                    while running.try_join_next().is_some() {}
+                    while let Some(joined) = running.try_join_next() {
+                        if let Err(e) = joined && e.is_panic() {
+                            tracing::error!(error = %e, "a job task panicked");
+                        }
+                    }
                 }
             }
         }
@@ -333,7 +349,7 @@ async fn fetcher(
             && let Ok(Some(at)) = shared.queue.next_run_at(&queue).await
         {
             let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-            wait = wait.min(until + Duration::from_millis(5));
+            wait = wait.min(until.saturating_add(Duration::from_millis(5)));
         }
         if got > 0 || wait.is_zero() {
             continue;
@@ -362,8 +378,27 @@ async fn heartbeats(shared: Arc<Shared>, mut halt: watch::Receiver<bool>) {
         if since_rescue >= shared.config.stale_after / 2 {
             since_rescue = Duration::ZERO;
             match shared.queue.rescue_stale(shared.config.stale_after).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "rescued stale jobs"),
+                Ok(rescued) => {
+                    if rescued.total() > 0 {
+                        tracing::info!(
+                            requeued = rescued.requeued,
+                            failed = rescued.failed.len(),
+                            "rescued stale jobs"
+                        );
+                    }
+                    for job in &rescued.failed {
+                        shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        let err = stale_error(job);
+                        tracing::warn!(job = job.id, kind = %job.kind, attempts = job.attempts, error = %err, "job failed for good");
+                        if let Err(e) = shared.handler.dead_letter(job, &err).await {
+                            tracing::error!(job = job.id, error = %e, "could not dead-letter a failed job");
+                        }
+                    }
+                    if !rescued.failed.is_empty() {
+                        // Later jobs of their groups may run now.
+                        shared.wake.notify_waiters();
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "stale-job rescue failed"),
             }
         }
@@ -375,32 +410,55 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<i64>) {
     let mut buf = Vec::with_capacity(1024);
     while rx.recv_many(&mut buf, 2048).await > 0 {
         let mut attempt = 0;
-        loop {
+        let written = loop {
             attempt += 1;
-            match shared.queue.complete_many(&buf).await {
-                Ok(()) => break,
+            match shared
+                .queue
+                .complete_many(&shared.config.worker_id, &buf)
+                .await
+            {
+                Ok(n) => break n,
                 Err(e) if attempt < 5 && e.is_transient() => {
                     tracing::warn!(error = %e, "completing jobs failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, jobs = buf.len(), "could not mark jobs completed; they will run again when rescued");
-                    break;
+                    break 0;
                 }
             }
+        };
+        let asked = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        if written < asked {
+            tracing::warn!(
+                jobs = asked - written,
+                "completed jobs this worker no longer held (rescued and re-taken, or purged); their completion was not recorded"
+            );
         }
-        shared.stats.completed.fetch_add(
-            u64::try_from(buf.len()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        shared.stats.completed.fetch_add(written, Ordering::Relaxed);
         shared.forget(&buf);
         buf.clear();
+        // Later jobs of the completed jobs' groups may run now.
+        shared.wake.notify_waiters();
     }
 }
 
 async fn run_one(shared: &Shared, job: Job, done: &mpsc::UnboundedSender<i64>) {
     let started = Instant::now();
-    let outcome = match shared.handler.run(&job).await {
+    let result = match AssertUnwindSafe(shared.handler.run(&job))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => Err(ObserverError::permanent(
+            "OBS-JOB-PANIC",
+            format!(
+                "the action panicked: {} (a bug: the job is not retried; report it)",
+                panic_message(panic.as_ref())
+            ),
+        )),
+    };
+    let outcome = match result {
         Ok(()) => {
             if done.send(job.id).is_err() {
                 tracing::warn!(job = job.id, "completion channel closed");
@@ -416,19 +474,74 @@ async fn run_one(shared: &Shared, job: Job, done: &mpsc::UnboundedSender<i64>) {
     });
 }
 
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// What follows a failed run.
+#[derive(Debug)]
+enum Next {
+    Retry(DateTime<Utc>),
+    /// Failed for good, with the error to record when it differs from the run's.
+    GiveUp(Option<ObserverError>),
+}
+
+/// `now + delay`, saturating at the latest instant representable (never a panic, whatever
+/// the delay).
+fn saturating_add(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Retry after the backoff, or after `Retry-After` when the endpoint asks for longer, while
+/// attempts remain. A `Retry-After` beyond `max_backoff` gives up at once (as inline retries
+/// do): the wait may be any number a remote sends, and a job parked for centuries is lost
+/// from sight; the DLQ item is retried by an operator instead.
+fn next_step(policy: &RetryPolicy, job: &Job, err: &ObserverError, now: DateTime<Utc>) -> Next {
+    if !err.is_transient() || job.attempts >= job.max_attempts {
+        return Next::GiveUp(None);
+    }
+    let backoff = policy.delay(job.attempts);
+    let delay = match err.retry_after() {
+        Some(wait) if wait > policy.max_backoff => {
+            let message = match err {
+                ObserverError::ActionTransient { message, .. } => message.as_str(),
+                _ => "",
+            };
+            return Next::GiveUp(Some(ObserverError::permanent(
+                err.code(),
+                format!(
+                    "{message}; the endpoint asked to wait {}s (Retry-After), more than \
+                     [queue] max_backoff ({}s): failed for good (retry it from the DLQ)",
+                    wait.as_secs(),
+                    policy.max_backoff.as_secs()
+                ),
+            )));
+        }
+        Some(wait) => backoff.max(wait),
+        None => backoff,
+    };
+    Next::Retry(saturating_add(now, delay))
+}
+
 /// Records a failed run; returns the telemetry outcome (`retried` or `failed`).
 async fn fail(shared: &Shared, job: &Job, err: &ObserverError) -> &'static str {
-    let retry = err.is_transient() && job.attempts < job.max_attempts;
-    let retry_at = retry.then(|| {
-        let delay = shared
-            .config
-            .retry
-            .delay(job.attempts)
-            .max(err.retry_after().unwrap_or_default());
-        Utc::now() + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)
-    });
+    let (retry_at, given_up) = match next_step(&shared.config.retry, job, err, Utc::now()) {
+        Next::Retry(at) => (Some(at), None),
+        Next::GiveUp(e) => (None, e),
+    };
+    let err = given_up.as_ref().unwrap_or(err);
     let message = err.to_string();
-    let outcome = shared.queue.fail(job.id, &message, retry_at).await;
+    let outcome = shared
+        .queue
+        .fail(&shared.config.worker_id, job.id, &message, retry_at)
+        .await;
     shared.forget(&[job.id]);
     match outcome {
         Ok(JobStatus::Pending) => {
@@ -443,10 +556,12 @@ async fn fail(shared: &Shared, job: &Job, err: &ObserverError) -> &'static str {
             if let Err(e) = shared.handler.dead_letter(job, err).await {
                 tracing::error!(job = job.id, error = %e, "could not dead-letter a failed job");
             }
+            // Later jobs of its group may run now.
+            shared.wake.notify_waiters();
             "failed"
         }
         Err(e) => {
-            tracing::warn!(job = job.id, error = %e, "could not record a job failure; it runs again when rescued");
+            tracing::warn!(job = job.id, error = %e, "could not record a job failure (or this worker no longer holds the job); it runs again when rescued");
             "retried"
         }
     }
@@ -474,6 +589,105 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 8,
+            initial_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(3600),
+            multiplier: 5.0,
+            jitter: false,
+        }
+    }
+
+    fn held(attempts: u32, max_attempts: u32) -> Job {
+        let at = Utc::now();
+        Job {
+            id: 1,
+            queue: "default".into(),
+            kind: "webhook".into(),
+            payload: json!({}),
+            unique_key: None,
+            priority: 0,
+            run_at: at,
+            attempts,
+            max_attempts,
+            status: JobStatus::Processing,
+            last_error: None,
+            locked_by: Some("w".into()),
+            heartbeat_at: None,
+            created_at: at,
+            group_key: None,
+        }
+    }
+
+    fn transient(retry_after: Option<Duration>) -> ObserverError {
+        ObserverError::ActionTransient {
+            code: "OBS-HTTP-5XX",
+            message: "webhook answered HTTP 503".into(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn next_step_saturates_and_bounds_retry_after() {
+        let now = Utc::now();
+        let p = policy();
+        let secs = |s: i64| now + TimeDelta::seconds(s);
+        let cases: Vec<(u32, ObserverError, Next)> = vec![
+            (1, transient(None), Next::Retry(secs(5))),
+            (2, transient(None), Next::Retry(secs(25))),
+            (
+                1,
+                transient(Some(Duration::from_secs(60))),
+                Next::Retry(secs(60)),
+            ),
+            (
+                2,
+                transient(Some(Duration::from_secs(1))),
+                Next::Retry(secs(25)),
+            ),
+            (8, transient(None), Next::GiveUp(None)),
+            (
+                1,
+                ObserverError::permanent("OBS-HTTP-4XX", "400"),
+                Next::GiveUp(None),
+            ),
+        ];
+        for (attempts, err, want) in cases {
+            let got = next_step(&p, &held(attempts, 8), &err, now);
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{attempts} {err}");
+        }
+        for huge in [
+            Duration::from_secs(9_000_000_000_000),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+            Duration::from_secs(3601),
+        ] {
+            let Next::GiveUp(Some(e)) = next_step(&p, &held(1, 8), &transient(Some(huge)), now)
+            else {
+                panic!("{huge:?} is not given up");
+            };
+            assert!(!e.is_transient());
+            assert_eq!(e.code(), "OBS-HTTP-5XX");
+            assert!(e.to_string().contains("Retry-After"), "{e}");
+        }
+        assert_eq!(saturating_add(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            saturating_add(DateTime::<Utc>::MAX_UTC, Duration::from_secs(1)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        // A huge max_backoff (configuration, not remote) saturates instead of panicking.
+        let wide = RetryPolicy {
+            max_backoff: Duration::MAX,
+            initial_backoff: Duration::MAX,
+            ..policy()
+        };
+        assert!(matches!(
+            next_step(&wide, &held(1, 8), &transient(Some(Duration::MAX)), now),
+            Next::Retry(at) if at == DateTime::<Utc>::MAX_UTC
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,9 +96,16 @@ pub fn indexed_event(event: &EntityEvent, summary: &ExecutionSummary) -> Indexed
             doc.failed_actions.push(label);
         }
         if let Some(error) = &a.error {
-            doc.errors.push(format!("{}: {error}", a.observer));
+            // Error texts come from remote peers; PostgreSQL rejects NUL in text.
+            doc.errors
+                .push(observers_core::text::storable_owned(format!(
+                    "{}: {error}",
+                    a.observer
+                )));
         }
     }
+    // jsonb rejects `\u0000`; rows read from PostgreSQL never hold one, other sources may.
+    observers_core::text::make_json_storable(&mut doc.data);
     doc.duration_ms = u64::try_from(summary.duration.as_millis()).unwrap_or(u64::MAX);
     doc
 }

@@ -90,12 +90,11 @@ pub async fn run(cmd: CaptureCommand, db: &DbArgs) -> CliResult {
                             c.entity_type,
                             c.id_column,
                             c.tenant_column.as_deref().unwrap_or("-"),
-                            if c.trigger_present {
-                                "ok"
-                            } else {
-                                "TRIGGER MISSING: run capture enable again"
-                            }
+                            if c.is_healthy() { "ok" } else { "DRIFT" }
                         );
+                        for d in &c.drift {
+                            println!("    - {d}");
+                        }
                     }
                 }
             }

@@ -11,7 +11,7 @@ use observers_core::executor::{Dedup, ExecutorBuilder};
 use observers_core::listener::ListenerConfig;
 use observers_core::telemetry::SharedTelemetry;
 use observers_core::{ObserverExecutor, ObserverSet};
-use observers_postgres::{PgPool, PostgresDeadLetterQueue};
+use observers_postgres::{PgPool, PostgresDeadLetterQueue, PostgresGoneEndpoints};
 
 use crate::{CliResult, Exit};
 
@@ -59,6 +59,7 @@ pub fn executor_builder(
     let stores = super::stores::build(config, pool, &telemetry)?;
     let mut builder = ObserverExecutor::builder(observer_set(config)?)
         .dlq(Arc::new(PostgresDeadLetterQueue::new(pool.clone())))
+        .gone_endpoints(Arc::new(PostgresGoneEndpoints::new(pool.clone())))
         .telemetry(telemetry)
         .breakers(breakers)
         .max_concurrent_actions(config.executor.max_concurrent_actions);
@@ -80,6 +81,7 @@ pub fn listener_config(config: &Config) -> ListenerConfig {
     ListenerConfig {
         listener_id: config.source.listener_id.clone(),
         batch_size: config.source.batch_size,
+        max_batch_bytes: config.source.max_batch_bytes,
         poll_interval: config.source.poll_interval,
         max_in_flight: config.executor.max_in_flight,
         ..ListenerConfig::default()

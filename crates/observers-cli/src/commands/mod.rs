@@ -1,5 +1,6 @@
 //! Command-line shape (clap) and dispatch to one module per command.
 
+mod actions;
 mod capture;
 mod changelog;
 mod checkpoint;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Inspect, retry and purge dead-lettered actions.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// URLs disabled by `410 Gone`: list them, re-enable one.
+    #[command(subcommand)]
+    Actions(actions::ActionsCommand),
     /// Check a config file and print what it declares (exit 2 when invalid).
     ValidateConfig {
         /// The config file (default: --config / OBSERVERS_CONFIG).
@@ -122,6 +126,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Checkpoint(cmd) => checkpoint::run(cmd, &db).await,
         Command::Changelog(cmd) => changelog::run(cmd, &db).await,
         Command::Dlq(cmd) => dlq::run(cmd, &db).await,
+        Command::Actions(cmd) => actions::run(cmd, &db).await,
         Command::ValidateConfig { file, format } => {
             let file = file.or(db.config).ok_or_else(|| {
                 Exit::usage(anyhow::anyhow!(

@@ -154,18 +154,24 @@ pub async fn start(
         started_at: chrono::Utc::now(),
         observers: config.observers.len(),
     };
+    // Status, readiness and gauges never use the listener's pool, and PostgreSQL itself stops
+    // any of their queries that runs too long.
+    let status_pool = observers_postgres::monitoring::status_pool(
+        pool,
+        observers_postgres::monitoring::STATUS_STATEMENT_TIMEOUT,
+    );
     let mut state = OpsState::new(metrics.clone(), instance)
-        .with_check(Arc::new(DatabaseReady(pool.clone())))
-        .with_section(Arc::new(DatabaseSection(pool.clone())))
+        .with_check(Arc::new(DatabaseReady(status_pool.clone())))
+        .with_section(Arc::new(DatabaseSection(status_pool.clone())))
         .with_breakers(executor.breakers().clone());
     if config.ha.enabled {
         state = state
             .with_check(Arc::new(GroupMemberReady {
-                pool: pool.clone(),
+                pool: status_pool.clone(),
                 config: config.clone(),
             }))
             .with_section(Arc::new(GroupSection {
-                pool: pool.clone(),
+                pool: status_pool.clone(),
                 config: config.clone(),
             }));
     }
@@ -197,7 +203,7 @@ pub async fn start(
         }
     });
     let poller = tokio::spawn(poll_gauges(
-        pool.clone(),
+        status_pool,
         executor.clone(),
         metrics,
         config.clone(),

@@ -30,6 +30,14 @@ pub async fn run(config_path: &Path) -> CliResult {
             .attach(engine::executor_builder(&config, &pool, telemetry)?)
             .build(),
     );
+    match executor.load_gone_endpoints().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            disabled = n,
+            "endpoints disabled by 410 Gone: their events go to the DLQ (`observers status` lists them, `observers actions enable --url` re-enables)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not read the endpoints disabled by 410 Gone"),
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let ops_tasks = ops::start(

@@ -47,12 +47,19 @@ pub struct ListenerStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct DatabaseStatus {
     pub listeners: Vec<ListenerStatus>,
+    /// Counted up to `observers_postgres::monitoring::COUNT_CAP`.
     pub change_log_rows: u64,
+    /// `change_log_rows` reached the cap: there are at least that many.
+    pub change_log_rows_capped: bool,
     pub newest_change: Option<DateTime<Utc>>,
     pub cutoff_lag_seconds: f64,
     pub dlq_pending: u64,
     pub dlq_resolved: u64,
     pub captured_tables: usize,
+    /// Captured tables whose definition drifted (`observers capture list` says how).
+    pub captures_drifted: usize,
+    /// URLs disabled by `410 Gone` (their events go to the DLQ).
+    pub disabled_endpoints: Vec<observers_core::stores::gone::GoneEndpoint>,
 }
 
 /// The whole report.
@@ -95,20 +102,31 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
         cutoff = g.cutoff_lag.as_secs_f64();
     }
     let dlq = PostgresDeadLetterQueue::new(pool.clone());
+    let captures = observers_postgres::capture::list(pool).await?;
     Ok(DatabaseStatus {
         listeners,
         change_log_rows: stats.total_rows,
+        change_log_rows_capped: stats.total_rows_capped,
         newest_change: stats.newest_created_at,
         cutoff_lag_seconds: cutoff,
         dlq_pending: dlq.count(Some(DlqStatus::Pending)).await?,
         dlq_resolved: dlq.count(Some(DlqStatus::Resolved)).await?,
-        captured_tables: observers_postgres::capture::list(pool).await?.len(),
+        captured_tables: captures.len(),
+        captures_drifted: captures.iter().filter(|c| !c.is_healthy()).count(),
+        disabled_endpoints: observers_core::stores::gone::GoneEndpoints::list(
+            &observers_postgres::PostgresGoneEndpoints::new(pool.clone()),
+        )
+        .await?,
     })
 }
 
 pub async fn run(args: StatusArgs, db: &DbArgs) -> CliResult {
     let pool = db.migrated_pool().await?;
-    let database = database_status(&pool).await?;
+    let database = database_status(&observers_postgres::monitoring::status_pool(
+        &pool,
+        observers_postgres::monitoring::STATUS_STATEMENT_TIMEOUT,
+    ))
+    .await?;
     let url = instance_url(args.url.as_deref(), db.config.as_deref())?;
     let instance = match get(&format!("{url}/status")).await {
         Ok(body) => serde_json::from_str(&body).unwrap_or_else(
@@ -186,8 +204,21 @@ pub fn render(report: &StatusReport) -> String {
         );
     }
     let _ = writeln!(o, "├── Change Log");
-    let _ = writeln!(o, "│   ├── Rows: {}", d.change_log_rows);
-    let _ = writeln!(o, "│   ├── Captured Tables: {}", d.captured_tables);
+    let _ = writeln!(
+        o,
+        "│   ├── Rows: {}{}",
+        d.change_log_rows,
+        if d.change_log_rows_capped { "+" } else { "" }
+    );
+    if d.captures_drifted == 0 {
+        let _ = writeln!(o, "│   ├── Captured Tables: {}", d.captured_tables);
+    } else {
+        let _ = writeln!(
+            o,
+            "│   ├── Captured Tables: {} ({} DRIFTED: see `observers capture list`)",
+            d.captured_tables, d.captures_drifted
+        );
+    }
     let _ = writeln!(
         o,
         "│   ├── Last Change: {}",
@@ -201,6 +232,17 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(o, "├── Dead-Letter Queue");
     let _ = writeln!(o, "│   ├── Pending: {}", d.dlq_pending);
     let _ = writeln!(o, "│   └── Resolved: {}", d.dlq_resolved);
+    if !d.disabled_endpoints.is_empty() {
+        let _ = writeln!(
+            o,
+            "├── Disabled Endpoints (410 Gone; `observers actions enable --url URL`)"
+        );
+        let n = d.disabled_endpoints.len();
+        for (i, g) in d.disabled_endpoints.iter().enumerate() {
+            let branch = if i + 1 == n { "└──" } else { "├──" };
+            let _ = writeln!(o, "│   {branch} {} (observer {})", g.target, g.observer);
+        }
+    }
     if let Some(group) = &report.group {
         let _ = writeln!(o, "├── HA Group");
         for line in super::ha::render(group).lines() {

@@ -435,6 +435,50 @@ async fn capture_rejects_injection_and_drops_nothing() {
     assert_eq!(y.as_deref(), Some("y"), "table y still exists");
 }
 
+/// `capture list` (and `status`) flag a captured table whose key column was renamed, while the
+/// application's writes to it keep succeeding and being captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_list_shows_a_renamed_key_column() {
+    let db = TestDb::new("drift").await;
+    db.exec("CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE skus (id int PRIMARY KEY)")
+        .await;
+    capture(&db, "orders", "Order");
+    capture(&db, "skus", "Sku");
+    db.exec("ALTER TABLE orders RENAME COLUMN id TO order_id")
+        .await;
+    db.exec("INSERT INTO orders VALUES (5)").await;
+    let logged: Vec<String> = sqlx::query_scalar("SELECT entity_id FROM observer_change_log")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, ["5"]);
+
+    let out = cli(&db, &["capture", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let orders = text.lines().find(|l| l.contains("orders")).unwrap();
+    let skus = text.lines().find(|l| l.contains("skus")).unwrap();
+    assert!(orders.ends_with("DRIFT"), "{text}");
+    assert!(skus.ends_with("ok"), "{text}");
+    assert!(
+        text.contains("id column `id` no longer exists") && text.contains("--id-column order_id"),
+        "{text}"
+    );
+    let json = cli(&db, &["capture", "list", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(listed[0]["table"], "orders");
+    assert_eq!(listed[0]["id_column_present"], false);
+    assert_eq!(listed[0]["key_columns"], serde_json::json!(["order_id"]));
+
+    let status = cli(&db, &["status", "--url", "http://127.0.0.1:1"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("Captured Tables: 2 (1 DRIFTED"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_config_exits_2_and_sighup_reload_keeps_running() {
     let db = TestDb::new("reload").await;

@@ -4,6 +4,7 @@
 mod docs;
 mod e2e;
 mod ha;
+mod hardening;
 mod metrics;
 mod monitoring;
 mod queue;

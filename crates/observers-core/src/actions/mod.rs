@@ -70,6 +70,12 @@ pub trait Action: Send + Sync {
         None
     }
 
+    /// What a `410 Gone` from this attempt disables: the URL it targets (see
+    /// [`url_target`](crate::stores::gone::url_target)). `None`: the action as a whole.
+    fn gone_target(&self, _inv: &Invocation<'_>) -> Option<String> {
+        None
+    }
+
     /// One attempt.
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult>;
 }

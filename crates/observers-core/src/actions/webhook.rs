@@ -103,6 +103,13 @@ impl Action for WebhookAction {
         self.endpoint.as_deref()
     }
 
+    fn gone_target(&self, inv: &Invocation<'_>) -> Option<String> {
+        let url = render(&self.url, inv.template).ok()?;
+        reqwest::Url::parse(&url)
+            .ok()
+            .map(|u| crate::stores::gone::url_target(&u))
+    }
+
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
         let url_text = render(&self.url, inv.template)?;
         let url = reqwest::Url::parse(&url_text).map_err(|e| {

@@ -117,6 +117,8 @@ pub struct SourceConfig {
     /// Names this consumer's cursor; two configs with one listener_id share progress.
     pub listener_id: String,
     pub batch_size: usize,
+    /// Bytes of row data one batch may hold (at least one row is always read, however big).
+    pub max_batch_bytes: usize,
     /// Fallback poll when no NOTIFY arrives.
     #[serde(with = "duration")]
     pub poll_interval: Duration,
@@ -129,6 +131,7 @@ impl Default for SourceConfig {
             database_url: None,
             listener_id: "default".into(),
             batch_size: 1000,
+            max_batch_bytes: crate::listener::DEFAULT_MAX_BATCH_BYTES,
             poll_interval: Duration::from_secs(1),
             partitions: 1,
         }
@@ -141,6 +144,12 @@ impl SourceConfig {
             return Err(format!(
                 "batch_size must be between 1 and 100000, got {}",
                 self.batch_size
+            ));
+        }
+        if self.max_batch_bytes < 1024 {
+            return Err(format!(
+                "max_batch_bytes must be at least 1024, got {}",
+                self.max_batch_bytes
             ));
         }
         if self.listener_id.trim().is_empty() {

@@ -62,6 +62,7 @@ fn valid_file_loads_with_defaults_and_secrets() {
     let c = load(VALID).unwrap();
     assert_eq!(c.source.listener_id, "orders");
     assert_eq!(c.source.batch_size, 500);
+    assert_eq!(c.source.max_batch_bytes, 16 * 1024 * 1024, "default 16 MiB");
     assert_eq!(
         c.source.poll_interval,
         std::time::Duration::from_millis(250)
@@ -158,6 +159,12 @@ fn bad_values_name_the_key() {
         &["invalid duration", "soon"],
     );
     check("[source]\nbatch_size = 0\n", 1, "source", &["batch_size"]);
+    check(
+        "[source]\nmax_batch_bytes = 10\n",
+        1,
+        "source",
+        &["max_batch_bytes", "at least 1024"],
+    );
     check("[retry]\nmultiplier = 0.5\n", 1, "retry", &["multiplier"]);
     check(
         &format!("{OBS}events = [\"upsert\"]\n[[observers.actions]]\ntype = \"log\"\n"),

@@ -5,7 +5,9 @@ mod cached;
 mod observers;
 mod summary;
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -23,6 +25,7 @@ use crate::event::EntityEvent;
 use crate::retry::{GiveUpReason, RetryDecision};
 use crate::stores::dedup::{ClaimOutcome, DedupStore};
 use crate::stores::dlq::{DeadLetterQueue, DlqEntry, MemoryDeadLetterQueue};
+use crate::stores::gone::{GoneEndpoint, GoneEndpoints, MemoryGoneEndpoints};
 use crate::stores::jobs::{EnqueueOutcome, JobQueue, NewJob};
 use crate::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use crate::template::TemplateContext;
@@ -83,6 +86,40 @@ pub struct ObserverExecutor {
     summaries: Option<Arc<dyn SummarySink>>,
     /// Identifies this process run in dedup claims.
     owner: String,
+    /// Dedup keys this executor is processing right now. A claim the store reports as in
+    /// progress under our own owner is a duplicate only while its key is here; otherwise it is
+    /// a claim left by an earlier attempt of ours that could not record its outcome, and the
+    /// event is processed again instead of being skipped.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Where targets that answered `410 Gone` are kept, and the ones this executor knows of
+    /// (checked with the store before an event is refused, so a re-enable takes effect).
+    gone: Arc<dyn GoneEndpoints>,
+    gone_known: Mutex<HashSet<String>>,
+    gone_count: AtomicUsize,
+}
+
+/// A key in [`ObserverExecutor::in_flight`], removed when the event's processing ends, however
+/// it ends (returned, failed, cancelled or panicked).
+struct InFlight {
+    keys: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl InFlight {
+    /// Registers `key`; `None` when it is already being processed by this executor.
+    fn enter(keys: &Arc<Mutex<HashSet<String>>>, key: &str) -> Option<Self> {
+        let fresh = crate::stores::lock(keys).insert(key.to_owned());
+        fresh.then(|| Self {
+            keys: keys.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::stores::lock(&self.keys).remove(&self.key);
+    }
 }
 
 /// Receives every processed event with its outcome (search indexing, audit trails). Called on
@@ -104,9 +141,17 @@ pub struct ExecutorBuilder {
     cache: Option<Arc<CachedActionExecutor>>,
     max_concurrent_actions: usize,
     summaries: Option<Arc<dyn SummarySink>>,
+    gone: Option<Arc<dyn GoneEndpoints>>,
 }
 
 impl ExecutorBuilder {
+    /// Where endpoints that answered `410 Gone` are recorded (default: in memory).
+    #[must_use]
+    pub fn gone_endpoints(mut self, store: Arc<dyn GoneEndpoints>) -> Self {
+        self.gone = Some(store);
+        self
+    }
+
     /// Hands every processed event and its summary to `sink` (e.g. the search indexer).
     #[must_use]
     pub fn summaries(mut self, sink: Arc<dyn SummarySink>) -> Self {
@@ -192,6 +237,12 @@ impl ExecutorBuilder {
                 chrono::Utc::now().timestamp_micros(),
                 rand::random::<u32>()
             ),
+            in_flight: Arc::default(),
+            gone: self
+                .gone
+                .unwrap_or_else(|| Arc::new(MemoryGoneEndpoints::default())),
+            gone_known: Mutex::default(),
+            gone_count: AtomicUsize::new(0),
         }
     }
 }
@@ -215,6 +266,7 @@ impl ObserverExecutor {
             cache: None,
             max_concurrent_actions: 128,
             summaries: None,
+            gone: None,
         }
     }
 
@@ -238,6 +290,21 @@ impl ObserverExecutor {
         &self.breakers
     }
 
+    /// Targets disabled by `410 Gone`.
+    pub fn gone_endpoints(&self) -> &Arc<dyn GoneEndpoints> {
+        &self.gone
+    }
+
+    /// Learns the disabled targets from the store (at start: other processes may have met
+    /// some); later ones are learnt as they answer 410.
+    pub async fn load_gone_endpoints(&self) -> Result<usize> {
+        let all = self.gone.list().await?;
+        let mut known = crate::stores::lock(&self.gone_known);
+        known.extend(all.into_iter().map(|g| g.target));
+        self.gone_count.store(known.len(), Ordering::Relaxed);
+        Ok(known.len())
+    }
+
     pub fn dlq(&self) -> &Arc<dyn DeadLetterQueue> {
         &self.dlq
     }
@@ -255,16 +322,19 @@ impl ObserverExecutor {
             .dedup
             .as_ref()
             .map(|d| self.dedup_key.key(&d.namespace, event));
+        let mut _in_flight = None;
         if let (Some(d), Some(key)) = (&self.dedup, &dedup_key) {
-            // Two-phase claim; a store outage must not lose events, so it fails open.
+            let Some(guard) = InFlight::enter(&self.in_flight, key) else {
+                return Ok(self.deduplicated(event, started));
+            };
+            _in_flight = Some(guard);
+            // Two-phase claim; a store outage must not lose events, so it fails open. An
+            // in-progress claim of our own owner cannot be a concurrent run (the key was not in
+            // flight here): it is left from an attempt whose outcome could not be recorded,
+            // and is taken over.
             match d.store.claim(key, &self.owner, d.window).await {
-                Ok(ClaimOutcome::Acquired) => {}
-                Ok(ClaimOutcome::AlreadyDone | ClaimOutcome::InProgress) => {
-                    self.telemetry.emit(&TelemetryEvent::EventDeduplicated {
-                        entity_type: &event.entity_type,
-                    });
-                    return Ok(ExecutionSummary::deduplicated(event, started.elapsed()));
-                }
+                Ok(ClaimOutcome::Acquired | ClaimOutcome::InProgress) => {}
+                Ok(ClaimOutcome::AlreadyDone) => return Ok(self.deduplicated(event, started)),
                 Err(e) => {
                     tracing::warn!(error = %e, event_id = event.id, "dedup claim failed; processing anyway");
                 }
@@ -299,7 +369,16 @@ impl ObserverExecutor {
         let mut failed = 0;
         for a in attempted {
             if let Some(err) = a.error {
-                self.dead_letter(event, &a.report, &err).await?;
+                if let Err(e) = self.dead_letter(event, &a.report, &err).await {
+                    // Not processed: forget the claim so a re-read (by this process or
+                    // another) runs the event again instead of taking it for a duplicate.
+                    if let (Some(d), Some(key)) = (&self.dedup, &dedup_key)
+                        && let Err(release) = d.store.release(key).await
+                    {
+                        tracing::warn!(error = %release, event_id = event.id, "dedup release failed");
+                    }
+                    return Err(e);
+                }
                 failed += 1;
             }
             reports.push(a.report);
@@ -332,6 +411,13 @@ impl ObserverExecutor {
             sink.accept(event, &summary);
         }
         Ok(summary)
+    }
+
+    fn deduplicated(&self, event: &EntityEvent, started: Instant) -> ExecutionSummary {
+        self.telemetry.emit(&TelemetryEvent::EventDeduplicated {
+            entity_type: &event.entity_type,
+        });
+        ExecutionSummary::deduplicated(event, started.elapsed())
     }
 
     async fn dead_letter(
@@ -385,8 +471,9 @@ impl ObserverExecutor {
     }
 
     /// Runs one attempt of one action (a queued job's run): timeout and circuit breaker apply,
-    /// inline retries do not (the job queue schedules the next attempt). A disabled action
-    /// reports `Skipped`. `attempt` is the job's attempt number (1-based).
+    /// inline retries do not (the job queue schedules the next attempt). A target disabled by
+    /// `410 Gone` fails permanently (the job is dead-lettered). `attempt` is the job's attempt
+    /// number (1-based).
     pub async fn run_job(
         &self,
         event: &EntityEvent,
@@ -401,16 +488,6 @@ impl ObserverExecutor {
             action_index,
             ("OBS-JOB-UNKNOWN-OBSERVER", "OBS-JOB-UNKNOWN-ACTION"),
         )?;
-        if slot.is_disabled() {
-            let report = ActionReport::new(&o.name, action_index, slot.action.type_name()).finish(
-                ActionOutcome::Skipped,
-                attempt,
-                Duration::ZERO,
-                None,
-            );
-            self.emit_finished(&report);
-            return Ok(report);
-        }
         let ctx = TemplateContext::new(event, &o.name);
         let a = self
             .attempt(&set, o, action_index, slot, event, &ctx, Some(attempt))
@@ -430,19 +507,6 @@ impl ObserverExecutor {
         event: &EntityEvent,
         ctx: &TemplateContext<'_>,
     ) -> Attempted {
-        if slot.is_disabled() {
-            let report = ActionReport::new(&o.name, index, slot.action.type_name()).finish(
-                ActionOutcome::Skipped,
-                0,
-                Duration::ZERO,
-                None,
-            );
-            self.emit_finished(&report);
-            return Attempted {
-                report,
-                error: None,
-            };
-        }
         if slot.mode == ActionMode::Queued
             && let Some(jobs) = &self.jobs
         {
@@ -500,6 +564,12 @@ impl ObserverExecutor {
             priority: 0,
             run_at: None,
             max_attempts: set.job_max_attempts,
+            // One entity's jobs of one action run one at a time, in change-log order (events of
+            // an entity are enqueued in that order); other entities run in parallel.
+            group_key: Some(format!(
+                "{}:{index}:{}:{}",
+                o.name, event.entity_type, event.entity_id
+            )),
         };
         let report = ActionReport::new(&o.name, index, slot.action.type_name());
         let (report, error) = match jobs.enqueue(job).await {
@@ -536,7 +606,8 @@ impl ObserverExecutor {
     /// Runs an action with inline retries, or exactly once as attempt `single` (a job run).
     #[expect(
         clippy::too_many_arguments,
-        reason = "internal; one call site each way"
+        clippy::too_many_lines,
+        reason = "internal; one call site each way; the retry loop reads best in one piece"
     )]
     async fn attempt(
         &self,
@@ -554,6 +625,26 @@ impl ObserverExecutor {
         let timeout = slot.timeout.unwrap_or(set.action_timeout);
         let breaker = slot.action.endpoint().map(|e| self.breakers.get(e));
         let mut attempt = single.map_or(0, |a| a.saturating_sub(1));
+        let gone_target = |attempt| {
+            let inv = Invocation {
+                event,
+                observer: &o.name,
+                action_index: index,
+                idempotency_key: &key,
+                template: ctx,
+                attempt,
+            };
+            slot.action
+                .gone_target(&inv)
+                .unwrap_or_else(|| format!("{action_type}:{}#{index}", o.name))
+        };
+        if self.gone_count.load(Ordering::Relaxed) > 0
+            && let Some(refused) = self
+                .refuse_gone(&gone_target(attempt + 1), &o.name, index, action_type)
+                .await
+        {
+            return refused;
+        }
         let (outcome, error, detail) = loop {
             attempt += 1;
             // Take a concurrency slot first, so waiting for one never counts as a slow call
@@ -604,8 +695,8 @@ impl ObserverExecutor {
                 Err(e) => e,
             };
             if err.code() == "OBS-HTTP-410-GONE" {
-                slot.set_disabled(true);
-                tracing::warn!(observer = %o.name, action = index, "endpoint answered 410 Gone; action disabled until re-enabled");
+                self.mark_gone(gone_target(attempt), &o.name, index, &err)
+                    .await;
             }
             if single.is_some() {
                 break (ActionOutcome::DeadLettered, Some(err), None);
@@ -643,6 +734,77 @@ impl ObserverExecutor {
         };
         self.emit_finished(&report);
         Attempted { report, error }
+    }
+
+    /// The dead-lettered outcome of an attempt at a target disabled by `410 Gone`, or `None`
+    /// when `target` is not disabled.
+    async fn refuse_gone(
+        &self,
+        target: &str,
+        observer: &str,
+        index: usize,
+        action_type: &'static str,
+    ) -> Option<Attempted> {
+        if !self.is_gone(target).await {
+            return None;
+        }
+        let err = ObserverError::permanent(
+            "OBS-HTTP-410-GONE",
+            format!(
+                "`{target}` answered 410 Gone before and is disabled; re-enable it with `observers actions enable --url {target}`"
+            ),
+        );
+        let report = ActionReport::new(observer, index, action_type).failed(
+            ActionOutcome::DeadLettered,
+            0,
+            Duration::ZERO,
+            &err,
+        );
+        self.emit_finished(&report);
+        Some(Attempted {
+            report,
+            error: Some(err),
+        })
+    }
+
+    /// Whether `target` is disabled: only targets known here are checked with the store (a
+    /// re-enable elsewhere is seen at the next event for it); a store error keeps it disabled
+    /// (its events go to the DLQ, nothing is lost).
+    async fn is_gone(&self, target: &str) -> bool {
+        if !crate::stores::lock(&self.gone_known).contains(target) {
+            return false;
+        }
+        match self.gone.is_disabled(target).await {
+            Ok(true) => true,
+            Ok(false) => {
+                let mut known = crate::stores::lock(&self.gone_known);
+                known.remove(target);
+                self.gone_count.store(known.len(), Ordering::Relaxed);
+                tracing::info!(target, "endpoint re-enabled; delivering to it again");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(target, error = %e, "could not check a disabled endpoint; keeping it disabled");
+                true
+            }
+        }
+    }
+
+    async fn mark_gone(&self, target: String, observer: &str, index: usize, err: &ObserverError) {
+        tracing::warn!(observer, action = index, target = %target, "endpoint answered 410 Gone; disabled until `observers actions enable --url` re-enables it");
+        let record = GoneEndpoint {
+            target: target.clone(),
+            observer: observer.to_owned(),
+            action_index: index,
+            reason: crate::text::storable_owned(err.to_string()),
+            disabled_at: chrono::Utc::now(),
+        };
+        if let Err(e) = self.gone.disable(&record).await {
+            tracing::warn!(target = %target, error = %e, "could not record the disabled endpoint; disabled in this process only");
+        }
+        let mut known = crate::stores::lock(&self.gone_known);
+        known.insert(target);
+        self.gone_count.store(known.len(), Ordering::Relaxed);
     }
 
     fn emit_finished(&self, r: &ActionReport) {

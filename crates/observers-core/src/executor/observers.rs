@@ -2,7 +2,6 @@
 //! over them, and the match decision for one event (used by the executor and by `debug-event`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,8 +21,6 @@ pub struct ActionSlot {
     pub timeout: Option<Duration>,
     /// A human summary without secrets, e.g. `POST http://host/path`.
     pub summary: String,
-    /// Set after `410 Gone`; re-enabled by an operator.
-    pub disabled: AtomicBool,
 }
 
 impl ActionSlot {
@@ -33,7 +30,6 @@ impl ActionSlot {
             mode: ActionMode::Inline,
             timeout: None,
             summary: summary.into(),
-            disabled: AtomicBool::new(false),
         }
     }
 
@@ -47,14 +43,6 @@ impl ActionSlot {
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
-    }
-
-    pub fn is_disabled(&self) -> bool {
-        self.disabled.load(Ordering::Relaxed)
-    }
-
-    pub fn set_disabled(&self, disabled: bool) {
-        self.disabled.store(disabled, Ordering::Relaxed);
     }
 }
 

@@ -48,6 +48,9 @@ pub struct NewJob {
     /// At least one.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Jobs with the same group run one at a time, in enqueue order (see [`JobQueue::dequeue`]).
+    #[serde(default)]
+    pub group_key: Option<String>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -64,7 +67,14 @@ impl NewJob {
             priority: 0,
             run_at: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            group_key: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_group_key(mut self, group: impl Into<String>) -> Self {
+        self.group_key = Some(group.into());
+        self
     }
 
     #[must_use]
@@ -167,6 +177,9 @@ pub struct Job {
     pub locked_by: Option<String>,
     pub heartbeat_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The job's serial group, if any.
+    #[serde(default)]
+    pub group_key: Option<String>,
 }
 
 /// What an enqueue did.
@@ -200,6 +213,37 @@ pub struct JobStats {
     pub avg_run_ms: Option<f64>,
 }
 
+/// What a stale-job rescue did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rescued {
+    /// Jobs put back to pending (attempts left).
+    pub requeued: u64,
+    /// Jobs failed for good (their dead run was the last attempt), for the caller to
+    /// dead-letter; their `last_error` is [`stale_error`].
+    pub failed: Vec<Job>,
+}
+
+impl Rescued {
+    pub fn total(&self) -> u64 {
+        self.requeued
+            .saturating_add(u64::try_from(self.failed.len()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The error of a job failed by rescue: its worker died on the job's last attempt.
+pub fn stale_error(job: &Job) -> ObserverError {
+    ObserverError::permanent(
+        "OBS-JOB-STALE",
+        format!(
+            "worker {} stopped heartbeating during attempt {} of {} (the job may crash its worker); \
+             failed for good",
+            job.locked_by.as_deref().unwrap_or("?"),
+            job.attempts,
+            job.max_attempts
+        ),
+    )
+}
+
 /// A durable queue of jobs. `dequeue` must be atomic: two concurrent calls never return the
 /// same job (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
 #[async_trait]
@@ -208,22 +252,31 @@ pub trait JobQueue: Send + Sync {
     async fn enqueue(&self, job: NewJob) -> Result<EnqueueOutcome>;
     /// Up to `max` due jobs (`run_at <= now`) of `queue`, by priority (highest first), then
     /// `run_at`, then id; each becomes processing under `worker` with one more attempt.
+    /// A job with a `group_key` is taken only when no job of its group with a lower id is
+    /// pending (due or waiting for a retry) or processing: a group runs one job at a time, in
+    /// id order. A job that failed for good does not hold its group back.
     async fn dequeue(&self, queue: &str, worker: &str, max: usize) -> Result<Vec<Job>>;
     /// Refreshes `heartbeat_at` of those jobs that `worker` still holds; others are ignored.
     async fn heartbeat(&self, worker: &str, ids: &[i64]) -> Result<()>;
-    /// Marks a processing job completed (completing a completed job is a no-op).
-    async fn complete(&self, id: i64) -> Result<()>;
-    /// Records a failed attempt. With `retry_at` and attempts left the job goes back to
-    /// pending at `retry_at`; otherwise it fails for good. Returns the new status.
+    /// Marks a job `worker` holds (processing under its id) completed. Completing a job that
+    /// this worker completed is a no-op; a job it no longer holds (rescued, re-taken, purged)
+    /// is an error and stays as it is.
+    async fn complete(&self, worker: &str, id: i64) -> Result<()>;
+    /// Records a failed attempt of a job `worker` holds. With `retry_at` and attempts left the
+    /// job goes back to pending at `retry_at`; otherwise it fails for good. Returns the new
+    /// status. A job the worker no longer holds is an error and stays as it is. The error text
+    /// is stored as [`crate::text::storable`] makes it.
     async fn fail(
         &self,
+        worker: &str,
         id: i64,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<JobStatus>;
-    /// Returns to pending every processing job whose heartbeat is older than `older_than`
-    /// (its worker died); returns how many.
-    async fn rescue_stale(&self, older_than: Duration) -> Result<u64>;
+    /// Handles every processing job whose heartbeat is older than `older_than` (its worker
+    /// died): back to pending while it has attempts left, otherwise failed for good (the dead
+    /// run was its last attempt: a job that kills its worker every time ends here).
+    async fn rescue_stale(&self, older_than: Duration) -> Result<Rescued>;
     async fn stats(&self) -> Result<JobStats>;
     /// Newest first (highest id); all statuses when `status` is `None`.
     async fn list(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<Job>>;
@@ -247,12 +300,17 @@ pub trait JobQueue: Send + Sync {
         Ok(out)
     }
 
-    /// Completes several processing jobs; backends override it with one round trip.
-    async fn complete_many(&self, ids: &[i64]) -> Result<()> {
+    /// Completes the jobs among `ids` that `worker` holds (others are skipped: rescued,
+    /// re-taken, purged); returns how many were completed. Backends override it with one round
+    /// trip.
+    async fn complete_many(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+        let mut done = 0;
         for &id in ids {
-            self.complete(id).await?;
+            if self.complete(worker, id).await.is_ok() {
+                done += 1;
+            }
         }
-        Ok(())
+        Ok(done)
     }
 
     /// When the next pending job of `queue` falls due (`None`: none pending, or not known),
@@ -315,7 +373,18 @@ struct QueueState {
     /// Job ids per status, indexed by `JobStatus::index`.
     by_status: [BTreeSet<i64>; 4],
     lanes: HashMap<String, Lanes>,
+    /// Live (pending or processing) job ids per serial group.
+    groups: HashMap<String, BTreeSet<i64>>,
     run_ms_sum: f64,
+}
+
+/// Whether an earlier job of `job`'s group is live.
+fn blocked(groups: &HashMap<String, BTreeSet<i64>>, job: &Job) -> bool {
+    job.group_key
+        .as_ref()
+        .and_then(|g| groups.get(g))
+        .and_then(BTreeSet::first)
+        .is_some_and(|&first| first < job.id)
 }
 
 impl QueueState {
@@ -357,7 +426,28 @@ impl QueueState {
         Ok(())
     }
 
+    /// The job stops holding back later jobs of its group (completed, failed, removed).
+    fn leave_group(&mut self, id: i64) {
+        let Some(group) = self.jobs.get(&id).and_then(|s| s.job.group_key.clone()) else {
+            return;
+        };
+        if let Some(live) = self.groups.get_mut(&group) {
+            live.remove(&id);
+            if live.is_empty() {
+                self.groups.remove(&group);
+            }
+        }
+    }
+
+    /// The job is live in its group again (enqueued, retried by an operator).
+    fn join_group(&mut self, id: i64) {
+        if let Some(group) = self.jobs.get(&id).and_then(|s| s.job.group_key.clone()) {
+            self.groups.entry(group).or_default().insert(id);
+        }
+    }
+
     fn remove(&mut self, id: i64) -> Option<Slot> {
+        self.leave_group(id);
         let slot = self.jobs.remove(&id)?;
         let job = &slot.job;
         self.by_status[job.status.index()].remove(&id);
@@ -464,12 +554,15 @@ impl MemoryJobQueue {
         )
     }
 
-    fn not_processing(job: &Job, what: &str) -> ObserverError {
+    fn not_held(job: &Job, worker: &str, what: &str) -> ObserverError {
         ObserverError::Store {
             backend: "memory",
             message: format!(
-                "cannot {what} job {}: it is {}, not processing (a stale worker may have lost it)",
-                job.id, job.status
+                "cannot {what} job {} for worker {worker}: it is {} under {} (a stale worker \
+                 may have lost it)",
+                job.id,
+                job.status,
+                job.locked_by.as_deref().unwrap_or("no worker")
             ),
             transient: false,
         }
@@ -514,6 +607,7 @@ impl JobQueue for MemoryJobQueue {
             locked_by: None,
             heartbeat_at: None,
             created_at: now,
+            group_key: new.group_key,
         };
         if let Some(key) = &job.unique_key {
             state.unique.insert(key.clone(), id);
@@ -528,6 +622,7 @@ impl JobQueue for MemoryJobQueue {
                 run_ms: None,
             },
         );
+        state.join_group(id);
         drop(state);
         self.wake();
         Ok(EnqueueOutcome::Enqueued(id))
@@ -546,12 +641,24 @@ impl JobQueue for MemoryJobQueue {
             lanes.scheduled.pop_first();
             lanes.ready.insert((Reverse(priority), run_at, id));
         }
+        // In order, skipping jobs whose group has an earlier live job (they stay ready).
         let mut taken = Vec::with_capacity(max.min(lanes.ready.len()));
-        while taken.len() < max
-            && let Some((_, _, id)) = lanes.ready.pop_first()
-        {
-            taken.push(id);
+        for &(prio, at, id) in &lanes.ready {
+            if taken.len() >= max {
+                break;
+            }
+            let free = state
+                .jobs
+                .get(&id)
+                .is_none_or(|slot| !blocked(&state.groups, &slot.job));
+            if free {
+                taken.push((prio, at, id));
+            }
         }
+        for entry in &taken {
+            lanes.ready.remove(entry);
+        }
+        let taken: Vec<i64> = taken.into_iter().map(|(_, _, id)| id).collect();
         let mut jobs = Vec::with_capacity(taken.len());
         for id in taken {
             let Some(slot) = state.jobs.get_mut(&id) else {
@@ -583,16 +690,15 @@ impl JobQueue for MemoryJobQueue {
         Ok(())
     }
 
-    async fn complete(&self, id: i64) -> Result<()> {
+    async fn complete(&self, worker: &str, id: i64) -> Result<()> {
         let now = self.now();
         let mut state = lock(&self.state);
         let slot = state.slot(id)?;
+        let mine = slot.job.locked_by.as_deref() == Some(worker);
         match slot.job.status {
-            JobStatus::Completed => return Ok(()),
-            JobStatus::Processing => {}
-            JobStatus::Pending | JobStatus::Failed => {
-                return Err(Self::not_processing(&slot.job, "complete"));
-            }
+            JobStatus::Completed if mine => return Ok(()),
+            JobStatus::Processing if mine => {}
+            _ => return Err(Self::not_held(&slot.job, worker, "complete")),
         }
         slot.job.status = JobStatus::Completed;
         let run_ms = slot
@@ -602,21 +708,44 @@ impl JobQueue for MemoryJobQueue {
         slot.run_ms = Some(run_ms);
         state.run_ms_sum += run_ms;
         state.move_status(id, JobStatus::Processing, JobStatus::Completed);
+        state.leave_group(id);
+        drop(state);
+        // Later jobs of its group may run now.
+        self.wake();
         Ok(())
+    }
+
+    async fn complete_many(&self, worker: &str, ids: &[i64]) -> Result<u64> {
+        let mut done = 0;
+        for &id in ids {
+            let held = {
+                let state = lock(&self.state);
+                state.jobs.get(&id).is_some_and(|s| {
+                    s.job.status == JobStatus::Processing
+                        && s.job.locked_by.as_deref() == Some(worker)
+                })
+            };
+            if held && self.complete(worker, id).await.is_ok() {
+                done += 1;
+            }
+        }
+        Ok(done)
     }
 
     async fn fail(
         &self,
+        worker: &str,
         id: i64,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<JobStatus> {
         let mut state = lock(&self.state);
         let slot = state.slot(id)?;
-        if slot.job.status != JobStatus::Processing {
-            return Err(Self::not_processing(&slot.job, "fail"));
+        if slot.job.status != JobStatus::Processing || slot.job.locked_by.as_deref() != Some(worker)
+        {
+            return Err(Self::not_held(&slot.job, worker, "fail"));
         }
-        slot.job.last_error = Some(error.to_owned());
+        slot.job.last_error = Some(crate::text::storable(error).into_owned());
         match retry_at {
             Some(at) if slot.job.attempts < slot.job.max_attempts => {
                 state.make_pending(id, Some(at))?;
@@ -627,12 +756,16 @@ impl JobQueue for MemoryJobQueue {
             _ => {
                 slot.job.status = JobStatus::Failed;
                 state.move_status(id, JobStatus::Processing, JobStatus::Failed);
+                state.leave_group(id);
+                drop(state);
+                // A failed job no longer holds back later jobs of its group.
+                self.wake();
                 Ok(JobStatus::Failed)
             }
         }
     }
 
-    async fn rescue_stale(&self, older_than: Duration) -> Result<u64> {
+    async fn rescue_stale(&self, older_than: Duration) -> Result<Rescued> {
         let now = self.now();
         let cutoff = TimeDelta::from_std(older_than)
             .ok()
@@ -649,18 +782,30 @@ impl JobQueue for MemoryJobQueue {
                     .is_some_and(|s| s.job.heartbeat_at.is_none_or(|h| h < cutoff))
             })
             .collect();
+        let mut rescued = Rescued::default();
         for &id in &abandoned {
-            state.make_pending(id, None)?;
+            let slot = state.slot(id)?;
+            if slot.job.attempts < slot.job.max_attempts {
+                state.make_pending(id, None)?;
+                rescued.requeued += 1;
+            } else {
+                slot.job.last_error = Some(stale_error(&slot.job).to_string());
+                slot.job.status = JobStatus::Failed;
+                rescued.failed.push(slot.job.clone());
+                state.move_status(id, JobStatus::Processing, JobStatus::Failed);
+                state.leave_group(id);
+            }
         }
         drop(state);
         if !abandoned.is_empty() {
             tracing::warn!(
-                jobs = abandoned.len(),
+                requeued = rescued.requeued,
+                failed = rescued.failed.len(),
                 "rescued jobs whose worker stopped heartbeating"
             );
             self.wake();
         }
-        Ok(u64::try_from(abandoned.len()).unwrap_or(u64::MAX))
+        Ok(rescued)
     }
 
     async fn stats(&self) -> Result<JobStats> {
@@ -714,6 +859,7 @@ impl JobQueue for MemoryJobQueue {
         for &id in &targets {
             state.slot(id)?.job.attempts = 0;
             state.make_pending(id, Some(now))?;
+            state.join_group(id);
         }
         drop(state);
         if !targets.is_empty() {
@@ -772,9 +918,24 @@ impl JobQueue for MemoryJobQueue {
 
     async fn next_run_at(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
         let state = lock(&self.state);
+        let free = |id: &i64| {
+            state
+                .jobs
+                .get(id)
+                .is_some_and(|slot| !blocked(&state.groups, &slot.job))
+        };
         Ok(state.lanes.get(queue).and_then(|l| {
-            let ready = l.ready.first().map(|&(_, at, _)| at);
-            let scheduled = l.scheduled.first().map(|&(at, _, _)| at);
+            let ready = l
+                .ready
+                .iter()
+                .filter(|(_, _, id)| free(id))
+                .map(|&(_, at, _)| at)
+                .min();
+            let scheduled = l
+                .scheduled
+                .iter()
+                .find(|(_, id, _)| free(id))
+                .map(|&(at, _, _)| at);
             match (ready, scheduled) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -874,7 +1035,7 @@ mod tests {
             .unwrap();
         assert_eq!(again, EnqueueOutcome::Duplicate(first.id()));
         q.dequeue("email", "w", 1).await.unwrap();
-        q.complete(first.id()).await.unwrap();
+        q.complete("w", first.id()).await.unwrap();
         let after = q
             .enqueue(job(3).with_unique_key("evt-1:webhook"))
             .await
@@ -897,7 +1058,9 @@ mod tests {
         q.dequeue("email", "w", 1).await.unwrap();
         let retry_at = q.now() + secs(300);
         assert_eq!(
-            q.fail(id, "502 from hooks", Some(retry_at)).await.unwrap(),
+            q.fail("w", id, "502 from hooks", Some(retry_at))
+                .await
+                .unwrap(),
             JobStatus::Pending
         );
         let listed = q.list(Some(JobStatus::Pending), 10).await.unwrap();
@@ -913,23 +1076,26 @@ mod tests {
         assert_eq!(again[0].attempts, 2);
         // Attempts exhausted: fails for good even though a retry was asked for.
         assert_eq!(
-            q.fail(id, "502 again", Some(q.now())).await.unwrap(),
+            q.fail("w", id, "502 again", Some(q.now())).await.unwrap(),
             JobStatus::Failed
         );
         assert!(
-            q.fail(id, "twice", None).await.is_err(),
+            q.fail("w", id, "twice", None).await.is_err(),
             "only processing jobs fail"
         );
         assert!(
-            q.complete(id).await.is_err(),
+            q.complete("w", id).await.is_err(),
             "a failed job cannot complete"
         );
-        assert!(q.complete(999).await.is_err(), "unknown job");
+        assert!(q.complete("w", 999).await.is_err(), "unknown job");
 
         // No retry_at: fails at once, attempts left or not.
         let other = q.enqueue(job(2)).await.unwrap().id();
         q.dequeue("email", "w", 1).await.unwrap();
-        assert_eq!(q.fail(other, "400", None).await.unwrap(), JobStatus::Failed);
+        assert_eq!(
+            q.fail("w", other, "400", None).await.unwrap(),
+            JobStatus::Failed
+        );
         assert_eq!(q.stats().await.unwrap().failed, 2);
     }
 
@@ -944,19 +1110,34 @@ mod tests {
         // Only the holder's heartbeat counts.
         q.heartbeat("alive", &[a, b]).await.unwrap();
         clock.advance(Duration::from_secs(20));
-        assert_eq!(q.rescue_stale(Duration::from_secs(30)).await.unwrap(), 1);
+        assert_eq!(
+            q.rescue_stale(Duration::from_secs(30))
+                .await
+                .unwrap()
+                .total(),
+            1
+        );
         let pending = q.list(Some(JobStatus::Pending), 10).await.unwrap();
         assert_eq!(ids(&pending), vec![b]);
         assert_eq!(
             (pending[0].locked_by.clone(), pending[0].attempts),
             (None, 1)
         );
-        assert!(q.complete(b).await.is_err(), "the dead worker lost it");
+        assert!(
+            q.complete("dead", b).await.is_err(),
+            "the dead worker lost it"
+        );
         let retaken = q.dequeue("email", "new", 1).await.unwrap();
         assert_eq!((retaken[0].id, retaken[0].attempts), (b, 2));
-        assert_eq!(q.rescue_stale(Duration::from_secs(30)).await.unwrap(), 0);
-        q.complete(a).await.unwrap();
-        q.complete(a).await.unwrap();
+        assert_eq!(
+            q.rescue_stale(Duration::from_secs(30))
+                .await
+                .unwrap()
+                .total(),
+            0
+        );
+        q.complete("alive", a).await.unwrap();
+        q.complete("alive", a).await.unwrap();
     }
 
     #[tokio::test]
@@ -967,10 +1148,10 @@ mod tests {
         }
         let got = q.dequeue("email", "w", 3).await.unwrap();
         clock.advance(Duration::from_millis(250));
-        q.complete(got[0].id).await.unwrap();
+        q.complete("w", got[0].id).await.unwrap();
         clock.advance(Duration::from_millis(500));
-        q.complete(got[1].id).await.unwrap();
-        q.fail(got[2].id, "boom", Some(q.now())).await.unwrap();
+        q.complete("w", got[1].id).await.unwrap();
+        q.fail("w", got[2].id, "boom", Some(q.now())).await.unwrap();
         let stats = q.stats().await.unwrap();
         assert_eq!(
             (
@@ -1013,7 +1194,7 @@ mod tests {
         let q = MemoryJobQueue::with_capacity(2).with_clock(Arc::new(ManualClock::new()));
         let first = q.enqueue(job(1).with_unique_key("one")).await.unwrap().id();
         q.dequeue("email", "w", 1).await.unwrap();
-        q.complete(first).await.unwrap();
+        q.complete("w", first).await.unwrap();
         q.enqueue(job(2)).await.unwrap();
         q.enqueue(job(3)).await.unwrap();
         assert_eq!(
@@ -1088,7 +1269,7 @@ mod tests {
                         }
                         for j in batch {
                             assert_eq!(j.locked_by.as_deref(), Some(worker.as_str()));
-                            q.complete(j.id).await.unwrap();
+                            q.complete(&worker, j.id).await.unwrap();
                             seen.push(j.id);
                         }
                         tokio::task::yield_now().await;

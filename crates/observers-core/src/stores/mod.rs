@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod dedup;
 pub mod dlq;
 pub mod fallback;
+pub mod gone;
 pub mod hybrid;
 pub mod jobs;
 pub mod lease;

@@ -276,23 +276,69 @@ async fn breaker_opens_short_circuits_probes_and_closes() {
     );
 }
 
+fn coded(id: i64, code: u16) -> EntityEvent {
+    EntityEvent::new(
+        id,
+        "Order",
+        id.to_string(),
+        EventKind::Insert,
+        None,
+        Some(json!({"id": id, "code": code})),
+    )
+}
+
+/// A `410 Gone` disables the URL that answered it, not the action: other URLs of the same
+/// templated action keep receiving; later events for the gone URL are dead-lettered (never
+/// skipped silently); re-enabling the URL delivers to it again.
 #[tokio::test]
-async fn gone_disables_the_action() {
+async fn gone_disables_only_the_url_that_answered() {
     let rx = Receiver::start().await;
     let h = harness(&webhook_observer(
         "gone",
-        &[rx.url("/status/410")],
+        &[rx.url("/status/{{ new.code }}")],
         FAST_RETRY,
     ));
-    h.executor.process(&order(1, 1.0, "x")).await.unwrap();
-    let s = h.executor.process(&order(2, 1.0, "x")).await.unwrap();
-    assert_eq!(rx.count("/status/410"), 1);
-    assert_eq!(s.actions[0].outcome, ActionOutcome::Skipped);
-    let set = h.executor.observers();
-    let slot = &set.find("gone").unwrap().actions[0];
-    assert!(slot.is_disabled());
-    slot.set_disabled(false);
-    h.executor.process(&order(3, 1.0, "x")).await.unwrap();
+    let first = h.executor.process(&coded(1, 410)).await.unwrap();
+    assert_eq!(first.actions[0].outcome, ActionOutcome::DeadLettered);
+    let other = h.executor.process(&coded(2, 200)).await.unwrap();
+    assert_eq!(
+        other.actions[0].outcome,
+        ActionOutcome::Success,
+        "another URL of the action still delivers"
+    );
+    let again = h.executor.process(&coded(3, 410)).await.unwrap();
+    assert_eq!(again.actions[0].outcome, ActionOutcome::DeadLettered);
+    assert_eq!(rx.count("/status/410"), 1, "a disabled URL is not called");
+    let items = h.dlq.list(&DlqFilter::default()).await.unwrap();
+    let events: Vec<i64> = items.iter().map(|i| i.entry.event.id).collect();
+    assert_eq!(
+        events,
+        [1, 3],
+        "every event for the gone URL is dead-lettered"
+    );
+    assert!(
+        items
+            .iter()
+            .all(|i| i.entry.error_code == "OBS-HTTP-410-GONE")
+    );
+    assert!(
+        items[1]
+            .entry
+            .error
+            .contains("observers actions enable --url")
+    );
+
+    let gone = h.executor.gone_endpoints().list().await.unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].target, rx.url("/status/410"));
+    let enabled = h
+        .executor
+        .gone_endpoints()
+        .enable(Some(&gone[0].target))
+        .await
+        .unwrap();
+    assert_eq!(enabled, 1);
+    h.executor.process(&coded(4, 410)).await.unwrap();
     assert_eq!(rx.count("/status/410"), 2, "re-enabled by the operator");
 }
 

@@ -562,3 +562,349 @@ async fn list_shows_a_trigger_dropped_by_hand(pool: PgPool) {
             .all(|c| c.trigger_present)
     );
 }
+
+/// Renaming the key column of a captured table used to make every write to it fail
+/// (`null value in column "entity_id"`). Now the trigger keys the row by the primary key, read
+/// from the catalog (so it follows the rename), the write succeeds, and `list` shows the drift.
+#[sqlx::test(migrations = "../../migrations")]
+async fn renaming_the_key_column_never_fails_a_write(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TABLE orders (id int PRIMARY KEY, label text)",
+    )
+    .await;
+    capture::enable(&pool, &CaptureSpec::new("orders", "Order"))
+        .await
+        .unwrap();
+    exec(&pool, "ALTER TABLE orders RENAME COLUMN id TO order_id").await;
+    exec(
+        &pool,
+        "INSERT INTO orders VALUES (7, 'first');
+         UPDATE orders SET label = 'second' WHERE order_id = 7;
+         DELETE FROM orders WHERE order_id = 7;",
+    )
+    .await;
+
+    let rows = log_rows(&pool).await;
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|r| (r.operation.as_str(), r.entity_id.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("insert", "7"), ("update", "7"), ("delete", "7")],
+        "keyed by the renamed primary key"
+    );
+    assert_eq!(rows[0].after.as_ref().unwrap()["order_id"], json!(7));
+    assert_eq!(unkeyed_count(&pool).await, 0, "every row had a key");
+
+    let listed = capture::list(&pool).await.unwrap();
+    let c = &listed[0];
+    assert!(c.trigger_present);
+    assert!(!c.id_column_present);
+    assert_eq!(c.key_columns, ["order_id"]);
+    assert_eq!(c.drift.len(), 1, "{:?}", c.drift);
+    assert!(
+        c.drift[0].contains("id column `id` no longer exists")
+            && c.drift[0].contains("primary key (order_id)")
+            && c.drift[0].contains("--id-column order_id"),
+        "{:?}",
+        c.drift
+    );
+
+    // Re-enabling with the new name repairs the drift.
+    capture::enable(
+        &pool,
+        &CaptureSpec::new("orders", "Order").with_id_column("order_id"),
+    )
+    .await
+    .unwrap();
+    assert!(capture::list(&pool).await.unwrap()[0].drift.is_empty());
+}
+
+async fn unkeyed_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM observer_capture_errors")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A row the trigger cannot key at all (its key column is gone or null and the table has no
+/// primary key) is still logged, with an empty entity id, and recorded in
+/// `observer_capture_errors`, which `list` counts. The application's write never fails.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_row_that_cannot_be_keyed_is_logged_and_recorded(pool: PgPool) {
+    exec(&pool, "CREATE TABLE notes (id int, body text)").await;
+    capture::enable(&pool, &CaptureSpec::new("notes", "Note"))
+        .await
+        .unwrap();
+    exec(
+        &pool,
+        "INSERT INTO notes VALUES (1, 'keyed'), (NULL, 'null key')",
+    )
+    .await;
+    exec(&pool, "ALTER TABLE notes DROP COLUMN id").await;
+    exec(&pool, "INSERT INTO notes VALUES ('no key column')").await;
+
+    let rows = log_rows(&pool).await;
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.entity_id.as_str(),
+                r.after.as_ref().unwrap()["body"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("1", json!("keyed")),
+            ("", json!("null key")),
+            ("", json!("no key column"))
+        ]
+    );
+    let errors: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT table_schema, table_name, change_id, error FROM observer_capture_errors ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(
+        errors.iter().map(|e| e.2).collect::<Vec<_>>(),
+        [rows[1].id, rows[2].id],
+        "each error names its change-log row"
+    );
+    assert_eq!(
+        (errors[0].0.as_str(), errors[0].1.as_str()),
+        ("public", "notes")
+    );
+    assert!(
+        errors[0].1 == "notes" && errors[0].3.contains("no primary key"),
+        "{errors:?}"
+    );
+
+    let listed = capture::list(&pool).await.unwrap();
+    let c = &listed[0];
+    assert_eq!(c.unkeyed_changes, 2);
+    assert!(c.key_columns.is_empty());
+    assert!(
+        c.drift
+            .iter()
+            .any(|d| d.contains("2 change(s) could not be keyed")),
+        "{:?}",
+        c.drift
+    );
+    assert!(
+        c.drift
+            .iter()
+            .any(|d| d.contains("id column `id` no longer exists")),
+        "{:?}",
+        c.drift
+    );
+}
+
+/// `list` flags every kind of drift it can see: a disabled trigger, a tenant column gone, a
+/// table dropped.
+#[sqlx::test(migrations = "../../migrations")]
+async fn list_flags_tables_whose_definition_drifted(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY, org text);
+         CREATE TABLE c (id int PRIMARY KEY); CREATE TABLE d (id int PRIMARY KEY)",
+    )
+    .await;
+    for t in ["a", "c", "d"] {
+        capture::enable(&pool, &CaptureSpec::new(t, t))
+            .await
+            .unwrap();
+    }
+    capture::enable(&pool, &CaptureSpec::new("b", "b").with_tenant_column("org"))
+        .await
+        .unwrap();
+    exec(
+        &pool,
+        "ALTER TABLE a DISABLE TRIGGER observers_capture;
+         ALTER TABLE b DROP COLUMN org;
+         DROP TABLE c;",
+    )
+    .await;
+    let listed = capture::list(&pool).await.unwrap();
+    let drift: Vec<_> = listed
+        .iter()
+        .map(|c| (c.table.as_str(), c.drift.join(" | ")))
+        .collect();
+    assert!(drift[0].1.contains("trigger is disabled"), "{drift:?}");
+    assert!(
+        drift[1].1.contains("tenant column `org` no longer exists"),
+        "{drift:?}"
+    );
+    assert!(drift[2].1.contains("table no longer exists"), "{drift:?}");
+    assert_eq!(drift[3], ("d", String::new()));
+    assert!(!listed[2].table_present);
+    exec(&pool, "INSERT INTO b VALUES (1)").await;
+    assert_eq!(
+        log_count(&pool).await,
+        1,
+        "b still captured, tenant from the session"
+    );
+}
+
+/// Installs from before the robust key (migrations up to 0008) upgrade through `migrate`: a
+/// table captured then keeps accepting writes after its key column is renamed.
+#[sqlx::test(migrations = false)]
+async fn an_existing_install_upgrades_through_migrate(pool: PgPool) {
+    observers_postgres::MIGRATOR
+        .run_to(20_260_101_000_008, &pool)
+        .await
+        .unwrap();
+    exec(&pool, "CREATE TABLE orders (id int PRIMARY KEY)").await;
+    exec(
+        &pool,
+        "CREATE TRIGGER observers_capture AFTER INSERT OR UPDATE OR DELETE ON orders
+         FOR EACH ROW EXECUTE FUNCTION observers_capture('Order', 'id', '');
+         INSERT INTO observer_captures (table_schema, table_name, entity_type, id_column)
+         VALUES ('public', 'orders', 'Order', 'id');",
+    )
+    .await;
+    exec(&pool, "ALTER TABLE orders RENAME COLUMN id TO order_id").await;
+    let before = sqlx::query("INSERT INTO orders VALUES (1)")
+        .execute(&pool)
+        .await;
+    assert!(
+        before.is_err(),
+        "0008's trigger fails the write: {before:?}"
+    );
+
+    observers_postgres::migrate(&pool).await.unwrap();
+    exec(&pool, "INSERT INTO orders VALUES (2)").await;
+    let rows = log_rows(&pool).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].entity_id, "2");
+}
+
+/// A role with no rights on any `observer_*` object, shared by the tests (roles are
+/// cluster-wide); creating it is safe when tests race.
+async fn app_role(pool: &PgPool) -> &'static str {
+    exec(
+        pool,
+        "DO $$ BEGIN
+             CREATE ROLE observers_test_app NOLOGIN;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$",
+    )
+    .await;
+    "observers_test_app"
+}
+
+/// A connection acting as `role` (`SET ROLE`), outside the pool.
+async fn connect_as(pool: &PgPool, role: &str) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET ROLE {role}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+fn sqlstate(e: &sqlx::Error) -> String {
+    e.as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_default()
+}
+
+/// Least privilege: an application role that may write its own table, and nothing of
+/// Observers', still has its changes captured (the trigger is SECURITY DEFINER), and cannot
+/// forge events: no INSERT on the change log, no use of the capture function on a table of its
+/// own, and a temporary table named like the change log does not divert the trigger (pinned
+/// search_path, schema-qualified names).
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_unprivileged_role_is_captured_but_cannot_forge_events(pool: PgPool) {
+    let role = app_role(&pool).await;
+    exec(
+        &pool,
+        "CREATE TABLE orders (id int PRIMARY KEY, label text)",
+    )
+    .await;
+    capture::enable(&pool, &CaptureSpec::new("orders", "Order"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {role}; GRANT CREATE ON SCHEMA public TO {role}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut app = connect_as(&pool, role).await;
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE observer_change_log (LIKE public.orders);
+         SET observers.user_id = 'u-7';
+         INSERT INTO orders VALUES (1, 'a');
+         UPDATE orders SET label = 'b' WHERE id = 1;
+         DELETE FROM orders WHERE id = 1;",
+    )
+    .execute(&mut app)
+    .await
+    .expect("the application role writes its table");
+    let rows = log_rows(&pool).await;
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.operation.as_str(),
+                r.entity_id.as_str(),
+                r.user_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("insert", "1", Some("u-7")),
+            ("update", "1", Some("u-7")),
+            ("delete", "1", Some("u-7"))
+        ],
+        "captured into the real change log"
+    );
+    let decoy: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.observer_change_log")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(decoy, 0, "the temporary decoy got nothing");
+
+    let forged = sqlx::query(
+        "INSERT INTO public.observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('Order', '1', 'insert', '{}')",
+    )
+    .execute(&mut app)
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&forged), "42501", "permission denied: {forged}");
+    let own_trigger = sqlx::raw_sql(
+        "CREATE TABLE mine (id int);
+         CREATE TRIGGER forge AFTER INSERT ON mine FOR EACH ROW
+         EXECUTE FUNCTION public.observers_capture('Order', 'id', '')",
+    )
+    .execute(&mut app)
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&own_trigger), "42501", "{own_trigger}");
+    for table in [
+        "observer_captures",
+        "observer_capture_errors",
+        "observer_dlq_items",
+    ] {
+        let e = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT 1 FROM public.{table}")))
+            .execute(&mut app)
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{table}: {e}");
+    }
+    assert_eq!(log_count(&pool).await, 3, "nothing forged");
+}

@@ -77,6 +77,28 @@ async fn only_rows_behind_the_slowest_consumer_are_pruned(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../../migrations")]
+async fn capture_errors_go_with_their_change_log_rows(pool: PgPool) {
+    let c = write_many(&pool, 3).await;
+    for at in [c[0], c[2]] {
+        sqlx::query(
+            "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, change_id, error)
+             VALUES ('public', 'orders', 'Order', $1, 'no key')",
+        )
+        .bind(at.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    checkpoint(&pool, "only", c[1]).await;
+    assert_eq!(changelog::prune(&pool, None, 100).await.unwrap().deleted, 2);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT change_id FROM observer_capture_errors")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [c[2].id], "the error of a row still in the log stays");
+}
+
+#[sqlx::test(migrations = "../../migrations")]
 async fn pruning_compares_txid_before_id(pool: PgPool) {
     // A transaction that starts first but commits last: its second row gets a higher id than a
     // row of a transaction that committed in between, yet sorts before it.
@@ -204,4 +226,63 @@ async fn stats_show_totals_and_each_backlog(pool: PgPool) {
     );
     let as_json = serde_json::to_value(&stats).unwrap();
     assert_eq!(as_json["consumers"][1]["backlog"], 4);
+}
+
+/// Status used to `count(*)` the whole change log and every consumer's backlog; on a large log
+/// that ran for as long as the table was big. Counts now stop at a cap and say so.
+#[sqlx::test(migrations = "../../migrations")]
+async fn stats_count_up_to_a_cap(pool: PgPool) {
+    let c = write_many(&pool, 25).await;
+    checkpoint(&pool, "behind", c[1]).await;
+    let capped = changelog::stats_capped(&pool, 10).await.unwrap();
+    assert_eq!((capped.total_rows, capped.total_rows_capped), (10, true));
+    assert_eq!(capped.consumers[0].backlog, 10);
+    assert_eq!(
+        (capped.min_id, capped.max_id),
+        (Some(c[0].id), Some(c[24].id))
+    );
+    let exact = changelog::stats_capped(&pool, 100).await.unwrap();
+    assert_eq!((exact.total_rows, exact.total_rows_capped), (25, false));
+    assert_eq!(exact.consumers[0].backlog, 23);
+    assert!(exact.oldest_created_at <= exact.newest_created_at);
+}
+
+/// The status pool is separate from the listener's (it answers while that pool is exhausted)
+/// and its queries carry a server-side `statement_timeout`: PostgreSQL cancels one that runs too
+/// long even if the caller went away.
+#[sqlx::test(migrations = "../../migrations")]
+async fn status_queries_have_their_own_pool_and_a_server_side_timeout(pool: PgPool) {
+    use observers_postgres::monitoring;
+    let listener_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let _held = listener_pool.acquire().await.unwrap();
+    assert!(
+        listener_pool.acquire().await.is_err(),
+        "the listener's pool is exhausted"
+    );
+    let status = monitoring::status_pool(&listener_pool, Duration::from_millis(300));
+    monitoring::ping(&status).await.unwrap();
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&status)
+        .await
+        .unwrap();
+    assert_eq!(timeout, "300ms");
+    let slow = sqlx::query("SELECT pg_sleep(30)")
+        .execute(&status)
+        .await
+        .unwrap_err();
+    let code = slow
+        .as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .map(std::borrow::Cow::into_owned);
+    assert_eq!(
+        code.as_deref(),
+        Some("57014"),
+        "canceled by the server: {slow}"
+    );
+    changelog::stats(&status).await.unwrap();
 }

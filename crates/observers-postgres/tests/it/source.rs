@@ -1,11 +1,21 @@
 //! The change-log source against a real PostgreSQL: snapshot-safe cursor, poison rows, NOTIFY.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use observers_core::Cursor;
+use observers_core::actions::{Action, ActionResult, Invocation};
+use observers_core::executor::{ActionSlot, CompiledObserver};
+use observers_core::listener::ListenerConfig;
+use observers_core::retry::RetryPolicy;
+use observers_core::stores::checkpoint::CheckpointStore;
+use observers_core::stores::dlq::{DeadLetterQueue, DlqFilter};
 use observers_core::stores::source::{EventSource, SourceItem};
-use observers_postgres::PgEventSource;
+use observers_core::{Cursor, EventKind, ObserverExecutor, ObserverSet};
+use observers_postgres::{
+    ChangeLogListener, PgEventSource, PostgresCheckpointStore, PostgresDeadLetterQueue,
+};
 use sqlx::{Connection, PgPool};
+use tokio::sync::watch;
 
 async fn log_row(pool: &PgPool, entity_id: &str, op: &str) {
     sqlx::query("INSERT INTO observer_change_log (entity_type, entity_id, operation, after) VALUES ('Order', $1, $2, '{\"id\": 1}')")
@@ -145,4 +155,162 @@ async fn notify_wakes_a_waiting_reader(pool: PgPool) {
         !src.wait_for_changes(Duration::from_millis(200)).await,
         "no write, no wake-up"
     );
+}
+
+/// Records the entity ids it is run for.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+#[async_trait::async_trait]
+impl Action for Recorder {
+    fn type_name(&self) -> &'static str {
+        "record"
+    }
+
+    async fn execute(&self, inv: &Invocation<'_>) -> observers_core::Result<ActionResult> {
+        self.0.lock().unwrap().push(inv.event.entity_id.clone());
+        Ok(ActionResult::default())
+    }
+}
+
+/// A JSON object nested `depth` levels deep: `{"a": {"a": ... 1 ...}}`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "{\"a\": ".repeat(depth), "}".repeat(depth))
+}
+
+/// A `jsonb` value PostgreSQL accepts but serde_json's parser refuses (nested deeper than its
+/// recursion limit of 128) used to fail the whole batch decode, so the listener re-read the same
+/// batch forever and nothing after it was delivered. Now only that row is poison: it goes to the
+/// DLQ with its raw text, and the rows around it are delivered and checkpointed past.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_row_too_deep_to_parse_is_dead_lettered_and_the_stream_goes_on(pool: PgPool) {
+    log_row(&pool, "good-1", "insert").await;
+    sqlx::query("INSERT INTO observer_change_log (entity_type, entity_id, operation, after) VALUES ('Order', 'deep', 'insert', $1::text::jsonb)")
+        .bind(nested(200))
+        .execute(&pool)
+        .await
+        .unwrap();
+    log_row(&pool, "good-3", "insert").await;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let observer = CompiledObserver::new("rec", "*", EventKind::ALL.to_vec())
+        .with_action(ActionSlot::new(Arc::new(Recorder(seen.clone())), "record"));
+    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(5));
+    let dlq = Arc::new(PostgresDeadLetterQueue::new(pool.clone()));
+    let executor = Arc::new(ObserverExecutor::builder(set).dlq(dlq.clone()).build());
+    let checkpoints = Arc::new(PostgresCheckpointStore::new(pool.clone()));
+    let listener = ChangeLogListener::new(
+        pool.clone(),
+        checkpoints.clone(),
+        executor,
+        ListenerConfig {
+            listener_id: "deep".into(),
+            poll_interval: Duration::from_millis(50),
+            ..ListenerConfig::default()
+        },
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(async move { listener.run(stop_rx).await });
+    observers_core::testkit::eventually("checkpoint past row 3", Duration::from_secs(30), || {
+        let checkpoints = checkpoints.clone();
+        async move {
+            checkpoints
+                .load("deep")
+                .await
+                .unwrap()
+                .is_some_and(|c| c.cursor.id >= 3)
+        }
+    })
+    .await;
+    stop.send(true).unwrap();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!(stats.poison, 1);
+    assert_eq!(*seen.lock().unwrap(), ["good-1", "good-3"]);
+
+    let items = dlq.list(&DlqFilter::default()).await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let entry = &items[0].entry;
+    assert_eq!(entry.error_code, "OBS-INVALID-EVENT");
+    assert_eq!(entry.event.id, 2);
+    assert_eq!(entry.event.entity_id, "deep");
+    assert!(
+        entry.error.contains("after"),
+        "names the column: {}",
+        entry.error
+    );
+    let raw = entry.event.after.as_ref().unwrap();
+    let kept = raw["after"]
+        .as_str()
+        .expect("the unparseable value kept as text");
+    assert_eq!(kept, nested(200), "the raw text is kept whole");
+}
+
+/// Writes `n` rows whose `after` holds a string of `len` bytes: `random` ones (hex of md5s,
+/// which TOAST compression barely shrinks) or one repeated letter (which it shrinks a
+/// hundredfold, so the stored size says little about what a reader receives).
+async fn big_rows(pool: &PgPool, n: i32, len: i32, random: bool) {
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         SELECT 'Blob', g::text, 'insert',
+                jsonb_build_object('data', CASE WHEN $3
+                    THEN left((SELECT string_agg(md5(g::text || ':' || i::text), '')
+                                 FROM generate_series(1, $2 / 32 + 1) i), $2)
+                    ELSE repeat('x', $2) END)
+           FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .bind(len)
+    .bind(random)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Reads everything after the start, batch by batch; returns the batch sizes.
+async fn drain_batches(src: &PgEventSource, total: usize) -> Vec<usize> {
+    let mut cursor = Cursor::START;
+    let mut sizes = Vec::new();
+    let mut ids = Vec::new();
+    while ids.len() < total {
+        let batch = fetch_final(src, cursor, 1000, 1).await;
+        assert!(!batch.is_empty(), "stalled after {ids:?}");
+        sizes.push(batch.len());
+        ids.extend(batch.iter().map(|i| i.cursor().id));
+        cursor = batch.last().unwrap().cursor();
+    }
+    let want: Vec<i64> = (1..=i64::try_from(total).unwrap()).collect();
+    assert_eq!(ids, want, "every row once, in order");
+    sizes
+}
+
+/// A backlog of big rows used to be read `batch_size` rows at a time whatever their size (300
+/// rows of 2 MB took `observers run` to 1.5 GB). A batch now ends at the byte budget: ten rows
+/// of 100 kB with a 250 kB budget come in batches of two.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_batch_is_bounded_in_bytes_as_well_as_rows(pool: PgPool) {
+    big_rows(&pool, 10, 100_000, true).await;
+    let src = PgEventSource::new(pool.clone()).with_max_batch_bytes(250_000);
+    assert_eq!(drain_batches(&src, 10).await, [2, 2, 2, 2, 2]);
+}
+
+/// Stored sizes are compressed: rows of 1 MB that TOAST keeps in a few kB all pass the query's
+/// budget, and the reader's own count of the bytes received still ends the batch at the budget.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_byte_budget_counts_what_arrives_not_what_is_stored(pool: PgPool) {
+    big_rows(&pool, 5, 1_000_000, false).await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT sum(pg_column_size(after))::int8 FROM observer_change_log")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(stored < 500_000, "compressed as expected: {stored}");
+    let src = PgEventSource::new(pool.clone()).with_max_batch_bytes(2_500_000);
+    assert_eq!(drain_batches(&src, 5).await, [2, 2, 1]);
+}
+
+/// A single row bigger than the whole budget still goes through, alone.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_row_bigger_than_the_budget_still_progresses(pool: PgPool) {
+    big_rows(&pool, 3, 300_000, true).await;
+    let src = PgEventSource::new(pool.clone()).with_max_batch_bytes(1024);
+    assert_eq!(drain_batches(&src, 3).await, [1, 1, 1]);
 }

@@ -83,7 +83,7 @@ async fn enqueue_is_idempotent_on_unique_key_in_any_status(q: Q) {
         .unwrap();
     assert_eq!(again, EnqueueOutcome::Duplicate(first.id()));
     q.dequeue("email", "w", 1).await.unwrap();
-    q.complete(first.id()).await.unwrap();
+    q.complete("w", first.id()).await.unwrap();
     let after = q
         .enqueue(job(3).with_unique_key("evt-1:o:0"))
         .await
@@ -145,7 +145,7 @@ async fn fail_retries_at_retry_at_until_attempts_run_out(q: Q) {
     q.dequeue("email", "w", 1).await.unwrap();
     let retry_at = now_us() + secs(300);
     assert_eq!(
-        q.fail(waiting, "502 from hooks", Some(retry_at))
+        q.fail("w", waiting, "502 from hooks", Some(retry_at))
             .await
             .unwrap(),
         JobStatus::Pending
@@ -163,7 +163,7 @@ async fn fail_retries_at_retry_at_until_attempts_run_out(q: Q) {
     let id = q.enqueue(job(2).with_max_attempts(2)).await.unwrap().id();
     q.dequeue("email", "w", 1).await.unwrap();
     assert_eq!(
-        q.fail(id, "timeout", Some(now_us() - secs(1)))
+        q.fail("w", id, "timeout", Some(now_us() - secs(1)))
             .await
             .unwrap(),
         JobStatus::Pending
@@ -171,26 +171,31 @@ async fn fail_retries_at_retry_at_until_attempts_run_out(q: Q) {
     let again = q.dequeue("email", "w", 1).await.unwrap();
     assert_eq!((again[0].id, again[0].attempts), (id, 2));
     assert_eq!(
-        q.fail(id, "timeout again", Some(now_us())).await.unwrap(),
+        q.fail("w", id, "timeout again", Some(now_us()))
+            .await
+            .unwrap(),
         JobStatus::Failed,
         "attempts exhausted: fails for good even though a retry was asked for"
     );
     let failed = q.list(Some(JobStatus::Failed), 10).await.unwrap();
     assert_eq!(failed[0].last_error.as_deref(), Some("timeout again"));
     assert!(
-        q.fail(id, "twice", None).await.is_err(),
+        q.fail("w", id, "twice", None).await.is_err(),
         "only processing jobs fail"
     );
     assert!(
-        q.complete(id).await.is_err(),
+        q.complete("w", id).await.is_err(),
         "a failed job cannot complete"
     );
-    assert!(q.complete(999_999).await.is_err(), "unknown job");
+    assert!(q.complete("w", 999_999).await.is_err(), "unknown job");
 
     // No retry_at: fails at once, attempts left or not.
     let other = q.enqueue(job(3)).await.unwrap().id();
     q.dequeue("email", "w", 1).await.unwrap();
-    assert_eq!(q.fail(other, "400", None).await.unwrap(), JobStatus::Failed);
+    assert_eq!(
+        q.fail("w", other, "400", None).await.unwrap(),
+        JobStatus::Failed
+    );
     assert_eq!(q.stats().await.unwrap().failed, 2);
 }
 for_each_backend!(fail_retries_at_retry_at_until_attempts_run_out);
@@ -210,7 +215,7 @@ async fn heartbeats_keep_jobs_and_stale_ones_are_rescued(q: Q) {
             let q = q2.clone();
             async move {
                 q.heartbeat("alive", &[a, b]).await.unwrap();
-                match q.rescue_stale(stale_after).await.unwrap() {
+                match q.rescue_stale(stale_after).await.unwrap().total() {
                     0 => false,
                     1 => true,
                     n => panic!("rescued {n} jobs; only the dead worker's one is stale"),
@@ -225,11 +230,14 @@ async fn heartbeats_keep_jobs_and_stale_ones_are_rescued(q: Q) {
         (pending[0].locked_by.clone(), pending[0].attempts),
         (None, 1)
     );
-    assert!(q.complete(b).await.is_err(), "the dead worker lost it");
+    assert!(
+        q.complete("dead", b).await.is_err(),
+        "the dead worker lost it"
+    );
     let retaken = q.dequeue("email", "new", 1).await.unwrap();
     assert_eq!((retaken[0].id, retaken[0].attempts), (b, 2));
-    q.complete(a).await.unwrap();
-    q.complete(a).await.unwrap();
+    q.complete("alive", a).await.unwrap();
+    q.complete("alive", a).await.unwrap();
 }
 for_each_backend!(heartbeats_keep_jobs_and_stale_ones_are_rescued);
 
@@ -239,9 +247,11 @@ async fn stats_list_retry_failed_and_purge(q: Q) {
     }
     let first = q.list(None, 10).await.unwrap().last().unwrap().id;
     let got = q.dequeue("email", "w", 3).await.unwrap();
-    q.complete(got[0].id).await.unwrap();
-    q.complete_many(&[got[1].id]).await.unwrap();
-    q.fail(got[2].id, "boom", Some(now_us())).await.unwrap();
+    q.complete("w", got[0].id).await.unwrap();
+    q.complete_many("w", &[got[1].id]).await.unwrap();
+    q.fail("w", got[2].id, "boom", Some(now_us()))
+        .await
+        .unwrap();
     let stats = q.stats().await.unwrap();
     assert_eq!(
         (
@@ -324,7 +334,7 @@ async fn concurrent_workers_dequeue_each_job_exactly_once(q: Q) {
                     for j in &batch {
                         assert_eq!(j.locked_by.as_deref(), Some(worker.as_str()));
                     }
-                    q.complete_many(&ids(&batch)).await.unwrap();
+                    q.complete_many(&worker, &ids(&batch)).await.unwrap();
                     seen.extend(ids(&batch));
                     tokio::task::yield_now().await;
                 }
@@ -383,7 +393,7 @@ async fn enqueue_stays_idempotent_while_jobs_complete(q: Q) {
         let q = q.clone();
         tokio::spawn(async move {
             for chunk in ids(&taken).chunks(10) {
-                q.complete_many(chunk).await.unwrap();
+                q.complete_many("w", chunk).await.unwrap();
                 tokio::task::yield_now().await;
             }
         })
@@ -400,3 +410,173 @@ async fn enqueue_stays_idempotent_while_jobs_complete(q: Q) {
     assert_eq!((stats.pending, stats.completed), (0, 200));
 }
 for_each_backend!(enqueue_stays_idempotent_while_jobs_complete);
+
+async fn completion_and_failure_are_fenced_by_worker(q: Q) {
+    let id = q.enqueue(job(1)).await.unwrap().id();
+    q.dequeue("email", "a", 1).await.unwrap();
+    // Worker a loses the job (as to a rescue) and b takes it.
+    assert_eq!(q.release("a", &[id]).await.unwrap(), 1);
+    assert_eq!(ids(&q.dequeue("email", "b", 1).await.unwrap()), vec![id]);
+    let err = q.complete("a", id).await.unwrap_err().to_string();
+    assert!(err.contains("under b"), "{err}");
+    assert_eq!(q.complete_many("a", &[id]).await.unwrap(), 0);
+    assert!(q.fail("a", id, "late", None).await.is_err());
+    let held = q.list(None, 10).await.unwrap();
+    assert_eq!(
+        (
+            held[0].status,
+            held[0].locked_by.as_deref(),
+            held[0].last_error.as_deref()
+        ),
+        (JobStatus::Processing, Some("b"), None),
+        "a's outcomes were not written"
+    );
+    assert_eq!(q.stats().await.unwrap().completed, 0);
+    assert_eq!(q.complete_many("b", &[id]).await.unwrap(), 1);
+    assert_eq!(
+        q.complete_many("b", &[id]).await.unwrap(),
+        0,
+        "written once"
+    );
+    q.complete("b", id).await.unwrap();
+    assert!(q.complete("a", id).await.is_err(), "completed by b, not a");
+    assert_eq!(q.stats().await.unwrap().completed, 1);
+}
+for_each_backend!(completion_and_failure_are_fenced_by_worker);
+
+async fn rescue_fails_a_job_whose_last_attempt_died(q: Q) {
+    let last = q.enqueue(job(1).with_max_attempts(1)).await.unwrap().id();
+    let more = q.enqueue(job(2).with_max_attempts(2)).await.unwrap().id();
+    assert_eq!(q.dequeue("email", "dead", 2).await.unwrap().len(), 2);
+    let stale_after = Duration::from_secs(1);
+    let q2 = q.clone();
+    let rescued = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = rescued.clone();
+    eventually("both jobs are rescued", Duration::from_secs(30), || {
+        let q = q2.clone();
+        let seen = seen.clone();
+        async move {
+            let r = q.rescue_stale(stale_after).await.unwrap();
+            let done = r.total() > 0;
+            if done {
+                *seen.lock().unwrap() = Some(r);
+            }
+            done
+        }
+    })
+    .await;
+    let r = rescued.lock().unwrap().take().unwrap();
+    assert_eq!(r.requeued, 1, "the job with an attempt left");
+    assert_eq!(ids(&r.failed), vec![last]);
+    let failed = q.list(Some(JobStatus::Failed), 10).await.unwrap();
+    assert_eq!(ids(&failed), vec![last]);
+    let error = failed[0].last_error.clone().unwrap();
+    assert_eq!(
+        error,
+        "[OBS-JOB-STALE] worker dead stopped heartbeating during attempt 1 of 1 \
+         (the job may crash its worker); failed for good"
+    );
+    assert_eq!(
+        error,
+        observers_core::stores::jobs::stale_error(&r.failed[0]).to_string()
+    );
+    let again = q.dequeue("email", "w", 10).await.unwrap();
+    assert_eq!((ids(&again), again[0].attempts), (vec![more], 2));
+}
+for_each_backend!(rescue_fails_a_job_whose_last_attempt_died);
+
+async fn nul_bytes_are_stored_as_replacement_characters(q: Q) {
+    let id = q
+        .enqueue(NewJob::new(
+            "email",
+            "email",
+            json!({"k\0": "v\0", "ok": 1}),
+        ))
+        .await
+        .unwrap()
+        .id();
+    q.dequeue("email", "w", 1).await.unwrap();
+    assert_eq!(
+        q.fail("w", id, "body: \0\0 end", None).await.unwrap(),
+        JobStatus::Failed
+    );
+    let failed = &q.list(Some(JobStatus::Failed), 1).await.unwrap()[0];
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("body: \u{FFFD}\u{FFFD} end")
+    );
+    assert_eq!(failed.payload["ok"], json!(1), "the payload was stored");
+}
+for_each_backend!(nul_bytes_are_stored_as_replacement_characters);
+
+#[allow(
+    clippy::many_single_char_names,
+    reason = "jobs a to f, as in the comments"
+)]
+async fn groups_run_one_job_at_a_time_in_id_order(q: Q) {
+    let grouped = |n: i64, group: &str| job(n).with_group_key(group);
+    let out = q
+        .enqueue_many(vec![
+            grouped(1, "g1"),
+            grouped(2, "g1"),
+            grouped(3, "g2"),
+            job(4),
+            grouped(5, "g1"),
+            grouped(6, "g2"),
+        ])
+        .await
+        .unwrap();
+    let [a, b, c, d, e, f] = [0, 1, 2, 3, 4, 5].map(|i| out[i].id());
+    assert_eq!(
+        ids(&q.dequeue("email", "w", 10).await.unwrap()),
+        vec![a, c, d],
+        "one job per group, the earliest; ungrouped jobs as ever"
+    );
+    assert!(
+        q.dequeue("email", "w", 10).await.unwrap().is_empty(),
+        "later jobs wait while an earlier one is processing"
+    );
+    // A job waiting for its retry holds its group back: order matters more than latency.
+    let retry_at = now_us() + secs(3600);
+    q.fail("w", c, "503", Some(retry_at)).await.unwrap();
+    assert!(q.dequeue("email", "w", 10).await.unwrap().is_empty());
+    assert_eq!(
+        q.next_run_at("email").await.unwrap(),
+        Some(retry_at),
+        "blocked jobs are not due"
+    );
+    // A job that failed for good no longer holds its group back (it is dead-lettered).
+    q.fail("w", a, "400", None).await.unwrap();
+    assert_eq!(ids(&q.dequeue("email", "w", 10).await.unwrap()), vec![b]);
+    q.complete("w", b).await.unwrap();
+    assert_eq!(ids(&q.dequeue("email", "w", 10).await.unwrap()), vec![e]);
+    assert_eq!(q.complete_many("w", &[d, e]).await.unwrap(), 2);
+    assert!(
+        q.dequeue("email", "w", 10).await.unwrap().is_empty(),
+        "{f} waits for {c}"
+    );
+    let listed = q.list(None, 10).await.unwrap();
+    let group_of = |id: i64| {
+        listed
+            .iter()
+            .find(|j| j.id == id)
+            .unwrap()
+            .group_key
+            .clone()
+    };
+    assert_eq!(
+        (group_of(e), group_of(d), group_of(f)),
+        (Some("g1".into()), None, Some("g2".into()))
+    );
+    let stats = q.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.pending,
+            stats.processing,
+            stats.completed,
+            stats.failed
+        ),
+        (2, 0, 3, 1)
+    );
+}
+for_each_backend!(groups_run_one_job_at_a_time_in_id_order);

@@ -43,7 +43,7 @@ async fn migration_007_moves_completed_jobs_and_keeps_their_keys(pool: PgPool) {
 
     let live = q.dequeue("default", "w", 10).await.unwrap();
     assert_eq!(live.len(), 1);
-    q.complete(live[0].id).await.unwrap();
+    q.complete("w", live[0].id).await.unwrap();
     let stats = q.stats().await.unwrap();
     assert_eq!(
         (stats.pending, stats.processing, stats.completed),

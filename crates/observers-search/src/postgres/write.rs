@@ -158,7 +158,13 @@ fn joined(items: &[String]) -> String {
         if i > 0 {
             out.push(SEP);
         }
-        out.extend(item.chars().filter(|c| *c != SEP));
+        out.extend(item.chars().filter(|c| *c != SEP).map(|c| {
+            if c == '\0' {
+                observers_core::text::NUL_REPLACEMENT
+            } else {
+                c
+            }
+        }));
     }
     out
 }
@@ -234,7 +240,8 @@ fn copy_opt(buf: &mut String, v: Option<&str>) {
     }
 }
 
-/// A value in COPY text format: backslash, tab, newline and carriage return escaped.
+/// A value in COPY text format: backslash, tab, newline and carriage return escaped, NUL
+/// replaced (see `observers_core::text`).
 fn copy_text(buf: &mut String, v: &str) {
     for c in v.chars() {
         match c {
@@ -242,6 +249,8 @@ fn copy_text(buf: &mut String, v: &str) {
             '\t' => buf.push_str("\\t"),
             '\n' => buf.push_str("\\n"),
             '\r' => buf.push_str("\\r"),
+            // PostgreSQL cannot store NUL in text; error texts from remote peers may hold one.
+            '\0' => buf.push(observers_core::text::NUL_REPLACEMENT),
             c => buf.push(c),
         }
     }

@@ -237,6 +237,25 @@ pub async fn reindex_replaces_and_retention_deletes(backend: Arc<dyn SearchBacke
     backend.health().await.unwrap();
 }
 
+/// An error text holding NUL (a remote body) is stored, through the COPY path and the upsert
+/// fallback alike (PostgreSQL rejects NUL in text), with the NUL replaced.
+pub async fn nul_in_error_texts_is_stored(backend: Arc<dyn SearchBackend>) {
+    let mut e = generated(7);
+    e.errors = vec!["gateway\0said \0no".into()];
+    backend.index(std::slice::from_ref(&e)).await.unwrap();
+    e.errors.push("again\0".into());
+    backend.index(std::slice::from_ref(&e)).await.unwrap();
+    let r = backend
+        .search(&SearchQuery::new().with_text("gateway"))
+        .await
+        .unwrap();
+    assert_eq!(r.total, 1);
+    // A backend that can hold NUL (memory) keeps it; PostgreSQL stores U+FFFD in its place.
+    let same =
+        |v: &[String]| -> Vec<String> { v.iter().map(|t| t.replace('\0', "\u{FFFD}")).collect() };
+    assert_eq!(same(&r.results[0].errors), same(&e.errors));
+}
+
 /// Values with what SQL text formats reserve (tabs, newlines, backslashes, quotes, braces,
 /// `\N`, `NULL`) come back as they went in, and their words are searchable.
 pub async fn odd_characters_round_trip(backend: Arc<dyn SearchBackend>) {
@@ -316,4 +335,5 @@ for_each_backend!(searches_match_the_reference);
 for_each_backend!(paging_covers_every_match_once);
 for_each_backend!(counts_are_exact_up_to_the_bound);
 for_each_backend!(reindex_replaces_and_retention_deletes);
+for_each_backend!(nul_in_error_texts_is_stored);
 for_each_backend!(odd_characters_round_trip);
