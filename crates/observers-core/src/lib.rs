@@ -15,6 +15,7 @@ pub mod executor;
 pub mod listener;
 pub mod matcher;
 pub mod numbers;
+pub mod redact;
 pub mod retry;
 pub mod schedule;
 pub mod stores;

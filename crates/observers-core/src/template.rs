@@ -3,6 +3,10 @@
 //! Variables: `id`, `entity_type`, `entity_id`, `event_type`, `tenant_id`, `user_id`,
 //! `timestamp`, `new` (row after), `old` (row before), `changes`, `changed` and `observer`.
 //! Numbers render with the digits PostgreSQL wrote (see [`json_value`]).
+//! A template compiled [`Template::compile_as`] an [`Escape`] writes each value encoded for
+//! where it lands (JSON bodies, URLs, glob patterns; see `escape`).
+
+mod escape;
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,6 +17,8 @@ use serde_json::Value as Json;
 
 use crate::event::EntityEvent;
 
+pub use escape::Escape;
+
 const NAME: &str = "t";
 
 /// A compiled template; plain text without `{{`/`{%` renders as itself with no engine work.
@@ -20,6 +26,7 @@ const NAME: &str = "t";
 pub struct Template {
     source: Arc<str>,
     env: Option<Arc<Environment<'static>>>,
+    escape: Escape,
 }
 
 impl std::fmt::Debug for Template {
@@ -39,11 +46,19 @@ pub fn check(source: &str) -> Result<(), String> {
 
 impl Template {
     pub fn compile(source: &str) -> Result<Self, String> {
+        Self::compile_as(source, Escape::Plain)
+    }
+
+    /// Compiles a template whose values are written encoded for `escape`.
+    pub fn compile_as(source: &str, escape: Escape) -> Result<Self, String> {
         let env = if is_templated(source) {
             let mut env = Environment::new();
             env.set_undefined_behavior(UndefinedBehavior::Chainable);
             env.add_filter("tojson", tojson);
             env.add_filter("float", float);
+            if escape != Escape::Plain {
+                env.set_formatter(escape::formatter(escape));
+            }
             env.add_template_owned(NAME, source.to_owned())
                 .map_err(|e| format!("template `{source}`: {e}"))?;
             Some(Arc::new(env))
@@ -53,6 +68,7 @@ impl Template {
         Ok(Self {
             source: source.into(),
             env,
+            escape,
         })
     }
 
@@ -64,9 +80,19 @@ impl Template {
         let Some(env) = &self.env else {
             return Ok(self.source.to_string());
         };
-        env.get_template(NAME)
-            .and_then(|t| t.render(ctx.value()))
-            .map_err(|e| format!("template `{}`: {e}", self.source))
+        let render = || {
+            env.get_template(NAME)
+                .and_then(|t| t.render(ctx.value()))
+                .map_err(|e| format!("template `{}`: {e}", self.source))
+        };
+        match self.escape {
+            Escape::Plain | Escape::Glob => render(),
+            Escape::Json | Escape::Url => {
+                let (rendered, values) = escape::collect(render);
+                escape::finish(self.escape, &rendered?, &values)
+                    .map_err(|e| format!("template `{}`: {e}", self.source))
+            }
+        }
     }
 }
 

@@ -8,12 +8,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::http::{HttpClients, classify, transport_error};
-use super::{Action, ActionResult, Invocation, render, signing, template};
+use super::{Action, ActionResult, Invocation, render, signing, template, template_as};
 use crate::config::WebhookConfig;
 use crate::error::{ObserverError, Result};
 use crate::event::{EntityEvent, FieldChange};
 use crate::numbers::{NumberFormat, StringNumbers};
-use crate::template::Template;
+use crate::template::{Escape, Template};
 
 /// The documented webhook body.
 pub fn webhook_body(event: &EntityEvent, observer: &str) -> Value {
@@ -90,6 +90,12 @@ impl WebhookAction {
             .headers
             .iter()
             .map(|(name, value)| {
+                if signing::RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    return Err(ObserverError::permanent(
+                        "OBS-CONFIG",
+                        format!("headers: `{name}` is set by the webhook action and cannot be configured"),
+                    ));
+                }
                 let name =
                     reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                         ObserverError::permanent("OBS-CONFIG", format!("bad header name `{name}`"))
@@ -104,19 +110,24 @@ impl WebhookAction {
         Ok(Self {
             clients,
             method,
-            url: template("url", &config.url)?,
+            url: template_as("url", &config.url, Escape::Url)?,
             headers,
             body: config
                 .body
                 .as_deref()
-                .map(|b| template("body", b))
+                .map(|b| template_as("body", b, Escape::Json))
                 .transpose()?,
             numbers: config.numbers,
             timeout: config.timeout,
             secret: config
                 .signing_secret
                 .as_ref()
-                .map(|s| signing::secret_bytes(s.expose())),
+                .map(|s| {
+                    signing::secret_bytes(s.expose()).map_err(|e| {
+                        ObserverError::permanent("OBS-CONFIG", format!("signing_secret {e}"))
+                    })
+                })
+                .transpose()?,
             endpoint,
         })
     }
@@ -142,11 +153,25 @@ impl Action for WebhookAction {
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
         let url_text = render(&self.url, inv.template)?;
         let url = reqwest::Url::parse(&url_text).map_err(|e| {
-            ObserverError::permanent("OBS-WEBHOOK-URL", format!("url `{url_text}`: {e}"))
+            ObserverError::permanent(
+                "OBS-WEBHOOK-URL",
+                format!("url `{}`: {e}", crate::redact::url(&url_text)),
+            )
         })?;
-        self.clients.policy.check_url(&url)?;
+        self.clients.policy.check_target(&url).await?;
         let body = match &self.body {
-            Some(t) => render(t, inv.template)?.into_bytes(),
+            Some(t) => {
+                let body = render(t, inv.template)?;
+                // Row values cannot break the JSON (they are encoded); the template's own
+                // text can, and such a body is never sent.
+                serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
+                    ObserverError::permanent(
+                        "OBS-WEBHOOK-BODY",
+                        format!("the body template did not render valid JSON: {e}"),
+                    )
+                })?;
+                body.into_bytes()
+            }
             None => webhook_body_bytes(inv.event, inv.observer, self.numbers)
                 .map_err(|e| ObserverError::permanent("OBS-WEBHOOK-BODY", e.to_string()))?,
         };
@@ -175,7 +200,7 @@ impl Action for WebhookAction {
             .body(body)
             .send()
             .await
-            .map_err(|e| transport_error("webhook", &e))?;
+            .map_err(|e| transport_error("webhook", e))?;
         if resp.status().is_success() {
             Ok(ActionResult::new(format!(
                 "HTTP {}",
