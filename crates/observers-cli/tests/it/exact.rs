@@ -178,7 +178,10 @@ fn json_out(out: &std::process::Output) -> Value {
 fn by_id<'a>(bodies: &'a [Value], field: &str, id: &str) -> &'a Value {
     bodies
         .iter()
-        .find(|b| b[field]["id"].to_string() == id || b[field]["id"].as_str() == Some(id))
+        .find(|b| {
+            let v = &b[field]["id"];
+            v.as_str() == Some(id) || v.is_number() && format!("{v}") == id
+        })
         .unwrap_or_else(|| panic!("no body with {field}.id = {id} in {bodies:?}"))
 }
 
