@@ -384,6 +384,18 @@ mod tests {
             let t = Template::compile(src).unwrap();
             assert_eq!(t.render(&ctx).unwrap(), want, "template {src}");
         }
+        // A JSON body: an exact number outside a string is the JSON number, inside one its text.
+        let body = Template::compile_as(
+            r#"{"a": {{ new.amount }}, "h": {{ new.huge }}, "s": "{{ new.amount }}"}"#,
+            Escape::Json,
+        )
+        .unwrap()
+        .render(&ctx)
+        .unwrap();
+        assert_eq!(
+            body,
+            format!(r#"{{"a": 12345678901234567.89, "h": {huge}, "s": "12345678901234567.89"}}"#)
+        );
         let whole = Template::compile("{{ new | tojson }}")
             .unwrap()
             .render(&ctx)

@@ -11,6 +11,7 @@ mod monitoring;
 mod queue;
 mod redis_fault;
 mod search;
+mod security;
 mod support;
 mod validate;
 

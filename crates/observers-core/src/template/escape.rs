@@ -201,7 +201,8 @@ impl Position {
         if value.is_undefined() || value.is_none() {
             return Ok(Piece::Encoded("null".into()));
         }
-        serde_json::to_string(value)
+        // As `tojson` writes it: an exact number (more digits than a double) stays a number.
+        serde_json::to_string(&super::TemplateJson(value))
             .map(Piece::Encoded)
             .map_err(|e| format!("a value cannot be written as JSON: {e}"))
     }
