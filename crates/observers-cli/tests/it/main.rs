@@ -3,6 +3,7 @@
 
 mod docs;
 mod e2e;
+mod exact;
 mod ha;
 mod hardening;
 mod metrics;
