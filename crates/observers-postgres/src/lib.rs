@@ -17,7 +17,7 @@ pub mod source;
 
 use std::time::Duration;
 
-pub use checkpoint::PostgresCheckpointStore;
+pub use checkpoint::{PartitionHandover, PostgresCheckpointStore};
 pub use dedup::PostgresDedupStore;
 pub use dlq::PostgresDeadLetterQueue;
 pub use error::PgError;
