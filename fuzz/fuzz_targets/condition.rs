@@ -19,8 +19,8 @@ fuzz_target!(|data: &[u8]| {
     );
     let event = EntityEvent::new(
         7,
-        "order".into(),
-        "42".into(),
+        "order".to_owned(),
+        "42".to_owned(),
         EventKind::Update,
         Some(serde_json::json!({"total": 1})),
         Some(row),

@@ -14,6 +14,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let row = serde_json::from_slice::<serde_json::Value>(row).ok();
-    let event = EntityEvent::new(7, "order".into(), "42".into(), EventKind::Insert, None, row);
+    let event = EntityEvent::new(
+        7,
+        "order".to_owned(),
+        "42".to_owned(),
+        EventKind::Insert,
+        None,
+        row,
+    );
     let _ = template.render(&TemplateContext::new(&event, "fuzz"));
 });

@@ -56,7 +56,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
-            eprintln!("error: {:#}", exit.error);
+            // A URL in an error (a database or Slack URL) keeps its secrets.
+            let text = format!("{:#}", exit.error);
+            eprintln!("error: {}", observers_core::redact::text(&text));
             ExitCode::from(exit.code)
         }
     }

@@ -10,8 +10,11 @@
 //! | `event` | map of `entity_type`, `entity_id`, `kind` (`"insert"`, `"update"`, `"delete"`), `tenant_id`, `user_id` (string or null), `timestamp` (a CEL timestamp, compare with `timestamp('2024-01-01T00:00:00Z')`), `id` (the change-log id, int) |
 //! | every top-level column | the current row's value: `new`'s, or `old`'s for a delete (what [`EntityEvent::current_row`] returns); a column named like one of the four names above is only reachable as `new.<name>` or `old.<name>` |
 //!
-//! JSON numbers become CEL `int` when they fit an i64, `uint` when they only fit a u64, and
-//! `double` otherwise. The cel crate compares numbers across these types by value (as the CEL
+//! JSON numbers become CEL `int` when they are integers that fit an i64, `uint` when they only
+//! fit a u64, and `double` (the nearest f64) otherwise: a value beyond the double range is
+//! ±infinity, so `amount > 1` holds for `1e400`, and digits beyond a double's 15–17 significant
+//! ones are rounded (`12345678901234567.89` is compared as `12345678901234568.0`). Only the
+//! condition sees these conversions; actions get the exact digits. The cel crate compares numbers across these types by value (as the CEL
 //! spec asks), so `total > 100` and `total == 100` hold whether PostgreSQL wrote `150` or
 //! `150.5`, `100` or `100.0`. Arithmetic stays strict, as in CEL: `total * 2` fails on a
 //! double `total`; write `double(total) * 2.0` when a column may hold either.
@@ -434,12 +437,15 @@ fn json_to_val(value: &Json) -> Box<dyn Val> {
         Json::Null => Box::new(CelNull),
         Json::Bool(b) => Box::new(CelBool::from(*b)),
         Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
+            // The number is its text (exact digits): parse it once as what it looks like.
+            let text = n.as_str();
+            let integer = text.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+            if let Some(i) = integer.then(|| text.parse::<i64>().ok()).flatten() {
                 Box::new(CelInt::from(i))
-            } else if let Some(u) = n.as_u64() {
+            } else if let Some(u) = integer.then(|| text.parse::<u64>().ok()).flatten() {
                 Box::new(CelUInt::from(u))
             } else {
-                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
+                Box::new(CelDouble::from(crate::numbers::to_f64(n)))
             }
         }
         Json::String(s) => Box::new(CelString::from(s.clone())),
@@ -710,6 +716,38 @@ mod tests {
             // CEL arithmetic does not mix int and double
             ("total * 2 > 300", insert(json!({"total": 150.5})),
                 Err("cannot apply `*` to double 150.5 and int 2")),
+        ]);
+    }
+
+    /// Numbers as the change log holds them: exact digits beyond what CEL's int and double hold.
+    fn exact(text: &str) -> EntityEvent {
+        let row: Json = serde_json::from_str(&format!(r#"{{"amount": {text}}}"#)).unwrap();
+        insert(row)
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn numbers_beyond_double_precision_compare_predictably() {
+        let huge = format!("1{}", "0".repeat(400)); // numeric 1e400 as to_jsonb spells it
+        check_all(&[
+            ("amount > 1", exact(&huge), Ok(true)),
+            ("amount > 1", exact("1e400"), Ok(true)),
+            ("amount < -1", exact("-1e400"), Ok(true)),
+            ("amount == double('inf')", exact(&huge), Ok(true)),
+            ("amount > 1", exact("12345678901234567.89"), Ok(true)),
+            // Rounded to the nearest double: digits beyond 15–17 significant ones are lost.
+            ("amount == 12345678901234568.0", exact("12345678901234567.89"), Ok(true)),
+            ("amount > 1.1234567890123456", exact("1.123456789012345678"), Ok(false)),
+            ("amount > 1.12345678901234", exact("1.123456789012345678"), Ok(true)),
+            // Integers that fit an i64 stay exact ints; beyond it, u64, then double.
+            ("amount == 9223372036854775807", exact("9223372036854775807"), Ok(true)),
+            ("amount == -9223372036854775808", exact("-9223372036854775808"), Ok(true)),
+            ("amount == 18446744073709551615u", exact("18446744073709551615"), Ok(true)),
+            ("amount > 1.8e19", exact("18446744073709551616"), Ok(true)),
+            // Across types the comparison is in doubles, where 2^64 - 1 and 2^64 are one value.
+            ("amount > 18446744073709551615u", exact("18446744073709551616"), Ok(false)),
+            ("amount == 100", exact("100.000"), Ok(true)),
+            ("amount * 2 > 0", exact(&huge), Err("cannot apply `*` to double")),
         ]);
     }
 

@@ -197,7 +197,8 @@ impl EntityEvent {
     }
 }
 
-/// Field-level difference of two JSON objects; keys in either side, sorted by name.
+/// Field-level difference of two JSON objects; keys in either side, sorted by name. Numbers
+/// compare by value, as jsonb's do in the capture trigger's `changed` column.
 pub fn compute_changes(before: Option<&Value>, after: Option<&Value>) -> Vec<FieldChange> {
     let empty = Map::new();
     let b = before.and_then(Value::as_object).unwrap_or(&empty);
@@ -209,7 +210,7 @@ pub fn compute_changes(before: Option<&Value>, after: Option<&Value>) -> Vec<Fie
         .filter_map(|k| {
             let old = b.get(k).cloned().unwrap_or(Value::Null);
             let new = a.get(k).cloned().unwrap_or(Value::Null);
-            (old != new).then(|| FieldChange {
+            (!crate::numbers::same_json(&old, &new)).then(|| FieldChange {
                 field: k.clone(),
                 old,
                 new,
@@ -233,6 +234,17 @@ mod tests {
         assert_eq!(changes[0].old, json!(1));
         assert_eq!(changes[0].new, json!(2));
         assert_eq!(changes[1].new, Value::Null);
+    }
+
+    #[test]
+    fn numbers_change_by_value_not_by_spelling() {
+        let n = |t: &str| Value::Number(t.parse().unwrap());
+        let before = json!({"a": n("100.0"), "b": n("12345678901234567.89")});
+        let after = json!({"a": n("100.00"), "b": n("12345678901234567.88")});
+        let changes = compute_changes(Some(&before), Some(&after));
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].field, "b");
+        assert_eq!(changes[0].new.to_string(), "12345678901234567.88");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod event;
 pub mod executor;
 pub mod listener;
 pub mod matcher;
+pub mod numbers;
+pub mod redact;
 pub mod retry;
 pub mod schedule;
 pub mod stores;

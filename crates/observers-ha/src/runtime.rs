@@ -115,7 +115,7 @@ impl HaRuntime {
         let me = self.config.listener_id.clone();
         let fanout = WakeFanout::start(self.source.clone());
         self.register(&mut shutdown).await?;
-        self.ensure_partition_checkpoints().await;
+        self.adopt_layout(&mut shutdown).await?;
         self.transition(ListenerState::Connecting);
         tracing::info!(
             group = %self.config.group,
@@ -192,24 +192,33 @@ impl HaRuntime {
         }
     }
 
-    /// Every partition gets a checkpoint before any is processed, so that `changelog prune`
-    /// (which keeps everything after the slowest checkpoint) never deletes rows a partition has
-    /// not read. A new partition starts where the unpartitioned consumer was, if it ran before.
-    async fn ensure_partition_checkpoints(&self) {
-        if self.config.partitions <= 1 {
-            return;
-        }
-        let base = match self.checkpoints.load(&self.config.consumer).await {
-            Ok(cp) => cp.map(|c| c.cursor).unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the consumer checkpoint");
-                return;
-            }
-        };
-        for p in 0..self.config.partitions {
-            let name = self.config.partition_cursor(p);
-            if let Err(e) = self.checkpoints.compare_and_swap(&name, None, base).await {
-                tracing::warn!(error = %e, partition = p, "cannot create the partition checkpoint");
+    /// Before any partition is processed, the consumer's checkpoints are made to match this
+    /// layout ([`PostgresCheckpointStore::adopt_partitions`]): after a change of
+    /// `[source] partitions` every partition starts from the lowest old cursor (duplicates,
+    /// never a skip), and every partition has a checkpoint, so that `changelog prune` (which
+    /// keeps everything after the slowest checkpoint) never deletes rows a partition has not
+    /// read. No partition starts until this has succeeded: retried until it does or shutdown.
+    async fn adopt_layout(&self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+        let names: Vec<String> = (0..self.config.partitions)
+            .map(|p| self.config.partition_cursor(p))
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .checkpoints
+                .adopt_partitions(&self.config.consumer, self.config.partitions, &names)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if *shutdown.borrow() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "adopting the partition layout failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }

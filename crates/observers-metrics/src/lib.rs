@@ -17,5 +17,5 @@ pub use handles::OVERFLOW;
 pub use scrape::{MetricsSummary, Scrape};
 pub use server::{
     BoundOpsServer, DEFAULT_LISTEN, IngestTarget, InstanceInfo, OpsServer, OpsState,
-    ReadinessCheck, StatusSection, TOKEN_ENV,
+    ReadinessCheck, ServerLimits, StatusSection, TOKEN_ENV,
 };

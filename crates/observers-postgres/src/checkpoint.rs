@@ -209,6 +209,37 @@ const HISTORY: &str = "SELECT id, listener_id, old_txid, old_id, new_txid, new_i
      FROM observer_checkpoints_history WHERE listener_id = $1 \
      ORDER BY changed_at DESC, id DESC LIMIT $2";
 
+/// What [`PostgresCheckpointStore::adopt_partitions`] did when the layout changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionHandover {
+    /// The partition count recorded before; `None` when none was (checkpoints written before
+    /// layouts were recorded, or a consumer that ran unpartitioned).
+    pub from: Option<u32>,
+    pub to: u32,
+    /// Where every partition of the new layout starts: the lowest cursor of the old ones.
+    pub start: Cursor,
+    /// The old layout's checkpoints that were removed (recorded in the history).
+    pub retired: Vec<String>,
+}
+
+const LAYOUT_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('observers/partition-layout/' || $1, 0))";
+
+const LAYOUT_GET: &str = "SELECT partitions FROM observer_partition_layouts WHERE consumer = $1";
+
+const LAYOUT_SET: &str = "INSERT INTO observer_partition_layouts AS l \
+       (consumer, partitions, changed_by, changed_at) VALUES ($1, $2, $3, now()) \
+     ON CONFLICT (consumer) DO UPDATE SET partitions = EXCLUDED.partitions, \
+       changed_by = EXCLUDED.changed_by, changed_at = now() \
+     WHERE l.partitions <> EXCLUDED.partitions";
+
+/// The consumer's own checkpoint and its partitions' (`consumer#pN`), locked.
+const FAMILY: &str = "SELECT listener_id, cursor_txid, cursor_id FROM observer_checkpoints \
+     WHERE listener_id = $1 OR starts_with(listener_id, $1 || '#p') \
+     ORDER BY listener_id FOR UPDATE";
+
+const RETIRE: &str = "DELETE FROM observer_checkpoints WHERE listener_id = $1";
+
 impl PostgresCheckpointStore {
     /// A store on `pool` that signs its writes as this process (`host:pid`).
     pub fn new(pool: PgPool) -> Self {
@@ -311,6 +342,188 @@ impl PostgresCheckpointStore {
             "checkpoint moved by operator"
         );
         Ok(old)
+    }
+
+    /// Makes `consumer`'s checkpoints match a layout of `partitions` partitions whose checkpoint
+    /// names are `names` (the consumer itself for one partition, `consumer#pN` otherwise), in
+    /// one transaction serialised per consumer by an advisory lock, before any partition reads.
+    ///
+    /// Entities move between partitions when the count changes (partition = hash(entity_id) mod
+    /// count), so no old cursor is right for a new partition. When the recorded count differs,
+    /// or the checkpoints present are not exactly `names`, every partition of the new layout
+    /// starts from the LOWEST cursor among the consumer's checkpoints, the others are removed,
+    /// and each move is recorded in `observer_checkpoints_history`: events between the lowest
+    /// and the highest old cursor are read again (idempotency keys and dedup absorb them), none
+    /// is skipped. Otherwise missing partition checkpoints are created at the start of the log
+    /// (with several partitions, so that prune keeps what they have not read; a single one keeps
+    /// its start-position policy). Returns the handover, if one happened.
+    pub async fn adopt_partitions(
+        &self,
+        consumer: &str,
+        partitions: u32,
+        names: &[String],
+    ) -> Result<Option<PartitionHandover>> {
+        let count = i32::try_from(partitions).map_err(|_| {
+            PgError::Invalid(format!(
+                "{partitions} partitions do not fit a layout record"
+            ))
+        })?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(LAYOUT_LOCK)
+            .bind(consumer)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let known: Option<i32> = sqlx::query_scalar(LAYOUT_GET)
+            .bind(consumer)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(FAMILY)
+            .bind(consumer)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        let mut existing: Vec<(String, Cursor)> = Vec::with_capacity(rows.len());
+        for (name, t, i) in rows {
+            if is_family(consumer, &name) {
+                let cursor = cursor_from_db(&name, t, i)?;
+                existing.push((name, cursor));
+            }
+        }
+        let present: std::collections::BTreeSet<&str> =
+            existing.iter().map(|(n, _)| n.as_str()).collect();
+        let wanted: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let changed =
+            !existing.is_empty() && (present != wanted || known.is_some_and(|k| k != count));
+        let handover = if changed {
+            let from = known.and_then(|k| u32::try_from(k).ok());
+            Some(
+                self.hand_over(&mut tx, &existing, names, from, partitions)
+                    .await?,
+            )
+        } else {
+            if partitions > 1 {
+                for name in names {
+                    sqlx::query(SET_CREATE)
+                        .bind(name)
+                        .bind(0_i64)
+                        .bind(0_i64)
+                        .bind(&self.instance)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                }
+            }
+            None
+        };
+        sqlx::query(LAYOUT_SET)
+            .bind(consumer)
+            .bind(count)
+            .bind(&self.instance)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        if let Some(h) = &handover {
+            tracing::warn!(
+                consumer = %consumer,
+                from = ?h.from,
+                to = h.to,
+                start = %h.start,
+                retired = ?h.retired,
+                "partition count changed: every partition restarts from the lowest old cursor \
+                 (events after it may be delivered again, none is skipped)"
+            );
+        }
+        Ok(handover)
+    }
+
+    /// Every partition of the new layout (`names`) from the lowest cursor of `existing`; the
+    /// others removed; each move in the history.
+    async fn hand_over(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        existing: &[(String, Cursor)],
+        names: &[String],
+        from: Option<u32>,
+        partitions: u32,
+    ) -> Result<PartitionHandover> {
+        let start = existing.iter().map(|(_, c)| *c).min().unwrap_or_default();
+        let (txid, id) = cursor_to_db(start)?;
+        let reason = format!(
+            "[source] partitions changed from {} to {partitions}: every partition starts \
+             from the lowest old cursor",
+            from.map_or_else(|| "an unrecorded layout".to_owned(), |f| f.to_string())
+        );
+        let mut retired = Vec::new();
+        for (name, old) in existing {
+            if names.contains(name) {
+                continue;
+            }
+            sqlx::query(RETIRE)
+                .bind(name)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            self.history_in(
+                tx,
+                name,
+                Some(*old),
+                start,
+                &format!("{reason} (checkpoint retired)"),
+            )
+            .await?;
+            retired.push(name.clone());
+        }
+        for name in names {
+            let old = existing.iter().find(|(n, _)| n == name).map(|(_, c)| *c);
+            sqlx::query(SET_MOVE)
+                .bind(name)
+                .bind(txid)
+                .bind(id)
+                .bind(&self.instance)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            self.history_in(tx, name, old, start, &reason).await?;
+        }
+        Ok(PartitionHandover {
+            from,
+            to: partitions,
+            start,
+            retired,
+        })
+    }
+
+    async fn history_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        listener_id: &str,
+        old: Option<Cursor>,
+        new: Cursor,
+        reason: &str,
+    ) -> Result<()> {
+        let (old_txid, old_id) = match old {
+            Some(c) => {
+                let (t, i) = cursor_to_db(c)?;
+                (Some(t), Some(i))
+            }
+            None => (None, None),
+        };
+        let (txid, id) = cursor_to_db(new)?;
+        sqlx::query(SET_HISTORY)
+            .bind(listener_id)
+            .bind(old_txid)
+            .bind(old_id)
+            .bind(txid)
+            .bind(id)
+            .bind(reason)
+            .bind(&self.instance)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     /// The latest operator moves of a checkpoint, newest first.
@@ -478,6 +691,15 @@ impl CheckpointStore for PostgresCheckpointStore {
             .map(CheckpointRow::into_checkpoint)
             .collect()
     }
+}
+
+/// The consumer's own checkpoint or one of its partitions' (`consumer#pN`).
+fn is_family(consumer: &str, name: &str) -> bool {
+    name == consumer
+        || name
+            .strip_prefix(consumer)
+            .and_then(|rest| rest.strip_prefix("#p"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn db(e: sqlx::Error) -> ObserverError {

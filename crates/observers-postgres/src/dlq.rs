@@ -36,7 +36,7 @@ struct DlqRow {
 impl DlqRow {
     fn into_item(self) -> Result<DlqItem> {
         let id = self.id;
-        let event: EntityEvent = serde_json::from_value(self.event).map_err(|e| {
+        let event: EntityEvent = observers_core::numbers::from_json(&self.event).map_err(|e| {
             PgError::Invalid(format!(
                 "DLQ item {id}: the stored event is not a valid event ({e}); inspect the row or \
                  purge it by id"

@@ -17,7 +17,7 @@ pub mod source;
 
 use std::time::Duration;
 
-pub use checkpoint::PostgresCheckpointStore;
+pub use checkpoint::{PartitionHandover, PostgresCheckpointStore};
 pub use dedup::PostgresDedupStore;
 pub use dlq::PostgresDeadLetterQueue;
 pub use error::PgError;
@@ -37,7 +37,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, PgError>
         .connect(url)
         .await
         .map_err(|e| PgError::Connect {
-            message: e.to_string(),
+            message: observers_core::redact::text(&e.to_string()),
         })
 }
 

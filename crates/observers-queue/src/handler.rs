@@ -23,7 +23,7 @@ pub struct QueuedAction {
 
 impl QueuedAction {
     pub fn from_job(job: &Job) -> Result<Self> {
-        serde_json::from_value(job.payload.clone()).map_err(|e| {
+        observers_core::numbers::from_json(&job.payload).map_err(|e| {
             ObserverError::permanent(
                 "OBS-JOB-BAD-PAYLOAD",
                 format!(

@@ -32,8 +32,9 @@ pub const MAX_RESULT_WINDOW: u64 = 10_000;
 /// Buckets per facet.
 const FACET_SIZE: u32 = 1000;
 
-/// [`SearchBackend`] over an Elasticsearch cluster (7.10+ or 8.x).
-#[derive(Debug, Clone)]
+/// [`SearchBackend`] over an Elasticsearch cluster (7.10+ or 8.x). Its `Debug` leaves the
+/// credentials out.
+#[derive(Clone)]
 pub struct ElasticsearchBackend {
     client: reqwest::Client,
     base: reqwest::Url,
@@ -44,6 +45,36 @@ pub struct ElasticsearchBackend {
     refresh_on_write: bool,
 }
 
+impl std::fmt::Debug for ElasticsearchBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElasticsearchBackend")
+            .field("base", &self.base.as_str())
+            .field("user", &self.auth.as_ref().map(|(u, _)| u.as_str()))
+            .field("password", &self.auth.as_ref().map(|_| "***"))
+            .field("index", &self.index)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("refresh_on_write", &self.refresh_on_write)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error and its sources, one line (the client's own text says only "error sending
+/// request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -52,7 +83,10 @@ impl ElasticsearchBackend {
     /// `url` is the cluster's base URL; credentials in it are sent as HTTP basic auth.
     pub fn new(url: &str, index: &str) -> std::result::Result<Self, SearchError> {
         let mut base = reqwest::Url::parse(url).map_err(|e| {
-            SearchError::Invalid(format!("[search] url: `{url}` is not a URL: {e}"))
+            SearchError::Invalid(format!(
+                "[search] url: `{}` is not a URL: {e}",
+                observers_core::redact::text(url)
+            ))
         })?;
         let auth = (!base.username().is_empty()).then(|| {
             (
@@ -271,7 +305,7 @@ impl ElasticsearchBackend {
                         .map(Duration::from_secs);
                     let text = resp.text().await.map_err(|e| SearchError::Unreachable {
                         what: what.clone(),
-                        message: e.to_string(),
+                        message: e.without_url().to_string(),
                     })?;
                     if status.is_success() {
                         return serde_json::from_str(&text).map_err(|e| SearchError::BadReply {
@@ -292,7 +326,7 @@ impl ElasticsearchBackend {
                 Err(e) => (
                     SearchError::Unreachable {
                         what: what.clone(),
-                        message: e.to_string(),
+                        message: observers_core::redact::text(&error_chain(&e.without_url())),
                     },
                     None,
                 ),
@@ -480,7 +514,7 @@ impl SearchBackend for ElasticsearchBackend {
         let results = hits
             .iter()
             .map(|h| {
-                serde_json::from_value::<IndexedEvent>(h["_source"].clone())
+                observers_core::numbers::from_json::<IndexedEvent>(&h["_source"])
                     .map_err(|e| self.bad(format!("document {}: {e}", h["_id"])))
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -537,5 +571,21 @@ impl SearchBackend for ElasticsearchBackend {
             .into()),
             None => Err(self.bad("no status in the _cluster/health reply").into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_stay_out_of_debug_and_errors() {
+        let es =
+            ElasticsearchBackend::new("http://elastic:s3cret-pw@127.0.0.1:9200", "idx").unwrap();
+        let debug = format!("{es:?}");
+        assert!(!debug.contains("s3cret-pw"), "{debug}");
+        assert!(debug.contains("elastic"), "{debug}");
+        let err = ElasticsearchBackend::new("http://elastic:s3cret-pw@[::1", "idx").unwrap_err();
+        assert!(!err.to_string().contains("s3cret-pw"), "{err}");
     }
 }

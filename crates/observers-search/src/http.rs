@@ -3,7 +3,8 @@
 //! Query parameters mirror [`SearchQuery`]: `text`, `entity_type`, `entity_id`, `event_type`
 //! (`insert|update|delete`), `tenant` (or `tenant_id`), `since` / `until` (RFC 3339; `since`
 //! inclusive, `until` exclusive), `page` (1-based), `per_page` (0 to 1000) and `facets`
-//! (`true` by default). The reply is `{"total": N, "total_exact": bool, "results": [...],
+//! (`true` by default). `page × per_page` may not exceed [`MAX_RESULT_WINDOW`]: a deeper page
+//! would make the backend read and skip every match before it. The reply is `{"total": N, "total_exact": bool, "results": [...],
 //! "facets": {...}|null}`.
 //! A bad or unknown parameter is a 400 naming it: `{"error": "...", "parameter": "..."}`.
 
@@ -22,6 +23,10 @@ use serde_json::json;
 
 /// The path the router serves.
 pub const SEARCH_PATH: &str = "/api/observers/search";
+
+/// The deepest match a page may reach (`page × per_page`), as Elasticsearch's default
+/// `index.max_result_window`.
+pub const MAX_RESULT_WINDOW: u64 = 10_000;
 
 /// A query parameter that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +110,16 @@ pub fn query_from_params<'a>(
                 ));
             }
         }
+    }
+    let per_page = u64::from(q.effective_per_page());
+    if per_page > 0 && u64::from(q.page) * per_page > MAX_RESULT_WINDOW {
+        return Err(bad(
+            "page",
+            format!(
+                "page {} of {per_page} reaches past match {MAX_RESULT_WINDOW}, the deepest a page may go; narrow the query (since, until, entity_type, ...)",
+                q.page
+            ),
+        ));
     }
     Ok(q)
 }

@@ -50,13 +50,7 @@ impl DbArgs {
     }
 }
 
-/// A URL with its password replaced, for messages.
+/// A URL with its password and query values replaced, for messages.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
+    observers_core::redact::url(url)
 }

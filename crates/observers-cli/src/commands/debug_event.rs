@@ -88,7 +88,7 @@ fn read_event(source: &str) -> CliResult<EntityEvent> {
 }
 
 fn build_set(config: &Config) -> CliResult<ObserverSet> {
-    let factory = ActionFactory::new(config.outbound)?;
+    let factory = ActionFactory::new(config.outbound.clone())?;
     Ok(ObserverSet::from_config(config, &factory)?)
 }
 

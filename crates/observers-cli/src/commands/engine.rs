@@ -31,7 +31,8 @@ pub fn instance_id() -> String {
 
 /// The observer set of a config (actions built, conditions compiled).
 pub fn observer_set(config: &Config) -> CliResult<ObserverSet> {
-    let factory = ActionFactory::new(config.outbound)?.with_cache(super::stores::action_cache());
+    let factory =
+        ActionFactory::new(config.outbound.clone())?.with_cache(super::stores::action_cache());
     Ok(ObserverSet::from_config(config, &factory)?)
 }
 

@@ -39,17 +39,22 @@ pub fn instance_url(url: Option<&str>, config: Option<&Path>) -> CliResult<Strin
     Ok(base.trim_end_matches('/').to_owned())
 }
 
-/// GET with a short timeout; non-2xx is an error.
+/// GET with a short timeout; non-2xx is an error. Sends `OBSERVERS_OPS_TOKEN` as the bearer
+/// token when it is set (`/status` needs it on an instance that has one).
 pub async fn get(url: &str) -> anyhow::Result<String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
+        .no_proxy()
         .build()?;
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let mut req = client.get(url);
+    if let Some(token) = std::env::var(observers_metrics::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let body = resp.text().await?;
     anyhow::ensure!(status.is_success(), "GET {url}: {status}");

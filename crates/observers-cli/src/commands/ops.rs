@@ -190,6 +190,9 @@ pub async fn start(
     };
     let addr = bound.local_addr();
     tracing::info!("ops server listening on http://{addr} (/metrics /health /ready /status)");
+    if let Some(why) = bound.data_closed_because() {
+        tracing::warn!("{why}");
+    }
     let mut server_stop = stop.clone();
     let server = tokio::spawn(async move {
         let shutdown = async move {

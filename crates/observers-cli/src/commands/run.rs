@@ -80,6 +80,11 @@ pub async fn run(config_path: &Path) -> CliResult {
         let checkpoints = Arc::new(
             PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()),
         );
+        // A consumer that ran partitioned before reads on from its lowest partition cursor.
+        let consumer = config.source.listener_id.as_str();
+        checkpoints
+            .adopt_partitions(consumer, 1, &[consumer.to_owned()])
+            .await?;
         let listener = ChangeLogListener::new(
             pool.clone(),
             checkpoints,

@@ -716,3 +716,106 @@ async fn the_ops_server_reports_group_membership() {
     signal(&a, "TERM");
     assert_eq!(wait_exit(&mut a, LONG).await, Some(0));
 }
+
+/// Whether partition `p` of `n` has read every change-log row of its entities.
+async fn caught_up(pool: &PgPool, p: u32, n: u32) -> bool {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS ( \
+           SELECT 1 FROM observer_change_log l \
+           LEFT JOIN observer_checkpoints c ON c.listener_id = $1 \
+           WHERE (hashtextextended(l.entity_id, 0) & 9223372036854775807) % $2 = $3 \
+             AND (c.listener_id IS NULL \
+                  OR (l.txid::text::bigint, l.id) > (c.cursor_txid, c.cursor_id)))",
+    )
+    .bind(format!("ha#p{p}"))
+    .bind(i64::from(n))
+    .bind(i64::from(p))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Two instances share `from` partitions; b's deliveries hang, so at the SIGKILL of both its
+/// partitions lag far behind a's (which have read everything). More versions are written while
+/// the group is down, then a alone restarts with `to` partitions: entities move between
+/// partitions, and every written version must still be delivered at least once.
+async fn repartition_delivers_every_event(tag: &str, from: u32, to: u32) {
+    let mut g = Group::new(tag, from).await;
+    let mut a = g.spawn("a");
+    until("a holds every partition", async || {
+        g.holders().await.len() == usize::try_from(from).unwrap()
+    })
+    .await;
+    let mut b = g.spawn("b");
+    let half = from / 2;
+    until(
+        "a keeps the lower half, b takes the upper half",
+        async || {
+            let h = g.holders().await;
+            (0..from)
+                .all(|p| h.get(&p).map(String::as_str) == Some(if p < half { "a" } else { "b" }))
+        },
+    )
+    .await;
+    g.hooks.hold(Some("b"));
+    for e in 0..ENTITIES {
+        g.write(&format!("e{e}"), 1).await;
+    }
+    until("a's partitions read everything", async || {
+        for p in 0..half {
+            if !caught_up(g.pool(), p, from).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        !caught_up(g.pool(), from - 1, from).await,
+        "b's partitions lag behind"
+    );
+    signal(&a, "KILL");
+    signal(&b, "KILL");
+    a.wait().unwrap();
+    b.wait().unwrap();
+    g.hooks.hold(None);
+    for e in 0..ENTITIES {
+        g.write(&format!("e{e}"), 2).await;
+    }
+    g.partitions = to;
+    let mut a = g.spawn("a");
+    until(
+        "every written version delivered after the repartition",
+        async || (0..ENTITIES).all(|e| (1..=2).all(|v| g.hooks.delivered(&format!("e{e}"), v))),
+    )
+    .await;
+    // The old layout's checkpoints are gone, the handover is on record.
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT listener_id FROM observer_checkpoints WHERE listener_id LIKE 'ha%' \
+         ORDER BY listener_id",
+    )
+    .fetch_all(g.pool())
+    .await
+    .unwrap();
+    let expected: Vec<String> = (0..to).map(|p| format!("ha#p{p}")).collect();
+    assert_eq!(names, expected);
+    let moves: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM observer_checkpoints_history WHERE reason LIKE '%partitions%'",
+    )
+    .fetch_one(g.pool())
+    .await
+    .unwrap();
+    assert!(moves >= i64::from(from.max(to)), "{moves} moves recorded");
+    signal(&a, "TERM");
+    assert_eq!(wait_exit(&mut a, Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_to_two_partitions_skips_nothing() {
+    repartition_delivers_every_event("ha_rep_down", 4, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_to_four_partitions_skips_nothing() {
+    repartition_delivers_every_event("ha_rep_up", 2, 4).await;
+}

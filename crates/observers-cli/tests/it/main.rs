@@ -3,6 +3,7 @@
 
 mod docs;
 mod e2e;
+mod exact;
 mod ha;
 mod hardening;
 mod metrics;
@@ -10,6 +11,7 @@ mod monitoring;
 mod queue;
 mod redis_fault;
 mod search;
+mod security;
 mod support;
 mod validate;
 

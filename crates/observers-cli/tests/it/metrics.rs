@@ -55,6 +55,17 @@ async fn ops_url(log: &Path) -> String {
     }
 }
 
+/// A CLI command with the ops token in its environment (as an operator's shell would have it).
+fn cli_with_token(db: &TestDb, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_observers"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("OBSERVERS_OPS_TOKEN", TOKEN)
+        .env_remove("OBSERVERS_CONFIG")
+        .output()
+        .unwrap()
+}
+
 async fn get(url: &str) -> (u16, String) {
     let resp = http_client().get(url).send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
@@ -285,16 +296,25 @@ async fn metrics_match_what_happened_and_status_agrees() {
     }
     assert_eq!(s.sum("observer_observers_registered", &[]), 2.0);
 
-    // /status and the two commands read the same figures.
-    let (code, body) = get(&format!("{base}/status")).await;
-    assert_eq!(code, 200);
+    // /status and the two commands read the same figures. With a token set, /status (error
+    // texts) needs it.
+    let (code, _) = get(&format!("{base}/status")).await;
+    assert_eq!(code, 401);
+    let resp = http_client()
+        .get(format!("{base}/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["instance"]["listener_id"], "e2e");
     assert_eq!(status["metrics"]["events_processed"], 7.0);
     assert_eq!(status["database"]["dlq_pending"], 7);
     assert_eq!(status["database"]["listeners"][0]["listener_id"], "e2e");
 
-    let out = cli(&db, &["status", "--url", &base, "--format", "json"]);
+    let out = cli_with_token(&db, &["status", "--url", &base, "--format", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -304,7 +324,7 @@ async fn metrics_match_what_happened_and_status_agrees() {
     assert_eq!(report["database"]["dlq_pending"], 7);
     assert_eq!(report["database"]["listeners"][0]["events_processed"], 7);
     assert_eq!(report["instance"]["metrics"]["events_processed"], 7.0);
-    let out = cli(&db, &["status", "--url", &base]);
+    let out = cli_with_token(&db, &["status", "--url", &base]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Observer System Status") && text.contains("Pending: 7"),

@@ -177,3 +177,87 @@ fn debug_event_rejects_bad_event_json() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("merge"));
 }
+
+fn check_refused(text: &str, fragments: &[&str], absent: &[&str]) {
+    let f = write(text);
+    let out = observers(&["validate-config", f.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    for frag in fragments {
+        assert!(stderr.contains(frag), "`{frag}` in: {stderr}");
+    }
+    for frag in absent {
+        assert!(
+            !stderr.contains(frag),
+            "`{frag}` must not be printed: {stderr}"
+        );
+    }
+}
+
+/// A `whsec_` secret that does not decode is refused (it used to sign with the raw text).
+#[test]
+fn an_undecodable_whsec_secret_is_a_config_error() {
+    check_refused(
+        &format!(
+            "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/h\"\nsigning_secret = \"whsec_not!base64-k3y\"\n"
+        ),
+        &["signing_secret", "base64"],
+        &["not!base64-k3y"],
+    );
+}
+
+/// Configured headers cannot replace the signature headers or the content type, in any case.
+#[test]
+fn configured_headers_cannot_override_signature_headers() {
+    for name in [
+        "webhook-signature",
+        "Webhook-Id",
+        "WEBHOOK-TIMESTAMP",
+        "Content-Type",
+    ] {
+        check_refused(
+            &format!(
+                "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/h\"\nheaders = {{ \"{name}\" = \"x\" }}\n"
+            ),
+            &[name, "cannot be configured"],
+            &[],
+        );
+    }
+}
+
+/// Row data may not choose the scheme, host or port of a webhook unless the action says so.
+#[test]
+fn a_templated_host_needs_allow_templated_host() {
+    for url in [
+        "http://{{ new.host }}/hooks",
+        "{{ new.url }}",
+        "http://api.example:{{ new.port }}/x",
+        "{{ new.scheme }}://api.example/x",
+    ] {
+        check_refused(
+            &format!("{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"{url}\"\n"),
+            &["allow_templated_host"],
+            &[],
+        );
+        let f = write(&format!(
+            "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"{url}\"\nallow_templated_host = true\n"
+        ));
+        let out = observers(&["validate-config", f.path().to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let f = write(&format!(
+        "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://api.example/o/{{{{ entity_id }}}}?t={{{{ new.t }}}}\"\n"
+    ));
+    let out = observers(&["validate-config", f.path().to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,16 +1,17 @@
 //! `type = "cache"`: invalidates cached entries (keys, globs, an entity's action results, an
 //! action type's results). Globs go through `CacheBackend::delete_pattern` (Redis: `SCAN` +
-//! `UNLINK`, never `KEYS`).
+//! `UNLINK`, never `KEYS`); glob characters from row values in a pattern are escaped, so only
+//! the pattern's own `*`, `?` and `[..]` match.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Action, ActionResult, Invocation, render, template};
+use super::{Action, ActionResult, Invocation, render, template, template_as};
 use crate::config::CacheActionConfig;
 use crate::error::{ObserverError, Result};
 use crate::executor::CachedActionExecutor;
-use crate::template::Template;
+use crate::template::{Escape, Template};
 
 pub struct CacheAction {
     keys: Vec<Template>,
@@ -34,7 +35,7 @@ impl CacheAction {
             patterns: config
                 .patterns
                 .iter()
-                .map(|p| template("patterns", p))
+                .map(|p| template_as("patterns", p, Escape::Glob))
                 .collect::<Result<_>>()?,
             entity: config.invalidate_entity,
             action_types: config.invalidate_action_types.clone(),

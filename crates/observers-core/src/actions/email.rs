@@ -30,8 +30,9 @@ impl EmailAction {
                     .map(|h| format!("{h}:{}", u.port().unwrap_or(25)))
             })
             .unwrap_or_else(|| "smtp".into());
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp)
-            .map_err(|e| ObserverError::permanent("OBS-CONFIG", format!("smtp_url: {e}")))?;
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp).map_err(|e| {
+            ObserverError::permanent("OBS-CONFIG", crate::redact::text(&format!("smtp_url: {e}")))
+        })?;
         builder = builder.timeout(Some(config.timeout.unwrap_or(Duration::from_secs(30))));
         Ok(Self {
             transport: builder.build(),
@@ -83,11 +84,11 @@ impl Action for EmailAction {
             Ok(resp) => Ok(ActionResult::new(format!("SMTP {}", resp.code()))),
             Err(e) if e.is_permanent() => Err(ObserverError::permanent(
                 "OBS-EMAIL-REJECTED",
-                format!("SMTP server rejected the message: {e}"),
+                crate::redact::text(&format!("SMTP server rejected the message: {e}")),
             )),
             Err(e) => Err(ObserverError::transient(
                 "OBS-EMAIL-SMTP",
-                format!("SMTP delivery failed: {e}"),
+                crate::redact::text(&format!("SMTP delivery failed: {e}")),
             )),
         }
     }

@@ -11,50 +11,135 @@ use reqwest::{Response, StatusCode};
 
 use crate::error::{ObserverError, Result};
 
-/// Which addresses actions may connect to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// Which addresses actions may connect to, and through which proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboundPolicy {
-    /// Also deny RFC 1918, loopback, CGNAT and unique-local ranges.
+    /// Also deny RFC 1918, loopback, CGNAT, unique-local, NAT64, 6to4, IPv4-compatible IPv6,
+    /// broadcast and `192.0.0.0/24` addresses.
     pub deny_private_networks: bool,
     /// Allow link-local and cloud-metadata addresses (denied by default).
     pub allow_link_local: bool,
+    /// The proxy every action request goes through (`http://host:port`). Unset, the
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` environment variables are ignored. Set, the
+    /// target's addresses are resolved and checked before each request.
+    pub proxy: Option<String>,
+}
+
+/// Cloud metadata endpoints outside the link-local ranges: Alibaba (100.100.100.200), Oracle
+/// (192.0.0.192).
+const METADATA_V4: [[u8; 4]; 2] = [[100, 100, 100, 200], [192, 0, 0, 192]];
+
+/// The IPv4 address an IPv6 address carries: mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) or 6to4 (`2002:AABB:CCDD::/48`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<(std::net::Ipv4Addr, &'static str)> {
+    let seg = v6.segments();
+    let o = v6.octets();
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some((v4, "mapped"));
+    }
+    if seg[..6] == [0; 6] && !(seg[6] == 0 && seg[7] <= 1) {
+        return Some((
+            std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]),
+            "IPv4-compatible IPv6",
+        ));
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some((
+            std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]),
+            "NAT64 (64:ff9b::/96)",
+        ));
+    }
+    if seg[0] == 0x2002 {
+        return Some((
+            std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5]),
+            "6to4 (2002::/16)",
+        ));
+    }
+    None
 }
 
 impl OutboundPolicy {
     /// Why `ip` is denied, or `None` when allowed.
     pub fn denies(&self, ip: IpAddr) -> Option<&'static str> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 @ IpAddr::V4(_) => v4,
-        };
-        let link_local = match ip {
-            IpAddr::V4(v4) => v4.is_link_local(),
-            IpAddr::V6(v6) => {
-                (v6.segments()[0] & 0xffc0) == 0xfe80
-                    || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
+        if let IpAddr::V6(v6) = ip
+            && let Some((v4, kind)) = embedded_v4(v6)
+        {
+            if kind != "mapped" && self.deny_private_networks {
+                return Some(match kind {
+                    "NAT64 (64:ff9b::/96)" => "NAT64 address (deny_private_networks = true)",
+                    "6to4 (2002::/16)" => "6to4 address (deny_private_networks = true)",
+                    _ => "IPv4-compatible IPv6 address (deny_private_networks = true)",
+                });
             }
-        };
-        if link_local && !self.allow_link_local {
+            // The IPv4 address inside is what a translator would reach: check it too.
+            return self.denies_v4(v4);
+        }
+        match ip {
+            IpAddr::V4(v4) => self.denies_v4(v4),
+            IpAddr::V6(v6) => {
+                let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254];
+                if link_local && !self.allow_link_local {
+                    return Some("link-local or cloud-metadata address");
+                }
+                if v6.is_unspecified() || v6.is_multicast() {
+                    return Some("unspecified or multicast address");
+                }
+                if self.deny_private_networks
+                    && (v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00)
+                {
+                    return Some("private-network address (deny_private_networks = true)");
+                }
+                None
+            }
+        }
+    }
+
+    fn denies_v4(&self, v4: std::net::Ipv4Addr) -> Option<&'static str> {
+        if (v4.is_link_local() || METADATA_V4.contains(&v4.octets())) && !self.allow_link_local {
             return Some("link-local or cloud-metadata address");
         }
-        if ip.is_unspecified() || ip.is_multicast() {
+        if v4.is_unspecified() || v4.is_multicast() {
             return Some("unspecified or multicast address");
         }
         if self.deny_private_networks {
-            let private = match ip {
-                IpAddr::V4(v4) => {
-                    v4.is_private()
-                        || v4.is_loopback()
-                        || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-                }
-                IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-            };
+            let o = v4.octets();
+            let private = v4.is_private()
+                || v4.is_loopback()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || v4.is_broadcast()
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0);
             if private {
                 return Some("private-network address (deny_private_networks = true)");
             }
         }
         None
+    }
+
+    /// With a proxy, the client never resolves the target: resolve it here and check every
+    /// address before the request is sent.
+    pub(crate) async fn check_target(&self, url: &reqwest::Url) -> Result<()> {
+        self.check_url(url)?;
+        if self.proxy.is_none() {
+            return Ok(());
+        }
+        let Some(url::Host::Domain(host)) = url.host() else {
+            return Ok(());
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| {
+                ObserverError::transient("OBS-HTTP-CONNECT", format!("cannot resolve {host}: {e}"))
+            })?
+            .collect();
+        for a in &addrs {
+            if let Some(why) = self.denies(a.ip()) {
+                return Err(denied(host, why));
+            }
+        }
+        Ok(())
     }
 
     /// Checks a URL whose host is an IP literal (the resolver is not consulted for those).
@@ -86,7 +171,7 @@ struct PolicyResolver {
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> =
@@ -121,9 +206,23 @@ impl HttpClients {
     pub fn new(policy: OutboundPolicy) -> Result<Self> {
         // Any process-wide provider already installed wins; ours is only the fallback.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        // reqwest reads HTTP(S)_PROXY by default, which would bypass the address policy:
+        // only a configured proxy is used, and targets are then checked before sending.
+        let builder = match &policy.proxy {
+            None => builder.no_proxy(),
+            Some(p) => builder.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| {
+                ObserverError::permanent(
+                    "OBS-CONFIG",
+                    crate::redact::text(&format!("[outbound] proxy: {e}")),
+                )
+            })?),
+        };
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PolicyResolver { policy }))
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: policy.clone(),
+            }))
             .pool_max_idle_per_host(64)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("observers/", env!("CARGO_PKG_VERSION")))
@@ -154,18 +253,34 @@ pub(crate) fn retry_after(resp: &Response) -> Option<Duration> {
     Some(delta.to_std().unwrap_or(Duration::ZERO))
 }
 
+/// The most of an error response's body that is read (the error keeps its first 200
+/// characters); the rest is never downloaded.
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Up to `cap` bytes of a response body; a failing read keeps what arrived.
+pub(crate) async fn read_capped(mut resp: Response, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - out.len();
+                out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
 /// Maps a non-2xx response to an error: 408/429/5xx transient, 410 gone, other 4xx permanent.
 pub(crate) async fn classify(what: &str, resp: Response) -> ObserverError {
     let status = resp.status();
     let wait = retry_after(&resp);
-    let body: String = resp
-        .text()
-        .await
-        .unwrap_or_default()
+    let body: String = String::from_utf8_lossy(&read_capped(resp, MAX_ERROR_BODY).await)
         .chars()
         .take(200)
         .collect();
-    let message = format!("{what} answered HTTP {status}: {body}");
+    let message = crate::redact::text(&format!("{what} answered HTTP {status}: {body}"));
     match status {
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
             ObserverError::ActionTransient {
@@ -189,24 +304,35 @@ pub(crate) async fn classify(what: &str, resp: Response) -> ObserverError {
 }
 
 /// Maps a transport error: timeouts and connection failures are transient; a policy denial
-/// (surfaced through the resolver) is permanent.
-pub(crate) fn transport_error(what: &str, err: &reqwest::Error) -> ObserverError {
-    let mut source: Option<&dyn std::error::Error> = Some(err);
+/// (surfaced through the resolver) is permanent. The client's error text embeds the full URL
+/// (a Slack URL is a secret): the URL is dropped and the rest redacted.
+pub(crate) fn transport_error(what: &str, err: reqwest::Error) -> ObserverError {
+    let err = err.without_url();
+    let mut source: Option<&dyn std::error::Error> = Some(&err);
+    let mut chain = String::new();
     while let Some(e) = source {
         if let Some(obs) = e.downcast_ref::<ObserverError>() {
-            return ObserverError::permanent(obs.code(), obs.to_string());
+            return ObserverError::permanent(obs.code(), crate::redact::text(&obs.to_string()));
+        }
+        let text = e.to_string();
+        if !chain.contains(&text) {
+            if !chain.is_empty() {
+                chain.push_str(": ");
+            }
+            chain.push_str(&text);
         }
         source = e.source();
     }
+    let chain = crate::redact::text(&chain);
     if err.is_timeout() {
         ObserverError::transient(
             "OBS-HTTP-TIMEOUT",
-            format!("{what}: request timed out: {err}"),
+            format!("{what}: request timed out: {chain}"),
         )
     } else if err.is_builder() {
-        ObserverError::permanent("OBS-HTTP-REQUEST", format!("{what}: bad request: {err}"))
+        ObserverError::permanent("OBS-HTTP-REQUEST", format!("{what}: bad request: {chain}"))
     } else {
-        ObserverError::transient("OBS-HTTP-CONNECT", format!("{what}: {err}"))
+        ObserverError::transient("OBS-HTTP-CONNECT", format!("{what}: {chain}"))
     }
 }
 
@@ -219,9 +345,9 @@ mod tests {
         let default = OutboundPolicy::default();
         let strict = OutboundPolicy {
             deny_private_networks: true,
-            allow_link_local: false,
+            ..OutboundPolicy::default()
         };
-        let cases: [(&str, bool, bool); 10] = [
+        let cases: [(&str, bool, bool); 22] = [
             // ip, denied by default, denied by strict
             ("93.184.216.34", false, false),
             ("127.0.0.1", false, true),
@@ -233,6 +359,21 @@ mod tests {
             ("::ffff:169.254.169.254", true, true),
             ("fd12::1", false, true),
             ("0.0.0.0", true, true),
+            // Cloud metadata outside link-local: Alibaba, Oracle.
+            ("100.100.100.200", true, true),
+            ("192.0.0.192", true, true),
+            ("192.0.0.8", false, true),
+            ("255.255.255.255", false, true),
+            // NAT64, 6to4 and IPv4-compatible forms: denied in strict mode; the IPv4 inside is
+            // checked always.
+            ("64:ff9b::5db8:d822", false, true),
+            ("64:ff9b::a9fe:a9fe", true, true),
+            ("2002:5db8:d822::1", false, true),
+            ("2002:a9fe:a9fe::1", true, true),
+            ("::5db8:d822", false, true),
+            ("::a9fe:a9fe", true, true),
+            ("::1", false, true),
+            ("2606:4700::1111", false, false),
         ];
         for (ip, d, s) in cases {
             let ip: IpAddr = ip.parse().unwrap();
@@ -241,7 +382,7 @@ mod tests {
         }
         let allowed = OutboundPolicy {
             allow_link_local: true,
-            ..default
+            ..default.clone()
         };
         assert!(allowed.denies("169.254.169.254".parse().unwrap()).is_none());
     }

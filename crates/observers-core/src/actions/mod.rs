@@ -21,7 +21,7 @@ pub use email::EmailAction;
 pub use http::{HttpClients, OutboundPolicy};
 pub use log::LogAction;
 pub use slack::SlackAction;
-pub use webhook::{WebhookAction, webhook_body};
+pub use webhook::{WebhookAction, webhook_body, webhook_body_bytes};
 
 use crate::config::ActionConfig;
 use crate::error::{ObserverError, Result};
@@ -114,7 +114,16 @@ impl ActionFactory {
 }
 
 pub(crate) fn template(field: &str, source: &str) -> Result<crate::template::Template> {
-    crate::template::Template::compile(source)
+    template_as(field, source, crate::template::Escape::Plain)
+}
+
+/// A template whose values are encoded for where they land (JSON body, URL, glob).
+pub(crate) fn template_as(
+    field: &str,
+    source: &str,
+    escape: crate::template::Escape,
+) -> Result<crate::template::Template> {
+    crate::template::Template::compile_as(source, escape)
         .map_err(|e| ObserverError::Template(format!("{field}: {e}")))
 }
 

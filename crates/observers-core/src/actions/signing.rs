@@ -5,12 +5,30 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The key bytes of a secret: `whsec_<base64>` decodes, anything else is used as raw bytes.
-pub fn secret_bytes(secret: &str) -> Vec<u8> {
-    secret
-        .strip_prefix("whsec_")
-        .and_then(|b64| STANDARD.decode(b64).ok())
-        .unwrap_or_else(|| secret.as_bytes().to_vec())
+/// Headers the webhook action sets itself; configured `headers` may not name them (any case).
+pub const RESERVED_HEADERS: [&str; 5] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "idempotency-key",
+];
+
+/// The key bytes of a secret: `whsec_<base64>` decodes, and one that does not decode is an
+/// error (never a fallback to signing with the text itself, which no receiver would verify);
+/// a secret without the prefix is used as raw bytes.
+pub fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => match STANDARD.decode(b64) {
+            Ok(key) if !key.is_empty() => Ok(key),
+            Ok(_) => Err("`whsec_` is followed by nothing; expected whsec_<base64 key>".into()),
+            Err(e) => Err(format!(
+                "starts with `whsec_` but the rest is not base64 ({e}); expected whsec_<base64 key>"
+            )),
+        },
+        None if secret.is_empty() => Err("is empty".into()),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
 }
 
 /// The `webhook-signature` header value.
@@ -52,7 +70,7 @@ mod tests {
     /// The example from the Standard Webhooks specification's reference libraries.
     #[test]
     fn matches_the_reference_vector() {
-        let key = secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let key = secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = sign(
             &key,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -63,8 +81,16 @@ mod tests {
     }
 
     #[test]
+    fn a_whsec_secret_that_does_not_decode_is_refused() {
+        for bad in ["whsec_not base64!", "whsec_", "whsec_%%%%", ""] {
+            assert!(secret_bytes(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(secret_bytes("raw").unwrap(), b"raw");
+    }
+
+    #[test]
     fn verify_accepts_own_and_rejects_tampering() {
-        let key = secret_bytes("plain-secret");
+        let key = secret_bytes("plain-secret").unwrap();
         let sig = sign(&key, "id", 5, b"body");
         assert!(verify(&key, "id", 5, b"body", &sig));
         assert!(verify(&key, "id", 5, b"body", &format!("v1,bogus {sig}")));

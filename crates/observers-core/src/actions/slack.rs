@@ -24,7 +24,10 @@ pub struct SlackAction {
 impl SlackAction {
     pub fn new(config: &SlackConfig, clients: HttpClients) -> Result<Self> {
         let url = reqwest::Url::parse(config.webhook_url.expose()).map_err(|e| {
-            ObserverError::permanent("OBS-CONFIG", format!("slack webhook_url: {e}"))
+            ObserverError::permanent(
+                "OBS-CONFIG",
+                format!("slack webhook_url: {e} (the URL is a secret and not shown)"),
+            )
         })?;
         let endpoint = format!(
             "{}:{}",
@@ -54,7 +57,7 @@ impl Action for SlackAction {
     }
 
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
-        self.clients.policy.check_url(&self.url)?;
+        self.clients.policy.check_target(&self.url).await?;
         let mut payload = json!({ "text": render(&self.text, inv.template)? });
         if let Some(c) = &self.channel {
             payload["channel"] = json!(c);
@@ -66,7 +69,7 @@ impl Action for SlackAction {
         if let Some(t) = self.timeout {
             req = req.timeout(t);
         }
-        let resp = req.send().await.map_err(|e| transport_error("slack", &e))?;
+        let resp = req.send().await.map_err(|e| transport_error("slack", e))?;
         if resp.status().is_success() {
             Ok(ActionResult::new(format!(
                 "HTTP {}",

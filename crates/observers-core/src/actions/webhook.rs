@@ -4,30 +4,68 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::http::{HttpClients, classify, transport_error};
-use super::{Action, ActionResult, Invocation, render, signing, template};
+use super::{Action, ActionResult, Invocation, render, signing, template, template_as};
 use crate::config::WebhookConfig;
 use crate::error::{ObserverError, Result};
-use crate::event::EntityEvent;
-use crate::template::Template;
+use crate::event::{EntityEvent, FieldChange};
+use crate::numbers::{NumberFormat, StringNumbers};
+use crate::template::{Escape, Template};
 
 /// The documented webhook body.
 pub fn webhook_body(event: &EntityEvent, observer: &str) -> Value {
-    json!({
-        "id": event.id,
-        "observer": observer,
-        "entity_type": event.entity_type,
-        "entity_id": event.entity_id,
-        "event_type": event.kind.as_str(),
-        "tenant_id": event.tenant_id,
-        "user_id": event.user_id,
-        "timestamp": event.timestamp.to_rfc3339(),
-        "data": event.after,
-        "before": event.before,
-        "changes": event.changes,
-    })
+    serde_json::to_value(WebhookBody::new(event, observer)).unwrap_or(Value::Null)
+}
+
+/// The documented webhook body, borrowing the event: serialized straight to bytes, so the rows
+/// are neither copied nor re-parsed and their numbers keep PostgreSQL's digits.
+#[derive(Serialize)]
+struct WebhookBody<'a> {
+    id: i64,
+    observer: &'a str,
+    entity_type: &'a str,
+    entity_id: &'a str,
+    event_type: &'a str,
+    tenant_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    timestamp: String,
+    data: &'a Option<Value>,
+    before: &'a Option<Value>,
+    changes: &'a [FieldChange],
+}
+
+impl<'a> WebhookBody<'a> {
+    fn new(event: &'a EntityEvent, observer: &'a str) -> Self {
+        Self {
+            id: event.id,
+            observer,
+            entity_type: &event.entity_type,
+            entity_id: &event.entity_id,
+            event_type: event.kind.as_str(),
+            tenant_id: event.tenant_id.as_deref(),
+            user_id: event.user_id.as_deref(),
+            timestamp: event.timestamp.to_rfc3339(),
+            data: &event.after,
+            before: &event.before,
+            changes: &event.changes,
+        }
+    }
+}
+
+/// The default body's bytes, with numbers as `numbers` says.
+pub fn webhook_body_bytes(
+    event: &EntityEvent,
+    observer: &str,
+    numbers: NumberFormat,
+) -> serde_json::Result<Vec<u8>> {
+    let body = WebhookBody::new(event, observer);
+    match numbers {
+        NumberFormat::Exact => serde_json::to_vec(&body),
+        NumberFormat::String => serde_json::to_vec(&StringNumbers(&serde_json::to_value(body)?)),
+    }
 }
 
 pub struct WebhookAction {
@@ -36,6 +74,7 @@ pub struct WebhookAction {
     url: Template,
     headers: Vec<(reqwest::header::HeaderName, Template)>,
     body: Option<Template>,
+    numbers: NumberFormat,
     timeout: Option<Duration>,
     secret: Option<Vec<u8>>,
     /// The host, for the circuit breaker; `None` when the URL host is templated.
@@ -51,6 +90,12 @@ impl WebhookAction {
             .headers
             .iter()
             .map(|(name, value)| {
+                if signing::RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    return Err(ObserverError::permanent(
+                        "OBS-CONFIG",
+                        format!("headers: `{name}` is set by the webhook action and cannot be configured"),
+                    ));
+                }
                 let name =
                     reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                         ObserverError::permanent("OBS-CONFIG", format!("bad header name `{name}`"))
@@ -65,18 +110,24 @@ impl WebhookAction {
         Ok(Self {
             clients,
             method,
-            url: template("url", &config.url)?,
+            url: template_as("url", &config.url, Escape::Url)?,
             headers,
             body: config
                 .body
                 .as_deref()
-                .map(|b| template("body", b))
+                .map(|b| template_as("body", b, Escape::Json))
                 .transpose()?,
+            numbers: config.numbers,
             timeout: config.timeout,
             secret: config
                 .signing_secret
                 .as_ref()
-                .map(|s| signing::secret_bytes(s.expose())),
+                .map(|s| {
+                    signing::secret_bytes(s.expose()).map_err(|e| {
+                        ObserverError::permanent("OBS-CONFIG", format!("signing_secret {e}"))
+                    })
+                })
+                .transpose()?,
             endpoint,
         })
     }
@@ -102,12 +153,26 @@ impl Action for WebhookAction {
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult> {
         let url_text = render(&self.url, inv.template)?;
         let url = reqwest::Url::parse(&url_text).map_err(|e| {
-            ObserverError::permanent("OBS-WEBHOOK-URL", format!("url `{url_text}`: {e}"))
+            ObserverError::permanent(
+                "OBS-WEBHOOK-URL",
+                format!("url `{}`: {e}", crate::redact::url(&url_text)),
+            )
         })?;
-        self.clients.policy.check_url(&url)?;
+        self.clients.policy.check_target(&url).await?;
         let body = match &self.body {
-            Some(t) => render(t, inv.template)?.into_bytes(),
-            None => serde_json::to_vec(&webhook_body(inv.event, inv.observer))
+            Some(t) => {
+                let body = render(t, inv.template)?;
+                // Row values cannot break the JSON (they are encoded); the template's own
+                // text can, and such a body is never sent.
+                serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
+                    ObserverError::permanent(
+                        "OBS-WEBHOOK-BODY",
+                        format!("the body template did not render valid JSON: {e}"),
+                    )
+                })?;
+                body.into_bytes()
+            }
+            None => webhook_body_bytes(inv.event, inv.observer, self.numbers)
                 .map_err(|e| ObserverError::permanent("OBS-WEBHOOK-BODY", e.to_string()))?,
         };
         let timestamp = chrono::Utc::now().timestamp();
@@ -135,7 +200,7 @@ impl Action for WebhookAction {
             .body(body)
             .send()
             .await
-            .map_err(|e| transport_error("webhook", &e))?;
+            .map_err(|e| transport_error("webhook", e))?;
         if resp.status().is_success() {
             Ok(ActionResult::new(format!(
                 "HTTP {}",

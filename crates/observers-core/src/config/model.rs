@@ -959,7 +959,7 @@ impl ActionConfig {
     /// A one-line human summary, without secrets.
     pub fn summary(&self) -> String {
         match self {
-            ActionConfig::Webhook(c) => format!("{} {}", c.method, c.url),
+            ActionConfig::Webhook(c) => format!("{} {}", c.method, crate::redact::url(&c.url)),
             ActionConfig::Slack(c) => format!(
                 "slack{}",
                 c.channel
@@ -977,6 +977,12 @@ impl ActionConfig {
         match self {
             ActionConfig::Webhook(c) => {
                 check_template("url", &c.url)?;
+                if !c.allow_templated_host && templated_origin(&c.url) {
+                    return Err(format!(
+                        "url `{}`: the scheme, host or port is templated, so row data would choose where the request goes; template only the path and query, or set allow_templated_host = true",
+                        crate::redact::url(&c.url)
+                    ));
+                }
                 if !c.url.contains("{{") {
                     let url =
                         url::Url::parse(&c.url).map_err(|e| format!("url `{}`: {e}", c.url))?;
@@ -987,10 +993,25 @@ impl ActionConfig {
                 reqwest::Method::from_bytes(c.method.as_bytes())
                     .map_err(|_| format!("method `{}` is not an HTTP method", c.method))?;
                 for (name, value) in &c.headers {
+                    if crate::actions::signing::RESERVED_HEADERS
+                        .contains(&name.to_ascii_lowercase().as_str())
+                    {
+                        return Err(format!(
+                            "headers.{name}: set by the webhook action itself (one of {}); it cannot be configured",
+                            crate::actions::signing::RESERVED_HEADERS.join(", ")
+                        ));
+                    }
                     check_template(&format!("headers.{name}"), value.expose())?;
+                }
+                if let Some(secret) = &c.signing_secret {
+                    crate::actions::signing::secret_bytes(secret.expose())
+                        .map_err(|e| format!("signing_secret {e}"))?;
                 }
                 if let Some(body) = &c.body {
                     check_template("body", body)?;
+                    if c.numbers == crate::numbers::NumberFormat::String {
+                        return Err("numbers = \"string\" applies to the default JSON body, not to a `body` template; quote the value in the template instead, e.g. \"amount\": \"{{ new.amount }}\"".into());
+                    }
                 }
                 Ok(())
             }
@@ -1031,6 +1052,20 @@ impl ActionConfig {
     }
 }
 
+/// Whether a template expression or block appears before the URL's path (scheme, userinfo,
+/// host or port).
+fn templated_origin(url: &str) -> bool {
+    let origin_end = match url.find("://") {
+        Some(at) => url[at + 3..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |e| at + 3 + e),
+        // No `scheme://` written out: the scheme itself comes from the template.
+        None => url.len(),
+    };
+    let origin = &url[..origin_end];
+    origin.contains("{{") || origin.contains("{%")
+}
+
 fn check_template(field: &str, source: &str) -> Result<(), String> {
     crate::template::check(source).map_err(|e| format!("{field}: {e}"))
 }
@@ -1049,11 +1084,19 @@ pub struct WebhookConfig {
     /// Optional body template; the documented JSON event body when absent.
     #[serde(default)]
     pub body: Option<String>,
+    /// How the default body writes numbers: exact JSON numbers, or JSON strings.
+    #[serde(default)]
+    pub numbers: crate::numbers::NumberFormat,
     #[serde(default, with = "duration::option")]
     pub timeout: Option<Duration>,
-    /// Standard Webhooks secret (`whsec_` + base64, or any string used as raw bytes).
+    /// Standard Webhooks secret (`whsec_` + base64, which must decode, or any other non-empty
+    /// string used as raw bytes).
     #[serde(default)]
     pub signing_secret: Option<Secret>,
+    /// Lets the url's scheme, host or port be templated (row data then chooses the target;
+    /// the `[outbound]` address policy still applies). Off by default.
+    #[serde(default)]
+    pub allow_templated_host: bool,
     #[serde(default)]
     pub mode: ActionMode,
 }

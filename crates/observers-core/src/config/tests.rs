@@ -271,3 +271,39 @@ fn ha_settings_are_checked() {
     let ok = load("[ha]\nenabled = true\nlease_ttl = \"2s\"\nrenew_interval = \"1s\"\n").unwrap();
     assert_eq!(ok.ha.max_instances, 10);
 }
+
+#[test]
+fn webhook_numbers_option_is_checked_where_it_is_written() {
+    let base = "[[observers]]\nname = \"o\"\nentity = \"Order\"\n\n  [[observers.actions]]\n  type = \"webhook\"\n  url = \"http://127.0.0.1:1/h\"\n";
+    let ok = load(&format!("{base}  numbers = \"string\"\n")).unwrap();
+    let ActionConfig::Webhook(w) = ok.observers[0].actions[0].get_ref() else {
+        panic!("a webhook")
+    };
+    assert_eq!(w.numbers, crate::numbers::NumberFormat::String);
+    let default = load(base).unwrap();
+    let ActionConfig::Webhook(w) = default.observers[0].actions[0].get_ref() else {
+        panic!("a webhook")
+    };
+    assert_eq!(w.numbers, crate::numbers::NumberFormat::Exact);
+
+    let bad = load(&format!("{base}  numbers = \"float\"\n")).unwrap_err();
+    assert_eq!(bad.file, "observers.toml");
+    assert!(bad.message.contains("`float`"), "{bad}");
+    assert!(bad.message.contains("\"exact\""), "{bad}");
+    assert!(bad.line >= 5, "points into the action: {bad}");
+    assert!(
+        bad.key.as_deref().is_some_and(|k| k.contains("actions")),
+        "{bad}"
+    );
+
+    let with_body = load(&format!(
+        "{base}  numbers = \"string\"\n  body = \"{{{{ new.total }}}}\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        with_body.key.as_deref(),
+        Some("observers[0].actions[0]"),
+        "{with_body}"
+    );
+    assert!(with_body.message.contains("body"), "{with_body}");
+}

@@ -29,7 +29,7 @@ pub fn load(text: &str) -> Config {
 
 pub fn harness(text: &str) -> Harness {
     let config = load(text);
-    let factory = ActionFactory::new(config.outbound).unwrap();
+    let factory = ActionFactory::new(config.outbound.clone()).unwrap();
     let set = ObserverSet::from_config(&config, &factory).unwrap();
     let dlq = Arc::new(MemoryDeadLetterQueue::default());
     let telemetry = CountingTelemetry::new();
@@ -225,7 +225,7 @@ async fn body_headers_and_signature() {
     assert_eq!(body["data"]["status"], "paid");
     assert_eq!(body["changes"][0]["field"], "status");
     let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
-    let key = signing::secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let key = signing::secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
     assert!(signing::verify(
         &key,
         "42:signed:0",

@@ -4,4 +4,7 @@
 mod email;
 mod executor;
 mod listener;
+mod outbound;
+mod secrets;
 mod support;
+mod templates;

@@ -1,8 +1,18 @@
-//! Bearer-token check of the state-changing endpoints. The token comes from the environment
-//! (never the config file); without it those endpoints answer 403 and change nothing.
+//! Who may call what. The token comes from the environment (never the config file).
+//!
+//! - Open: `/metrics`, `/health`, `/ready` (no row data, no error texts).
+//! - Data endpoints (`/status`, every merged router such as `/api/observers/search`, the future
+//!   `/ui`): with a token set, `Authorization: Bearer <token>` or 401; without a token they
+//!   answer only while the server is bound to a loopback address, else 403.
+//! - State-changing endpoints (`POST /ingest/debezium`): always the token; without one, 403.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use axum::Json;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -13,23 +23,22 @@ pub(crate) fn token_from_env() -> Option<String> {
     std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty())
 }
 
-/// Equal-time comparison, so the response time does not reveal a matching prefix.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Equal-time comparison: the time taken depends only on the length of `given` (the caller's
+/// input), never on how much of it matches the token or on the token's length.
+fn same(given: &[u8], token: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != token.len());
+    for (i, g) in given.iter().enumerate() {
+        diff |= g ^ token.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
 }
 
-/// `Ok` when the request carries `Authorization: Bearer <token>`.
+fn forbidden(message: &str) -> Response {
+    (StatusCode::FORBIDDEN, Json(json!({ "error": message }))).into_response()
+}
+
 #[allow(clippy::result_large_err)] // the error is the response itself
-pub(crate) fn require(token: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            Json(json!({
-                "error": format!("state-changing endpoints are disabled: set {TOKEN_ENV} in the environment of `observers run`")
-            })),
-        )
-            .into_response());
-    };
+fn bearer(token: &str, headers: &HeaderMap) -> Result<(), Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -46,6 +55,74 @@ pub(crate) fn require(token: Option<&str>, headers: &HeaderMap) -> Result<(), Re
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             Err(resp)
         }
+    }
+}
+
+/// `Ok` when a state-changing request carries `Authorization: Bearer <token>`.
+#[allow(clippy::result_large_err)] // the error is the response itself
+pub(crate) fn require(token: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = token else {
+        return Err(forbidden(&format!(
+            "state-changing endpoints are disabled: set {TOKEN_ENV} in the environment of `observers run`"
+        )));
+    };
+    bearer(token, headers)
+}
+
+/// The access rule of the data endpoints, shared by every route that serves row data or error
+/// texts. The bound address is set once the server binds; until then (a router served by the
+/// caller) it counts as not loopback, so the data stays closed without a token.
+#[derive(Debug, Default)]
+pub(crate) struct DataAccess {
+    pub(crate) token: Option<String>,
+    pub(crate) bound: OnceLock<SocketAddr>,
+}
+
+impl DataAccess {
+    pub(crate) fn new(token: Option<String>) -> Arc<Self> {
+        Arc::new(Self {
+            token,
+            bound: OnceLock::new(),
+        })
+    }
+
+    /// Why the data endpoints answer 403, or `None` when they can answer.
+    pub(crate) fn closed_because(&self) -> Option<String> {
+        if self.token.is_some() {
+            return None;
+        }
+        match self.bound.get() {
+            Some(addr) if addr.ip().is_loopback() => None,
+            Some(addr) => Some(format!(
+                "the ops server listens on {addr}, which is not a loopback address, and {TOKEN_ENV} is not set: /status and the data endpoints (/api/observers/search) answer 403; set {TOKEN_ENV} or bind 127.0.0.1"
+            )),
+            None => Some(format!(
+                "the ops server's address is unknown and {TOKEN_ENV} is not set: the data endpoints answer 403"
+            )),
+        }
+    }
+
+    #[allow(clippy::result_large_err)] // the error is the response itself
+    fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
+        match &self.token {
+            Some(token) => bearer(token, headers),
+            None => match self.closed_because() {
+                None => Ok(()),
+                Some(why) => Err(forbidden(&why)),
+            },
+        }
+    }
+}
+
+/// Middleware guarding a data endpoint.
+pub(crate) async fn data_guard(
+    State(access): State<Arc<DataAccess>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match access.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(resp) => resp,
     }
 }
 
@@ -68,5 +145,32 @@ mod tests {
         assert!(require(Some("s3cret"), &h).is_err());
         h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
         assert!(require(Some("s3cret"), &h).is_ok());
+        for wrong in ["s3cre", "s3crett", "", "S3cret", "s3cret\0"] {
+            assert!(!same(wrong.as_bytes(), b"s3cret"), "{wrong:?}");
+        }
+        assert!(same(b"s3cret", b"s3cret"));
+    }
+
+    #[test]
+    fn data_access_follows_token_and_bind() {
+        let h = HeaderMap::new();
+        let open = DataAccess::new(None);
+        open.bound.set("127.0.0.1:9464".parse().unwrap()).unwrap();
+        assert!(open.check(&h).is_ok());
+        let v6 = DataAccess::new(None);
+        v6.bound.set("[::1]:9464".parse().unwrap()).unwrap();
+        assert!(v6.check(&h).is_ok());
+        let wide = DataAccess::new(None);
+        wide.bound.set("0.0.0.0:9464".parse().unwrap()).unwrap();
+        assert_eq!(wide.check(&h).unwrap_err().status(), StatusCode::FORBIDDEN);
+        assert!(wide.closed_because().unwrap().contains("0.0.0.0:9464"));
+        let unbound = DataAccess::new(None);
+        assert!(unbound.check(&h).is_err());
+        let token = DataAccess::new(Some("t".into()));
+        token.bound.set("127.0.0.1:1".parse().unwrap()).unwrap();
+        assert_eq!(
+            token.check(&h).unwrap_err().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 }

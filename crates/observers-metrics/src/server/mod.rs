@@ -2,10 +2,11 @@
 //! `POST /ingest/debezium`. What it reports beyond the metrics comes from pluggable providers
 //! (`ReadinessCheck`, `StatusSection`), so this crate knows no database: the CLI plugs in the
 //! PostgreSQL checks, the HA issue a lease check and a `group` section. Other routers (search)
-//! are merged with [`OpsServer::merge`].
+//! are merged with [`OpsServer::merge`] and are data endpoints (see `auth`).
 
 mod auth;
 mod ingest;
+mod limits;
 mod routes;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use observers_core::breaker::BreakerRegistry;
@@ -28,6 +30,7 @@ use crate::error::MetricsError;
 use crate::families::ObserverMetrics;
 
 pub use auth::TOKEN_ENV;
+pub use limits::ServerLimits;
 
 /// The default `[metrics] listen` address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -79,7 +82,8 @@ pub struct OpsState {
     pub sections: Vec<Arc<dyn StatusSection>>,
     pub breakers: Option<Arc<BreakerRegistry>>,
     pub ingest: Option<IngestTarget>,
-    /// The bearer token of state-changing endpoints; `None` disables them.
+    /// The bearer token of data and state-changing endpoints; `None` disables the
+    /// state-changing ones and opens the data endpoints on a loopback bind only.
     pub token: Option<String>,
 }
 
@@ -121,7 +125,7 @@ impl OpsState {
     }
 
     /// Overrides the token read from `OBSERVERS_OPS_TOKEN` (`None` disables state-changing
-    /// endpoints).
+    /// endpoints and keeps data endpoints to a loopback bind).
     #[must_use]
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token.filter(|t| !t.is_empty());
@@ -132,52 +136,80 @@ impl OpsState {
 /// The ops server's routes, open to extension.
 pub struct OpsServer {
     router: Router,
+    access: Arc<auth::DataAccess>,
+    limits: ServerLimits,
 }
 
 impl OpsServer {
     pub fn new(state: OpsState) -> Self {
+        let access = auth::DataAccess::new(state.token.clone());
+        let data = Router::new()
+            .route("/status", get(routes::status))
+            .route_layer(from_fn_with_state(access.clone(), auth::data_guard));
         let router = Router::new()
             .route("/metrics", get(routes::metrics))
             .route("/health", get(routes::health))
             .route("/ready", get(routes::ready))
-            .route("/status", get(routes::status))
             .route("/ingest/debezium", post(ingest::debezium))
+            .merge(data)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::new(state));
-        Self { router }
+        Self {
+            router,
+            access,
+            limits: ServerLimits::default(),
+        }
     }
 
     /// Adds another router's routes (e.g. `observers_search::http::router(..)` for
-    /// `/api/observers/search`). Paths must not collide with the ones above.
+    /// `/api/observers/search`). Paths must not collide with the ones above. They are data
+    /// endpoints: the ops token when one is set, else a loopback bind.
     #[must_use]
     pub fn merge(mut self, other: Router) -> Self {
-        self.router = self.router.merge(other);
+        let guarded = other.route_layer(from_fn_with_state(self.access.clone(), auth::data_guard));
+        self.router = self.router.merge(guarded);
         self
     }
 
+    /// Replaces the default [`ServerLimits`].
+    #[must_use]
+    pub fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The routes, for a caller that serves them itself. Data endpoints then need the token
+    /// (the bind address is unknown, so it never counts as loopback).
     pub fn router(self) -> Router {
         self.router
+    }
+
+    fn bound(self, listener: TcpListener, local: SocketAddr) -> BoundOpsServer {
+        let _ = self.access.bound.set(local);
+        let router = self.router.layer(from_fn_with_state(
+            self.limits.request_timeout,
+            limits::request_deadline,
+        ));
+        BoundOpsServer {
+            listener,
+            local,
+            router,
+            access: self.access,
+            limits: self.limits,
+        }
     }
 
     /// Binds `addr` (`host:port`; port 0 picks a free one).
     pub async fn bind(self, addr: &str) -> Result<BoundOpsServer, MetricsError> {
         let (listener, local) = listen(addr).await?;
-        Ok(BoundOpsServer {
-            listener,
-            local,
-            router: self.router,
-        })
+        Ok(self.bound(listener, local))
     }
 
     /// Binds [`DEFAULT_LISTEN`], or a free port on 127.0.0.1 when another process (a second
     /// instance on the same host) holds it.
     pub async fn bind_default(self) -> Result<BoundOpsServer, MetricsError> {
         match listen(DEFAULT_LISTEN).await {
-            Ok((listener, local)) => Ok(BoundOpsServer {
-                listener,
-                local,
-                router: self.router,
-            }),
+            Ok((listener, local)) => Ok(self.bound(listener, local)),
             Err(e) => {
                 tracing::warn!(error = %e, "the default ops address is taken; using a free port on 127.0.0.1");
                 self.bind("127.0.0.1:0").await
@@ -201,6 +233,8 @@ pub struct BoundOpsServer {
     listener: TcpListener,
     local: SocketAddr,
     router: Router,
+    access: Arc<auth::DataAccess>,
+    limits: ServerLimits,
 }
 
 impl BoundOpsServer {
@@ -208,14 +242,18 @@ impl BoundOpsServer {
         self.local
     }
 
+    /// Why the data endpoints (`/status`, search) will answer 403, when they will: no token
+    /// and a bind address that is not loopback. `run` logs it at start.
+    pub fn data_closed_because(&self) -> Option<String> {
+        self.access.closed_because()
+    }
+
     /// Serves until `shutdown` completes; in-flight requests finish first.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MetricsError> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| MetricsError::Serve(e.to_string()))
+        limits::serve(self.listener, self.router, self.limits, shutdown).await;
+        Ok(())
     }
 }

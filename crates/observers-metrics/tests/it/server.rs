@@ -8,7 +8,8 @@ use axum::routing::get;
 use observers_core::debezium::DebeziumMapping;
 use observers_core::stores::source::MemoryEventSource;
 use observers_metrics::{
-    IngestTarget, InstanceInfo, ObserverMetrics, OpsServer, OpsState, ReadinessCheck, StatusSection,
+    IngestTarget, InstanceInfo, ObserverMetrics, OpsServer, OpsState, ReadinessCheck, ServerLimits,
+    StatusSection,
 };
 use serde_json::{Value, json};
 
@@ -176,4 +177,187 @@ async fn ingest_needs_the_token_and_writes_all_or_nothing() {
             .contains("needs an `after` image")
     );
     assert_eq!(source.len(), 2, "nothing of a malformed batch is written");
+}
+
+async fn start_on(
+    state: OpsState,
+    addr: &str,
+    limits: ServerLimits,
+) -> (String, Option<String>, tokio::sync::oneshot::Sender<()>) {
+    let extra = axum::Router::new().route("/api/observers/search", get(|| async { "rows" }));
+    let bound = OpsServer::new(state)
+        .merge(extra)
+        .with_limits(limits)
+        .bind(addr)
+        .await
+        .unwrap();
+    let port = bound.local_addr().port();
+    let why = bound.data_closed_because();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bound.serve(async move {
+        let _ = rx.await;
+    }));
+    (format!("http://127.0.0.1:{port}"), why, tx)
+}
+
+fn state_with(token: Option<&str>) -> OpsState {
+    OpsState::new(Arc::new(ObserverMetrics::new()), instance())
+        .with_section(Arc::new(Group))
+        .with_token(token.map(str::to_owned))
+}
+
+/// Row data and error texts (`/status`, search) need the token once one is set; the probes
+/// (`/metrics`, `/health`, `/ready`) stay open.
+#[tokio::test]
+async fn data_endpoints_need_the_token_when_one_is_set() {
+    let (base, why, _stop) = start_on(
+        state_with(Some("tok")),
+        "127.0.0.1:0",
+        ServerLimits::default(),
+    )
+    .await;
+    assert_eq!(why, None);
+    let c = client();
+    for path in [
+        "/status",
+        "/api/observers/search",
+        "/api/observers/search?text=x",
+    ] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} without the token");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let r = c
+            .get(format!("{base}{path}"))
+            .bearer_auth("tok-but-longer")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong token");
+        let r = c
+            .get(format!("{base}{path}"))
+            .bearer_auth("tok")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} with the token");
+    }
+    for path in ["/metrics", "/health", "/ready"] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} stays open");
+    }
+}
+
+/// Without a token the data endpoints answer on a loopback bind only; bound to every address
+/// they answer 403 and the server says why (what `run` logs).
+#[tokio::test]
+async fn without_a_token_data_endpoints_answer_only_on_loopback() {
+    let c = client();
+    let (base, why, _s1) = start_on(state_with(None), "127.0.0.1:0", ServerLimits::default()).await;
+    assert_eq!(why, None);
+    for path in ["/status", "/api/observers/search"] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} on loopback");
+    }
+
+    let (base, why, _s2) = start_on(state_with(None), "0.0.0.0:0", ServerLimits::default()).await;
+    let why = why.expect("a wide bind without a token is reported");
+    assert!(
+        why.contains("OBSERVERS_OPS_TOKEN") && why.contains("0.0.0.0"),
+        "{why}"
+    );
+    for path in ["/status", "/api/observers/search"] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{path} on 0.0.0.0 without a token");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("OBSERVERS_OPS_TOKEN")
+        );
+    }
+    for path in ["/metrics", "/health", "/ready"] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} stays open");
+    }
+}
+
+async fn read_to_end_within(stream: &mut tokio::net::TcpStream, what: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stream.read_to_end(&mut out),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the server never closed the connection"))
+    .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that never finishes its headers is cut off, and so is one that never finishes its
+/// body; neither holds the server.
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = ServerLimits {
+        header_read_timeout: std::time::Duration::from_millis(200),
+        request_timeout: std::time::Duration::from_millis(300),
+        max_connections: 16,
+    };
+    let (base, _, _stop) = start_on(state_with(Some("tok")), "127.0.0.1:0", limits).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let got = read_to_end_within(&mut s, "half a header").await;
+    assert!(!got.contains("200 OK"), "{got}");
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"POST /ingest/debezium HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"op\":",
+    )
+    .await
+    .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 1024];
+    while !got.contains("\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(60), s.read(&mut buf))
+            .await
+            .expect("a stalled body gets an answer")
+            .unwrap();
+        assert!(n > 0, "closed without an answer: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+}
+
+/// Past `max_connections` open connections, a new one gets 503 and is closed; once one closes
+/// the server takes connections again.
+#[tokio::test]
+async fn connections_over_the_limit_are_refused() {
+    let limits = ServerLimits {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let (base, _, _stop) = start_on(state_with(None), "127.0.0.1:0", limits).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let idle1 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _idle2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let got = read_to_end_within(&mut third, "the third connection").await;
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    drop(idle1);
+    let c = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = c.get(format!("{base}/health")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a slot never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

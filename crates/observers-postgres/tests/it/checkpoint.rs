@@ -368,3 +368,154 @@ async fn fenced_save_refuses_a_row_written_under_a_newer_epoch(pool: PgPool) {
     s.save("l", Cursor::new(6, 6), 1).await.unwrap();
     assert_eq!(s.details("l").await.unwrap().unwrap().lease_epoch, None);
 }
+
+fn names(consumer: &str, n: u32) -> Vec<String> {
+    if n <= 1 {
+        return vec![consumer.to_owned()];
+    }
+    (0..n).map(|p| format!("{consumer}#p{p}")).collect()
+}
+
+async fn cursors(store: &PostgresCheckpointStore) -> Vec<(String, Cursor)> {
+    store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.listener_id, c.cursor))
+        .collect()
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_partition_count_change_restarts_every_partition_from_the_lowest_cursor(pool: PgPool) {
+    let store = PostgresCheckpointStore::new(pool.clone()).with_instance("t");
+    // A fresh single listener keeps its start-position policy: no checkpoint is created.
+    assert_eq!(
+        store
+            .adopt_partitions("c", 1, &names("c", 1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(cursors(&store).await.is_empty());
+    // Fresh with four: every partition from the start of the log, no handover.
+    assert_eq!(
+        store
+            .adopt_partitions("c", 4, &names("c", 4))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(cursors(&store).await.len(), 4);
+    for (p, id) in [(0, 50), (1, 90), (2, 10), (3, 70)] {
+        store
+            .save(&format!("c#p{p}"), Cursor::new(5, id), 1)
+            .await
+            .unwrap();
+    }
+    // An unrelated consumer whose name shares the prefix is left alone.
+    store.save("c#pX", Cursor::new(9, 9), 1).await.unwrap();
+    store.save("cc", Cursor::new(9, 9), 1).await.unwrap();
+    // Same count again: nothing moves.
+    assert_eq!(
+        store
+            .adopt_partitions("c", 4, &names("c", 4))
+            .await
+            .unwrap(),
+        None
+    );
+    // 4 → 2: both start from the lowest (p2's), p2 and p3 are retired, all on record.
+    let h = store
+        .adopt_partitions("c", 2, &names("c", 2))
+        .await
+        .unwrap()
+        .expect("a handover");
+    assert_eq!((h.from, h.to, h.start), (Some(4), 2, Cursor::new(5, 10)));
+    assert_eq!(h.retired, vec!["c#p2".to_owned(), "c#p3".to_owned()]);
+    assert_eq!(
+        cursors(&store).await,
+        vec![
+            ("c#p0".to_owned(), Cursor::new(5, 10)),
+            ("c#p1".to_owned(), Cursor::new(5, 10)),
+            ("c#pX".to_owned(), Cursor::new(9, 9)),
+            ("cc".to_owned(), Cursor::new(9, 9)),
+        ]
+    );
+    for name in ["c#p0", "c#p1", "c#p2", "c#p3"] {
+        let moves = store.history(name, 10).await.unwrap();
+        assert_eq!(moves.len(), 1, "{name}");
+        assert!(
+            moves[0].reason.contains("from 4 to 2"),
+            "{}",
+            moves[0].reason
+        );
+        assert_eq!(moves[0].new, Cursor::new(5, 10));
+    }
+    // 2 → 1 (the unpartitioned listener): its own checkpoint from the lowest.
+    store.save("c#p0", Cursor::new(6, 1), 1).await.unwrap();
+    let h = store
+        .adopt_partitions("c", 1, &names("c", 1))
+        .await
+        .unwrap()
+        .expect("a handover");
+    assert_eq!(h.start, Cursor::new(5, 10));
+    assert_eq!(
+        store.load("c").await.unwrap().unwrap().cursor,
+        Cursor::new(5, 10)
+    );
+    assert!(store.load("c#p0").await.unwrap().is_none());
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn checkpoints_from_before_layouts_were_recorded_are_handed_over(pool: PgPool) {
+    let store = PostgresCheckpointStore::new(pool.clone()).with_instance("t");
+    // Written by a version that recorded no layout: two partitions, restarted with four.
+    store.save("c#p0", Cursor::new(3, 30), 1).await.unwrap();
+    store.save("c#p1", Cursor::new(3, 20), 1).await.unwrap();
+    let h = store
+        .adopt_partitions("c", 4, &names("c", 4))
+        .await
+        .unwrap()
+        .expect("a handover");
+    assert_eq!((h.from, h.start), (None, Cursor::new(3, 20)));
+    assert!(h.retired.is_empty());
+    let all = cursors(&store).await;
+    assert_eq!(all.len(), 4);
+    assert!(all.iter().all(|(_, c)| *c == Cursor::new(3, 20)), "{all:?}");
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn concurrent_starts_hand_over_once(pool: PgPool) {
+    let store = Arc::new(PostgresCheckpointStore::new(pool.clone()).with_instance("t"));
+    store
+        .adopt_partitions("c", 4, &names("c", 4))
+        .await
+        .unwrap();
+    for p in 0..4 {
+        store
+            .save(&format!("c#p{p}"), Cursor::new(1, 100 - i64::from(p)), 1)
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.adopt_partitions("c", 2, &names("c", 2)).await.unwrap() })
+        })
+        .collect();
+    let mut handovers = 0;
+    for t in tasks {
+        handovers += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(
+        handovers, 1,
+        "one instance hands over, the others find it done"
+    );
+    assert_eq!(
+        cursors(&store).await,
+        vec![
+            ("c#p0".to_owned(), Cursor::new(1, 97)),
+            ("c#p1".to_owned(), Cursor::new(1, 97)),
+        ]
+    );
+}

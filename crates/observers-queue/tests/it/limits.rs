@@ -150,7 +150,7 @@ async fn a_retry_after_beyond_any_date_fails_the_job_and_the_worker_keeps_workin
         &|_| None,
     )
     .unwrap();
-    let factory = ActionFactory::new(cfg.outbound).unwrap();
+    let factory = ActionFactory::new(cfg.outbound.clone()).unwrap();
     let set = ObserverSet::from_config(&cfg, &factory).unwrap();
     let q = Arc::new(PostgresJobQueue::new(pool.clone()));
     let dlq = Arc::new(PostgresDeadLetterQueue::new(pool.clone()));

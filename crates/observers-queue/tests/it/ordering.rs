@@ -64,7 +64,7 @@ async fn queued_webhooks_keep_commit_order_per_entity(pool: PgPool) {
         &|_| None,
     )
     .unwrap();
-    let factory = ActionFactory::new(cfg.outbound).unwrap();
+    let factory = ActionFactory::new(cfg.outbound.clone()).unwrap();
     let set = ObserverSet::from_config(&cfg, &factory).unwrap();
     let q = Arc::new(PostgresJobQueue::new(pool.clone()));
     let jobs: Arc<dyn JobQueue> = q.clone();

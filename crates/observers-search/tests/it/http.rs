@@ -73,6 +73,19 @@ async fn answers_total_results_and_facets() {
 }
 
 #[tokio::test]
+async fn the_deepest_allowed_page_is_served() {
+    let base = serve().await;
+    for query in [
+        "?page=10&per_page=1000",
+        "?page=500&per_page=20",
+        "?page=999999&per_page=0",
+    ] {
+        let (status, body) = get(&base, query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn bad_parameters_are_400s_naming_the_parameter() {
     let base = serve().await;
     for (query, parameter) in [
@@ -84,6 +97,10 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
         ("?until=2026-13-01T00:00:00Z", "until"),
         ("?facets=maybe", "facets"),
         ("?entity=Order", "entity"),
+        // Deep pages are refused: page × per_page stays within 10,000.
+        ("?page=4294967295", "page"),
+        ("?page=11&per_page=1000", "page"),
+        ("?per_page=20&page=501", "page"),
     ] {
         let (status, body) = get(&base, query).await;
         assert_eq!(status, 400, "{query}: {body}");
