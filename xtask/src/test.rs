@@ -1,5 +1,5 @@
 //! `cargo xtask test`: every test of the workspace, with the services it needs located or
-//! started first (DESIGN.md §9).
+//! started first (README.md, "Run the tests").
 
 use anyhow::Result;
 

@@ -73,7 +73,7 @@ fn core_depends_on_no_backend() {
     for forbidden in FORBIDDEN_IN_CORE {
         assert!(
             !deps.iter().any(|d| d == forbidden),
-            "observers-core must not depend on `{forbidden}` (DESIGN.md §1); move the backend piece into its own crate"
+            "observers-core must not depend on `{forbidden}` (docs/ARCHITECTURE.md); move the backend piece into its own crate"
         );
     }
     let manifest =

@@ -1,7 +1,7 @@
 //! High availability for Observers: fenced leases in PostgreSQL (`observer_leases`), the
 //! listener state machine, the group coordinator (`observer_listeners`), failover detection,
 //! balanced partition assignment, and `HaRuntime`, which runs one listener per held partition
-//! with checkpoint saves fenced by the partition lease (DESIGN.md §4).
+//! with checkpoint saves fenced by the partition lease (docs/ha.md).
 #![forbid(unsafe_code)]
 
 pub mod assignment;

@@ -1,5 +1,5 @@
 //! Listener checkpoints in PostgreSQL (`observer_checkpoints`), with an audit trail of operator
-//! moves (`observer_checkpoints_history`) and lease-fenced saves for HA (DESIGN.md §4).
+//! moves (`observer_checkpoints_history`) and lease-fenced saves for HA (docs/ha.md).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -23,7 +23,7 @@ use crate::error::PgError;
 /// The NOTIFY channel the change log's statement trigger signals.
 pub const CHANNEL: &str = "observer_change_log";
 
-/// The one-statement, snapshot-safe read (DESIGN.md §3), without the byte budget.
+/// The one-statement, snapshot-safe read (docs/postgres.md, "The cursor"), without the byte budget.
 macro_rules! fetch_rows_sql {
     () => {
         "SELECT * FROM observer_change_log \

@@ -1,6 +1,6 @@
 // pg-boss (npm) side of `cargo xtask bench --queue`: the same measurements as our queue (enqueue N
 // no-op jobs in batches of 1,000, start the workers, time until the last job ran; enqueue->start
-// latency of single jobs on idle workers) in its fastest documented configuration (PEERS.md):
+// latency of single jobs on idle workers) in its fastest documented configuration:
 // batchSize 100, localConcurrency 4, burstWhenBatchFull, LISTEN/NOTIFY wake-up. Its default batch
 // size 1 is poll-bound (about 48 jobs/s): never compare against that. Prints one JSON object.
 // Env: DATABASE_URL, PEER_DIR (where pg-boss is installed), JOBS, LATENCY_JOBS. Uses the schema

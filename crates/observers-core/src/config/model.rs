@@ -1,4 +1,4 @@
-//! The shape of the config file (DESIGN.md §5). Every struct rejects unknown keys.
+//! The shape of the config file (docs/configuration.md). Every struct rejects unknown keys.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -23,7 +23,7 @@ use crate::clock::SharedClock;
 use crate::error::{ObserverError, Result};
 
 /// Attempts a job gets when its producer does not say: one, plus the seven retries of the
-/// long schedule in DESIGN.md §7.
+/// long schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; docs/queue.md).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 
 /// How many jobs [`MemoryJobQueue::new`] holds.

@@ -1,4 +1,4 @@
-//! Every storage trait of DESIGN.md §7, each with an in-memory implementation that is a real
+//! Every storage trait (listed in docs/ARCHITECTURE.md), each with an in-memory implementation that is a real
 //! product (bounded, TTLs honoured) for library use and for the embedded defaults.
 
 pub mod cache;
