@@ -174,11 +174,11 @@ async fn drain(pool: &PgPool, id: &str, slot: ActionSlot, rows: usize, end: Curs
 }
 
 async fn last_cursor(pool: &PgPool) -> Cursor {
-    let (t, i): (i64, i64) = sqlx::query_as("SELECT txid::text::bigint, id FROM observer_change_log ORDER BY txid DESC, id DESC LIMIT 1")
+    let id: i64 = sqlx::query_scalar("SELECT max(id) FROM observer_change_log")
         .fetch_one(pool)
         .await
         .unwrap();
-    Cursor::new(u64::try_from(t).unwrap(), i)
+    Cursor::new(id)
 }
 
 type Arrivals = Arc<Mutex<Vec<(i64, Instant)>>>;
@@ -318,7 +318,7 @@ async fn checkpoint_rates(pool: &PgPool, seconds: u64) -> (f64, f64) {
     while started.elapsed() < run {
         n += 1;
         store
-            .save("cp-bench", Cursor::new(1, i64::from(n)), 1)
+            .save("cp-bench", Cursor::new(i64::from(n)), 1)
             .await
             .unwrap();
     }
@@ -328,8 +328,8 @@ async fn checkpoint_rates(pool: &PgPool, seconds: u64) -> (f64, f64) {
     while started.elapsed() < run {
         n += 1;
         sqlx::query(
-            "INSERT INTO observer_checkpoints (listener_id, cursor_txid, cursor_id) VALUES ('raw', 1, $1) \
-             ON CONFLICT (listener_id) DO UPDATE SET cursor_txid = EXCLUDED.cursor_txid, cursor_id = EXCLUDED.cursor_id, updated_at = now()",
+            "INSERT INTO observer_checkpoints (listener_id, cursor_id) VALUES ('raw', $1) \
+             ON CONFLICT (listener_id) DO UPDATE SET cursor_id = EXCLUDED.cursor_id, updated_at = now()",
         )
         .bind(i64::from(n))
         .execute(pool)

@@ -49,29 +49,27 @@ impl FromStr for EventKind {
     }
 }
 
-/// The position of a change-log row: `(txid, id)`, compared lexicographically.
-///
-/// Ids are assigned at insert, not at commit, so `id` alone would skip rows of
-/// transactions that commit late; the transaction id comes first.
+/// The position of a change-log row: its id. Readers take ids in order, only up to a horizon
+/// below which every id is final (docs/postgres.md, "The cursor"), so an id at or below a saved
+/// cursor never becomes visible later.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
 pub struct Cursor {
-    pub txid: u64,
     pub id: i64,
 }
 
 impl Cursor {
-    pub const START: Cursor = Cursor { txid: 0, id: 0 };
+    pub const START: Cursor = Cursor { id: 0 };
 
-    pub fn new(txid: u64, id: i64) -> Self {
-        Self { txid, id }
+    pub fn new(id: i64) -> Self {
+        Self { id }
     }
 }
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.txid, self.id)
+        write!(f, "{}", self.id)
     }
 }
 
@@ -79,18 +77,19 @@ impl FromStr for Cursor {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (txid, id) = s
-            .split_once(':')
-            .ok_or_else(|| format!("cursor `{s}` must be TXID:ID, for example 1234:56"))?;
-        let txid = txid
-            .trim()
-            .parse()
-            .map_err(|_| format!("cursor `{s}`: TXID `{txid}` is not a non-negative integer"))?;
-        let id = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("cursor `{s}`: ID `{id}` is not an integer"))?;
-        Ok(Cursor { txid, id })
+        let s = s.trim();
+        if s.contains(':') {
+            return Err(format!(
+                "cursor `{s}` has the old TXID:ID form; a cursor is now the change-log id alone, \
+                 for example 56"
+            ));
+        }
+        match s.parse::<i64>() {
+            Ok(id) if id >= 0 => Ok(Cursor { id }),
+            _ => Err(format!(
+                "cursor `{s}` must be a change-log id, a non-negative integer such as 56"
+            )),
+        }
     }
 }
 
@@ -167,13 +166,12 @@ impl EntityEvent {
 
     #[must_use]
     pub fn with_cursor(mut self, cursor: Cursor) -> Self {
-        self.txid = cursor.txid;
         self.id = cursor.id;
         self
     }
 
     pub fn cursor(&self) -> Cursor {
-        Cursor::new(self.txid, self.id)
+        Cursor::new(self.id)
     }
 
     /// Recomputes `changes` from `before`/`after` (for events deserialized without them).
@@ -261,13 +259,18 @@ mod tests {
     }
 
     #[test]
-    fn cursor_orders_by_txid_first() {
-        let late_commit = Cursor::new(10, 1);
-        let early = Cursor::new(5, 2);
-        assert!(early < late_commit);
-        assert_eq!("10:1".parse::<Cursor>(), Ok(late_commit));
-        assert!("10".parse::<Cursor>().is_err());
-        assert!("x:1".parse::<Cursor>().unwrap_err().contains("TXID"));
+    fn cursor_is_the_id_and_refuses_the_old_pair() {
+        assert!(Cursor::new(5) < Cursor::new(10));
+        assert_eq!("10".parse::<Cursor>(), Ok(Cursor::new(10)));
+        assert_eq!(Cursor::new(10).to_string(), "10");
+        assert!(
+            "10:1"
+                .parse::<Cursor>()
+                .unwrap_err()
+                .contains("old TXID:ID form")
+        );
+        assert!("-1".parse::<Cursor>().unwrap_err().contains("non-negative"));
+        assert!("x".parse::<Cursor>().is_err());
     }
 
     #[test]

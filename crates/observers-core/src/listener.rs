@@ -331,7 +331,10 @@ impl Listener {
             None,
             Some(raw.clone()),
         );
-        event.txid = cursor.txid;
+        event.txid = raw
+            .get("txid")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_default();
         let entry = DlqEntry {
             event,
             observer: String::new(),

@@ -138,20 +138,20 @@ mod tests {
 
     fn ev(id: i64, entity: &str) -> EntityEvent {
         EntityEvent::new(id, "T", entity, EventKind::Update, None, None)
-            .with_cursor(Cursor::new(1, id))
+            .with_cursor(Cursor::new(id))
     }
 
     #[test]
     fn prefix_only_moves_over_contiguous_completions() {
-        let t = ProgressTracker::new((1..=4).map(|i| Cursor::new(1, i)).collect());
+        let t = ProgressTracker::new((1..=4).map(Cursor::new).collect());
         assert_eq!(t.committed(), None);
         t.complete(1);
         t.complete(3);
         assert_eq!(t.committed(), None);
         t.complete(0);
-        assert_eq!(t.committed(), Some(Cursor::new(1, 2)));
+        assert_eq!(t.committed(), Some(Cursor::new(2)));
         t.complete(2);
-        assert_eq!(t.committed(), Some(Cursor::new(1, 4)));
+        assert_eq!(t.committed(), Some(Cursor::new(4)));
         assert!(t.is_complete());
     }
 
@@ -238,6 +238,6 @@ mod tests {
         })
         .await;
         assert_eq!(tracker.prefix_len(), 3);
-        assert_eq!(tracker.committed(), Some(Cursor::new(1, 3)));
+        assert_eq!(tracker.committed(), Some(Cursor::new(3)));
     }
 }

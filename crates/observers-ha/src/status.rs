@@ -113,7 +113,7 @@ impl GroupStatus {
     }
 }
 
-type LagRow = (String, i64, Option<i64>, Option<i64>, i64, f64);
+type LagRow = (String, i64, Option<i64>, i64, f64);
 
 /// Rows after each partition's cursor (one statement for all partitions).
 pub async fn partition_lag(
@@ -124,14 +124,14 @@ pub async fn partition_lag(
     let names: Vec<String> = (0..n).map(|p| config.partition_cursor(p)).collect();
     let parts: Vec<i64> = (0..n).map(i64::from).collect();
     let rows: Vec<LagRow> = sqlx::query_as(
-        "SELECT p.name, p.part, c.cursor_txid, c.cursor_id, lag.rows, lag.age \
+        "SELECT p.name, p.part, c.cursor_id, lag.rows, lag.age \
            FROM unnest($1::text[], $2::bigint[]) AS p(name, part) \
            LEFT JOIN observer_checkpoints c ON c.listener_id = p.name \
            CROSS JOIN LATERAL ( \
              SELECT count(*) AS rows, \
                     coalesce(extract(epoch FROM now() - min(l.created_at))::float8, 0) AS age \
                FROM observer_change_log l \
-              WHERE (l.txid, l.id) > (coalesce(c.cursor_txid, 0)::text::xid8, coalesce(c.cursor_id, 0)) \
+              WHERE l.id > coalesce(c.cursor_id, 0) \
                 AND ($3 <= 1 OR (hashtextextended(l.entity_id, 0) & 9223372036854775807) % $3 = p.part) \
            ) lag \
           ORDER BY p.part",
@@ -144,9 +144,9 @@ pub async fn partition_lag(
     .map_err(db)?;
     Ok(rows
         .into_iter()
-        .map(|(name, part, txid, id, rows, age)| PartitionLag {
+        .map(|(name, part, id, rows, age)| PartitionLag {
             partition: u32::try_from(part).unwrap_or(0),
-            cursor: txid.zip(id).map(|(t, i)| format!("({t}, {i})")),
+            cursor: id.map(|i| i.to_string()),
             cursor_name: name,
             rows: u64::try_from(rows).unwrap_or(0),
             oldest_age_secs: age.max(0.0),

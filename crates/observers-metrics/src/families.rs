@@ -466,7 +466,7 @@ impl ObserverMetrics {
             ),
             cutoff_lag: reg!(
                 "observer_cutoff_lag",
-                "Age of the oldest open write transaction, which holds the snapshot-safe cursor back",
+                "Age of the oldest open transaction that wrote a captured row, which holds the read horizon back",
                 seconds,
                 Family::default()
             ),

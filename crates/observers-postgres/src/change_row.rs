@@ -91,7 +91,7 @@ pub fn decode_text(
     columns: TextColumns,
     mut problems: Vec<String>,
 ) -> SourceItem {
-    let cursor = Cursor::new(u64::try_from(txid).unwrap_or(0), id);
+    let cursor = Cursor::new(id);
     let before = json_cell("before", columns.before, &mut problems);
     let after = json_cell("after", columns.after, &mut problems);
 
@@ -199,6 +199,7 @@ impl Fields {
             self.after.map(Image::into_value),
         )
         .with_cursor(cursor);
+        event.txid = u64::try_from(self.txid).unwrap_or_default();
         event.tenant_id = self.tenant_id;
         event.user_id = self.user_id;
         if let Some(t) = self.created_at {

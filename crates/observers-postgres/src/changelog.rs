@@ -1,9 +1,9 @@
 //! Change-log retention and statistics: `observers changelog prune` deletes rows every consumer
 //! has passed, and `stats` feeds `observers status`.
 //!
-//! A row may go only when its `(txid, id)` is at or below the cursor of EVERY checkpoint, i.e.
-//! below the slowest consumer. The comparison is on the pair, never on `id` alone: a transaction
-//! that commits late holds low ids behind higher ones of earlier commits.
+//! A row may go only when its id is at or below the cursor of EVERY checkpoint, i.e. below the
+//! slowest consumer. A cursor only ever passes final ids (docs/postgres.md, "The cursor"), so no
+//! row at or below it can still appear.
 
 use std::fmt;
 use std::time::Duration;
@@ -59,15 +59,15 @@ pub async fn prune(
     let batch_rows = u64::try_from(batch).unwrap_or(u64::MAX);
 
     // The window count runs before LIMIT: the row is the slowest cursor, the count all consumers.
-    let slowest: Option<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT cursor_txid, cursor_id, count(*) OVER ()
+    let slowest: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT cursor_id, count(*) OVER ()
            FROM observer_checkpoints
-          ORDER BY cursor_txid, cursor_id
+          ORDER BY cursor_id
           LIMIT 1",
     )
     .fetch_optional(pool)
     .await?;
-    let Some((cursor_txid, cursor_id, consumers)) = slowest else {
+    let Some((cursor_id, consumers)) = slowest else {
         tracing::info!("no consumer checkpoints; change log not pruned");
         return Ok(PruneReport {
             deleted: 0,
@@ -75,7 +75,7 @@ pub async fn prune(
             consumers: 0,
         });
     };
-    let cutoff = Cursor::new(checkpoint_txid(cursor_txid)?, cursor_id);
+    let cutoff = Cursor::new(cursor_id);
     let consumers = usize::try_from(consumers).unwrap_or(usize::MAX);
 
     // Fixed once, on the database clock that wrote created_at, so every batch agrees.
@@ -95,12 +95,11 @@ pub async fn prune(
             "DELETE FROM observer_change_log
               WHERE id IN (
                     SELECT id FROM observer_change_log
-                     WHERE (txid, id) <= ($1::text::xid8, $2)
-                       AND ($3::timestamptz IS NULL OR created_at < $3)
-                     ORDER BY txid, id
-                     LIMIT $4)",
+                     WHERE id <= $1
+                       AND ($2::timestamptz IS NULL OR created_at < $2)
+                     ORDER BY id
+                     LIMIT $3)",
         )
-        .bind(cursor_txid)
         .bind(cursor_id)
         .bind(created_before)
         .bind(batch)
@@ -108,7 +107,7 @@ pub async fn prune(
         .await?
         .rows_affected();
         deleted += n;
-        // New rows always get a txid above a committed cursor, so this terminates.
+        // New rows always get an id above every cursor, so this terminates.
         if n < batch_rows {
             break;
         }
@@ -127,14 +126,6 @@ pub async fn prune(
         deleted,
         cutoff: Some(cutoff),
         consumers,
-    })
-}
-
-fn checkpoint_txid(txid: i64) -> Result<u64, PgError> {
-    u64::try_from(txid).map_err(|_| {
-        PgError::Invalid(format!(
-            "a checkpoint has the negative txid {txid}; fix it with `observers checkpoint set`"
-        ))
     })
 }
 
@@ -179,7 +170,6 @@ struct TotalsRow {
 #[derive(sqlx::FromRow)]
 struct BacklogRow {
     listener_id: String,
-    cursor_txid: i64,
     cursor_id: i64,
     backlog: i64,
     updated_at: DateTime<Utc>,
@@ -205,10 +195,10 @@ pub async fn stats_capped(pool: &PgPool, cap: i64) -> Result<ChangeLogStats, PgE
     .fetch_one(pool)
     .await?;
     let rows: Vec<BacklogRow> = sqlx::query_as(
-        "SELECT k.listener_id, k.cursor_txid, k.cursor_id, k.updated_at,
+        "SELECT k.listener_id, k.cursor_id, k.updated_at,
                 (SELECT count(*) FROM (
                      SELECT 1 FROM observer_change_log l
-                      WHERE (l.txid, l.id) > (k.cursor_txid::text::xid8, k.cursor_id)
+                      WHERE l.id > k.cursor_id
                       LIMIT $1) c) AS backlog
            FROM observer_checkpoints k
           ORDER BY k.listener_id",
@@ -218,15 +208,13 @@ pub async fn stats_capped(pool: &PgPool, cap: i64) -> Result<ChangeLogStats, PgE
     .await?;
     let consumers = rows
         .into_iter()
-        .map(|r| {
-            Ok(ConsumerBacklog {
-                cursor: Cursor::new(checkpoint_txid(r.cursor_txid)?, r.cursor_id),
-                listener_id: r.listener_id,
-                backlog: u64::try_from(r.backlog).unwrap_or_default(),
-                updated_at: r.updated_at,
-            })
+        .map(|r| ConsumerBacklog {
+            cursor: Cursor::new(r.cursor_id),
+            listener_id: r.listener_id,
+            backlog: u64::try_from(r.backlog).unwrap_or_default(),
+            updated_at: r.updated_at,
         })
-        .collect::<Result<Vec<_>, PgError>>()?;
+        .collect();
     Ok(ChangeLogStats {
         total_rows: u64::try_from(totals.total_rows).unwrap_or_default(),
         total_rows_capped: totals.total_rows >= cap,
@@ -252,12 +240,12 @@ mod tests {
         assert!(none.to_string().contains("no consumer has a checkpoint"));
         let some = PruneReport {
             deleted: 3,
-            cutoff: Some(Cursor::new(700, 12)),
+            cutoff: Some(Cursor::new(12)),
             consumers: 2,
         };
         assert_eq!(
             some.to_string(),
-            "deleted 3 change-log row(s) at or below 700:12, the cursor of the slowest of 2 consumer(s)"
+            "deleted 3 change-log row(s) at or below 12, the cursor of the slowest of 2 consumer(s)"
         );
     }
 }

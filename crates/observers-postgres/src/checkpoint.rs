@@ -56,7 +56,6 @@ pub struct CheckpointHistoryEntry {
 #[derive(sqlx::FromRow)]
 struct CheckpointRow {
     listener_id: String,
-    cursor_txid: i64,
     cursor_id: i64,
     last_processed_at: DateTime<Utc>,
     batch_size: i32,
@@ -71,7 +70,7 @@ struct CheckpointRow {
 impl CheckpointRow {
     fn into_details(self) -> Result<CheckpointDetails> {
         Ok(CheckpointDetails {
-            cursor: cursor_from_db(&self.listener_id, self.cursor_txid, self.cursor_id)?,
+            cursor: cursor_from_db(&self.listener_id, self.cursor_id)?,
             listener_id: self.listener_id,
             last_processed_at: self.last_processed_at,
             batch_size: self.batch_size,
@@ -100,31 +99,28 @@ impl CheckpointRow {
 struct HistoryRow {
     id: i64,
     listener_id: String,
-    old_txid: Option<i64>,
     old_id: Option<i64>,
-    new_txid: i64,
     new_id: i64,
     reason: String,
     changed_by: Option<String>,
     changed_at: DateTime<Utc>,
 }
 
-const SELECT_CHECKPOINT: &str = "SELECT listener_id, cursor_txid, cursor_id, last_processed_at, \
+const SELECT_CHECKPOINT: &str = "SELECT listener_id, cursor_id, last_processed_at, \
      batch_size, event_count, consecutive_errors, last_error, updated_by, lease_epoch, updated_at \
      FROM observer_checkpoints WHERE listener_id = $1";
 
-const LIST_CHECKPOINTS: &str = "SELECT listener_id, cursor_txid, cursor_id, last_processed_at, \
+const LIST_CHECKPOINTS: &str = "SELECT listener_id, cursor_id, last_processed_at, \
      batch_size, event_count, consecutive_errors, last_error, updated_by, lease_epoch, updated_at \
      FROM observer_checkpoints ORDER BY listener_id";
 
 /// A plain save: moves the cursor as told, counts the batch, clears the error streak. The write
 /// is unfenced, so the recorded lease epoch is cleared.
 const SAVE: &str = "INSERT INTO observer_checkpoints AS c \
-       (listener_id, cursor_txid, cursor_id, last_processed_id, last_processed_at, event_count, \
+       (listener_id, cursor_id, last_processed_id, last_processed_at, event_count, \
         batch_size, consecutive_errors, last_error, updated_by, lease_epoch, updated_at) \
-     VALUES ($1, $2, $3, $3, now(), $4, $5, 0, NULL, $6, NULL, now()) \
+     VALUES ($1, $2, $2, now(), $3, $4, 0, NULL, $5, NULL, now()) \
      ON CONFLICT (listener_id) DO UPDATE SET \
-       cursor_txid = EXCLUDED.cursor_txid, \
        cursor_id = EXCLUDED.cursor_id, \
        last_processed_id = EXCLUDED.cursor_id, \
        last_processed_at = now(), \
@@ -142,20 +138,16 @@ const SAVE: &str = "INSERT INTO observer_checkpoints AS c \
 /// never moves backwards, and a row written under a newer epoch is left alone.
 const SAVE_FENCED: &str = "WITH lease AS ( \
        SELECT epoch FROM observer_leases \
-       WHERE name = $7 AND holder = $8 AND epoch = $9 AND expires_at > now() \
+       WHERE name = $6 AND holder = $7 AND epoch = $8 AND expires_at > now() \
        FOR SHARE \
      ), written AS ( \
        INSERT INTO observer_checkpoints AS c \
-         (listener_id, cursor_txid, cursor_id, last_processed_id, last_processed_at, event_count, \
+         (listener_id, cursor_id, last_processed_id, last_processed_at, event_count, \
           batch_size, consecutive_errors, last_error, updated_by, lease_epoch, updated_at) \
-       SELECT $1, $2, $3, $3, now(), $4, $5, 0, NULL, $6, lease.epoch, now() FROM lease \
+       SELECT $1, $2, $2, now(), $3, $4, 0, NULL, $5, lease.epoch, now() FROM lease \
        ON CONFLICT (listener_id) DO UPDATE SET \
-         cursor_txid = CASE WHEN (EXCLUDED.cursor_txid, EXCLUDED.cursor_id) > (c.cursor_txid, c.cursor_id) \
-                            THEN EXCLUDED.cursor_txid ELSE c.cursor_txid END, \
-         cursor_id = CASE WHEN (EXCLUDED.cursor_txid, EXCLUDED.cursor_id) > (c.cursor_txid, c.cursor_id) \
-                          THEN EXCLUDED.cursor_id ELSE c.cursor_id END, \
-         last_processed_id = CASE WHEN (EXCLUDED.cursor_txid, EXCLUDED.cursor_id) > (c.cursor_txid, c.cursor_id) \
-                                  THEN EXCLUDED.cursor_id ELSE c.cursor_id END, \
+         cursor_id = GREATEST(EXCLUDED.cursor_id, c.cursor_id), \
+         last_processed_id = GREATEST(EXCLUDED.cursor_id, c.cursor_id), \
          last_processed_at = now(), \
          event_count = c.event_count + EXCLUDED.event_count, \
          batch_size = EXCLUDED.batch_size, \
@@ -170,15 +162,15 @@ const SAVE_FENCED: &str = "WITH lease AS ( \
      SELECT EXISTS (SELECT 1 FROM lease), EXISTS (SELECT 1 FROM written)";
 
 const CAS_CREATE: &str = "INSERT INTO observer_checkpoints \
-       (listener_id, cursor_txid, cursor_id, last_processed_id, updated_by) \
-     VALUES ($1, $2, $3, $3, $4) \
+       (listener_id, cursor_id, last_processed_id, updated_by) \
+     VALUES ($1, $2, $2, $3) \
      ON CONFLICT (listener_id) DO NOTHING";
 
 /// Under READ COMMITTED a concurrent winner's update makes the losers re-check the WHERE
 /// against the new row, so exactly one of them moves it.
 const CAS_MOVE: &str = "UPDATE observer_checkpoints SET \
-       cursor_txid = $4, cursor_id = $5, last_processed_id = $5, updated_by = $6, updated_at = now() \
-     WHERE listener_id = $1 AND cursor_txid = $2 AND cursor_id = $3";
+       cursor_id = $3, last_processed_id = $3, updated_by = $4, updated_at = now() \
+     WHERE listener_id = $1 AND cursor_id = $2";
 
 const RECORD_ERROR: &str = "UPDATE observer_checkpoints SET \
        consecutive_errors = LEAST(consecutive_errors, 2147483646) + 1, \
@@ -186,25 +178,25 @@ const RECORD_ERROR: &str = "UPDATE observer_checkpoints SET \
      WHERE listener_id = $1";
 
 const SET_CREATE: &str = "INSERT INTO observer_checkpoints \
-       (listener_id, cursor_txid, cursor_id, last_processed_id, updated_by) \
-     VALUES ($1, $2, $3, $3, $4) \
+       (listener_id, cursor_id, last_processed_id, updated_by) \
+     VALUES ($1, $2, $2, $3) \
      ON CONFLICT (listener_id) DO NOTHING";
 
-const SET_LOCK: &str = "SELECT cursor_txid, cursor_id FROM observer_checkpoints \
+const SET_LOCK: &str = "SELECT cursor_id FROM observer_checkpoints \
      WHERE listener_id = $1 FOR UPDATE";
 
 const SET_MOVE: &str = "INSERT INTO observer_checkpoints \
-       (listener_id, cursor_txid, cursor_id, last_processed_id, updated_by) \
-     VALUES ($1, $2, $3, $3, $4) \
+       (listener_id, cursor_id, last_processed_id, updated_by) \
+     VALUES ($1, $2, $2, $3) \
      ON CONFLICT (listener_id) DO UPDATE SET \
-       cursor_txid = EXCLUDED.cursor_txid, cursor_id = EXCLUDED.cursor_id, \
+       cursor_id = EXCLUDED.cursor_id, \
        last_processed_id = EXCLUDED.cursor_id, updated_by = EXCLUDED.updated_by, updated_at = now()";
 
 const SET_HISTORY: &str = "INSERT INTO observer_checkpoints_history \
-       (listener_id, old_txid, old_id, new_txid, new_id, reason, changed_by) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+       (listener_id, old_id, new_id, reason, changed_by) \
+     VALUES ($1, $2, $3, $4, $5)";
 
-const HISTORY: &str = "SELECT id, listener_id, old_txid, old_id, new_txid, new_id, reason, \
+const HISTORY: &str = "SELECT id, listener_id, old_id, new_id, reason, \
        changed_by, changed_at \
      FROM observer_checkpoints_history WHERE listener_id = $1 \
      ORDER BY changed_at DESC, id DESC LIMIT $2";
@@ -234,7 +226,7 @@ const LAYOUT_SET: &str = "INSERT INTO observer_partition_layouts AS l \
      WHERE l.partitions <> EXCLUDED.partitions";
 
 /// The consumer's own checkpoint and its partitions' (`consumer#pN`), locked.
-const FAMILY: &str = "SELECT listener_id, cursor_txid, cursor_id FROM observer_checkpoints \
+const FAMILY: &str = "SELECT listener_id, cursor_id FROM observer_checkpoints \
      WHERE listener_id = $1 OR starts_with(listener_id, $1 || '#p') \
      ORDER BY listener_id FOR UPDATE";
 
@@ -282,11 +274,10 @@ impl PostgresCheckpointStore {
         cursor: Cursor,
         reason: &str,
     ) -> Result<Option<Cursor>> {
-        let (txid, id) = cursor_to_db(cursor)?;
+        let id = cursor_to_db(cursor)?;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let created = sqlx::query(SET_CREATE)
             .bind(listener_id)
-            .bind(txid)
             .bind(id)
             .bind(&self.instance)
             .execute(&mut *tx)
@@ -297,7 +288,7 @@ impl PostgresCheckpointStore {
         let old = if created {
             None
         } else {
-            let row: Option<(i64, i64)> = sqlx::query_as(SET_LOCK)
+            let row: Option<i64> = sqlx::query_scalar(SET_LOCK)
                 .bind(listener_id)
                 .fetch_optional(&mut *tx)
                 .await
@@ -305,27 +296,17 @@ impl PostgresCheckpointStore {
             // The upsert also covers a row deleted between the two statements.
             sqlx::query(SET_MOVE)
                 .bind(listener_id)
-                .bind(txid)
                 .bind(id)
                 .bind(&self.instance)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-            row.map(|(t, i)| cursor_from_db(listener_id, t, i))
-                .transpose()?
+            row.map(|i| cursor_from_db(listener_id, i)).transpose()?
         };
-        let (old_txid, old_id) = match old {
-            Some(c) => {
-                let (t, i) = cursor_to_db(c)?;
-                (Some(t), Some(i))
-            }
-            None => (None, None),
-        };
+        let old_id = old.map(cursor_to_db).transpose()?;
         sqlx::query(SET_HISTORY)
             .bind(listener_id)
-            .bind(old_txid)
             .bind(old_id)
-            .bind(txid)
             .bind(id)
             .bind(reason)
             .bind(&self.instance)
@@ -379,15 +360,15 @@ impl PostgresCheckpointStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(FAMILY)
+        let rows: Vec<(String, i64)> = sqlx::query_as(FAMILY)
             .bind(consumer)
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
         let mut existing: Vec<(String, Cursor)> = Vec::with_capacity(rows.len());
-        for (name, t, i) in rows {
+        for (name, i) in rows {
             if is_family(consumer, &name) {
-                let cursor = cursor_from_db(&name, t, i)?;
+                let cursor = cursor_from_db(&name, i)?;
                 existing.push((name, cursor));
             }
         }
@@ -450,7 +431,7 @@ impl PostgresCheckpointStore {
         partitions: u32,
     ) -> Result<PartitionHandover> {
         let start = existing.iter().map(|(_, c)| *c).min().unwrap_or_default();
-        let (txid, id) = cursor_to_db(start)?;
+        let id = cursor_to_db(start)?;
         let reason = format!(
             "[source] partitions changed from {} to {partitions}: every partition starts \
              from the lowest old cursor",
@@ -480,7 +461,6 @@ impl PostgresCheckpointStore {
             let old = existing.iter().find(|(n, _)| n == name).map(|(_, c)| *c);
             sqlx::query(SET_MOVE)
                 .bind(name)
-                .bind(txid)
                 .bind(id)
                 .bind(&self.instance)
                 .execute(&mut **tx)
@@ -504,19 +484,11 @@ impl PostgresCheckpointStore {
         new: Cursor,
         reason: &str,
     ) -> Result<()> {
-        let (old_txid, old_id) = match old {
-            Some(c) => {
-                let (t, i) = cursor_to_db(c)?;
-                (Some(t), Some(i))
-            }
-            None => (None, None),
-        };
-        let (txid, id) = cursor_to_db(new)?;
+        let old_id = old.map(cursor_to_db).transpose()?;
+        let id = cursor_to_db(new)?;
         sqlx::query(SET_HISTORY)
             .bind(listener_id)
-            .bind(old_txid)
             .bind(old_id)
-            .bind(txid)
             .bind(id)
             .bind(reason)
             .bind(&self.instance)
@@ -540,13 +512,13 @@ impl PostgresCheckpointStore {
             .map_err(db)?;
         rows.into_iter()
             .map(|r| {
-                let old = match (r.old_txid, r.old_id) {
-                    (Some(t), Some(i)) => Some(cursor_from_db(&r.listener_id, t, i)?),
-                    _ => None,
-                };
+                let old = r
+                    .old_id
+                    .map(|i| cursor_from_db(&r.listener_id, i))
+                    .transpose()?;
                 Ok(CheckpointHistoryEntry {
                     id: r.id,
-                    new: cursor_from_db(&r.listener_id, r.new_txid, r.new_id)?,
+                    new: cursor_from_db(&r.listener_id, r.new_id)?,
                     old,
                     listener_id: r.listener_id,
                     reason: r.reason,
@@ -571,11 +543,10 @@ impl PostgresCheckpointStore {
         holder: &str,
         epoch: i64,
     ) -> Result<(), ObserverError> {
-        let (txid, id) = cursor_to_db(cursor)?;
+        let id = cursor_to_db(cursor)?;
         let (count, batch) = processed_to_db(processed)?;
         let (leased, written): (bool, bool) = sqlx::query_as(SAVE_FENCED)
             .bind(listener_id)
-            .bind(txid)
             .bind(id)
             .bind(count)
             .bind(batch)
@@ -630,11 +601,10 @@ impl CheckpointStore for PostgresCheckpointStore {
     }
 
     async fn save(&self, listener_id: &str, cursor: Cursor, processed: u64) -> Result<()> {
-        let (txid, id) = cursor_to_db(cursor)?;
+        let id = cursor_to_db(cursor)?;
         let (count, batch) = processed_to_db(processed)?;
         sqlx::query(SAVE)
             .bind(listener_id)
-            .bind(txid)
             .bind(id)
             .bind(count)
             .bind(batch)
@@ -651,20 +621,17 @@ impl CheckpointStore for PostgresCheckpointStore {
         expected: Option<Cursor>,
         new: Cursor,
     ) -> Result<bool> {
-        let (txid, id) = cursor_to_db(new)?;
+        let id = cursor_to_db(new)?;
         let query = match expected {
             None => sqlx::query(CAS_CREATE)
                 .bind(listener_id)
-                .bind(txid)
                 .bind(id)
                 .bind(&self.instance),
             Some(old) => {
-                let (old_txid, old_id) = cursor_to_db(old)?;
+                let old_id = cursor_to_db(old)?;
                 sqlx::query(CAS_MOVE)
                     .bind(listener_id)
-                    .bind(old_txid)
                     .bind(old_id)
-                    .bind(txid)
                     .bind(id)
                     .bind(&self.instance)
             }
@@ -706,32 +673,24 @@ fn db(e: sqlx::Error) -> ObserverError {
     PgError::Database(e).into()
 }
 
-/// The cursor as the two `bigint` columns; transaction ids above `i64::MAX` do not fit.
-fn cursor_to_db(cursor: Cursor) -> Result<(i64, i64), PgError> {
-    let txid = i64::try_from(cursor.txid).map_err(|_| {
-        PgError::Invalid(format!(
-            "cursor {cursor}: transaction id {} exceeds {}, the largest value a checkpoint \
-             (bigint) can store",
-            cursor.txid,
-            i64::MAX
-        ))
-    })?;
+/// The cursor as the `bigint` column.
+fn cursor_to_db(cursor: Cursor) -> Result<i64, PgError> {
     if cursor.id < 0 {
         return Err(PgError::Invalid(format!(
             "cursor {cursor}: the change-log id must not be negative"
         )));
     }
-    Ok((txid, cursor.id))
+    Ok(cursor.id)
 }
 
-fn cursor_from_db(listener_id: &str, txid: i64, id: i64) -> Result<Cursor, PgError> {
-    let txid = u64::try_from(txid).map_err(|_| {
-        PgError::Invalid(format!(
-            "checkpoint of `{listener_id}` holds a negative transaction id {txid}; fix it with \
+fn cursor_from_db(listener_id: &str, id: i64) -> Result<Cursor, PgError> {
+    if id < 0 {
+        return Err(PgError::Invalid(format!(
+            "checkpoint of `{listener_id}` holds the negative change-log id {id}; fix it with \
              an operator move"
-        ))
-    })?;
-    Ok(Cursor::new(txid, id))
+        )));
+    }
+    Ok(Cursor::new(id))
 }
 
 /// The batch as the `event_count` increment and the `batch_size` column (which saturates: it
@@ -771,18 +730,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursor_conversion_rejects_what_bigint_cannot_hold() {
-        let cases = [
-            (Cursor::new(0, 0), Some((0, 0))),
-            (Cursor::new(i64::MAX.unsigned_abs(), 7), Some((i64::MAX, 7))),
-            (Cursor::new(i64::MAX.unsigned_abs() + 1, 7), None),
-            (Cursor::new(u64::MAX, 7), None),
-            (Cursor::new(1, -1), None),
-        ];
-        for (cursor, expected) in cases {
-            assert_eq!(cursor_to_db(cursor).ok(), expected, "{cursor}");
-        }
-        assert!(cursor_from_db("l", -1, 0).is_err());
+    fn cursor_conversion_rejects_negative_ids() {
+        assert_eq!(cursor_to_db(Cursor::new(0)).ok(), Some(0));
+        assert_eq!(cursor_to_db(Cursor::new(i64::MAX)).ok(), Some(i64::MAX));
+        assert!(cursor_to_db(Cursor::new(-1)).is_err());
+        assert!(cursor_from_db("l", -1).is_err());
+        assert_eq!(cursor_from_db("l", 7).ok(), Some(Cursor::new(7)));
     }
 
     #[test]

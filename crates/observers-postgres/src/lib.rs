@@ -1,5 +1,5 @@
-//! PostgreSQL backends for Observers: the change-log source (snapshot-safe `(txid, id)` cursor,
-//! NOTIFY wake-up), checkpoints, the dead-letter queue, capture management, change-log
+//! PostgreSQL backends for Observers: the change-log source (id cursor below a lock-derived
+//! horizon, NOTIFY wake-up), checkpoints, the dead-letter queue, capture management, change-log
 //! retention and the migrations (embedded from `../../migrations`).
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
 //! Gauges read from the database for metrics and status: the cutoff lag (age of the oldest open
-//! write transaction, which holds the snapshot-safe cursor back), a consumer's backlog and the
+//! transaction that wrote the change log, which holds the read horizon back), a consumer's backlog and the
 //! age of its oldest unprocessed change, and a reachability probe. [`status_pool`] is the pool
 //! they run on in `observers run`: small, separate from the listener's, with a server-side
 //! statement timeout.
@@ -44,8 +44,9 @@ pub fn status_pool(pool: &PgPool, statement_timeout: Duration) -> PgPool {
 /// One consumer's view of the source.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SourceGauges {
-    /// Age of the oldest transaction holding an xid (any database of the cluster: xids are
-    /// cluster-wide). Needs `pg_monitor` (or superuser) to see other roles' sessions.
+    /// Age of the oldest open transaction that wrote the change log (it holds the read horizon
+    /// back; transactions that wrote no captured row never do). Needs `pg_monitor` (or superuser)
+    /// to see other roles' sessions.
     pub cutoff_lag: Duration,
     /// Rows after the consumer's cursor, capped at [`BACKLOG_COUNT_CAP`].
     pub backlog: u64,
@@ -57,23 +58,23 @@ fn secs(v: f64) -> Duration {
     Duration::try_from_secs_f64(v.max(0.0)).unwrap_or_default()
 }
 
-/// Reads the gauges of `listener_id` (cursor `(0, 0)` when it has no checkpoint yet).
+/// Reads the gauges of `listener_id` (cursor 0 when it has no checkpoint yet).
 pub async fn source_gauges(pool: &PgPool, listener_id: &str) -> Result<SourceGauges, PgError> {
     let cutoff: f64 = sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8
-           FROM pg_stat_activity
-          WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+        "SELECT coalesce(extract(epoch FROM now() - min(a.xact_start)), 0)::float8
+           FROM pg_locks l
+           JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.classid = $1::int4::oid AND l.objsubid = 2
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
+    .bind(crate::source::CHANGE_LOG_LOCK_CLASS)
     .fetch_one(pool)
     .await?;
     let (backlog, oldest): (i64, f64) = sqlx::query_as(
-        "WITH cur AS (
-             SELECT coalesce((SELECT cursor_txid FROM observer_checkpoints WHERE listener_id = $1), 0) AS t,
-                    coalesce((SELECT cursor_id FROM observer_checkpoints WHERE listener_id = $1), 0) AS i
-         ), after AS (
-             SELECT l.created_at FROM observer_change_log l, cur
-              WHERE (l.txid, l.id) > (cur.t::text::xid8, cur.i)
-              ORDER BY l.txid, l.id
+        "WITH after AS (
+             SELECT l.created_at FROM observer_change_log l
+              WHERE l.id > coalesce((SELECT cursor_id FROM observer_checkpoints WHERE listener_id = $1), 0)
+              ORDER BY l.id
               LIMIT $2
          )
          SELECT count(*),

@@ -1,6 +1,14 @@
-//! The change-log source: reads `observer_change_log` after a `(txid, id)` cursor, only below
-//! the snapshot's xmin (so every row returned is final), and wakes on `NOTIFY` with a fallback
-//! poll. `ChangeLogListener` runs core's listener loop over it with PostgreSQL checkpoints.
+//! The change-log source: reads `observer_change_log` in id order after an id cursor, only up to
+//! the horizon below which every id is final (so no row it passes can appear later), and wakes
+//! on `NOTIFY` with a fallback poll. `ChangeLogListener` runs core's listener loop over it with
+//! PostgreSQL checkpoints.
+//!
+//! The horizon (docs/postgres.md, "The cursor"): a transaction takes a shared advisory lock in
+//! the [`CHANGE_LOG_LOCK_CLASS`] space before its first change-log id is drawn, keyed by the
+//! sequence's value at that moment, and holds it until its rows are visible.
+//! `observers_change_horizon()` returns the smaller of the sequence's last value and the lowest
+//! such key. The rows are read in a LATER statement, so with a later snapshot: every id at or
+//! below the horizon is then committed and visible, or rolled back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +31,20 @@ use crate::error::PgError;
 /// The NOTIFY channel the change log's statement trigger signals.
 pub const CHANNEL: &str = "observer_change_log";
 
-/// The one-statement, snapshot-safe read (docs/postgres.md, "The cursor"), without the byte budget.
+/// The first key of the advisory locks that writing transactions hold on the change log
+/// (`'OBSV'`); the second is the low 32 bits of a lower bound of the transaction's ids.
+pub const CHANGE_LOG_LOCK_CLASS: i32 = 0x4F42_5356;
+
+/// The horizon: every change-log id at or below it is final. Must run in a statement before the
+/// read, never in the same one (a statement's snapshot is taken before it runs).
+const HORIZON: &str = "SELECT observers_change_horizon()";
+
+/// The read after the cursor `$1` up to the horizon `$2`, without the byte budget.
 macro_rules! fetch_rows_sql {
     () => {
         "SELECT * FROM observer_change_log \
-          WHERE (txid, id) > ($1::text::xid8, $2) \
-            AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-          ORDER BY txid, id \
+          WHERE id > $1 AND id <= $2 \
+          ORDER BY id \
           LIMIT $3"
     };
 }
@@ -39,15 +54,14 @@ macro_rules! fetch_rows_sql {
 macro_rules! fetch_partition_sql {
     () => {
         "SELECT * FROM observer_change_log \
-          WHERE (txid, id) > ($1::text::xid8, $2) \
-            AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+          WHERE id > $1 AND id <= $2 \
             AND (hashtextextended(entity_id, 0) & 9223372036854775807) % $4 = $5 \
-          ORDER BY txid, id \
+          ORDER BY id \
           LIMIT $3"
     };
 }
 
-/// Wraps a read (its rows in `(txid, id)` order) in the byte budget `$budget`: the rows whose
+/// Wraps a read (its rows in id order) in the byte budget `$budget`: the rows whose
 /// running total of stored row-image size (`pg_column_size`, which reads no TOAST) stays within
 /// it, and always the first. Stored sizes may be compressed, so the reader also counts the bytes
 /// it receives and stops at the budget (see [`PgEventSource::fetch_with`]).
@@ -62,10 +76,10 @@ macro_rules! within_budget {
                         OVER w AS budget_bytes \
                FROM (",
             $read,
-            ") r WINDOW w AS (ORDER BY r.txid, r.id ROWS UNBOUNDED PRECEDING)) b \
+            ") r WINDOW w AS (ORDER BY r.id ROWS UNBOUNDED PRECEDING)) b \
               WHERE b.budget_row = 1 OR b.budget_bytes <= ",
             $budget,
-            " ORDER BY b.txid, b.id"
+            " ORDER BY b.id"
         )
     };
 }
@@ -113,15 +127,24 @@ impl PgEventSource {
         self
     }
 
+    /// The highest change-log id below which every id is final (see the module docs).
+    pub async fn horizon(&self) -> Result<i64, PgError> {
+        Ok(sqlx::query_scalar(HORIZON).fetch_one(&self.pool).await?)
+    }
+
     /// Reads up to `limit` final rows after `after`, within the byte budget.
     pub async fn fetch_rows(
         &self,
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<SourceItem>, PgError> {
+        let horizon = self.horizon().await?;
+        if horizon <= after.id {
+            return Ok(Vec::new());
+        }
         let query = sqlx::query(FETCH)
-            .bind(after.txid.to_string())
             .bind(after.id)
+            .bind(horizon)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(self.budget());
         self.fetch_with(query).await
@@ -138,9 +161,13 @@ impl PgEventSource {
         if partitions <= 1 {
             return self.fetch_rows(after, limit).await;
         }
+        let horizon = self.horizon().await?;
+        if horizon <= after.id {
+            return Ok(Vec::new());
+        }
         let query = sqlx::query(FETCH_PARTITION)
-            .bind(after.txid.to_string())
             .bind(after.id)
+            .bind(horizon)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(i64::from(partitions))
             .bind(i64::from(partition))

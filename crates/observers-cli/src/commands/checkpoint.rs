@@ -22,7 +22,7 @@ pub enum CheckpointCommand {
     Set {
         #[arg(long, default_value = "default")]
         listener: String,
-        /// `TXID:ID`, as shown by `checkpoint show`.
+        /// A change-log id, as shown by `checkpoint show`.
         #[arg(long, conflicts_with_all = ["latest", "start"])]
         cursor: Option<Cursor>,
         /// Skip everything currently in the change log.
@@ -78,7 +78,7 @@ pub async fn run(cmd: CheckpointCommand, db: &DbArgs) -> CliResult {
                 (None, _, true) => Cursor::START,
                 (None, false, false) => {
                     return Err(Exit::usage(anyhow::anyhow!(
-                        "give --cursor TXID:ID, --latest or --start"
+                        "give --cursor ID, --latest or --start"
                     )));
                 }
             };
@@ -93,12 +93,10 @@ pub async fn run(cmd: CheckpointCommand, db: &DbArgs) -> CliResult {
 }
 
 async fn latest_cursor(pool: &observers_postgres::PgPool) -> CliResult<Cursor> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT txid::text::bigint, id FROM observer_change_log ORDER BY txid DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map_or(Cursor::START, |(t, i)| {
-        Cursor::new(u64::try_from(t).unwrap_or(0), i)
-    }))
+    // The read horizon, not the largest id: rows of transactions still open sit below the largest
+    // id and must still be delivered.
+    let horizon: i64 = sqlx::query_scalar("SELECT observers_change_horizon()")
+        .fetch_one(pool)
+        .await?;
+    Ok(Cursor::new(horizon))
 }

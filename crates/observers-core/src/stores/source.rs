@@ -59,7 +59,7 @@ impl MemoryEventSource {
         let cursor = {
             let mut items = lock(&self.items);
             let next = items.last().map_or(1, |i| i.cursor().id + 1);
-            let cursor = Cursor::new(u64::try_from(next).unwrap_or(0), next);
+            let cursor = Cursor::new(next);
             event = event.with_cursor(cursor);
             items.push(SourceItem::Event(event));
             cursor
@@ -73,7 +73,7 @@ impl MemoryEventSource {
         let cursor = {
             let mut items = lock(&self.items);
             let next = items.last().map_or(1, |i| i.cursor().id + 1);
-            let cursor = Cursor::new(u64::try_from(next).unwrap_or(0), next);
+            let cursor = Cursor::new(next);
             items.push(SourceItem::Poison {
                 cursor,
                 raw,

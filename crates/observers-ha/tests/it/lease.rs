@@ -153,16 +153,16 @@ async fn checkpoint_writes_of_a_replaced_holder_are_rejected(pool: PgPool) {
     let leases = PostgresLeaseStore::new(pool.clone());
     let cps = PostgresCheckpointStore::new(pool).with_instance("test");
     let old = leases.acquire("p0", "a", SHORT).await.unwrap().unwrap();
-    cps.save_fenced("orders", Cursor::new(5, 5), 1, "p0", "a", old.epoch)
+    cps.save_fenced("orders", Cursor::new(5), 1, "p0", "a", old.epoch)
         .await
         .unwrap();
     until_free(&leases, "p0").await;
     let new = leases.acquire("p0", "b", TTL).await.unwrap().unwrap();
-    cps.save_fenced("orders", Cursor::new(9, 9), 1, "p0", "b", new.epoch)
+    cps.save_fenced("orders", Cursor::new(9), 1, "p0", "b", new.epoch)
         .await
         .unwrap();
     // The paused old holder wakes up and tries to save an older and a newer position.
-    for cursor in [Cursor::new(7, 7), Cursor::new(20, 20)] {
+    for cursor in [Cursor::new(7), Cursor::new(20)] {
         let err = cps
             .save_fenced("orders", cursor, 1, "p0", "a", old.epoch)
             .await
@@ -170,10 +170,7 @@ async fn checkpoint_writes_of_a_replaced_holder_are_rejected(pool: PgPool) {
         assert!(matches!(err, ObserverError::Fenced(_)), "{err}");
     }
     let d = cps.details("orders").await.unwrap().unwrap();
-    assert_eq!(
-        (d.cursor, d.lease_epoch),
-        (Cursor::new(9, 9), Some(new.epoch))
-    );
+    assert_eq!((d.cursor, d.lease_epoch), (Cursor::new(9), Some(new.epoch)));
     let listed = leases.list("p").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].holder.as_str(), listed[0].epoch), ("b", 2));

@@ -24,8 +24,7 @@ async fn partitions_split_the_log_by_entity(pool: PgPool) {
         }
     }
     let src = PgEventSource::new(pool.clone());
-    // Rows are read only below the cluster's snapshot xmin: wait until other sessions' open
-    // transactions (other tests on the same server) no longer hold them back.
+    // Rows are read only up to the horizon: wait until they are all final.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while src.fetch_rows(Cursor::START, 1000).await.unwrap().len() < 90 {
         assert!(

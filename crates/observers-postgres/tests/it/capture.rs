@@ -29,7 +29,7 @@ async fn log_rows(pool: &PgPool) -> Vec<LogRow> {
     sqlx::query_as(
         "SELECT id, txid::text::int8 AS txid, entity_type, entity_id, operation, tenant_id,
                 user_id, before, after, changed
-           FROM observer_change_log ORDER BY txid, id",
+           FROM observer_change_log ORDER BY id",
     )
     .fetch_all(pool)
     .await

@@ -9,15 +9,15 @@ use sqlx::PgPool;
 
 /// Writes one change-log row in its own transaction and returns its cursor.
 async fn write(pool: &PgPool, entity_id: &str) -> Cursor {
-    let (txid, id): (i64, i64) = sqlx::query_as(
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO observer_change_log (entity_type, entity_id, operation)
-         VALUES ('Order', $1, 'insert') RETURNING txid::text::int8, id",
+         VALUES ('Order', $1, 'insert') RETURNING id",
     )
     .bind(entity_id)
     .fetch_one(pool)
     .await
     .unwrap();
-    Cursor::new(u64::try_from(txid).unwrap(), id)
+    Cursor::new(id)
 }
 
 async fn write_many(pool: &PgPool, n: usize) -> Vec<Cursor> {
@@ -30,11 +30,10 @@ async fn write_many(pool: &PgPool, n: usize) -> Vec<Cursor> {
 
 async fn checkpoint(pool: &PgPool, listener: &str, at: Cursor) {
     sqlx::query(
-        "INSERT INTO observer_checkpoints (listener_id, cursor_txid, cursor_id, last_processed_id)
-         VALUES ($1, $2, $3, $3)",
+        "INSERT INTO observer_checkpoints (listener_id, cursor_id, last_processed_id)
+         VALUES ($1, $2, $2)",
     )
     .bind(listener)
-    .bind(i64::try_from(at.txid).unwrap())
     .bind(at.id)
     .execute(pool)
     .await
@@ -43,7 +42,7 @@ async fn checkpoint(pool: &PgPool, listener: &str, at: Cursor) {
 
 /// Remaining change-log ids in cursor order.
 async fn remaining(pool: &PgPool) -> Vec<i64> {
-    sqlx::query_scalar("SELECT id FROM observer_change_log ORDER BY txid, id")
+    sqlx::query_scalar("SELECT id FROM observer_change_log ORDER BY id")
         .fetch_all(pool)
         .await
         .unwrap()
@@ -96,45 +95,6 @@ async fn capture_errors_go_with_their_change_log_rows(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(left, [c[2].id], "the error of a row still in the log stays");
-}
-
-#[sqlx::test(migrations = "../../migrations")]
-async fn pruning_compares_txid_before_id(pool: PgPool) {
-    // A transaction that starts first but commits last: its second row gets a higher id than a
-    // row of a transaction that committed in between, yet sorts before it.
-    let mut early = pool.begin().await.unwrap();
-    let (early_txid, first): (i64, i64) = sqlx::query_as(
-        "INSERT INTO observer_change_log (entity_type, entity_id, operation)
-         VALUES ('Order', 'a', 'insert') RETURNING txid::text::int8, id",
-    )
-    .fetch_one(&mut *early)
-    .await
-    .unwrap();
-    let middle = write(&pool, "b").await;
-    let last: i64 = sqlx::query_scalar(
-        "INSERT INTO observer_change_log (entity_type, entity_id, operation)
-         VALUES ('Order', 'c', 'insert') RETURNING id",
-    )
-    .fetch_one(&mut *early)
-    .await
-    .unwrap();
-    early.commit().await.unwrap();
-    assert!(first < middle.id && middle.id < last);
-
-    // A consumer that has read the early transaction's rows but not the middle one.
-    checkpoint(
-        &pool,
-        "reader",
-        Cursor::new(u64::try_from(early_txid).unwrap(), last),
-    )
-    .await;
-    let report = changelog::prune(&pool, None, 10).await.unwrap();
-    assert_eq!(report.deleted, 2);
-    assert_eq!(
-        remaining(&pool).await,
-        [middle.id],
-        "the row with the lower id stays"
-    );
 }
 
 #[sqlx::test(migrations = "../../migrations")]

@@ -18,7 +18,7 @@ fn entry(observer: &str, entity: &str, action: &str) -> DlqEntry {
             Some(json!({"id": 42, "status": "new"})),
             Some(json!({"id": 42, "status": "paid"})),
         )
-        .with_cursor(Cursor::new(900, 7))
+        .with_cursor(Cursor::new(7))
         .with_tenant("acme")
         .with_user("u1"),
         observer: observer.into(),

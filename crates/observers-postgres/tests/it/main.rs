@@ -7,4 +7,5 @@ mod changelog;
 mod checkpoint;
 mod dedup;
 mod dlq;
+mod ordering;
 mod source;

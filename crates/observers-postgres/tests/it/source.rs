@@ -1,4 +1,4 @@
-//! The change-log source against a real PostgreSQL: snapshot-safe cursor, poison rows, NOTIFY.
+//! The change-log source against a real PostgreSQL: the horizon-bounded id cursor, poison rows, NOTIFY.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,9 +26,8 @@ async fn log_row(pool: &PgPool, entity_id: &str, op: &str) {
         .unwrap();
 }
 
-/// Reads until `want` items are final. The cutoff is the cluster-wide snapshot xmin, so a write
-/// transaction open in another test's database holds every reader back for a moment: wait for
-/// the rows with a deadline instead of expecting them on the first read.
+/// Reads until `want` items are final, with a deadline (a row is delivered only once its
+/// transaction is over).
 async fn fetch_final(
     src: &PgEventSource,
     after: Cursor,
@@ -70,9 +69,8 @@ async fn reads_in_cursor_order_after_the_cursor(pool: PgPool) {
     assert!(e.txid > 0);
 }
 
-/// The id-only cursor bug: a transaction takes its change-log id first and commits last. A
-/// reader that remembered only `id` would skip it; the `(txid, id)` cursor below the snapshot
-/// xmin delivers it.
+/// A transaction takes its change-log id first and commits last. A reader that passed ids as it
+/// saw them would skip it; the horizon (the open transaction's lock) holds the reader before it.
 #[sqlx::test(migrations = "../../migrations")]
 async fn late_committing_transaction_is_not_skipped(pool: PgPool) {
     let opts = pool.connect_options();
@@ -88,7 +86,7 @@ async fn late_committing_transaction_is_not_skipped(pool: PgPool) {
     let while_open = src.fetch(Cursor::START, 100).await.unwrap();
     assert!(
         while_open.is_empty(),
-        "nothing at or above the open transaction's xid is final yet: {while_open:?}"
+        "nothing after the open transaction's first id is final yet: {while_open:?}"
     );
 
     slow_tx.commit().await.unwrap();
@@ -103,7 +101,7 @@ async fn late_committing_transaction_is_not_skipped(pool: PgPool) {
     assert_eq!(
         entity_ids,
         ["slow", "fast"],
-        "the slow transaction (smaller txid) comes first, nothing skipped"
+        "the slow transaction (smaller id) comes first, nothing skipped"
     );
     assert_eq!(ids(&after_commit), [1, 2]);
 }
