@@ -79,7 +79,9 @@ impl HaRuntime {
         ));
         Self {
             source: Arc::new(
-                PgEventSource::new(pool).with_max_batch_bytes(listener.max_batch_bytes),
+                PgEventSource::new(pool)
+                    .with_max_batch_bytes(listener.max_batch_bytes)
+                    .with_poll_interval(listener.poll_interval),
             ),
             config,
             coordinator,

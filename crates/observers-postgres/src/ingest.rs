@@ -1,6 +1,6 @@
 //! `PostgresChangeLogSink`: appends externally produced changes (Debezium ingest) to
 //! `observer_change_log` in ONE statement, so a batch is written whole or not at all. The
-//! change log's statement trigger then wakes every listener, as for captured rows.
+//! change log's statement trigger takes the read-horizon lock, as for captured rows.
 
 use async_trait::async_trait;
 use observers_core::Result;

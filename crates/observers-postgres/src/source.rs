@@ -1,6 +1,7 @@
 //! The change-log source: reads `observer_change_log` in id order after an id cursor, only up to
 //! the horizon below which every id is final (so no row it passes can appear later), and wakes
-//! on `NOTIFY` with a fallback poll. `ChangeLogListener` runs core's listener loop over it with
+//! when the horizon moves, found by adaptive polling (writers never `NOTIFY`: a notifying commit
+//! takes a cluster-wide lock). `ChangeLogListener` runs core's listener loop over it with
 //! PostgreSQL checkpoints.
 //!
 //! The horizon (docs/postgres.md, "The cursor"): a transaction takes a shared advisory lock in
@@ -11,6 +12,7 @@
 //! below the horizon is then committed and visible, or rolled back.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,15 +23,18 @@ use observers_core::stores::checkpoint::CheckpointStore;
 use observers_core::stores::source::{EventSource, SourceItem};
 use observers_core::{Cursor, ObserverError};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::change_row::{self, change_columns};
 use crate::error::PgError;
 
-/// The NOTIFY channel the change log's statement trigger signals.
-pub const CHANNEL: &str = "observer_change_log";
+/// How soon the wake-up poller looks again after it saw the horizon move: changes are flowing.
+pub const MIN_POLL: Duration = Duration::from_millis(2);
+
+/// The longest wait between polls when idle, unless [`PgEventSource::with_poll_interval`] says
+/// otherwise (`[source] poll_interval`).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The first key of the advisory locks that writing transactions hold on the change log
 /// (`'OBSV'`); the second is the low 32 bits of a lower bound of the transaction's ids.
@@ -87,32 +92,49 @@ macro_rules! within_budget {
 const FETCH: &str = within_budget!(fetch_rows_sql!(), "$4");
 const FETCH_PARTITION: &str = within_budget!(fetch_partition_sql!(), "$6");
 
-/// Reads the change log; a background task LISTENs and wakes waiters.
+/// Reads the change log; a background task polls the horizon and wakes waiters when it moves.
 pub struct PgEventSource {
     pool: PgPool,
     max_batch_bytes: usize,
     notify: Arc<Notify>,
-    listen_task: JoinHandle<()>,
+    /// `[source] poll_interval` in microseconds: the poller's longest wait.
+    poll_interval_us: Arc<AtomicU64>,
+    poll_task: JoinHandle<()>,
 }
 
 impl Drop for PgEventSource {
     fn drop(&mut self) {
-        self.listen_task.abort();
+        self.poll_task.abort();
     }
 }
 
 impl PgEventSource {
-    /// Starts listening on `observer_change_log`. Connection trouble is retried in the
-    /// background (the fallback poll keeps delivery going meanwhile).
+    /// Starts the wake-up poller (one query per poll, backing off to
+    /// [`DEFAULT_POLL_INTERVAL`] when idle). Connection trouble wakes the reader, which reports
+    /// it and retries.
     pub fn new(pool: PgPool) -> Self {
         let notify = Arc::new(Notify::new());
-        let listen_task = tokio::spawn(listen_loop(pool.clone(), notify.clone()));
+        let poll_interval_us = Arc::new(AtomicU64::new(micros(DEFAULT_POLL_INTERVAL)));
+        let poll_task = tokio::spawn(poll_loop(
+            pool.clone(),
+            notify.clone(),
+            poll_interval_us.clone(),
+        ));
         Self {
             pool,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             notify,
-            listen_task,
+            poll_interval_us,
+            poll_task,
         }
+    }
+
+    /// The longest wait between polls when no change arrives (`[source] poll_interval`).
+    #[must_use]
+    pub fn with_poll_interval(self, interval: Duration) -> Self {
+        self.poll_interval_us
+            .store(micros(interval.max(MIN_POLL)), Ordering::Relaxed);
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -202,44 +224,38 @@ impl PgEventSource {
     }
 }
 
-async fn listen_loop(pool: PgPool, notify: Arc<Notify>) {
-    let mut backoff = Duration::from_millis(100);
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Wakes the reader whenever the horizon moves (new rows are final, or a transaction holding
+/// them back ended). Polls every [`MIN_POLL`] while it moves and doubles the wait each time it
+/// does not, up to the poll interval, so an idle instance costs one cheap query per interval.
+async fn poll_loop(pool: PgPool, notify: Arc<Notify>, poll_interval_us: Arc<AtomicU64>) {
+    let mut last: Option<i64> = None;
+    let mut wait = MIN_POLL;
+    // The first wake-up makes the reader read from its cursor.
+    notify.notify_one();
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
+        let longest = Duration::from_micros(poll_interval_us.load(Ordering::Relaxed));
+        match sqlx::query_scalar::<_, i64>(HORIZON).fetch_one(&pool).await {
+            Ok(horizon) if last != Some(horizon) => {
+                if last.is_some() {
+                    notify.notify_one();
+                }
+                last = Some(horizon);
+                wait = MIN_POLL;
+            }
+            Ok(_) => wait = (wait * 2).min(longest),
             Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "LISTEN connection failed; relying on polling until it is back");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %e, "LISTEN failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        // Notifications sent while we were not listening are lost: wake the reader so it
-        // re-reads from its cursor.
-        notify.notify_one();
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(_)) => notify.notify_one(),
-                Ok(None) => {
-                    tracing::info!(
-                        "LISTEN connection was lost and re-established; re-reading from the cursor"
-                    );
-                    notify.notify_one();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
-                    notify.notify_one();
-                    break;
-                }
+                // The reader's own read reports the problem and backs off; wake it so it does.
+                tracing::debug!(error = %e, "polling the change-log horizon failed");
+                notify.notify_one();
+                last = None;
+                wait = longest;
             }
         }
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -270,8 +286,11 @@ impl ChangeLogListener {
         executor: Arc<ObserverExecutor>,
         config: ListenerConfig,
     ) -> Self {
-        let source =
-            Arc::new(PgEventSource::new(pool).with_max_batch_bytes(config.max_batch_bytes));
+        let source = Arc::new(
+            PgEventSource::new(pool)
+                .with_max_batch_bytes(config.max_batch_bytes)
+                .with_poll_interval(config.poll_interval),
+        );
         Self {
             inner: Listener::new(source, checkpoints, executor, config),
         }

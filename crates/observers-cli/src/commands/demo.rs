@@ -82,7 +82,7 @@ fn config_text(receiver: &str, url: &str) -> String {
         r#"[source]
 database_url = "{url}"
 listener_id = "demo"
-poll_interval = "500ms"
+poll_interval = "250ms"
 
 [[observers]]
 name = "big-paid-orders"

@@ -119,7 +119,8 @@ pub struct SourceConfig {
     pub batch_size: usize,
     /// Bytes of row data one batch may hold (at least one row is always read, however big).
     pub max_batch_bytes: usize,
-    /// Fallback poll when no NOTIFY arrives.
+    /// The longest wait between polls of the change log when no change arrives (polling is
+    /// tight while changes flow).
     #[serde(with = "duration")]
     pub poll_interval: Duration,
     pub partitions: u32,
@@ -132,7 +133,7 @@ impl Default for SourceConfig {
             listener_id: "default".into(),
             batch_size: 1000,
             max_batch_bytes: crate::listener::DEFAULT_MAX_BATCH_BYTES,
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(250),
             partitions: 1,
         }
     }

@@ -115,7 +115,7 @@ async fn concurrent_compare_and_swap_has_exactly_one_winner(pool: PgPool) {
     for i in 0..16_i64 {
         let s = Arc::clone(&s);
         tasks.push(tokio::spawn(async move {
-            let new = Cursor::new(i + 1);
+            let new = Cursor::new(100 + i + 1);
             (
                 new,
                 s.compare_and_swap("race", Some(first), new).await.unwrap(),
