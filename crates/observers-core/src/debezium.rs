@@ -124,26 +124,17 @@ fn parse_event(item: Value, mapping: &DebeziumMapping) -> Result<Option<NewChang
             }
         }
     }
-    let op = match obj.get("op") {
-        Some(Value::String(op)) => op.as_str(),
-        Some(other) => return Err(format!("`op` must be a string, got {}", kind_of(other))),
-        None => return Err("missing `op` (expected c, u, d or r)".into()),
-    };
-    let kind = match op {
-        "c" | "r" => EventKind::Insert,
-        "u" => EventKind::Update,
-        "d" => EventKind::Delete,
-        "t" | "m" => return Ok(None),
-        other => {
-            return Err(format!(
-                "unknown `op` \"{other}\" (expected c, u, d or r; t and m are skipped)"
-            ));
-        }
+    let Some((op, kind)) = op_of(&obj)? else {
+        return Ok(None);
     };
     let (table, qualified) = table_of(&obj)?;
     let table = table.as_str();
     let lookup =
         |map: &BTreeMap<String, String>| map.get(&qualified).or_else(|| map.get(table)).cloned();
+    let entity_type = lookup(&mapping.entities).unwrap_or_else(|| table.to_owned());
+    if kind == EventKind::Truncate {
+        return Ok(Some(truncate_change(entity_type)));
+    }
     let image = |key: &str| -> Result<Option<Value>, String> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -160,7 +151,7 @@ fn parse_event(item: Value, mapping: &DebeziumMapping) -> Result<Option<NewChang
         EventKind::Insert | EventKind::Update => after
             .as_ref()
             .ok_or_else(|| format!("op \"{op}\" needs an `after` image"))?,
-        EventKind::Delete => before
+        EventKind::Delete | EventKind::Truncate => before
             .as_ref()
             .ok_or("op \"d\" needs a `before` image (set REPLICA IDENTITY on the table)")?,
     };
@@ -185,7 +176,7 @@ fn parse_event(item: Value, mapping: &DebeziumMapping) -> Result<Option<NewChang
         .then(|| changed_columns(before.as_ref(), after.as_ref()))
         .flatten();
     Ok(Some(NewChange {
-        entity_type: lookup(&mapping.entities).unwrap_or_else(|| table.to_owned()),
+        entity_type,
         entity_id,
         kind,
         tenant_id,
@@ -194,6 +185,42 @@ fn parse_event(item: Value, mapping: &DebeziumMapping) -> Result<Option<NewChang
         after,
         changed,
     }))
+}
+
+/// The event's `op` and its kind; `None` for what is skipped (`m`, a logical message).
+fn op_of(obj: &serde_json::Map<String, Value>) -> Result<Option<(&str, EventKind)>, String> {
+    let op = match obj.get("op") {
+        Some(Value::String(op)) => op.as_str(),
+        Some(other) => return Err(format!("`op` must be a string, got {}", kind_of(other))),
+        None => return Err("missing `op` (expected c, u, d, r or t)".into()),
+    };
+    let kind = match op {
+        "c" | "r" => EventKind::Insert,
+        "u" => EventKind::Update,
+        "d" => EventKind::Delete,
+        "t" => EventKind::Truncate,
+        "m" => return Ok(None),
+        other => {
+            return Err(format!(
+                "unknown `op` \"{other}\" (expected c, u, d, r or t; m is skipped)"
+            ));
+        }
+    };
+    Ok(Some((op, kind)))
+}
+
+/// A `TRUNCATE` of the table: the entity type alone, no key, no images.
+fn truncate_change(entity_type: String) -> NewChange {
+    NewChange {
+        entity_type,
+        entity_id: String::new(),
+        kind: EventKind::Truncate,
+        tenant_id: None,
+        user_id: None,
+        before: None,
+        after: None,
+        changed: None,
+    }
 }
 
 /// The id column(s) of `row`, joined with `:`.
@@ -313,10 +340,18 @@ mod tests {
             {"schema": {}, "payload": event("c", &Value::Null, &a)},
             null,
             {"op": "t", "source": {"table": "orders"}},
+            {"op": "m", "source": {"table": "orders"}},
             event("c", &Value::Null, &a),
         ]);
         let p = check(&body).unwrap();
-        assert_eq!((p.changes.len(), p.skipped), (2, 2));
+        assert_eq!((p.changes.len(), p.skipped), (3, 2));
+        let t = &p.changes[1];
+        assert_eq!(
+            (t.kind, t.entity_id.as_str(), t.entity_type.as_str()),
+            (EventKind::Truncate, "", "orders"),
+            "a Debezium truncate is one truncate event for the table"
+        );
+        assert_eq!((&t.before, &t.after), (&None, &None));
     }
 
     /// PostgreSQL cannot store NUL in text or jsonb: such an event is refused by name (400),

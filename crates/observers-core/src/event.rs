@@ -14,16 +14,29 @@ pub enum EventKind {
     Insert,
     Update,
     Delete,
+    /// `TRUNCATE` of a captured table: one event for the entity type, with an empty entity id
+    /// and no row images. Delivered only to observers whose `events` name it.
+    Truncate,
 }
 
 impl EventKind {
+    /// The row kinds: what an observer receives when its `events` list is empty or absent.
     pub const ALL: [EventKind; 3] = [EventKind::Insert, EventKind::Update, EventKind::Delete];
+
+    /// Every kind, `truncate` included.
+    pub const EVERY: [EventKind; 4] = [
+        EventKind::Insert,
+        EventKind::Update,
+        EventKind::Delete,
+        EventKind::Truncate,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Insert => "insert",
             EventKind::Update => "update",
             EventKind::Delete => "delete",
+            EventKind::Truncate => "truncate",
         }
     }
 }
@@ -42,8 +55,9 @@ impl FromStr for EventKind {
             "insert" | "created" | "create" | "c" => Ok(EventKind::Insert),
             "update" | "updated" | "u" => Ok(EventKind::Update),
             "delete" | "deleted" | "d" => Ok(EventKind::Delete),
+            "truncate" | "truncated" | "t" => Ok(EventKind::Truncate),
             other => Err(format!(
-                "unknown event kind `{other}`; expected one of insert, update, delete"
+                "unknown event kind `{other}`; expected one of insert, update, delete, truncate"
             )),
         }
     }

@@ -12,6 +12,7 @@ fn slot(kind: EventKind) -> usize {
         EventKind::Insert => 0,
         EventKind::Update => 1,
         EventKind::Delete => 2,
+        EventKind::Truncate => 3,
     }
 }
 
@@ -19,8 +20,8 @@ fn slot(kind: EventKind) -> usize {
 /// merged with wildcard ones), so a lookup is one hash probe and no allocation.
 #[derive(Debug, Default, Clone)]
 pub struct Matcher {
-    by_entity: HashMap<String, [Vec<usize>; 3]>,
-    wildcard: [Vec<usize>; 3],
+    by_entity: HashMap<String, [Vec<usize>; 4]>,
+    wildcard: [Vec<usize>; 4],
 }
 
 impl Matcher {
@@ -41,7 +42,7 @@ impl Matcher {
             let entry = m
                 .by_entity
                 .entry(entity.to_owned())
-                .or_insert_with(|| [Vec::new(), Vec::new(), Vec::new()]);
+                .or_insert_with(Default::default);
             for k in kinds {
                 entry[slot(k)].push(idx);
             }
@@ -119,5 +120,16 @@ mod tests {
         let hits = m.lookup("E7", Insert);
         assert_eq!(hits.len(), 10);
         assert!(hits.iter().all(|i| i % 100 == 7));
+    }
+
+    #[test]
+    fn truncate_reaches_only_observers_that_name_it() {
+        let m = Matcher::new([
+            (0, "Order", EventKind::ALL.to_vec()),
+            (1, "Order", vec![EventKind::Truncate]),
+            (2, ANY_ENTITY, EventKind::EVERY.to_vec()),
+        ]);
+        assert_eq!(m.lookup("Order", EventKind::Truncate), [1, 2]);
+        assert_eq!(m.lookup("Order", EventKind::Insert), [0, 2]);
     }
 }

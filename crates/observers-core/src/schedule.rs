@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use futures::stream;
 
-use crate::event::{Cursor, EntityEvent};
+use crate::event::{Cursor, EntityEvent, EventKind};
 
 /// Tracks completion of a batch's positions `0..n` and the cursor of the longest completed
 /// prefix.
@@ -82,10 +83,14 @@ impl ProgressTracker {
 /// Groups batch positions by (entity type, entity id), keeping cursor order inside each group
 /// and first-appearance order between groups.
 pub fn group_by_entity(events: &[EntityEvent]) -> Vec<Vec<usize>> {
-    let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(events.len());
+    group_range(events, 0..events.len())
+}
+
+fn group_range(events: &[EntityEvent], range: std::ops::Range<usize>) -> Vec<Vec<usize>> {
+    let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(range.len());
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (pos, e) in events.iter().enumerate() {
-        let g = *index.entry(e.ordering_key()).or_insert_with(|| {
+    for pos in range {
+        let g = *index.entry(events[pos].ordering_key()).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
@@ -99,6 +104,11 @@ pub fn group_by_entity(events: &[EntityEvent]) -> Vec<Vec<usize>> {
 /// entity's events are not started (ordering) and `on_done` is not called for them.
 /// `keep_going` is checked before each event: once it says stop, no new event starts and
 /// events already running finish.
+///
+/// A `truncate` event is a barrier: every event before it finishes first, it runs alone, and
+/// the events after it start only once it is done (so no copy sees a row change on the wrong
+/// side of the truncate). After an event that is not done, nothing beyond the next barrier
+/// starts.
 pub async fn run_batch<'a, F, Fut>(
     events: &'a [EntityEvent],
     max_in_flight: usize,
@@ -109,29 +119,46 @@ pub async fn run_batch<'a, F, Fut>(
     F: Fn(usize, &'a EntityEvent) -> Fut,
     Fut: Future<Output = bool>,
 {
-    let groups = group_by_entity(events);
     let handle = &handle;
-    stream::iter(groups)
-        .map(|group| async move {
-            for pos in group {
-                if !keep_going() {
-                    return;
+    let mut start = 0;
+    while start < events.len() {
+        let end = events[start..]
+            .iter()
+            .position(|e| e.kind == EventKind::Truncate)
+            .map_or(events.len(), |p| start + p);
+        let all_done = AtomicBool::new(true);
+        let all_done = &all_done;
+        stream::iter(group_range(events, start..end))
+            .map(|group| async move {
+                for pos in group {
+                    if !keep_going() {
+                        all_done.store(false, Ordering::Relaxed);
+                        return;
+                    }
+                    if !handle(pos, &events[pos]).await {
+                        all_done.store(false, Ordering::Relaxed);
+                        return;
+                    }
+                    on_done(pos);
                 }
-                if !handle(pos, &events[pos]).await {
-                    return;
-                }
-                on_done(pos);
-            }
-        })
-        .buffer_unordered(max_in_flight.max(1))
-        .for_each(|()| async {})
-        .await;
+            })
+            .buffer_unordered(max_in_flight.max(1))
+            .for_each(|()| async {})
+            .await;
+        if end == events.len() || !all_done.load(Ordering::Relaxed) || !keep_going() {
+            return;
+        }
+        if !handle(end, &events[end]).await {
+            return;
+        }
+        on_done(end);
+        start = end + 1;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventKind;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -239,5 +266,55 @@ mod tests {
         .await;
         assert_eq!(tracker.prefix_len(), 3);
         assert_eq!(tracker.committed(), Some(Cursor::new(3)));
+    }
+
+    #[tokio::test]
+    async fn a_truncate_is_a_barrier() {
+        let truncate = EntityEvent::new(3, "T", "", EventKind::Truncate, None, None)
+            .with_cursor(Cursor::new(3));
+        let events = vec![ev(1, "a"), ev(2, "b"), truncate, ev(4, "a"), ev(5, "c")];
+        let tracker = ProgressTracker::new(events.iter().map(EntityEvent::cursor).collect());
+        let log = Mutex::new(Vec::new());
+        run_batch(&events, 8, &|p| tracker.complete(p), &|| true, |_, e| {
+            log.lock().unwrap().push(format!("start {}", e.id));
+            let log = &log;
+            async move {
+                // The first events take longest: without the barrier the truncate would start
+                // (and finish) before them.
+                let ms = if e.id < 3 { 20 } else { 1 };
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                log.lock().unwrap().push(format!("end {}", e.id));
+                true
+            }
+        })
+        .await;
+        assert!(tracker.is_complete());
+        let log = log.into_inner().unwrap();
+        let at = |s: &str| log.iter().position(|l| l == s).unwrap();
+        assert!(
+            at("start 3") > at("end 1") && at("start 3") > at("end 2"),
+            "{log:?}"
+        );
+        assert!(
+            at("start 4") > at("end 3") && at("start 5") > at("end 3"),
+            "{log:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_passes_a_truncate_after_an_event_that_is_not_done() {
+        let truncate = EntityEvent::new(2, "T", "", EventKind::Truncate, None, None)
+            .with_cursor(Cursor::new(2));
+        let events = vec![ev(1, "a"), truncate, ev(3, "b")];
+        let tracker = ProgressTracker::new(events.iter().map(EntityEvent::cursor).collect());
+        let seen = Mutex::new(Vec::new());
+        run_batch(&events, 4, &|p| tracker.complete(p), &|| true, |_, e| {
+            seen.lock().unwrap().push(e.id);
+            let ok = e.id != 1;
+            async move { ok }
+        })
+        .await;
+        assert_eq!(seen.into_inner().unwrap(), [1]);
+        assert_eq!(tracker.committed(), None);
     }
 }

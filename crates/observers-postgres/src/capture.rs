@@ -18,6 +18,9 @@ use crate::error::PgError;
 /// Name of the row trigger `enable` installs on a captured table.
 pub const TRIGGER_NAME: &str = "observers_capture";
 
+/// Name of the statement trigger `enable` installs beside it: `TRUNCATE` fires no row trigger.
+pub const TRUNCATE_TRIGGER_NAME: &str = "observers_capture_truncate";
+
 /// The change log itself: capturing it would make every change-log insert log another one.
 const CHANGE_LOG_TABLE: &str = "observer_change_log";
 
@@ -88,6 +91,9 @@ pub struct CaptureInfo {
     pub trigger_present: bool,
     /// ... and fires (not `DISABLE`d, not `ENABLE REPLICA` only).
     pub trigger_enabled: bool,
+    /// The `TRUNCATE` trigger is installed and fires.
+    #[serde(default)]
+    pub truncate_trigger_enabled: bool,
     /// The configured id column still exists.
     pub id_column_present: bool,
     /// The configured tenant column still exists (true when there is none).
@@ -144,6 +150,13 @@ impl CaptureInfo {
             drift.push(format!(
                 "trigger is disabled, changes are not captured: `ALTER TABLE {name} ENABLE \
                  TRIGGER {TRIGGER_NAME}`"
+            ));
+        }
+        if !self.truncate_trigger_enabled {
+            drift.push(format!(
+                "TRUNCATE is not captured (trigger {TRUNCATE_TRIGGER_NAME} is missing or \
+                 disabled): run `observers capture enable --table {name} --entity {}` again",
+                self.entity_type
             ));
         }
         if !self.id_column_present {
@@ -529,11 +542,15 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
     // PostgreSQL quotes every name (%I) and trigger argument (%L); CREATE OR REPLACE TRIGGER
     // needs 14+, DROP + CREATE in one transaction works from 13 on. The function is named with
     // its schema (the change log's), so the session's search_path cannot pick another one.
-    let (drop_sql, create_sql): (String, String) = sqlx::query_as(
+    let statements: (String, String, String, String) = sqlx::query_as(
         "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $2, $3),
                 format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
                        'FOR EACH ROW EXECUTE FUNCTION %I.observers_capture(%L, %L, %L)',
-                       $1, $2, $3, n.nspname, $4, $5, $6)
+                       $1, $2, $3, n.nspname, $4, $5, $6),
+                format('DROP TRIGGER IF EXISTS %I ON %I.%I', $7, $2, $3),
+                format('CREATE TRIGGER %I AFTER TRUNCATE ON %I.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION %I.observers_capture_truncate(%L)',
+                       $7, $2, $3, n.nspname, $4)
            FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.oid = 'observer_change_log'::regclass",
@@ -544,14 +561,13 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
     .bind(entity)
     .bind(&id_column)
     .bind(tenant_column.as_deref().unwrap_or(""))
+    .bind(TRUNCATE_TRIGGER_NAME)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(AssertSqlSafe(drop_sql))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(AssertSqlSafe(create_sql))
-        .execute(&mut *tx)
-        .await?;
+    let (drop_row, create_row, drop_truncate, create_truncate) = statements;
+    for sql in [drop_row, create_row, drop_truncate, create_truncate] {
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
 
     let enabled_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO observer_captures (table_schema, table_name, entity_type, id_column, tenant_column)
@@ -584,6 +600,7 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
         table_present: true,
         trigger_present: true,
         trigger_enabled: true,
+        truncate_trigger_enabled: true,
         id_column_present: true,
         tenant_column_present: true,
         unkeyed_changes: 0,
@@ -618,20 +635,21 @@ pub async fn disable(pool: &PgPool, table: &str) -> Result<bool, PgError> {
             .await?
             .rows_affected()
             > 0;
-    let drop_sql: Option<String> = sqlx::query_scalar(
+    let drops: Vec<String> = sqlx::query_scalar(
         "SELECT format('DROP TRIGGER %I ON %I.%I', t.tgname, n.nspname, c.relname)
            FROM pg_catalog.pg_trigger t
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3 AND NOT t.tgisinternal",
+          WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname IN ($3, $4) AND NOT t.tgisinternal",
     )
     .bind(&schema)
     .bind(&name.name)
     .bind(TRIGGER_NAME)
-    .fetch_optional(&mut *tx)
+    .bind(TRUNCATE_TRIGGER_NAME)
+    .fetch_all(&mut *tx)
     .await?;
-    let dropped_trigger = drop_sql.is_some();
-    if let Some(sql) = drop_sql {
+    let dropped_trigger = !drops.is_empty();
+    for sql in drops {
         sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
     }
     tx.commit().await?;
@@ -669,6 +687,11 @@ async fn list_where(
                        JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
                       WHERE t.tgrelid = k.rel AND t.tgname = $1 AND NOT t.tgisinternal
                         AND p.proname = 'observers_capture') AS trigger_state,
+                    (SELECT t.tgenabled::text
+                       FROM pg_catalog.pg_trigger t
+                       JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                      WHERE t.tgrelid = k.rel AND t.tgname = $5 AND NOT t.tgisinternal
+                        AND p.proname = 'observers_capture_truncate') AS truncate_state,
                     EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                              WHERE a.attrelid = k.rel AND a.attname = k.id_column
                                AND a.attnum > 0 AND NOT a.attisdropped) AS id_column_present,
@@ -698,6 +721,7 @@ async fn list_where(
                 t.rel IS NOT NULL AS table_present,
                 t.trigger_state IS NOT NULL AS trigger_present,
                 coalesce(t.trigger_state IN ('O', 'A'), false) AS trigger_enabled,
+                coalesce(t.truncate_state IN ('O', 'A'), false) AS truncate_trigger_enabled,
                 t.id_column_present, t.tenant_column_present,
                 CASE WHEN t.id_column_present THEN ARRAY[t.id_column] ELSE t.primary_key END
                     AS key_columns,
@@ -711,6 +735,7 @@ async fn list_where(
     .bind(only.map(|o| o.0))
     .bind(only.map(|o| o.1))
     .bind(UNKEYED_COUNT_CAP)
+    .bind(TRUNCATE_TRIGGER_NAME)
     .fetch_all(pool)
     .await?;
     for c in &mut list {

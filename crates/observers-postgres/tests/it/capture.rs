@@ -901,3 +901,64 @@ async fn an_unprivileged_role_is_captured_but_cannot_forge_events(pool: PgPool) 
     }
     assert_eq!(log_count(&pool).await, 3, "nothing forged");
 }
+
+/// `TRUNCATE` of a captured table was silently missed. It is one change of kind `truncate` for
+/// the entity type (no entity id, no row images), in order with the row changes around it, and
+/// `capture list` reports a table whose truncate trigger is gone.
+#[sqlx::test(migrations = "../../migrations")]
+async fn truncate_is_captured_as_one_event_in_order(pool: PgPool) {
+    use observers_core::EventKind;
+    use observers_core::stores::source::{EventSource, SourceItem};
+    exec(&pool, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    capture::enable(&pool, &CaptureSpec::new("t", "T"))
+        .await
+        .unwrap();
+    exec(&pool, "INSERT INTO t VALUES (1), (2)").await;
+    exec(
+        &pool,
+        "BEGIN; SET LOCAL observers.user_id = 'ops'; TRUNCATE t; COMMIT",
+    )
+    .await;
+    exec(&pool, "INSERT INTO t VALUES (3)").await;
+
+    let items = observers_postgres::PgEventSource::new(pool.clone())
+        .fetch(observers_core::Cursor::START, 10)
+        .await
+        .unwrap();
+    let seen: Vec<(EventKind, String)> = items
+        .iter()
+        .map(|i| match i {
+            SourceItem::Event(e) => (e.kind, e.entity_id.clone()),
+            SourceItem::Poison { error, .. } => panic!("{error}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (EventKind::Insert, "1".to_owned()),
+            (EventKind::Insert, "2".to_owned()),
+            (EventKind::Truncate, String::new()),
+            (EventKind::Insert, "3".to_owned()),
+        ]
+    );
+    let SourceItem::Event(truncate) = &items[2] else {
+        unreachable!()
+    };
+    assert_eq!(truncate.entity_type, "T");
+    assert_eq!(truncate.user_id.as_deref(), Some("ops"));
+    assert_eq!((&truncate.before, &truncate.after), (&None, &None));
+
+    assert!(capture::list(&pool).await.unwrap()[0].is_healthy());
+    exec(&pool, "DROP TRIGGER observers_capture_truncate ON t").await;
+    let listed = capture::list(&pool).await.unwrap();
+    assert!(!listed[0].truncate_trigger_enabled);
+    assert!(
+        listed[0]
+            .drift
+            .iter()
+            .any(|d| d.contains("TRUNCATE is not captured")),
+        "{:?}",
+        listed[0].drift
+    );
+    assert!(capture::disable(&pool, "t").await.unwrap());
+}
