@@ -921,11 +921,16 @@ pub enum ActionConfig {
     Email(EmailConfig),
     Log(LogConfig),
     Cache(CacheActionConfig),
+    Nats(super::NatsConfig),
+    #[serde(rename = "rabbitmq")]
+    RabbitMq(super::RabbitMqConfig),
 }
 
 impl ActionConfig {
     /// Every `type` the config accepts.
-    pub const TYPES: [&'static str; 5] = ["webhook", "slack", "email", "log", "cache"];
+    pub const TYPES: [&'static str; 7] = [
+        "webhook", "slack", "email", "log", "cache", "nats", "rabbitmq",
+    ];
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -934,6 +939,8 @@ impl ActionConfig {
             ActionConfig::Email(_) => "email",
             ActionConfig::Log(_) => "log",
             ActionConfig::Cache(_) => "cache",
+            ActionConfig::Nats(_) => "nats",
+            ActionConfig::RabbitMq(_) => "rabbitmq",
         }
     }
 
@@ -942,6 +949,8 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.mode,
             ActionConfig::Slack(c) => c.mode,
             ActionConfig::Email(c) => c.mode,
+            ActionConfig::Nats(c) => c.mode,
+            ActionConfig::RabbitMq(c) => c.mode,
             ActionConfig::Log(_) | ActionConfig::Cache(_) => ActionMode::Inline,
         }
     }
@@ -952,6 +961,8 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.timeout,
             ActionConfig::Slack(c) => c.timeout,
             ActionConfig::Email(c) => c.timeout,
+            ActionConfig::Nats(c) => c.timeout,
+            ActionConfig::RabbitMq(c) => c.timeout,
             ActionConfig::Log(_) | ActionConfig::Cache(_) => None,
         }
     }
@@ -970,6 +981,8 @@ impl ActionConfig {
             ActionConfig::Email(c) => format!("email to {}", c.to.join(", ")),
             ActionConfig::Log(c) => format!("log at {}", c.level),
             ActionConfig::Cache(c) => c.summary(),
+            ActionConfig::Nats(c) => c.summary(),
+            ActionConfig::RabbitMq(c) => c.summary(),
         }
     }
 
@@ -1048,6 +1061,8 @@ impl ActionConfig {
                     .map_or(Ok(()), |m| check_template("message", m))
             }
             ActionConfig::Cache(c) => c.validate(),
+            ActionConfig::Nats(c) => c.validate(),
+            ActionConfig::RabbitMq(c) => c.validate(),
         }
     }
 }
@@ -1066,7 +1081,7 @@ fn templated_origin(url: &str) -> bool {
     origin.contains("{{") || origin.contains("{%")
 }
 
-fn check_template(field: &str, source: &str) -> Result<(), String> {
+pub(super) fn check_template(field: &str, source: &str) -> Result<(), String> {
     crate::template::check(source).map_err(|e| format!("{field}: {e}"))
 }
 
