@@ -19,6 +19,9 @@ const AREAS: &[(&str, &str, &str)] = &[
     ("--redis", "observers-redis", "redis_bench"),
     // the search backend on 1 million events
     ("--search", "observers-search", "search_bench"),
+    // publish rate of the nats and rabbitmq actions against a plain client loop of the same
+    // crate, on the local NATS (JetStream) and RabbitMQ
+    ("--brokers", "observers-core", "broker_bench"),
     // failover time over 20 SIGKILLs and lease acquisition latency; it runs the release
     // `observers` binary, built first
     ("--ha", "observers-cli", "ha_bench"),

@@ -27,6 +27,13 @@ pub enum ObserverError {
     #[error("[{code}] {message}")]
     ActionPermanent { code: &'static str, message: String },
 
+    /// The endpoint is up and answered, but what the action addresses there is missing (a
+    /// subject no JetStream stream captures, an exchange that does not exist, a message no
+    /// queue is bound for). Retried like a transient failure, since the target may appear;
+    /// not held against the endpoint's circuit breaker, since the endpoint itself is healthy.
+    #[error("[{code}] {message}")]
+    ActionTargetMissing { code: &'static str, message: String },
+
     #[error(
         "[OBS-BREAKER-OPEN] circuit breaker for `{endpoint}` is open; calls are short-circuited until it half-opens"
     )]
@@ -63,7 +70,8 @@ impl ObserverError {
             ObserverError::Condition(_) => "OBS-CONDITION",
             ObserverError::Template(_) => "OBS-TEMPLATE",
             ObserverError::ActionTransient { code, .. }
-            | ObserverError::ActionPermanent { code, .. } => code,
+            | ObserverError::ActionPermanent { code, .. }
+            | ObserverError::ActionTargetMissing { code, .. } => code,
             ObserverError::CircuitOpen { .. } => "OBS-BREAKER-OPEN",
             ObserverError::Timeout { .. } => "OBS-TIMEOUT",
             ObserverError::Store { .. } => "OBS-STORE",
@@ -77,11 +85,18 @@ impl ObserverError {
     pub fn is_transient(&self) -> bool {
         match self {
             ObserverError::ActionTransient { .. }
+            | ObserverError::ActionTargetMissing { .. }
             | ObserverError::CircuitOpen { .. }
             | ObserverError::Timeout { .. } => true,
             ObserverError::Store { transient, .. } => *transient,
             _ => false,
         }
+    }
+
+    /// Whether this failure counts against the endpoint's circuit breaker: transient failures
+    /// do, except a missing target on a healthy endpoint.
+    pub fn blames_endpoint(&self) -> bool {
+        self.is_transient() && !matches!(self, ObserverError::ActionTargetMissing { .. })
     }
 
     /// How long the other side asked us to wait before trying again.
@@ -102,6 +117,13 @@ impl ObserverError {
 
     pub fn permanent(code: &'static str, message: impl Into<String>) -> Self {
         ObserverError::ActionPermanent {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn target_missing(code: &'static str, message: impl Into<String>) -> Self {
+        ObserverError::ActionTargetMissing {
             code,
             message: message.into(),
         }

@@ -4,10 +4,13 @@
 //! Timeouts, retries, circuit breaking and dead-lettering are the executor's job, not the
 //! action's.
 
+mod broker;
 mod cache;
 mod email;
 mod http;
 mod log;
+mod nats;
+mod rabbitmq;
 pub mod signing;
 mod slack;
 mod webhook;
@@ -20,6 +23,8 @@ pub use cache::CacheAction;
 pub use email::EmailAction;
 pub use http::{HttpClients, OutboundPolicy};
 pub use log::LogAction;
+pub use nats::NatsAction;
+pub use rabbitmq::RabbitMqAction;
 pub use slack::SlackAction;
 pub use webhook::{WebhookAction, webhook_body, webhook_body_bytes};
 
@@ -80,11 +85,12 @@ pub trait Action: Send + Sync {
     async fn execute(&self, inv: &Invocation<'_>) -> Result<ActionResult>;
 }
 
-/// Builds actions from config, sharing HTTP clients.
+/// Builds actions from config, sharing HTTP clients and broker connections (one per URL).
 #[derive(Debug, Clone)]
 pub struct ActionFactory {
     clients: HttpClients,
     cache: Option<Arc<crate::executor::CachedActionExecutor>>,
+    brokers: Arc<broker::BrokerLinks>,
 }
 
 impl ActionFactory {
@@ -92,6 +98,7 @@ impl ActionFactory {
         Ok(Self {
             clients: HttpClients::new(policy)?,
             cache: None,
+            brokers: Arc::default(),
         })
     }
 
@@ -109,6 +116,16 @@ impl ActionFactory {
             ActionConfig::Email(c) => Arc::new(EmailAction::new(c)?),
             ActionConfig::Log(c) => Arc::new(LogAction::new(c)?),
             ActionConfig::Cache(c) => Arc::new(CacheAction::new(c, self.cache.clone())?),
+            ActionConfig::Nats(c) => {
+                let link =
+                    (self.brokers.nats).get(nats::NatsLink::key(c), || nats::NatsLink::new(c));
+                Arc::new(NatsAction::new(c, link)?)
+            }
+            ActionConfig::RabbitMq(c) => {
+                let link = (self.brokers.amqp)
+                    .get(rabbitmq::AmqpLink::key(c), || rabbitmq::AmqpLink::new(c));
+                Arc::new(RabbitMqAction::new(c, link)?)
+            }
         })
     }
 }

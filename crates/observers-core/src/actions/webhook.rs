@@ -68,6 +68,39 @@ pub fn webhook_body_bytes(
     }
 }
 
+/// A `body` template, its values encoded as JSON.
+pub(crate) fn body_template(source: Option<&str>) -> Result<Option<Template>> {
+    source
+        .map(|b| template_as("body", b, Escape::Json))
+        .transpose()
+}
+
+/// The JSON body of an action (webhook, broker message): its `body` template rendered and
+/// checked to be JSON, or the documented webhook body. `code` names a failure.
+pub(crate) fn json_body(
+    template: Option<&Template>,
+    inv: &Invocation<'_>,
+    numbers: NumberFormat,
+    code: &'static str,
+) -> Result<Vec<u8>> {
+    match template {
+        Some(t) => {
+            let body = render(t, inv.template)?;
+            // Row values cannot break the JSON (they are encoded); the template's own text
+            // can, and such a body is never sent.
+            serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
+                ObserverError::permanent(
+                    code,
+                    format!("the body template did not render valid JSON: {e}"),
+                )
+            })?;
+            Ok(body.into_bytes())
+        }
+        None => webhook_body_bytes(inv.event, inv.observer, numbers)
+            .map_err(|e| ObserverError::permanent(code, e.to_string())),
+    }
+}
+
 pub struct WebhookAction {
     clients: HttpClients,
     method: reqwest::Method,
@@ -112,11 +145,7 @@ impl WebhookAction {
             method,
             url: template_as("url", &config.url, Escape::Url)?,
             headers,
-            body: config
-                .body
-                .as_deref()
-                .map(|b| template_as("body", b, Escape::Json))
-                .transpose()?,
+            body: body_template(config.body.as_deref())?,
             numbers: config.numbers,
             timeout: config.timeout,
             secret: config
@@ -159,22 +188,7 @@ impl Action for WebhookAction {
             )
         })?;
         self.clients.policy.check_target(&url).await?;
-        let body = match &self.body {
-            Some(t) => {
-                let body = render(t, inv.template)?;
-                // Row values cannot break the JSON (they are encoded); the template's own
-                // text can, and such a body is never sent.
-                serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| {
-                    ObserverError::permanent(
-                        "OBS-WEBHOOK-BODY",
-                        format!("the body template did not render valid JSON: {e}"),
-                    )
-                })?;
-                body.into_bytes()
-            }
-            None => webhook_body_bytes(inv.event, inv.observer, self.numbers)
-                .map_err(|e| ObserverError::permanent("OBS-WEBHOOK-BODY", e.to_string()))?,
-        };
+        let body = json_body(self.body.as_ref(), inv, self.numbers, "OBS-WEBHOOK-BODY")?;
         let timestamp = chrono::Utc::now().timestamp();
         let mut req = self
             .clients

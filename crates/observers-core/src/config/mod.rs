@@ -1,6 +1,7 @@
 //! The configuration file: one TOML document, `${VAR}` interpolated from the environment,
 //! humantime durations, unknown keys rejected, every error located by file, line, column and key.
 
+mod brokers;
 mod interpolate;
 mod locate;
 mod model;
@@ -9,6 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 
+pub use brokers::{NatsConfig, RabbitMqConfig, nats_subject};
 pub use interpolate::interpolate;
 pub use model::*;
 

@@ -922,11 +922,16 @@ pub enum ActionConfig {
     Email(EmailConfig),
     Log(LogConfig),
     Cache(CacheActionConfig),
+    Nats(super::NatsConfig),
+    #[serde(rename = "rabbitmq")]
+    RabbitMq(super::RabbitMqConfig),
 }
 
 impl ActionConfig {
     /// Every `type` the config accepts.
-    pub const TYPES: [&'static str; 5] = ["webhook", "slack", "email", "log", "cache"];
+    pub const TYPES: [&'static str; 7] = [
+        "webhook", "slack", "email", "log", "cache", "nats", "rabbitmq",
+    ];
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -935,6 +940,8 @@ impl ActionConfig {
             ActionConfig::Email(_) => "email",
             ActionConfig::Log(_) => "log",
             ActionConfig::Cache(_) => "cache",
+            ActionConfig::Nats(_) => "nats",
+            ActionConfig::RabbitMq(_) => "rabbitmq",
         }
     }
 
@@ -943,6 +950,8 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.mode,
             ActionConfig::Slack(c) => c.mode,
             ActionConfig::Email(c) => c.mode,
+            ActionConfig::Nats(c) => c.mode,
+            ActionConfig::RabbitMq(c) => c.mode,
             ActionConfig::Log(_) | ActionConfig::Cache(_) => ActionMode::Inline,
         }
     }
@@ -953,6 +962,8 @@ impl ActionConfig {
             ActionConfig::Webhook(c) => c.timeout,
             ActionConfig::Slack(c) => c.timeout,
             ActionConfig::Email(c) => c.timeout,
+            ActionConfig::Nats(c) => c.timeout,
+            ActionConfig::RabbitMq(c) => c.timeout,
             ActionConfig::Log(_) | ActionConfig::Cache(_) => None,
         }
     }
@@ -971,6 +982,8 @@ impl ActionConfig {
             ActionConfig::Email(c) => format!("email to {}", c.to.join(", ")),
             ActionConfig::Log(c) => format!("log at {}", c.level),
             ActionConfig::Cache(c) => c.summary(),
+            ActionConfig::Nats(c) => c.summary(),
+            ActionConfig::RabbitMq(c) => c.summary(),
         }
     }
 
@@ -1049,6 +1062,8 @@ impl ActionConfig {
                     .map_or(Ok(()), |m| check_template("message", m))
             }
             ActionConfig::Cache(c) => c.validate(),
+            ActionConfig::Nats(c) => c.validate(),
+            ActionConfig::RabbitMq(c) => c.validate(),
         }
     }
 }
@@ -1067,7 +1082,7 @@ fn templated_origin(url: &str) -> bool {
     origin.contains("{{") || origin.contains("{%")
 }
 
-fn check_template(field: &str, source: &str) -> Result<(), String> {
+pub(super) fn check_template(field: &str, source: &str) -> Result<(), String> {
     crate::template::check(source).map_err(|e| format!("{field}: {e}"))
 }
 

@@ -307,3 +307,85 @@ fn webhook_numbers_option_is_checked_where_it_is_written() {
     );
     assert!(with_body.message.contains("body"), "{with_body}");
 }
+
+#[test]
+fn broker_actions_load_and_bad_ones_name_file_line_and_key() {
+    let nats = format!(
+        "{OBS}[[observers.actions]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"orders.{{{{ event_type }}}}\"\ntoken = \"${{API_KEY}}\"\nmode = \"queued\"\n"
+    );
+    let c = load(&nats).unwrap();
+    let ActionConfig::Nats(n) = c.observers[0].actions[0].get_ref() else {
+        panic!("a nats action")
+    };
+    assert_eq!(n.token.as_ref().map(Secret::expose), Some("k-123"));
+    assert_eq!(
+        c.observers[0].actions[0].get_ref().mode(),
+        ActionMode::Queued
+    );
+    let rabbit = format!(
+        "{OBS}[[observers.actions]]\ntype = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\nexchange = \"orders\"\nrouting_key = \"orders.{{{{ event_type }}}}\"\n"
+    );
+    let c = load(&rabbit).unwrap();
+    let summary = c.observers[0].actions[0].get_ref().summary();
+    assert!(summary.contains("guest:***@"), "no password in {summary}");
+
+    let action = |body: &str| format!("{OBS}[[observers.actions]]\n{body}");
+    // (action body, key fragment, message fragments)
+    let cases: [(&str, &str, &[&str]); 10] = [
+        (
+            "type = \"nats\"\nurl = \"nats://127.0.0.1\"\n",
+            "observers.actions",
+            &["missing field `subject`"],
+        ),
+        (
+            "type = \"nats\"\nurl = \"http://127.0.0.1\"\nsubject = \"a\"\n",
+            "observers[0].actions[0]",
+            &["nats action", "url", "nats:// or tls://"],
+        ),
+        (
+            "type = \"nats\"\nurl = \"not a url\"\nsubject = \"a\"\n",
+            "observers[0].actions[0]",
+            &["url `not a url`"],
+        ),
+        (
+            "type = \"nats\"\nurl = \"nats://h\"\nsubject = \"orders.*\"\n",
+            "observers[0].actions[0]",
+            &["subject", "wildcard"],
+        ),
+        (
+            "type = \"nats\"\nurl = \"nats://h\"\nsubject = \"a\"\nheaders = { \"Nats-Msg-Id\" = \"x\" }\n",
+            "observers[0].actions[0]",
+            &["Nats-Msg-Id", "cannot be configured"],
+        ),
+        (
+            "type = \"nats\"\nurl = \"nats://h\"\nsubject = \"a\"\ncredentials = \"/nonexistent/x.creds\"\n",
+            "observers[0].actions[0]",
+            &["credentials", "/nonexistent/x.creds"],
+        ),
+        (
+            "type = \"rabbitmq\"\nurl = \"amqp://h\"\nrouting_key = \"k\"\n",
+            "observers.actions",
+            &["missing field `exchange`"],
+        ),
+        (
+            "type = \"rabbitmq\"\nurl = \"amqp://u:hunter2@h\"\nexchange = \"e\"\n",
+            "observers.actions",
+            &["missing field `routing_key`"],
+        ),
+        (
+            "type = \"rabbitmq\"\nurl = \"redis://u:hunter2@h\"\nexchange = \"e\"\nrouting_key = \"k\"\n",
+            "observers[0].actions[0]",
+            &["rabbitmq action", "amqp:// or amqps://", "u:***@h"],
+        ),
+        (
+            "type = \"rabbitmq\"\nurl = \"amqp://h\"\nexchange = \"bad exchange\"\nrouting_key = \"k\"\n",
+            "observers[0].actions[0]",
+            &["exchange `bad exchange`"],
+        ),
+    ];
+    for (body, key, fragments) in cases {
+        check(&action(body), 4, key, fragments);
+        let shown = load(&action(body)).unwrap_err().to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -685,7 +685,7 @@ impl ObserverExecutor {
             if let (Some(b), Some(p)) = (&breaker, permit) {
                 let call = match &result {
                     Ok(_) => CallOutcome::Success,
-                    Err(e) if e.is_transient() => CallOutcome::Failure,
+                    Err(e) if e.blames_endpoint() => CallOutcome::Failure,
                     Err(_) => CallOutcome::Ignored,
                 };
                 b.record(p, call);
