@@ -91,21 +91,33 @@ pub async fn prune(
 
     let mut deleted = 0u64;
     loop {
-        let n = sqlx::query(
-            "DELETE FROM observer_change_log
-              WHERE id IN (
-                    SELECT id FROM observer_change_log
-                     WHERE id <= $1
-                       AND ($2::timestamptz IS NULL OR created_at < $2)
-                     ORDER BY id
-                     LIMIT $3)",
+        // Each batch also counts what it deleted per entity type and minute of creation
+        // (`observer_pruned_changes`), so `observers replay` can say what of its window is gone.
+        let n: i64 = sqlx::query_scalar(
+            "WITH d AS (
+                  DELETE FROM observer_change_log
+                   WHERE id IN (
+                         SELECT id FROM observer_change_log
+                          WHERE id <= $1
+                            AND ($2::timestamptz IS NULL OR created_at < $2)
+                          ORDER BY id
+                          LIMIT $3)
+               RETURNING id, entity_type, created_at),
+             counted AS (
+                  INSERT INTO observer_pruned_changes AS p (entity_type, minute, rows, max_id)
+                  SELECT entity_type, date_trunc('minute', created_at), count(*), max(id)
+                    FROM d GROUP BY 1, 2
+                  ON CONFLICT (minute, entity_type) DO UPDATE
+                     SET rows = p.rows + excluded.rows,
+                         max_id = greatest(p.max_id, excluded.max_id))
+             SELECT count(*) FROM d",
         )
         .bind(cursor_id)
         .bind(created_before)
         .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
+        .fetch_one(pool)
+        .await?;
+        let n = u64::try_from(n).unwrap_or(0);
         deleted += n;
         // New rows always get an id above every cursor, so this terminates.
         if n < batch_rows {

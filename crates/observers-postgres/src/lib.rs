@@ -13,6 +13,7 @@ pub mod error;
 pub mod gone;
 pub mod ingest;
 pub mod monitoring;
+pub mod replay;
 pub mod source;
 
 use std::time::Duration;

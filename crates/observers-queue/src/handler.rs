@@ -19,6 +19,9 @@ pub struct QueuedAction {
     pub observer: String,
     pub action_index: usize,
     pub event: EntityEvent,
+    /// Appended to the idempotency key (a replay's `replay-{replay_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_suffix: Option<String>,
 }
 
 impl QueuedAction {
@@ -52,7 +55,13 @@ impl JobHandler for ActionJobHandler {
     async fn run(&self, job: &Job) -> Result<()> {
         let a = QueuedAction::from_job(job)?;
         self.executor
-            .run_job(&a.event, &a.observer, a.action_index, job.attempts)
+            .run_job(
+                &a.event,
+                &a.observer,
+                a.action_index,
+                job.attempts,
+                a.key_suffix.as_deref(),
+            )
             .await
             .map(|_| ())
     }

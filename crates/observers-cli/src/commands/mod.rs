@@ -15,6 +15,7 @@ mod metrics_cmd;
 mod migrate;
 mod ops;
 mod queue;
+mod replay;
 mod run;
 mod search;
 mod status;
@@ -106,6 +107,9 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         orders: u32,
     },
+    /// Re-run changes the listener already processed through the observers of --config
+    /// (conditions included), with new idempotency keys `{event_id}:{observer}:{action_index}:replay-{replay_id}`.
+    Replay(replay::ReplayArgs),
     /// Inspect, retry and purge queued jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
@@ -148,6 +152,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Status(args) => status::run(args, &db).await,
         Command::Metrics(args) => metrics_cmd::run(args, db.config.as_deref()).await,
         Command::Jobs(cmd) => jobs::run(cmd, &db).await,
+        Command::Replay(args) => replay::run(&required_config(&db)?, args).await,
         Command::Worker { workers } => worker::run(&required_config(&db)?, workers).await,
     }
 }

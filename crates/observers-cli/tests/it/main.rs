@@ -9,6 +9,7 @@ mod ha;
 mod hardening;
 mod metrics;
 mod monitoring;
+mod ops;
 mod queue;
 mod redis_fault;
 mod search;

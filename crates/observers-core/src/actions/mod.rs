@@ -39,7 +39,8 @@ pub struct Invocation<'a> {
     pub event: &'a EntityEvent,
     pub observer: &'a str,
     pub action_index: usize,
-    /// `"{event_id}:{observer}:{action_index}"`: stable across retries and redeliveries.
+    /// `"{event_id}:{observer}:{action_index}"`: stable across retries and redeliveries
+    /// (`observers replay` appends `":replay-{replay_id}"`, see [`idempotency_key_with`]).
     pub idempotency_key: &'a str,
     pub template: &'a TemplateContext<'a>,
     /// 1-based attempt number.
@@ -48,7 +49,21 @@ pub struct Invocation<'a> {
 
 /// The stable idempotency key of one action for one event.
 pub fn idempotency_key(event_id: i64, observer: &str, action_index: usize) -> String {
-    format!("{event_id}:{observer}:{action_index}")
+    idempotency_key_with(event_id, observer, action_index, None)
+}
+
+/// [`idempotency_key`] with `":{suffix}"` appended when there is one: a replay's deliveries
+/// (`replay-{replay_id}`) are new to receivers that dedupe on the key.
+pub fn idempotency_key_with(
+    event_id: i64,
+    observer: &str,
+    action_index: usize,
+    suffix: Option<&str>,
+) -> String {
+    match suffix {
+        Some(s) => format!("{event_id}:{observer}:{action_index}:{s}"),
+        None => format!("{event_id}:{observer}:{action_index}"),
+    }
 }
 
 /// A short description of what an attempt did, e.g. `HTTP 200`.

@@ -17,7 +17,7 @@ pub use cached::{CachedActionExecutor, escape_glob};
 pub use observers::{ActionSlot, CompiledObserver, MatchDecision, ObserverSet};
 pub use summary::{ActionReport, ExecutionSummary};
 
-use crate::actions::{Invocation, idempotency_key};
+use crate::actions::{Invocation, idempotency_key_with};
 use crate::breaker::{BreakerRegistry, CallOutcome};
 use crate::config::ActionMode;
 use crate::error::{ObserverError, Result};
@@ -96,6 +96,8 @@ pub struct ObserverExecutor {
     gone: Arc<dyn GoneEndpoints>,
     gone_known: Mutex<HashSet<String>>,
     gone_count: AtomicUsize,
+    /// Appended to every idempotency key (see [`ExecutorBuilder::key_suffix`]).
+    key_suffix: Option<String>,
 }
 
 /// A key in [`ObserverExecutor::in_flight`], removed when the event's processing ends, however
@@ -142,6 +144,7 @@ pub struct ExecutorBuilder {
     max_concurrent_actions: usize,
     summaries: Option<Arc<dyn SummarySink>>,
     gone: Option<Arc<dyn GoneEndpoints>>,
+    key_suffix: Option<String>,
 }
 
 impl ExecutorBuilder {
@@ -203,6 +206,14 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Appends `":{suffix}"` to every idempotency key, queued jobs included (`observers replay`
+    /// gives `replay-{replay_id}`, so receivers that dedupe on the key take a replay as new).
+    #[must_use]
+    pub fn key_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.key_suffix = Some(suffix.into());
+        self
+    }
+
     #[must_use]
     pub fn max_concurrent_actions(mut self, n: usize) -> Self {
         self.max_concurrent_actions = n.max(1);
@@ -243,6 +254,7 @@ impl ExecutorBuilder {
                 .unwrap_or_else(|| Arc::new(MemoryGoneEndpoints::default())),
             gone_known: Mutex::default(),
             gone_count: AtomicUsize::new(0),
+            key_suffix: self.key_suffix,
         }
     }
 }
@@ -267,6 +279,7 @@ impl ObserverExecutor {
             max_concurrent_actions: 128,
             summaries: None,
             gone: None,
+            key_suffix: None,
         }
     }
 
@@ -473,13 +486,14 @@ impl ObserverExecutor {
     /// Runs one attempt of one action (a queued job's run): timeout and circuit breaker apply,
     /// inline retries do not (the job queue schedules the next attempt). A target disabled by
     /// `410 Gone` fails permanently (the job is dead-lettered). `attempt` is the job's attempt
-    /// number (1-based).
+    /// number (1-based); `key_suffix` the one the job was enqueued with (a replay's).
     pub async fn run_job(
         &self,
         event: &EntityEvent,
         observer: &str,
         action_index: usize,
         attempt: u32,
+        key_suffix: Option<&str>,
     ) -> Result<ActionReport> {
         let set = self.observers();
         let (o, slot) = find_action(
@@ -489,8 +503,9 @@ impl ObserverExecutor {
             ("OBS-JOB-UNKNOWN-OBSERVER", "OBS-JOB-UNKNOWN-ACTION"),
         )?;
         let ctx = TemplateContext::new(event, &o.name);
+        let key = idempotency_key_with(event.id, &o.name, action_index, key_suffix);
         let a = self
-            .attempt(&set, o, action_index, slot, event, &ctx, Some(attempt))
+            .attempt(&set, o, action_index, slot, event, &ctx, key, Some(attempt))
             .await;
         match a.error {
             Some(e) => Err(e),
@@ -555,11 +570,16 @@ impl ObserverExecutor {
         event: &EntityEvent,
     ) -> Attempted {
         let started = Instant::now();
-        let key = idempotency_key(event.id, &o.name, index);
+        let key = self.idempotency_key(event, &o.name, index);
+        let mut payload =
+            serde_json::json!({ "observer": o.name, "action_index": index, "event": event });
+        if let Some(suffix) = &self.key_suffix {
+            payload["key_suffix"] = suffix.as_str().into();
+        }
         let job = NewJob {
             queue: "default".into(),
             kind: slot.action.type_name().into(),
-            payload: serde_json::json!({ "observer": o.name, "action_index": index, "event": event }),
+            payload,
             unique_key: Some(key),
             priority: 0,
             run_at: None,
@@ -600,7 +620,14 @@ impl ObserverExecutor {
         event: &EntityEvent,
         ctx: &TemplateContext<'_>,
     ) -> Attempted {
-        self.attempt(set, o, index, slot, event, ctx, None).await
+        let key = self.idempotency_key(event, &o.name, index);
+        self.attempt(set, o, index, slot, event, ctx, key, None)
+            .await
+    }
+
+    /// The idempotency key of one action for one event, with this executor's suffix.
+    fn idempotency_key(&self, event: &EntityEvent, observer: &str, index: usize) -> String {
+        idempotency_key_with(event.id, observer, index, self.key_suffix.as_deref())
     }
 
     /// Runs an action with inline retries, or exactly once as attempt `single` (a job run).
@@ -617,11 +644,11 @@ impl ObserverExecutor {
         slot: &ActionSlot,
         event: &EntityEvent,
         ctx: &TemplateContext<'_>,
+        key: String,
         single: Option<u32>,
     ) -> Attempted {
         let started = Instant::now();
         let action_type = slot.action.type_name();
-        let key = idempotency_key(event.id, &o.name, index);
         let timeout = slot.timeout.unwrap_or(set.action_timeout);
         let breaker = slot.action.endpoint().map(|e| self.breakers.get(e));
         let mut attempt = single.map_or(0, |a| a.saturating_sub(1));

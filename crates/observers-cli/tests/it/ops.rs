@@ -1,0 +1,217 @@
+//! Operator tools against `observers run` on the real PostgreSQL: `replay`, retention run by
+//! `run`, `debug-event` of a stored entity.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Receiver, Run, TestDb, capture, cli, spawn_run, wait_until, write_config};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn config(db: &TestDb, rx: &Receiver, extra: &str) -> String {
+    format!(
+        r#"
+[source]
+database_url = "{url}"
+listener_id = "ops"
+poll_interval = "100ms"
+
+[retry]
+max_attempts = 1
+
+[dedup]
+enabled = false
+{extra}
+
+[[observers]]
+name = "paid"
+entity = "Order"
+condition = "status == 'paid'"
+
+  [[observers.actions]]
+  type = "webhook"
+  url = "{base}/hooks/paid"
+
+[[observers]]
+name = "all"
+entity = "Order"
+
+  [[observers.actions]]
+  type = "webhook"
+  url = "{base}/hooks/all"
+"#,
+        url = db.url,
+        base = rx.base
+    )
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `observers replay --config CFG --format json ARGS`, which must succeed.
+fn replay(db: &TestDb, cfg: &str, args: &[&str]) -> Value {
+    let mut all = vec!["replay", "--config", cfg, "--format", "json"];
+    all.extend_from_slice(args);
+    json_of(&cli(db, &all))
+}
+
+async fn cursor_at_end(db: &TestDb) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT coalesce((SELECT cursor_id FROM observer_checkpoints WHERE listener_id = 'ops'), 0)
+             >= (SELECT max(id) FROM observer_change_log)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_processed(db: &TestDb) {
+    let deadline = std::time::Instant::now() + LONG;
+    while !cursor_at_end(db).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cursor never reached the end of the log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three orders (1 and 3 paid) delivered by `observers run` and passed by its cursor.
+struct Processed {
+    db: TestDb,
+    rx: Receiver,
+    cfg: String,
+    _dir: tempfile::TempDir,
+    _run: Run,
+}
+
+async fn three_processed_orders(tag: &str) -> Processed {
+    let db = TestDb::new(tag).await;
+    db.exec("CREATE TABLE orders (id bigint PRIMARY KEY, status text)")
+        .await;
+    assert!(cli(&db, &["migrate"]).status.success());
+    capture(&db, "orders", "Order");
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &config(&db, &rx, ""));
+    let run = spawn_run(&path, &dir.path().join("run.log"));
+    db.exec("INSERT INTO orders VALUES (1, 'paid'), (2, 'new'), (3, 'paid')")
+        .await;
+    wait_until("five deliveries", LONG, || rx.count() >= 5).await;
+    wait_processed(&db).await;
+    Processed {
+        cfg: path.to_str().unwrap().to_owned(),
+        db,
+        rx,
+        _dir: dir,
+        _run: run,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_resends_processed_changes_through_matching_observers_with_replay_keys() {
+    let Processed { db, rx, cfg, .. } = &three_processed_orders("replay").await;
+    let paid = |rx: &Receiver| -> Vec<String> {
+        rx.deliveries()
+            .into_iter()
+            .filter(|d| d.path == "/hooks/paid")
+            .map(|d| d.webhook_id)
+            .collect()
+    };
+    assert_eq!(paid(rx).len(), 2);
+
+    // Dry run: lists what would be sent through `paid` (the condition holds for 1 and 3), sends nothing.
+    let dry = replay(
+        db,
+        cfg,
+        &["--since", "1h", "--observer", "paid", "--dry-run"],
+    );
+    assert_eq!(dry["events"], 3, "{dry}");
+    assert_eq!(dry["matched_events"], 2, "{dry}");
+    let ids: Vec<&str> = dry["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["entity_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["1", "3"]);
+    assert_eq!(dry["changes"][0]["actions"][0]["outcome"], "would send");
+    assert_eq!(rx.count(), 5, "a dry run sends nothing");
+
+    // The replay: only `paid`, new keys.
+    let done = replay(db, cfg, &["--since", "1h", "--observer", "paid"]);
+    let rid = done["replay_id"].as_i64().unwrap();
+    assert_eq!(done["actions"], 2, "{done}");
+    assert_eq!(done["failed"], 0, "{done}");
+    wait_until("two replayed deliveries", LONG, || rx.count() >= 7).await;
+    let keys = paid(rx);
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for key in &keys[2..] {
+        assert!(key.ends_with(&format!(":paid:0:replay-{rid}")), "{key}");
+        assert!(!keys[..2].contains(key));
+    }
+    assert_eq!(rx.count(), 7, "`all` was not replayed");
+
+    // --same-keys, one entity: the original key again.
+    let same = replay(
+        db,
+        cfg,
+        &[
+            "--since",
+            "1h",
+            "--entity-type",
+            "Order",
+            "--entity-id",
+            "3",
+            "--observer",
+            "paid",
+            "--same-keys",
+        ],
+    );
+    assert_eq!(same["events"], 1, "{same}");
+    wait_until("the same-key delivery", LONG, || rx.count() >= 8).await;
+    let keys = paid(rx);
+    assert!(keys[..2].contains(&keys[4]), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_names_pruned_changes_and_refuses_unknown_observers() {
+    let Processed { db, cfg, .. } = &three_processed_orders("replay_pruned").await;
+    // Pruned changes are named, not silently skipped.
+    let pruned = cli(db, &["changelog", "prune"]);
+    assert!(pruned.status.success());
+    let after = replay(db, cfg, &["--since", "1h", "--dry-run"]);
+    assert_eq!(after["events"], 0, "{after}");
+    assert_eq!(after["pruned"]["rows"], 3, "{after}");
+    let text = cli(
+        db,
+        &["replay", "--config", cfg, "--since", "1h", "--dry-run"],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("3 change(s) created between"), "{text}");
+    assert!(text.contains("pruned"), "{text}");
+
+    // Bad input is named.
+    let bad = cli(
+        db,
+        &[
+            "replay",
+            "--config",
+            cfg,
+            "--since",
+            "1h",
+            "--observer",
+            "nope",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--observer nope"));
+}
