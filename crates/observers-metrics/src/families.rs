@@ -243,6 +243,10 @@ pub struct ObserverMetrics {
     pub(crate) search_queries: Family<L1, Counter>,
     pub(crate) search_query_duration: HistFamily<L1>,
 
+    // Retention (`[retention]`, applied by `observers run`).
+    pub(crate) retention_deleted: Family<L1, Counter>,
+    pub(crate) retention_oldest_age: Family<L1, FGauge>,
+
     // Hot-path handle caches.
     /// Arena index of each entity type's handles.
     pub(crate) entity_handles: Handles<u32>,
@@ -646,6 +650,17 @@ impl ObserverMetrics {
                 seconds,
                 hist_family()
             ),
+            retention_deleted: reg!(
+                "observer_retention_deleted",
+                "Rows deleted by retention, by table (change_log, events, jobs_completed, dlq_resolved)",
+                Family::default()
+            ),
+            retention_oldest_age: reg!(
+                "observer_retention_oldest_row_age",
+                "Age of the oldest row kept, by table, read after each retention pass (0 when empty)",
+                seconds,
+                Family::default()
+            ),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entity_handles: Handles::new(MAX_LABEL_VALUES),
             entity_arena: Arena::default(),
@@ -830,6 +845,20 @@ impl ObserverMetrics {
     /// Pending DLQ items, as counted in the store (the CLI polls it).
     pub fn set_dlq_pending(&self, n: u64) {
         self.dlq_items.set(saturating_i64(n));
+    }
+
+    /// Rows retention deleted from `table`.
+    pub fn retention_deleted(&self, table: &str, rows: u64) {
+        self.retention_deleted
+            .get_or_create(&l1("table", table))
+            .inc_by(rows);
+    }
+
+    /// The age of the oldest row retention kept in `table`.
+    pub fn set_retention_oldest_age(&self, table: &str, age: Duration) {
+        self.retention_oldest_age
+            .get_or_create(&l1("table", table))
+            .set(age.as_secs_f64());
     }
 
     /// Observers in the running config (set at start and on reload).

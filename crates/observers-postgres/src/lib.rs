@@ -14,6 +14,7 @@ pub mod gone;
 pub mod ingest;
 pub mod monitoring;
 pub mod replay;
+pub mod retention;
 pub mod source;
 
 use std::time::Duration;

@@ -155,6 +155,35 @@ impl PostgresJobQueue {
         &self.pool
     }
 
+    /// Deletes completed jobs that finished more than `age` ago, `batch` per statement (each
+    /// commits on its own, oldest first), freeing their keys like [`JobQueue::purge`]. Returns
+    /// how many went (`[retention] jobs_completed`).
+    pub async fn purge_completed_older_than(&self, age: Duration, batch: i64) -> Result<u64> {
+        let batch = batch.max(1);
+        let mut purged = 0u64;
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "WITH gone AS (DELETE FROM observer_jobs_completed WHERE id IN \
+                     (SELECT id FROM observer_jobs_completed \
+                       WHERE completed_at < now() - make_interval(secs => $1) \
+                       ORDER BY id LIMIT $2) \
+                     RETURNING id, unique_key), \
+                 freed AS (DELETE FROM observer_job_keys k USING gone \
+                           WHERE k.unique_key = gone.unique_key AND k.job_id = gone.id) \
+                 SELECT count(*) FROM gone",
+            )
+            .bind(age.as_secs_f64())
+            .bind(batch)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+            purged += n.unsigned_abs();
+            if n < batch {
+                return Ok(purged);
+            }
+        }
+    }
+
     fn ensure_listening(&self) {
         self.listener
             .get_or_init(|| tokio::spawn(listen_loop(self.pool.clone(), self.wake.clone())));

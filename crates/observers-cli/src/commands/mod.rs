@@ -16,6 +16,7 @@ mod migrate;
 mod ops;
 mod queue;
 mod replay;
+mod retention;
 mod run;
 mod search;
 mod status;

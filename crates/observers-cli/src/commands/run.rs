@@ -10,7 +10,7 @@ use observers_postgres::{ChangeLogListener, PostgresCheckpointStore};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use super::{engine, ops};
+use super::{engine, ops, retention};
 use crate::CliResult;
 
 /// How long in-flight work may take to finish after SIGTERM before the process exits anyway
@@ -40,7 +40,8 @@ pub async fn run(config_path: &Path) -> CliResult {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ops_tasks = ops::start(
+    let retention = retention::spawn(&config, &pool, metrics.clone(), stop_rx.clone());
+    let mut ops_tasks = ops::start(
         &config,
         &pool,
         &executor,
@@ -49,6 +50,7 @@ pub async fn run(config_path: &Path) -> CliResult {
         stop_rx.clone(),
     )
     .await?;
+    ops_tasks.extend(retention);
     tokio::spawn(signals(
         config_path.to_path_buf(),
         executor.clone(),

@@ -101,6 +101,15 @@ fn elasticsearch(config: &Config) -> CliResult<ElasticsearchBackend> {
 }
 
 /// The backend the ops commands use: `[search]` of `--config` when given, else PostgreSQL.
+/// The search backend of a config (the audit trail's store), `None` when search is off.
+pub fn backend_of(config: &Config, pool: &PgPool) -> CliResult<Option<Arc<dyn SearchBackend>>> {
+    Ok(match config.search.backend {
+        SearchBackendKind::None => None,
+        SearchBackendKind::Elasticsearch => Some(Arc::new(elasticsearch(config)?)),
+        SearchBackendKind::Postgres => Some(Arc::new(PostgresSearchBackend::new(pool.clone()))),
+    })
+}
+
 async fn command_backend(db: &DbArgs) -> CliResult<Arc<dyn SearchBackend>> {
     if let Some(path) = &db.config {
         let config = super::load_config(path)?;

@@ -40,7 +40,7 @@ fn spawn_run_with_token(config: &Path, log: &Path) -> Run {
 }
 
 /// Waits for the "ops server listening on http://ADDR" log line and returns the base URL.
-async fn ops_url(log: &Path) -> String {
+pub async fn ops_url(log: &Path) -> String {
     let deadline = Instant::now() + LONG;
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -78,7 +78,7 @@ async fn scrape(base: &str) -> Scrape {
 }
 
 /// Polls `/metrics` until `cond` holds, returning that scrape.
-async fn scrape_until(base: &str, what: &str, cond: impl Fn(&Scrape) -> bool) -> Scrape {
+pub async fn scrape_until(base: &str, what: &str, cond: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + LONG;
     loop {
         let s = scrape(base).await;
@@ -93,7 +93,7 @@ async fn scrape_until(base: &str, what: &str, cond: impl Fn(&Scrape) -> bool) ->
     }
 }
 
-async fn count(db: &TestDb, sql: &str) -> i64 {
+pub async fn count(db: &TestDb, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&db.pool)
         .await

@@ -131,6 +131,8 @@ fn every_family() -> Scrape {
     m.set_sync_queue("dedup", 1);
     m.job_enqueued("q");
     m.set_job_depth("q", 1, 1);
+    m.retention_deleted("change_log", 1);
+    m.set_retention_oldest_age("change_log", d);
     for o in [
         JobOutcome::Completed,
         JobOutcome::Retried,

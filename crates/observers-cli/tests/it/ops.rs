@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::metrics::count;
 use crate::support::{Receiver, Run, TestDb, capture, cli, spawn_run, wait_until, write_config};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -214,4 +215,113 @@ async fn replay_names_pruned_changes_and_refuses_unknown_observers() {
     );
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--observer nope"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_applies_retention_in_batches_below_the_slowest_cursor_and_counts_it() {
+    let db = TestDb::new("retention").await;
+    db.exec("CREATE TABLE orders (id bigint PRIMARY KEY, status text)")
+        .await;
+    assert!(cli(&db, &["migrate"]).status.success());
+    capture(&db, "orders", "Order");
+    // Old and recent rows of each table; a slower consumer that has passed nothing yet.
+    db.exec(
+        "INSERT INTO observer_dlq_items (event_id, entity_type, entity_id, event, observer, action_index, action_type, error_code, error, status, created_at) VALUES
+           (1, 'Order', '1', '{}', 'o', 0, 'webhook', 'E', 'e', 'resolved', now() - interval '2 days'),
+           (2, 'Order', '2', '{}', 'o', 0, 'webhook', 'E', 'e', 'resolved', now() - interval '3 days'),
+           (3, 'Order', '3', '{}', 'o', 0, 'webhook', 'E', 'e', 'resolved', now()),
+           (4, 'Order', '4', '{}', 'o', 0, 'webhook', 'E', 'e', 'pending', now() - interval '2 days');
+         INSERT INTO observer_jobs_completed (id, queue_name, kind, payload, priority, run_at, attempts, max_attempts, created_at, completed_at) VALUES
+           (1, 'default', 'webhook', '{}', 0, now(), 1, 3, now(), now() - interval '2 days'),
+           (2, 'default', 'webhook', '{}', 0, now(), 1, 3, now(), now());
+         INSERT INTO observer_events (event_id, entity_type, entity_id, event_type, timestamp) VALUES
+           (-1, 'Order', '9', 'insert', now() - interval '2 days');
+         INSERT INTO observer_checkpoints (listener_id, cursor_id) VALUES ('slow', 0);",
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[metrics]
+listen = "127.0.0.1:0"
+
+[search]
+backend = "postgres"
+
+[retention]
+change_log = "1ms"
+events = "1h"
+jobs_completed = "1h"
+dlq_resolved = "1h"
+interval = "50ms"
+batch = 1
+"#;
+    let path = write_config(&dir, &config(&db, &rx, extra));
+    let log = dir.path().join("run.log");
+    let _run = spawn_run(&path, &log);
+    let base = crate::metrics::ops_url(&log).await;
+
+    db.exec("INSERT INTO orders VALUES (1, 'paid'), (2, 'new'), (3, 'paid')")
+        .await;
+    wait_until("five deliveries", LONG, || rx.count() >= 5).await;
+    wait_processed(&db).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM observer_change_log").await,
+        3,
+        "nothing above the slow consumer's cursor went"
+    );
+    // The slow consumer passes the second change: the first two may go, the third stays.
+    db.exec(
+        "UPDATE observer_checkpoints SET cursor_id = (SELECT min(id) + 1 FROM observer_change_log) WHERE listener_id = 'slow'",
+    )
+    .await;
+
+    let deleted = |s: &observers_metrics::Scrape, table: &str| {
+        s.sum("observer_retention_deleted_total", &[("table", table)])
+    };
+    let s = crate::metrics::scrape_until(&base, "retention of every table", |s| {
+        deleted(s, "change_log") >= 2.0
+            && deleted(s, "dlq_resolved") >= 2.0
+            && deleted(s, "jobs_completed") >= 1.0
+            && deleted(s, "events") >= 1.0
+    })
+    .await;
+    assert!((deleted(&s, "change_log") - 2.0).abs() < f64::EPSILON);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM observer_change_log").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM observer_dlq_items WHERE status = 'pending'"
+        )
+        .await,
+        1,
+        "pending DLQ items are not retention's"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM observer_dlq_items").await,
+        2
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM observer_jobs_completed").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM observer_events WHERE event_id = -1"
+        )
+        .await,
+        0
+    );
+    let oldest = s.sum(
+        "observer_retention_oldest_row_age_seconds",
+        &[("table", "dlq_resolved")],
+    );
+    assert!(
+        oldest < 3600.0,
+        "the oldest resolved item kept is recent: {oldest}"
+    );
 }

@@ -46,6 +46,33 @@ pub mod duration {
             }
         }
     }
+
+    /// `Option<Duration>` where `"off"` is `None`.
+    pub mod or_off {
+        use super::{Deserialize, Deserializer, Duration};
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let s = String::deserialize(d)?;
+            if s == "off" {
+                return Ok(None);
+            }
+            humantime::parse_duration(&s).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration `{s}`: {e} (a duration such as \"7d\" or \"12h\", or \"off\")"
+                ))
+            })
+        }
+
+        pub fn serialize<S: serde::Serializer>(
+            v: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_str("off"),
+            }
+        }
+    }
 }
 
 /// A value that must never be printed: `Debug` and `Serialize` redact it.
@@ -101,6 +128,8 @@ pub struct Config {
     pub ha: HaConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// `[outbound]`: which addresses actions may connect to.
     #[serde(default)]
     pub outbound: crate::actions::OutboundPolicy,
@@ -774,6 +803,44 @@ impl HaConfig {
             return Err("max_instances must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// `[retention]`: how long `observers run` keeps rows (docs/operations.md). Each age is a
+/// duration or `"off"` (kept for ever).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Change-log rows older than this that every consumer has passed.
+    #[serde(with = "duration::or_off")]
+    pub change_log: Option<Duration>,
+    /// Audit-trail events (`[search]`) whose event timestamp is older than this.
+    #[serde(with = "duration::or_off")]
+    pub events: Option<Duration>,
+    /// Completed jobs finished longer ago than this.
+    #[serde(with = "duration::or_off")]
+    pub jobs_completed: Option<Duration>,
+    /// Resolved DLQ items created longer ago than this.
+    #[serde(with = "duration::or_off")]
+    pub dlq_resolved: Option<Duration>,
+    /// Time between retention passes.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Rows deleted per statement (each commits on its own).
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            change_log: Some(Duration::from_secs(7 * DAY)),
+            events: Some(Duration::from_secs(30 * DAY)),
+            jobs_completed: Some(Duration::from_secs(7 * DAY)),
+            dlq_resolved: Some(Duration::from_secs(30 * DAY)),
+            interval: Duration::from_secs(300),
+            batch: 1000,
+        }
     }
 }
 
