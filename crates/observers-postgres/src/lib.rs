@@ -9,6 +9,7 @@ pub mod changelog;
 pub mod checkpoint;
 pub mod dedup;
 pub mod dlq;
+pub mod entity;
 pub mod error;
 pub mod gone;
 pub mod ingest;

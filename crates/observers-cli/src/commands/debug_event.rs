@@ -188,7 +188,7 @@ fn bindings(b: &[(String, Value)]) -> String {
         .join(", ")
 }
 
-fn reason(o: &observers_core::executor::CompiledObserver, d: &MatchDecision) -> String {
+pub(super) fn reason(o: &observers_core::executor::CompiledObserver, d: &MatchDecision) -> String {
     match d {
         MatchDecision::Matched { bindings: b } if o.condition.is_none() => {
             format!("entity {} and kind match; no condition", o.entity)

@@ -5,6 +5,7 @@ mod capture;
 mod changelog;
 mod checkpoint;
 mod db;
+mod debug_entity;
 mod debug_event;
 mod demo;
 mod dlq;
@@ -77,14 +78,26 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Dry run: show, per observer, whether an event matches and why.
+    /// Dry run: show, per observer, whether an event matches and why. With --entity-type and
+    /// --entity-id: that entity's recent changes (change log, audit trail), which observers
+    /// matched and why, each action's outcome, its DLQ items and jobs.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["event", "entity_type"])))]
     DebugEvent {
         /// A JSON event file, or `-` for standard input.
         #[arg(long)]
-        event: String,
-        /// Also run the actions of the matching observers.
-        #[arg(long)]
+        event: Option<String>,
+        /// Also run the actions of the matching observers (with --event).
+        #[arg(long, requires = "event")]
         execute: bool,
+        /// The stored entity's type (with --entity-id).
+        #[arg(long, requires = "entity_id", conflicts_with = "event")]
+        entity_type: Option<String>,
+        /// The stored entity's id.
+        #[arg(long, requires = "entity_type")]
+        entity_id: Option<String>,
+        /// How many of the entity's most recent changes.
+        #[arg(long, default_value_t = 5, requires = "entity_type")]
+        last: u32,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -143,8 +156,22 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::DebugEvent {
             event,
             execute,
+            entity_type,
+            entity_id,
+            last,
             format,
-        } => debug_event::run(&required_config(&db)?, &event, execute, format).await,
+        } => {
+            let config = required_config(&db)?;
+            match (event, entity_type, entity_id) {
+                (Some(event), _, _) => debug_event::run(&config, &event, execute, format).await,
+                (None, Some(t), Some(id)) => {
+                    debug_entity::run(&config, &t, &id, last, format).await
+                }
+                _ => Err(Exit::usage(anyhow::anyhow!(
+                    "give --event FILE, or --entity-type E with --entity-id ID"
+                ))),
+            }
+        }
         Command::Search(args) => search::search(args, &db).await,
         Command::Events(cmd) => search::events(cmd, &db).await,
 

@@ -325,3 +325,170 @@ batch = 1
         "the oldest resolved item kept is recent: {oldest}"
     );
 }
+
+/// Order 1 inserted (`new`) and updated (`paid`), order 2 inserted, all processed and indexed, with
+/// observers `paid` (a condition), `all`, `failing` (dead-letters) and `queued` (a job).
+async fn entity_with_outcomes() -> Processed {
+    let db = TestDb::new("debug_entity").await;
+    db.exec("CREATE TABLE orders (id bigint PRIMARY KEY, status text)")
+        .await;
+    assert!(cli(&db, &["migrate"]).status.success());
+    capture(&db, "orders", "Order");
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[search]
+backend = "postgres"
+flush_interval = "50ms"
+
+[[observers]]
+name = "failing"
+entity = "Order"
+
+  [[observers.actions]]
+  type = "webhook"
+  url = "http://127.0.0.1:1/nothing-listens-here"
+
+[[observers]]
+name = "queued"
+entity = "Order"
+
+  [[observers.actions]]
+  type = "webhook"
+  mode = "queued"
+  url = "{base}/hooks/queued"
+"#;
+    let extra = extra.replace("{base}", &rx.base);
+    let path = write_config(&dir, &config(&db, &rx, &extra));
+    let run = spawn_run(&path, &dir.path().join("run.log"));
+    db.exec("INSERT INTO orders VALUES (1, 'new')").await;
+    db.exec("UPDATE orders SET status = 'paid' WHERE id = 1")
+        .await;
+    db.exec("INSERT INTO orders VALUES (2, 'new')").await;
+    wait_until("four deliveries", LONG, || rx.count() >= 4).await;
+    wait_processed(&db).await;
+    let deadline = std::time::Instant::now() + LONG;
+    while count(&db, "SELECT count(*) FROM observer_events").await < 3
+        || count(&db, "SELECT count(*) FROM observer_dlq_items").await < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit trail and DLQ never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Processed {
+        cfg: path.to_str().unwrap().to_owned(),
+        db,
+        rx,
+        _dir: dir,
+        _run: run,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_event_of_a_stored_entity_shows_matches_outcomes_and_dlq_items() {
+    let Processed { db, cfg, .. } = &entity_with_outcomes().await;
+    let debug = |extra: &[&str]| {
+        let mut args = vec![
+            "debug-event",
+            "--config",
+            cfg,
+            "--entity-type",
+            "Order",
+            "--entity-id",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        cli(db, &args)
+    };
+    let out = json_of(&debug(&["--format", "json"]));
+    let changes = out["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{out}");
+    let observer = |c: &Value, name: &str| -> Value {
+        c["observers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["observer"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (insert, update) = (&changes[0], &changes[1]);
+    assert_eq!(
+        insert["found_in"],
+        serde_json::json!(["change_log", "audit_trail"])
+    );
+    assert_eq!(insert["event"]["kind"], "insert", "{insert}");
+    let paid = observer(insert, "paid");
+    assert_eq!(paid["matched"], false);
+    assert!(paid["why"].as_str().unwrap().contains("is false"), "{paid}");
+    assert_eq!(
+        observer(insert, "all")["actions"][0]["outcome"],
+        "delivered"
+    );
+    let failing = observer(insert, "failing");
+    assert_eq!(
+        failing["actions"][0]["outcome"], "dead_lettered",
+        "{failing}"
+    );
+    assert_eq!(failing["actions"][0]["dlq"].as_array().unwrap().len(), 1);
+    let queued = &observer(insert, "queued")["actions"][0];
+    assert!(
+        queued["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued (job "),
+        "{queued}"
+    );
+    assert!(
+        queued["jobs"][0]["unique_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("1:queued:0"),
+        "{queued}"
+    );
+    assert_eq!(observer(update, "paid")["matched"], true);
+    assert_eq!(
+        observer(update, "paid")["actions"][0]["outcome"],
+        "delivered"
+    );
+    assert_eq!(
+        update["audit"]["matched_observers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    let last = json_of(&debug(&["--last", "1", "--format", "json"]));
+    assert_eq!(last["changes"].as_array().unwrap().len(), 1);
+    assert_eq!(last["changes"][0]["event"]["kind"], "update");
+
+    let text = String::from_utf8_lossy(&debug(&[]).stdout).into_owned();
+    assert!(text.contains("MATCH    paid"), "{text}");
+    assert!(text.contains("dlq item"), "{text}");
+
+    // Pruned from the change log, the changes are still found in the audit trail.
+    assert!(cli(db, &["changelog", "prune"]).status.success());
+    let pruned = json_of(&debug(&["--format", "json"]));
+    assert_eq!(pruned["changes"].as_array().unwrap().len(), 2, "{pruned}");
+    assert_eq!(
+        pruned["changes"][0]["found_in"],
+        serde_json::json!(["audit_trail"])
+    );
+
+    let none = cli(
+        db,
+        &[
+            "debug-event",
+            "--config",
+            cfg,
+            "--entity-type",
+            "Order",
+            "--entity-id",
+            "404",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&none.stdout).contains("no change of Order 404"));
+}
