@@ -51,6 +51,16 @@ pub async fn prune(
     older_than: Option<Duration>,
     batch: i64,
 ) -> Result<PruneReport, PgError> {
+    prune_reporting(pool, older_than, batch, |_| {}).await
+}
+
+/// [`prune`], calling `on_batch` with the rows each batch deleted (for progress output).
+pub async fn prune_reporting(
+    pool: &PgPool,
+    older_than: Option<Duration>,
+    batch: i64,
+    mut on_batch: impl FnMut(u64) + Send,
+) -> Result<PruneReport, PgError> {
     if batch < 1 {
         return Err(PgError::Invalid(format!(
             "prune batch size must be at least 1, got {batch}"
@@ -119,6 +129,7 @@ pub async fn prune(
         .await?;
         let n = u64::try_from(n).unwrap_or(0);
         deleted += n;
+        on_batch(n);
         // New rows always get an id above every cursor, so this terminates.
         if n < batch_rows {
             break;

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use super::db::DbArgs;
 use crate::CliResult;
 use crate::output::{self, Format};
+use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
 pub enum ChangelogCommand {
@@ -29,7 +30,13 @@ pub async fn run(cmd: ChangelogCommand, db: &DbArgs) -> CliResult {
             batch,
             format,
         } => {
-            let report = observers_postgres::changelog::prune(&pool, older_than, batch).await?;
+            let mut progress = Progress::new("changelog prune", "rows", None);
+            let report =
+                observers_postgres::changelog::prune_reporting(&pool, older_than, batch, |n| {
+                    progress.add(n);
+                })
+                .await?;
+            progress.finish();
             match format {
                 Format::Json => output::json(&report)?,
                 Format::Text => match report.cutoff {

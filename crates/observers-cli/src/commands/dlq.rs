@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::db::DbArgs;
 use super::engine;
 use crate::output::{self, Format};
+use crate::progress::Progress;
 use crate::{CliResult, Exit};
 
 #[derive(Debug, Clone, Args)]
@@ -256,7 +257,9 @@ async fn retry(
     let executor = engine::executor(&config, pool, std::sync::Arc::new(NoopTelemetry))?;
     let items = select.select(dlq, None).await?;
     let mut results = Vec::new();
+    let mut progress = Progress::new("dlq retry", "items", Some(items.len() as u64));
     for item in &items {
+        progress.add(1);
         let e = &item.entry;
         let outcome = if e.observer.is_empty() {
             Err("an undecodable change-log row: fix or delete it, then purge this item".to_owned())
@@ -275,6 +278,7 @@ async fn retry(
         .await?;
         results.push(json!({"id": item.id, "observer": e.observer, "ok": outcome.is_ok(), "error": outcome.err()}));
     }
+    progress.finish();
     let failed = results.iter().filter(|r| r["ok"] == false).count();
     match format {
         Format::Json => {

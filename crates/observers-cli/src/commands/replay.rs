@@ -22,6 +22,7 @@ use serde_json::json;
 
 use super::engine;
 use crate::output::{self, Format};
+use crate::progress::Progress;
 use crate::{CliResult, Exit};
 
 /// Change-log rows read per query.
@@ -116,7 +117,7 @@ pub async fn run(config_path: &Path, args: ReplayArgs) -> CliResult {
                 "listener `{consumer}` has no checkpoint yet: nothing was processed, nothing to replay"
             ))
         })?;
-    let (_, not_yet_processed) = replay::count(&pool, &window, upto).await?;
+    let (in_window, not_yet_processed) = replay::count(&pool, &window, upto).await?;
     let pruned = replay::pruned(&pool, &window).await?;
 
     let replay_id = if args.dry_run {
@@ -161,6 +162,7 @@ pub async fn run(config_path: &Path, args: ReplayArgs) -> CliResult {
         undecodable: 0,
         changes: Vec::new(),
     };
+    let mut progress = Progress::new("replay", "changes", Some(in_window.unsigned_abs()));
     let mut after = 0;
     loop {
         let items = replay::read(&pool, &window, after, upto, PAGE).await?;
@@ -172,6 +174,7 @@ pub async fn run(config_path: &Path, args: ReplayArgs) -> CliResult {
                 continue;
             };
             report.events += 1;
+            progress.add(1);
             let actions = if args.dry_run {
                 would_send(&executor, &event, suffix.as_deref())
             } else {
@@ -180,6 +183,7 @@ pub async fn run(config_path: &Path, args: ReplayArgs) -> CliResult {
             report.add(&event, actions);
         }
     }
+    progress.finish();
     if let Some(search) = search {
         search.shutdown().await;
     }

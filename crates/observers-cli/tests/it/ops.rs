@@ -492,3 +492,40 @@ async fn debug_event_of_a_stored_entity_shows_matches_outcomes_and_dlq_items() {
     );
     assert!(String::from_utf8_lossy(&none.stdout).contains("no change of Order 404"));
 }
+
+/// `observers ARGS` with a progress line at every step (`OBSERVERS_PROGRESS_INTERVAL=0s`); stderr
+/// is not a terminal here, so the lines are plain.
+fn with_progress(db: &TestDb, args: &[&str]) -> (std::process::Output, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_observers"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("OBSERVERS_PROGRESS_INTERVAL", "0s")
+        .env_remove("OBSERVERS_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_operations_print_progress_lines_and_a_summary() {
+    let Processed { db, cfg, .. } = &entity_with_outcomes().await;
+
+    let (out, err) = with_progress(
+        db,
+        &["replay", "--config", cfg, "--since", "1h", "--dry-run"],
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("replay: 1/3 changes (33%)"), "{err}");
+    assert!(err.contains("ETA"), "{err}");
+    assert!(err.contains("replay: 3 changes in "), "{err}");
+
+    let (_, err) = with_progress(db, &["dlq", "retry", "--all", "--config", cfg]);
+    assert!(err.contains("dlq retry: 3/3 items (100%)"), "{err}");
+    assert!(err.contains("dlq retry: 3 items in "), "{err}");
+
+    let (out, err) = with_progress(db, &["changelog", "prune", "--batch", "1"]);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("changelog prune: 1 rows, "), "{err}");
+    assert!(err.contains("changelog prune: 3 rows in "), "{err}");
+}
