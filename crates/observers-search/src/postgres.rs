@@ -332,6 +332,14 @@ impl SearchBackend for PostgresSearchBackend {
     }
 
     async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        self.delete_older_than_reporting(cutoff, &mut |_| {}).await
+    }
+
+    async fn delete_older_than_reporting(
+        &self,
+        cutoff: DateTime<Utc>,
+        on_batch: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64> {
         let mut deleted = 0;
         loop {
             let done = sqlx::query(
@@ -344,6 +352,7 @@ impl SearchBackend for PostgresSearchBackend {
             .await
             .map_err(SearchError::from)?;
             deleted += done.rows_affected();
+            on_batch(done.rows_affected());
             if done.rows_affected() < u64::try_from(DELETE_BATCH).unwrap_or(u64::MAX) {
                 return Ok(deleted);
             }

@@ -18,6 +18,7 @@ use observers_search::{
 
 use super::db::DbArgs;
 use crate::output::{self, Format};
+use crate::progress::Progress;
 use crate::{CliResult, Exit};
 
 /// `observers search`.
@@ -192,7 +193,11 @@ pub async fn events(cmd: EventsCommand, db: &DbArgs) -> CliResult {
             let ago = chrono::Duration::from_std(older_than)
                 .map_err(|e| Exit::usage(anyhow::anyhow!("--older-than: {e}")))?;
             let cutoff = Utc::now() - ago;
-            let deleted = backend.delete_older_than(cutoff).await?;
+            let mut progress = Progress::new("events prune", "events", None);
+            let deleted = backend
+                .delete_older_than_reporting(cutoff, &mut |n| progress.add(n))
+                .await?;
+            progress.finish();
             match format {
                 Format::Json => {
                     output::json(&serde_json::json!({"deleted": deleted, "cutoff": cutoff}))?;

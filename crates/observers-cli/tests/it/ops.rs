@@ -528,4 +528,9 @@ async fn long_operations_print_progress_lines_and_a_summary() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("changelog prune: 1 rows, "), "{err}");
     assert!(err.contains("changelog prune: 3 rows in "), "{err}");
+
+    let (out, err) = with_progress(db, &["events", "prune", "--older-than", "0s"]);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("events prune: 3 events, "), "{err}");
+    assert!(err.contains("events prune: 3 events in "), "{err}");
 }

@@ -342,6 +342,17 @@ pub trait SearchBackend: Send + Sync {
     async fn search(&self, q: &SearchQuery) -> Result<SearchResults>;
     /// Removes events with a timestamp before `cutoff` (retention); returns how many.
     async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+    /// [`delete_older_than`](Self::delete_older_than), calling `on_batch` with what each batch
+    /// removed (progress output); a backend that deletes in one request reports once.
+    async fn delete_older_than_reporting(
+        &self,
+        cutoff: DateTime<Utc>,
+        on_batch: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64> {
+        let n = self.delete_older_than(cutoff).await?;
+        on_batch(n);
+        Ok(n)
+    }
     async fn health(&self) -> Result<()>;
 }
 
