@@ -24,7 +24,7 @@ pub async fn run(config_path: &Path) -> CliResult {
     let pool = observers_postgres::connect(&url, super::ha::pool_size(&config)).await?;
     observers_postgres::migrate(&pool).await?;
     let (telemetry, metrics) = ops::telemetry(&config);
-    let search = super::search::SearchRuntime::start(&config, &pool).await?;
+    let search = super::search::SearchRuntime::start(&config, &pool, &telemetry).await?;
     let executor = Arc::new(
         search
             .attach(engine::executor_builder(&config, &pool, telemetry)?)

@@ -11,9 +11,11 @@ use observers_core::EventKind;
 use observers_core::config::{Config, SearchBackendKind};
 use observers_core::executor::ExecutorBuilder;
 use observers_core::stores::search::{MAX_PER_PAGE, SearchBackend, SearchQuery};
+use observers_core::telemetry::SharedTelemetry;
 use observers_postgres::PgPool;
 use observers_search::{
-    ElasticsearchBackend, EventSearchIndexer, IndexerConfig, IndexerTask, PostgresSearchBackend,
+    ElasticsearchBackend, EventSearchIndexer, IndexerConfig, IndexerTask, MeteredSearchBackend,
+    PostgresSearchBackend,
 };
 
 use super::db::DbArgs;
@@ -75,6 +77,15 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     })?;
     let ago = chrono::Duration::from_std(ago).map_err(|e| format!("`{s}`: {e}"))?;
     Ok(Utc::now() - ago)
+}
+
+/// The label of a backend in telemetry and status.
+pub fn backend_name(kind: SearchBackendKind) -> &'static str {
+    match kind {
+        SearchBackendKind::None => "none",
+        SearchBackendKind::Postgres => "postgres",
+        SearchBackendKind::Elasticsearch => "elasticsearch",
+    }
 }
 
 /// The configured backend; `None` when `[search] backend = "none"`.
@@ -203,11 +214,21 @@ pub struct SearchRuntime {
 }
 
 impl SearchRuntime {
-    /// Starts what `[search]` asks for (nothing for `backend = "none"`).
-    pub async fn start(config: &Config, pool: &PgPool) -> CliResult<Self> {
+    /// Starts what `[search]` asks for (nothing for `backend = "none"`); every indexing request
+    /// and query is reported through `telemetry`.
+    pub async fn start(
+        config: &Config,
+        pool: &PgPool,
+        telemetry: &SharedTelemetry,
+    ) -> CliResult<Self> {
         let Some(backend) = backend(config, pool)? else {
             return Ok(Self::default());
         };
+        let backend: Arc<dyn SearchBackend> = Arc::new(MeteredSearchBackend::new(
+            backend,
+            backend_name(config.search.backend),
+            telemetry.clone(),
+        ));
         if config.search.backend == SearchBackendKind::Elasticsearch
             && let Err(e) = elasticsearch(config)?.ensure_index().await
         {

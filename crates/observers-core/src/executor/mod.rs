@@ -30,6 +30,9 @@ use crate::stores::jobs::{EnqueueOutcome, JobQueue, NewJob};
 use crate::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use crate::template::TemplateContext;
 
+/// The job queue that `mode = "queued"` actions go to.
+pub const JOB_QUEUE: &str = "default";
+
 /// Deduplication settings of an executor.
 #[derive(Clone)]
 pub struct Dedup {
@@ -557,7 +560,7 @@ impl ObserverExecutor {
         let started = Instant::now();
         let key = idempotency_key(event.id, &o.name, index);
         let job = NewJob {
-            queue: "default".into(),
+            queue: JOB_QUEUE.into(),
             kind: slot.action.type_name().into(),
             payload: serde_json::json!({ "observer": o.name, "action_index": index, "event": event }),
             unique_key: Some(key),
@@ -572,7 +575,12 @@ impl ObserverExecutor {
             )),
         };
         let report = ActionReport::new(&o.name, index, slot.action.type_name());
-        let (report, error) = match jobs.enqueue(job).await {
+        let enqueued = jobs.enqueue(job).await;
+        if let Ok(EnqueueOutcome::Enqueued(_)) = enqueued {
+            self.telemetry
+                .emit(&TelemetryEvent::JobEnqueued { queue: JOB_QUEUE });
+        }
+        let (report, error) = match enqueued {
             Ok(EnqueueOutcome::Enqueued(id) | EnqueueOutcome::Duplicate(id)) => (
                 report.finish(
                     ActionOutcome::Queued,
