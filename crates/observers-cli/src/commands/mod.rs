@@ -17,6 +17,7 @@ mod ops;
 mod queue;
 mod run;
 mod search;
+mod sections;
 mod status;
 mod stores;
 mod validate;

@@ -40,15 +40,8 @@ pub async fn run(config_path: &Path) -> CliResult {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ops_tasks = ops::start(
-        &config,
-        &pool,
-        &executor,
-        metrics,
-        search.routes().into_iter().collect(),
-        stop_rx.clone(),
-    )
-    .await?;
+    let ops_tasks =
+        ops::start(&config, &pool, &executor, metrics, &search, stop_rx.clone()).await?;
     tokio::spawn(signals(
         config_path.to_path_buf(),
         executor.clone(),

@@ -211,6 +211,7 @@ pub async fn events(cmd: EventsCommand, db: &DbArgs) -> CliResult {
 pub struct SearchRuntime {
     indexer: Option<(Arc<EventSearchIndexer>, IndexerTask)>,
     backend: Option<Arc<dyn SearchBackend>>,
+    name: &'static str,
 }
 
 impl SearchRuntime {
@@ -250,6 +251,7 @@ impl SearchRuntime {
         Ok(Self {
             indexer: Some((indexer, task)),
             backend: Some(backend),
+            name: backend_name(config.search.backend),
         })
     }
 
@@ -259,6 +261,11 @@ impl SearchRuntime {
             Some((indexer, _)) => builder.summaries(indexer.clone()),
             None => builder,
         }
+    }
+
+    /// The backend's name and the indexer, for `/status` (none when search is off).
+    pub fn indexer(&self) -> Option<(&'static str, Arc<EventSearchIndexer>)> {
+        self.indexer.as_ref().map(|(i, _)| (self.name, i.clone()))
     }
 
     /// `GET /api/observers/search`, for the ops server (none when search is off).
