@@ -1,79 +1,131 @@
-//! `cargo xtask bench`: the criterion benches of core (each next to an in-run baseline), then
-//! the PostgreSQL pipeline benchmark (drain rate against pgbench's writer rate, commit-to-
-//! webhook latency, checkpoint saves against a raw UPSERT, the capture trigger's cost).
-//! A flag runs one area's benchmark alone instead (see `AREAS`). Figures are recorded in
-//! docs/benchmarks.md.
+//! `cargo xtask bench`: every benchmark, each against a baseline measured in the same run, in the
+//! order of `AREAS`; with one or more area flags (`--core`, `--metrics`, `--pipeline`, `--queue`,
+//! `--redis`, `--search`, `--brokers`, `--ha`) only those. Other arguments go to the criterion
+//! benches (a filter). Figures are recorded in docs/benchmarks.md.
 
-use anyhow::Result;
+use std::fmt::Write as _;
+
+use anyhow::{Result, bail};
 
 use crate::services;
 
-/// `--flag`, package, example: the benchmarks that run alone, each against its own peer or
-/// baseline in the same run.
-const AREAS: &[(&str, &str, &str)] = &[
-    // the job queue against graphile-worker (npm), the graphile_worker crate and pg-boss (npm)
-    // on the same PostgreSQL; the peers install into a cache dir
-    ("--queue", "observers-queue", "queue_bench"),
-    // the Redis stores against redis-benchmark; it starts its own redis-server (needs
-    // redis-server and redis-benchmark on PATH)
-    ("--redis", "observers-redis", "redis_bench"),
-    // the search backend on 1 million events
-    ("--search", "observers-search", "search_bench"),
-    // publish rate of the nats and rabbitmq actions against a plain client loop of the same
-    // crate, on the local NATS (JetStream) and RabbitMQ
-    ("--brokers", "observers-core", "broker_bench"),
-    // failover time over 20 SIGKILLs and lease acquisition latency; it runs the release
-    // `observers` binary, built first
-    ("--ha", "observers-cli", "ha_bench"),
-];
+/// One benchmark area: its flag and what `cargo xtask bench` says it runs.
+struct Area {
+    flag: &'static str,
+    what: &'static str,
+    run: fn(&[&str], &str) -> Result<()>,
+}
 
-pub fn run(args: &[String]) -> Result<()> {
-    let database_url = services::postgres()?;
-    if let Some((_, package, name)) = AREAS
-        .iter()
-        .find(|(flag, _, _)| args.iter().any(|a| a == flag))
-    {
-        if *package == "observers-cli" {
+/// Every area, in the order a plain `cargo xtask bench` runs them.
+const AREAS: &[Area] = &[
+    Area {
+        flag: "--core",
+        what: "criterion: core's hot paths vs hand-written baselines",
+        run: |filter, _| criterion("core", filter),
+    },
+    Area {
+        flag: "--metrics",
+        what: "metrics on against off (criterion), then instructions per event (callgrind)",
+        run: |filter, db| {
+            criterion("metrics", filter)?;
+            example("observers-benches", "metrics_instructions", db)
+        },
+    },
+    Area {
+        flag: "--pipeline",
+        what: "PostgreSQL pipeline: drain vs pgbench writers, latency, saves, trigger cost",
+        run: |_, db| example("observers-cli", "pipeline_bench", db),
+    },
+    Area {
+        flag: "--queue",
+        what: "job queue vs graphile-worker (npm and crate) and pg-boss (needs npm)",
+        run: |_, db| example("observers-queue", "queue_bench", db),
+    },
+    Area {
+        flag: "--redis",
+        what: "Redis stores vs redis-benchmark, on a redis-server of their own",
+        run: |_, db| example("observers-redis", "redis_bench", db),
+    },
+    Area {
+        flag: "--search",
+        what: "search on 1M events, then again on a private PostgreSQL (2 GB buffers)",
+        run: |_, db| {
+            example("observers-search", "search_bench", db)?;
+            println!("\nThe same on a private PostgreSQL with shared_buffers = 2GB:");
+            if let Some(pg) = services::PrivatePostgres::start(&["shared_buffers=2GB"]) {
+                example("observers-search", "search_bench", &pg.url)?;
+            }
+            Ok(())
+        },
+    },
+    Area {
+        flag: "--brokers",
+        what: "nats and rabbitmq actions vs plain client loops (local NATS and RabbitMQ)",
+        run: |_, db| example("observers-core", "broker_bench", db),
+    },
+    Area {
+        flag: "--ha",
+        what: "failover over 20 SIGKILLs and lease acquisition, release binary",
+        run: |_, db| {
             crate::cargo(&[
                 "build",
                 "--release",
                 "--quiet",
                 "-p",
-                package,
+                "observers-cli",
                 "--bin",
                 "observers",
                 "--example",
-                name,
+                "ha_bench",
             ])?;
-        }
-        example(package, name, &database_url)?;
-        if *name == "search_bench" {
-            // Again on a server sized as in production: the stock one's 128 MB of shared
-            // buffers hold a quarter of the million events' table and indexes.
-            println!("\nThe same on a private PostgreSQL with shared_buffers = 2GB:");
-            if let Some(pg) = services::PrivatePostgres::start(&["shared_buffers=2GB"]) {
-                example(package, name, &pg.url)?;
-            }
-        }
-        return Ok(());
+            example("observers-cli", "ha_bench", db)
+        },
+    },
+];
+
+/// The lines of `cargo xtask help` that say what `bench` runs.
+pub fn usage() -> String {
+    let mut out = String::from(
+        "  bench              every area below, in this order, each against a baseline of the\n\
+         \x20                    same run; with flags, only those areas:\n",
+    );
+    for a in AREAS {
+        let _ = writeln!(out, "                     {:<10} {}", a.flag, a.what);
     }
-    if args.iter().any(|a| a == "--metrics") {
-        // Time (criterion, metrics on against off, in alternating runs), then instructions
-        // (callgrind), which the machine's load does not blur.
-        crate::cargo(&["bench", "-p", "observers-benches", "--bench", "metrics"])?;
-        return example("observers-benches", "metrics_instructions", &database_url);
-    }
-    let only_pipeline = args.iter().any(|a| a == "--pipeline");
-    if !only_pipeline {
-        let mut cmd = vec!["bench", "-p", "observers-benches"];
-        cmd.extend(
-            args.iter()
-                .map(String::as_str)
-                .filter(|a| *a != "--pipeline"),
+    out
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let (flags, filter): (Vec<&str>, Vec<&str>) = args
+        .iter()
+        .map(String::as_str)
+        .partition(|a| a.starts_with("--"));
+    if let Some(unknown) = flags.iter().find(|f| !AREAS.iter().any(|a| a.flag == **f)) {
+        let known: Vec<&str> = AREAS.iter().map(|a| a.flag).collect();
+        bail!(
+            "unknown bench flag `{unknown}`; the areas are {}",
+            known.join(", ")
         );
-        crate::cargo(&cmd)?;
     }
-    example("observers-cli", "pipeline_bench", &database_url)
+    let postgres = services::postgres()?;
+    for area in AREAS
+        .iter()
+        .filter(|a| flags.is_empty() || flags.contains(&a.flag))
+    {
+        println!("\n== cargo xtask bench {}: {}\n", area.flag, area.what);
+        (area.run)(&filter, &postgres.url)?;
+    }
+    Ok(())
+}
+
+/// One criterion bench of observers-benches, with an optional filter.
+fn criterion(bench: &str, filter: &[&str]) -> Result<()> {
+    let mut cmd = vec!["bench", "-p", "observers-benches", "--bench", bench];
+    if !filter.is_empty() {
+        cmd.push("--");
+        cmd.extend(filter);
+    }
+    crate::cargo(&cmd)
 }
 
 /// Runs a release-built example with `DATABASE_URL` set.
@@ -91,4 +143,19 @@ fn example(package: &str, name: &str, database_url: &str) -> Result<()> {
     ])
     .env("DATABASE_URL", database_url);
     crate::run(&mut cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_flag_is_refused_naming_every_area() {
+        let err = run(&["--pipline".to_owned()]).unwrap_err().to_string();
+        assert!(err.contains("`--pipline`"), "{err}");
+        for a in AREAS {
+            assert!(err.contains(a.flag), "{err}");
+            assert!(usage().contains(a.flag));
+        }
+    }
 }

@@ -19,7 +19,7 @@ pub fn run() -> Result<()> {
         "warnings",
     ])?;
     deny()?;
-    crate::test::run(&[])?;
+    crate::test::run(crate::test::Scope::Everything, &[])?;
     let targets: Vec<String> = crate::fuzz::TARGETS
         .iter()
         .map(|t| (*t).to_owned())

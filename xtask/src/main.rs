@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod containers;
 mod fuzz;
 mod services;
 mod test;
@@ -11,35 +12,39 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <command>
+fn usage() -> String {
+    format!(
+        "usage: cargo xtask <command>
 
 commands:
-  test               run every test of the workspace against local services
-  test-integration   the same (kept for scripts; all suites are integration-aware)
+  test               every test of the workspace (unit, integration, doc), against PostgreSQL
+                     and Redis: DATABASE_URL / REDIS_URL, else the local servers, else
+                     containers started with testcontainers where Docker answers
+  test-integration   only the integration suites (each crate's tests/it), which need those services
   ci                 fmt --check, clippy -D warnings, test, then a 10 s fuzz smoke per target
   fuzz               run the cargo-fuzz targets ([--seconds N] per target, default 60; [TARGET...]:
                      config, condition, template, debezium, change_row); fails on a crash
-  bench              run the benchmarks and print ratios against same-run baselines
-                     (--pipeline: PostgreSQL pipeline only; --queue: job queue vs graphile-worker, pg-boss;
-                      --redis: Redis stores vs redis-benchmark; --search: search on 1M events;
-                      --ha: failover and lease acquisition)
-  migrate            apply the migrations to DATABASE_URL
-  demo               run `observers demo`";
+{}  migrate            apply the migrations to DATABASE_URL
+  demo               run `observers demo`",
+        bench::usage()
+    )
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("test" | "test-integration") => test::run(&args[1..]),
+        Some("test") => test::run(test::Scope::Everything, &args[1..]),
+        Some("test-integration") => test::run(test::Scope::Integration, &args[1..]),
         Some("ci") => ci::run(),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("migrate") => cargo(&["run", "--quiet", "-p", "observers-cli", "--", "migrate"]),
         Some("demo") => cargo(&["run", "--quiet", "-p", "observers-cli", "--", "demo"]),
         Some("-h" | "--help" | "help") | None => {
-            println!("{USAGE}");
+            println!("{}", usage());
             Ok(())
         }
-        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
+        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{}", usage())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,15 @@
-//! Finding (or starting) the local services the integration suites need, and the Python
-//! packages of the real peers used in tests (an SMTP server, the Standard Webhooks verifier).
+//! Finding (or starting) the services the integration suites need: the URL given, else the
+//! local server (started when installed but stopped), else a throwaway container through
+//! testcontainers where Docker answers; and the Python packages of the real peers used in tests
+//! (an SMTP server, the Standard Webhooks verifier).
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+
+use crate::containers;
 
 fn reachable(host_port: &str) -> bool {
     host_port
@@ -43,54 +47,91 @@ fn wait_for(host_port: &str) -> bool {
     false
 }
 
+/// A service to test against: its URL, and the container behind it when xtask started one
+/// (removed when this is dropped).
+pub struct Service {
+    pub url: String,
+    _container: Option<containers::Container>,
+}
+
+impl Service {
+    fn at(url: String) -> Self {
+        Self {
+            url,
+            _container: None,
+        }
+    }
+
+    /// A testcontainers container, when Docker answers; `None` (with the reason) otherwise.
+    fn in_docker(
+        what: &str,
+        start: fn() -> Result<(String, containers::Container)>,
+    ) -> Option<Self> {
+        if !containers::docker_available() {
+            return None;
+        }
+        eprintln!("xtask: starting {what} in Docker (testcontainers); removed when done");
+        match start() {
+            Ok((url, c)) => Some(Self {
+                url,
+                _container: Some(c),
+            }),
+            Err(e) => {
+                eprintln!("xtask: {e:#}");
+                None
+            }
+        }
+    }
+}
+
 /// Makes sure PostgreSQL answers at `DATABASE_URL` (default: the local server), starting the
-/// machine's cluster if it is installed but stopped. Returns the URL to use.
-pub fn postgres() -> Result<String> {
+/// machine's cluster if it is installed but stopped, else a container where Docker answers.
+pub fn postgres() -> Result<Service> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let hp = host_port(&url, 5432);
     if reachable(&hp) {
-        return Ok(url);
+        return Ok(Service::at(url));
     }
     eprintln!("xtask: PostgreSQL not reachable at {hp}; trying to start the local cluster");
     sh(
         "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | tail -n1) main start 2>/dev/null",
     );
     if wait_for(&hp) {
-        return Ok(url);
+        return Ok(Service::at(url));
     }
-    if sh("docker info >/dev/null 2>&1") {
-        eprintln!("xtask: starting PostgreSQL in Docker");
-        sh(
-            "docker run -d --rm --name observers-test-pg -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16",
-        );
-        if wait_for(&hp) {
-            return Ok(url);
-        }
+    if let Some(s) = Service::in_docker("PostgreSQL", containers::postgres) {
+        return Ok(s);
     }
     bail!(
         "PostgreSQL is needed at {hp} (set DATABASE_URL to use another).\n\
          Install it with `apt-get install postgresql` (trust auth for 127.0.0.1, user postgres), \
-         or run `docker run -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16`."
+         or give xtask a Docker engine (it then starts one with testcontainers)."
     )
 }
 
-/// Makes sure Redis answers at `REDIS_URL` (default: the local server).
-pub fn redis() -> Result<String> {
+/// Makes sure Redis answers at `REDIS_URL` (default: the local server), starting the local
+/// redis-server if it is installed, else a container where Docker answers.
+pub fn redis() -> Result<Service> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let hp = host_port(&url, 6379);
     if reachable(&hp) {
-        return Ok(url);
+        return Ok(Service::at(url));
     }
     eprintln!("xtask: Redis not reachable at {hp}; trying to start redis-server");
     sh(
         "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null 2>&1",
     );
     if wait_for(&hp) {
-        return Ok(url);
+        return Ok(Service::at(url));
+    }
+    if let Some(s) = Service::in_docker("Redis", containers::redis) {
+        return Ok(s);
     }
     bail!(
-        "Redis is needed at {hp} (set REDIS_URL to use another). Install it with `apt-get install redis-server`."
+        "Redis is needed at {hp} (set REDIS_URL to use another). Install it with \
+         `apt-get install redis-server`, or give xtask a Docker engine (it then starts one with \
+         testcontainers)."
     )
 }
 

@@ -238,11 +238,32 @@ impl Listener {
                         duration: started.elapsed(),
                     });
             }
-            Err(e @ ObserverError::Fenced(_)) => return Err(e),
+            Err(e @ ObserverError::Fenced(_)) => {
+                self.executor
+                    .telemetry()
+                    .emit(&TelemetryEvent::CheckpointFenced {
+                        listener: &self.config.listener_id,
+                    });
+                return Err(e);
+            }
             Err(e) => {
                 // The position still advances in memory; the next save persists it. A crash
                 // before then re-delivers (at-least-once), never skips.
-                tracing::warn!(listener = %self.config.listener_id, error = %e, "saving the checkpoint failed; will retry");
+                let error = e.to_string();
+                tracing::warn!(listener = %self.config.listener_id, error, "saving the checkpoint failed; will retry");
+                self.executor
+                    .telemetry()
+                    .emit(&TelemetryEvent::CheckpointSaveFailed {
+                        listener: &self.config.listener_id,
+                        error: &error,
+                    });
+                if let Err(e) = self
+                    .checkpoints
+                    .record_save_error(&self.config.listener_id, &error)
+                    .await
+                {
+                    tracing::debug!(listener = %self.config.listener_id, error = %e, "could not record the failed save");
+                }
             }
         }
         stats.cursor = cursor;

@@ -103,6 +103,21 @@ pub enum TelemetryEvent<'a> {
         listener: &'a str,
         duration: Duration,
     },
+    /// Saving the checkpoint failed; the position is kept in memory and the next batch's save
+    /// retries it.
+    CheckpointSaveFailed {
+        listener: &'a str,
+        error: &'a str,
+    },
+    /// A checkpoint write was refused by fencing: this instance no longer holds the lease.
+    CheckpointFenced {
+        listener: &'a str,
+    },
+    /// A listener stopped with an error (not a shutdown, not a lost lease).
+    ListenerFailed {
+        listener: &'a str,
+        error: &'a str,
+    },
     /// Reading the source failed; the listener waits `backoff` before the next attempt.
     ListenerError {
         listener: &'a str,
@@ -135,6 +150,20 @@ pub enum TelemetryEvent<'a> {
     FallbackActivated {
         backend: &'a str,
         reason: &'a str,
+    },
+    /// One operation served by the fallback instead of the primary.
+    FallbackServed {
+        backend: &'a str,
+    },
+    /// One operation failed on the primary (error or timeout).
+    PrimaryFailed {
+        backend: &'a str,
+    },
+    /// Writes made on the fallback that wait to be replayed to the primary (sampled at every
+    /// health check).
+    ReplayBacklog {
+        backend: &'a str,
+        pending: usize,
     },
     /// The primary store serves again; `outage` is how long the fallback was in use.
     FallbackRecovered {
@@ -203,10 +232,39 @@ pub enum TelemetryEvent<'a> {
         rows: u64,
         lag: Duration,
     },
+    /// HA: one renewal of a partition lease: `ok`, `lost` (refused: expired or taken over) or
+    /// `error` (the store did not answer).
+    HaLeaseRenewed {
+        group: &'a str,
+        partition: u32,
+        outcome: &'static str,
+    },
+    /// HA: a partition lease this instance held ended (released, lost or fenced) after `held`.
+    HaLeaseEnded {
+        group: &'a str,
+        partition: u32,
+        held: Duration,
+    },
     /// HA: this instance lost a partition lease (or a save was fenced) and stopped its listener.
     HaSteppedDown {
         group: &'a str,
         partition: u32,
+    },
+    /// A job was enqueued (not a duplicate of an existing one).
+    JobEnqueued {
+        queue: &'a str,
+    },
+    /// One indexing request to a search backend: `events` events, written or not (`ok`).
+    SearchIndexed {
+        backend: &'a str,
+        ok: bool,
+        events: usize,
+        duration: Duration,
+    },
+    /// One search query answered (or failed) by a search backend.
+    SearchQueried {
+        backend: &'a str,
+        duration: Duration,
     },
     /// A queued job's run ended: `completed`, `retried` (it runs again later) or `failed` (for
     /// good; a DLQ item was written).
@@ -231,6 +289,9 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::BreakerRejected { .. } => "breaker_rejected",
             TelemetryEvent::BatchProcessed { .. } => "batch_processed",
             TelemetryEvent::CheckpointSaved { .. } => "checkpoint_saved",
+            TelemetryEvent::CheckpointSaveFailed { .. } => "checkpoint_save_failed",
+            TelemetryEvent::CheckpointFenced { .. } => "checkpoint_fenced",
+            TelemetryEvent::ListenerFailed { .. } => "listener_failed",
             TelemetryEvent::ListenerError { .. } => "listener_error",
             TelemetryEvent::ListenerReconnected { .. } => "listener_reconnected",
             TelemetryEvent::PoisonEvent { .. } => "poison_event",
@@ -238,6 +299,9 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::CommitToDispatch { .. } => "commit_to_dispatch",
             TelemetryEvent::SourceBacklog { .. } => "source_backlog",
             TelemetryEvent::FallbackActivated { .. } => "fallback_activated",
+            TelemetryEvent::FallbackServed { .. } => "fallback_served",
+            TelemetryEvent::PrimaryFailed { .. } => "primary_failed",
+            TelemetryEvent::ReplayBacklog { .. } => "replay_backlog",
             TelemetryEvent::FallbackRecovered { .. } => "fallback_recovered",
             TelemetryEvent::HealthCheck { .. } => "health_check",
             TelemetryEvent::HealthStateChanged { .. } => "health_state_changed",
@@ -251,7 +315,12 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::HaLeaderElected { .. } => "ha_leader_elected",
             TelemetryEvent::HaLeadershipLost { .. } => "ha_leadership_lost",
             TelemetryEvent::HaCheckpointLag { .. } => "ha_checkpoint_lag",
+            TelemetryEvent::HaLeaseRenewed { .. } => "ha_lease_renewed",
+            TelemetryEvent::HaLeaseEnded { .. } => "ha_lease_ended",
             TelemetryEvent::HaSteppedDown { .. } => "ha_stepped_down",
+            TelemetryEvent::JobEnqueued { .. } => "job_enqueued",
+            TelemetryEvent::SearchIndexed { .. } => "search_indexed",
+            TelemetryEvent::SearchQueried { .. } => "search_queried",
             TelemetryEvent::JobFinished { .. } => "job_finished",
         }
     }

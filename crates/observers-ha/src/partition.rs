@@ -181,6 +181,13 @@ impl CheckpointStore for FencedCheckpoints {
             .await
     }
 
+    async fn record_save_error(&self, listener_id: &str, error: &str) -> Result<()> {
+        self.inner
+            .record_error(listener_id, error)
+            .await
+            .map(|_| ())
+    }
+
     async fn compare_and_swap(
         &self,
         listener_id: &str,

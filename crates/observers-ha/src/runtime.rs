@@ -34,6 +34,8 @@ struct Held {
     task: JoinHandle<Result<ListenerStats>>,
     /// Handing back (rebalance or shutdown): keep renewing until the listener has saved.
     releasing: bool,
+    /// When the lease was acquired (`observer_lease_hold_duration_seconds`).
+    acquired: Instant,
 }
 
 /// What a run did, for the exit log.
@@ -233,7 +235,17 @@ impl HaRuntime {
                 continue;
             }
             let sent = Instant::now();
-            match self.coordinator.leases().renew(&h.lease, ttl).await {
+            let renewed = self.coordinator.leases().renew(&h.lease, ttl).await;
+            self.emit(&TelemetryEvent::HaLeaseRenewed {
+                group: &self.config.group,
+                partition: *p,
+                outcome: match &renewed {
+                    Ok(Some(_)) => "ok",
+                    Ok(None) => "lost",
+                    Err(_) => "error",
+                },
+            });
+            match renewed {
                 Ok(Some(lease)) => h.clock.extend(sent, &lease),
                 Ok(None) => {
                     h.clock.revoke();
@@ -282,13 +294,29 @@ impl HaRuntime {
                 }
                 Ok(Err(e)) => {
                     tracing::error!(partition = p, error = %e, "partition listener failed");
+                    self.listener_failed(p, &e.to_string());
                 }
-                Err(e) => tracing::error!(partition = p, error = %e, "partition listener panicked"),
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "partition listener panicked");
+                    self.listener_failed(p, &e.to_string());
+                }
             }
+            self.emit(&TelemetryEvent::HaLeaseEnded {
+                group: &self.config.group,
+                partition: p,
+                held: h.acquired.elapsed(),
+            });
             if let Err(e) = self.coordinator.leases().release(&h.lease).await {
                 tracing::warn!(partition = p, error = %e, "releasing the partition lease failed; it lapses on its own");
             }
         }
+    }
+
+    fn listener_failed(&self, partition: u32, error: &str) {
+        self.emit(&TelemetryEvent::ListenerFailed {
+            listener: &self.config.partition_cursor(partition),
+            error,
+        });
     }
 
     /// Leader election and, on the leader, failure detection. Returns the leader epoch held.
@@ -452,6 +480,7 @@ impl HaRuntime {
             stop,
             task,
             releasing: false,
+            acquired: sent,
         }
     }
 

@@ -3,9 +3,9 @@
 //! seconds; labels are bounded (entity type, observer, action type, outcome, endpoint host,
 //! listener, queue, backend, store). docs/monitoring.md lists each family.
 //!
-//! Core's telemetry reaches these through `impl Telemetry for ObserverMetrics` (telemetry.rs).
-//! Areas whose telemetry variants do not exist yet (Redis fallback and cache, jobs, HA, search)
-//! get one plain method per fact below, so mapping a new variant is one match arm.
+//! Core's telemetry reaches these through `impl Telemetry for ObserverMetrics` (telemetry.rs),
+//! which calls one plain method per fact below; the gauges read from the database are set by
+//! the CLI's poller through the same methods.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -533,12 +533,12 @@ impl ObserverMetrics {
             ),
             sync_queue: reg!(
                 "observer_sync_queue_size",
-                "Entries waiting to be replayed to the primary store",
+                "Writes made on the fallback waiting to be replayed to the primary store (sampled at every health check)",
                 Family::default()
             ),
             jobs_enqueued: reg!(
                 "observer_jobs_enqueued",
-                "Jobs enqueued, by queue",
+                "Jobs enqueued by queued actions, by queue",
                 Family::default()
             ),
             jobs_pending: reg!(
@@ -584,12 +584,12 @@ impl ObserverMetrics {
             ),
             listeners_failed: reg!(
                 "observer_listeners_failed",
-                "Listeners declared failed (lease expired without release)",
+                "Listeners declared failed: an instance the HA leader found silent, or a partition listener that stopped with an error",
                 Counter::default()
             ),
             failovers: reg!(
                 "observer_failovers",
-                "Failovers: a lease taken over from another instance",
+                "Failovers the HA leader recorded: a silent instance's partitions left to the survivors",
                 Counter::default()
             ),
             leader_elections: reg!(
@@ -609,13 +609,13 @@ impl ObserverMetrics {
             ),
             lease_duration: reg!(
                 "observer_lease_hold_duration",
-                "How long a lease was held before release or loss",
+                "How long a partition lease was held, observed when it ends (handed back, lost or fenced)",
                 seconds,
                 Histogram::new(&LEASE_BUCKETS)
             ),
             lease_renewals: reg!(
                 "observer_lease_renewals",
-                "Lease renewals, by outcome (ok, lost, error)",
+                "Partition lease renewals, by outcome (ok, lost, error)",
                 Family::default()
             ),
             fenced_writes: reg!(
@@ -630,7 +630,7 @@ impl ObserverMetrics {
             ),
             search_indexed: reg!(
                 "observer_search_indexed",
-                "Events indexed for search, by backend and outcome",
+                "Events in search indexing requests, by backend and outcome (ok, error)",
                 Family::default()
             ),
             search_index_duration: reg!(

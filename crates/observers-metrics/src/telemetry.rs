@@ -166,6 +166,11 @@ impl ObserverMetrics {
                     h.checkpoint_duration.observe(duration.as_secs_f64());
                 });
             }
+            TelemetryEvent::CheckpointSaveFailed { listener, error: _ } => {
+                self.checkpoint_save_failed(listener);
+            }
+            TelemetryEvent::CheckpointFenced { listener } => self.fenced_write(listener),
+            TelemetryEvent::ListenerFailed { .. } => self.listener_failed(),
             TelemetryEvent::ListenerError {
                 listener,
                 error: _,
@@ -201,9 +206,12 @@ impl ObserverMetrics {
                 });
             }
             TelemetryEvent::FallbackActivated { backend, reason: _ } => {
-                self.primary_failed(backend);
-                self.fallback_invoked(backend);
                 self.set_fallback_active(backend, true);
+            }
+            TelemetryEvent::FallbackServed { backend } => self.fallback_invoked(backend),
+            TelemetryEvent::PrimaryFailed { backend } => self.primary_failed(backend),
+            TelemetryEvent::ReplayBacklog { backend, pending } => {
+                self.set_sync_queue(backend, *pending as u64);
             }
             TelemetryEvent::FallbackRecovered { backend, outage: _ } => {
                 self.set_fallback_active(backend, false);
@@ -213,9 +221,6 @@ impl ObserverMetrics {
                 healthy,
                 latency,
             } => self.health_checked(backend, *latency, *healthy),
-            // The verdict itself shows as observer_fallback_active and the consecutive-failure
-            // gauge that HealthCheck keeps.
-            TelemetryEvent::HealthStateChanged { .. } => {}
             TelemetryEvent::FallbackReplayed { backend, items } => {
                 self.sync_operations(backend, "ok", *items as u64);
             }
@@ -228,7 +233,10 @@ impl ObserverMetrics {
             TelemetryEvent::HaListenersActive { group: _, count } => {
                 self.set_listeners_active(*count as u64);
             }
-            TelemetryEvent::HaFailover { .. } => self.failover(),
+            TelemetryEvent::HaFailover { .. } => {
+                self.failover();
+                self.listener_failed();
+            }
             TelemetryEvent::HaLeasesHeld { count, .. } => {
                 self.set_leases_held(*count as u64);
                 self.set_partitions_owned(*count as u64);
@@ -245,7 +253,22 @@ impl ObserverMetrics {
                     h.backlog.set(crate::families::saturating_i64(*rows));
                 });
             }
-            TelemetryEvent::HaSteppedDown { .. } => self.lease_renewal("lost"),
+            TelemetryEvent::HaLeaseRenewed { outcome, .. } => self.lease_renewal(outcome),
+            TelemetryEvent::HaLeaseEnded { held, .. } => self.lease_released(*held),
+            // A health verdict shows as observer_fallback_active and the consecutive-failure
+            // gauge that HealthCheck keeps; a step-down is counted by the renewal (`lost`) or
+            // the fenced write that caused it.
+            TelemetryEvent::HealthStateChanged { .. } | TelemetryEvent::HaSteppedDown { .. } => {}
+            TelemetryEvent::JobEnqueued { queue } => self.job_enqueued(queue),
+            TelemetryEvent::SearchIndexed {
+                backend,
+                ok,
+                events,
+                duration,
+            } => self.search_indexed(backend, *ok, *events as u64, *duration),
+            TelemetryEvent::SearchQueried { backend, duration } => {
+                self.search_query(backend, *duration);
+            }
             TelemetryEvent::JobFinished {
                 queue,
                 outcome,
@@ -605,6 +628,89 @@ mod tests {
         let summary = crate::MetricsSummary::from_scrape(&s);
         assert_eq!(summary.cache_hit_ratio, Some(0.5));
         assert_eq!(summary.fallback_active, ["dedup"]);
+    }
+
+    #[test]
+    fn component_events_reach_their_families() {
+        let m = ObserverMetrics::new();
+        let ms = Duration::from_millis(2);
+        for e in [
+            TelemetryEvent::CheckpointSaveFailed {
+                listener: "l",
+                error: "x",
+            },
+            TelemetryEvent::CheckpointFenced { listener: "l" },
+            TelemetryEvent::ListenerFailed {
+                listener: "l",
+                error: "x",
+            },
+            TelemetryEvent::FallbackServed { backend: "redis" },
+            TelemetryEvent::FallbackServed { backend: "redis" },
+            TelemetryEvent::PrimaryFailed { backend: "redis" },
+            TelemetryEvent::ReplayBacklog {
+                backend: "redis",
+                pending: 7,
+            },
+            TelemetryEvent::HaLeaseRenewed {
+                group: "g",
+                partition: 0,
+                outcome: "ok",
+            },
+            TelemetryEvent::HaLeaseRenewed {
+                group: "g",
+                partition: 0,
+                outcome: "error",
+            },
+            TelemetryEvent::HaLeaseEnded {
+                group: "g",
+                partition: 0,
+                held: Duration::from_secs(12),
+            },
+            TelemetryEvent::JobEnqueued { queue: "default" },
+            TelemetryEvent::SearchIndexed {
+                backend: "postgres",
+                ok: true,
+                events: 3,
+                duration: ms,
+            },
+            TelemetryEvent::SearchQueried {
+                backend: "postgres",
+                duration: ms,
+            },
+        ] {
+            m.emit(&e);
+        }
+        let s = scrape(&m);
+        let l = [("listener", "l")];
+        assert_eq!(s.sum("observer_checkpoint_save_errors_total", &l), 1.0);
+        assert_eq!(s.sum("observer_fenced_writes_total", &l), 1.0);
+        assert_eq!(s.sum("observer_listeners_failed_total", &[]), 1.0);
+        let redis = [("store", "redis")];
+        assert_eq!(s.sum("observer_fallback_invocations_total", &redis), 2.0);
+        assert_eq!(s.sum("observer_primary_failures_total", &redis), 1.0);
+        assert_eq!(s.sum("observer_sync_queue_size", &redis), 7.0);
+        for outcome in ["ok", "error"] {
+            assert_eq!(
+                s.sum("observer_lease_renewals_total", &[("outcome", outcome)]),
+                1.0
+            );
+        }
+        assert_eq!(
+            s.sum("observer_lease_hold_duration_seconds_count", &[]),
+            1.0
+        );
+        assert_eq!(s.sum("observer_lease_hold_duration_seconds_sum", &[]), 12.0);
+        assert_eq!(
+            s.sum("observer_jobs_enqueued_total", &[("queue", "default")]),
+            1.0
+        );
+        let pg = [("backend", "postgres")];
+        assert_eq!(s.sum("observer_search_indexed_total", &pg), 3.0);
+        assert_eq!(s.sum("observer_search_queries_total", &pg), 1.0);
+        assert_eq!(
+            s.sum("observer_search_query_duration_seconds_count", &pg),
+            1.0
+        );
     }
 
     #[test]

@@ -615,6 +615,10 @@ impl CheckpointStore for PostgresCheckpointStore {
         Ok(())
     }
 
+    async fn record_save_error(&self, listener_id: &str, error: &str) -> Result<()> {
+        self.record_error(listener_id, error).await.map(|_| ())
+    }
+
     async fn compare_and_swap(
         &self,
         listener_id: &str,

@@ -1,13 +1,16 @@
 //! PostgreSQL job queue (`observer_jobs`: `FOR UPDATE SKIP LOCKED` batches, NOTIFY wake-up,
 //! heartbeats, stale-job rescue, retries through `run_at`), the handler that runs queued
-//! actions, and the worker pool behind `[queue] workers` and `observers worker`.
+//! actions, the worker pool behind `[queue] workers` and `observers worker`, and per-queue
+//! depth for status.
 #![forbid(unsafe_code)]
 
+pub mod depth;
 pub mod error;
 pub mod handler;
 pub mod pg;
 pub mod worker;
 
+pub use depth::{QueueDepth, queue_depths};
 pub use error::QueueError;
 pub use handler::{ActionJobHandler, QueuedAction};
 pub use pg::PostgresJobQueue;

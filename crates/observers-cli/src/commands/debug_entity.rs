@@ -80,7 +80,7 @@ pub async fn run(
             SourceItem::Poison { .. } => undecodable += 1,
         }
     }
-    if let Some(backend) = super::search::backend_of(&config, &pool)? {
+    if let Some(backend) = super::search::backend(&config, &pool)? {
         let mut q = SearchQuery::new().with_per_page(last);
         q.entity_type = Some(entity_type.to_owned());
         q.entity_id = Some(entity_id.to_owned());

@@ -20,6 +20,7 @@ mod replay;
 mod retention;
 mod run;
 mod search;
+mod sections;
 mod status;
 mod stores;
 mod validate;

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{engine, status};
+use super::{engine, sections, status};
 use crate::CliResult;
 
 /// The telemetry of `run`: `ObserverMetrics` when `[metrics] enabled` (the default).
@@ -137,7 +137,7 @@ pub async fn start(
     pool: &PgPool,
     executor: &Arc<ObserverExecutor>,
     metrics: Option<Arc<ObserverMetrics>>,
-    routes: Vec<axum::Router>,
+    search: &super::search::SearchRuntime,
     stop: watch::Receiver<bool>,
 ) -> CliResult<Vec<JoinHandle<()>>> {
     let Some(metrics) = metrics else {
@@ -175,13 +175,26 @@ pub async fn start(
                 config: config.clone(),
             }));
     }
+    if config.cache.enabled {
+        state = state.with_section(Arc::new(sections::CacheSection::new(
+            metrics.clone(),
+            config,
+        )));
+    }
+    if let Some((backend, indexer)) = search.indexer() {
+        state = state.with_section(Arc::new(sections::SearchSection { backend, indexer }));
+    }
+    if let Some(r) = super::stores::resilience() {
+        state = state.with_section(Arc::new(sections::RedisSection(r)));
+    }
     if config.metrics.debezium.enabled {
         state = state.with_ingest(IngestTarget {
             sink: Arc::new(PostgresChangeLogSink::new(pool.clone())),
             mapping: DebeziumMapping::from(&config.metrics.debezium),
         });
     }
-    let server = routes
+    let server = search
+        .routes()
         .into_iter()
         .fold(OpsServer::new(state), OpsServer::merge);
     let bound = match &config.metrics.listen {

@@ -13,7 +13,7 @@ use observers_core::actions::idempotency_key_with;
 use observers_core::config::Config;
 use observers_core::executor::ExecutorBuilder;
 use observers_core::stores::source::SourceItem;
-use observers_core::telemetry::ActionOutcome;
+use observers_core::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry};
 use observers_core::{EntityEvent, ObserverExecutor};
 use observers_postgres::replay::{self, Pruned, ReplayWindow};
 use observers_postgres::{PgPool, PostgresDeadLetterQueue, PostgresGoneEndpoints};
@@ -139,7 +139,8 @@ pub async fn run(config_path: &Path, args: ReplayArgs) -> CliResult {
     let search = if args.dry_run {
         None
     } else {
-        Some(super::search::SearchRuntime::start(&config, &pool).await?)
+        let telemetry: SharedTelemetry = Arc::new(NoopTelemetry);
+        Some(super::search::SearchRuntime::start(&config, &pool, &telemetry).await?)
     };
     let mut builder = replay_executor(&config, &pool, suffix.clone())?;
     if let Some(search) = &search {

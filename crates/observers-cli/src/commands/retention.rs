@@ -130,8 +130,7 @@ async fn delete(
                 .deleted
         }
         Table::Events => {
-            let Some(backend) = super::search::backend_of(config, pool).map_err(|e| e.error)?
-            else {
+            let Some(backend) = super::search::backend(config, pool).map_err(|e| e.error)? else {
                 return Ok(None);
             };
             backend.delete_older_than(cutoff).await?

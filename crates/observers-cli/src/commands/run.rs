@@ -24,7 +24,7 @@ pub async fn run(config_path: &Path) -> CliResult {
     let pool = observers_postgres::connect(&url, super::ha::pool_size(&config)).await?;
     observers_postgres::migrate(&pool).await?;
     let (telemetry, metrics) = ops::telemetry(&config);
-    let search = super::search::SearchRuntime::start(&config, &pool).await?;
+    let search = super::search::SearchRuntime::start(&config, &pool, &telemetry).await?;
     let executor = Arc::new(
         search
             .attach(engine::executor_builder(&config, &pool, telemetry)?)
@@ -41,15 +41,8 @@ pub async fn run(config_path: &Path) -> CliResult {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let retention = retention::spawn(&config, &pool, metrics.clone(), stop_rx.clone());
-    let mut ops_tasks = ops::start(
-        &config,
-        &pool,
-        &executor,
-        metrics,
-        search.routes().into_iter().collect(),
-        stop_rx.clone(),
-    )
-    .await?;
+    let mut ops_tasks =
+        ops::start(&config, &pool, &executor, metrics, &search, stop_rx.clone()).await?;
     ops_tasks.extend(retention);
     tokio::spawn(signals(
         config_path.to_path_buf(),

@@ -11,9 +11,11 @@ use observers_core::EventKind;
 use observers_core::config::{Config, SearchBackendKind};
 use observers_core::executor::ExecutorBuilder;
 use observers_core::stores::search::{MAX_PER_PAGE, SearchBackend, SearchQuery};
+use observers_core::telemetry::SharedTelemetry;
 use observers_postgres::PgPool;
 use observers_search::{
-    ElasticsearchBackend, EventSearchIndexer, IndexerConfig, IndexerTask, PostgresSearchBackend,
+    ElasticsearchBackend, EventSearchIndexer, IndexerConfig, IndexerTask, MeteredSearchBackend,
+    PostgresSearchBackend,
 };
 
 use super::db::DbArgs;
@@ -78,6 +80,15 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     Ok(Utc::now() - ago)
 }
 
+/// The label of a backend in telemetry and status.
+pub fn backend_name(kind: SearchBackendKind) -> &'static str {
+    match kind {
+        SearchBackendKind::None => "none",
+        SearchBackendKind::Postgres => "postgres",
+        SearchBackendKind::Elasticsearch => "elasticsearch",
+    }
+}
+
 /// The configured backend; `None` when `[search] backend = "none"`.
 pub fn backend(config: &Config, pool: &PgPool) -> CliResult<Option<Arc<dyn SearchBackend>>> {
     Ok(match config.search.backend {
@@ -102,15 +113,6 @@ fn elasticsearch(config: &Config) -> CliResult<ElasticsearchBackend> {
 }
 
 /// The backend the ops commands use: `[search]` of `--config` when given, else PostgreSQL.
-/// The search backend of a config (the audit trail's store), `None` when search is off.
-pub fn backend_of(config: &Config, pool: &PgPool) -> CliResult<Option<Arc<dyn SearchBackend>>> {
-    Ok(match config.search.backend {
-        SearchBackendKind::None => None,
-        SearchBackendKind::Elasticsearch => Some(Arc::new(elasticsearch(config)?)),
-        SearchBackendKind::Postgres => Some(Arc::new(PostgresSearchBackend::new(pool.clone()))),
-    })
-}
-
 async fn command_backend(db: &DbArgs) -> CliResult<Arc<dyn SearchBackend>> {
     if let Some(path) = &db.config {
         let config = super::load_config(path)?;
@@ -214,14 +216,25 @@ pub async fn events(cmd: EventsCommand, db: &DbArgs) -> CliResult {
 pub struct SearchRuntime {
     indexer: Option<(Arc<EventSearchIndexer>, IndexerTask)>,
     backend: Option<Arc<dyn SearchBackend>>,
+    name: &'static str,
 }
 
 impl SearchRuntime {
-    /// Starts what `[search]` asks for (nothing for `backend = "none"`).
-    pub async fn start(config: &Config, pool: &PgPool) -> CliResult<Self> {
+    /// Starts what `[search]` asks for (nothing for `backend = "none"`); every indexing request
+    /// and query is reported through `telemetry`.
+    pub async fn start(
+        config: &Config,
+        pool: &PgPool,
+        telemetry: &SharedTelemetry,
+    ) -> CliResult<Self> {
         let Some(backend) = backend(config, pool)? else {
             return Ok(Self::default());
         };
+        let backend: Arc<dyn SearchBackend> = Arc::new(MeteredSearchBackend::new(
+            backend,
+            backend_name(config.search.backend),
+            telemetry.clone(),
+        ));
         if config.search.backend == SearchBackendKind::Elasticsearch
             && let Err(e) = elasticsearch(config)?.ensure_index().await
         {
@@ -243,6 +256,7 @@ impl SearchRuntime {
         Ok(Self {
             indexer: Some((indexer, task)),
             backend: Some(backend),
+            name: backend_name(config.search.backend),
         })
     }
 
@@ -252,6 +266,11 @@ impl SearchRuntime {
             Some((indexer, _)) => builder.summaries(indexer.clone()),
             None => builder,
         }
+    }
+
+    /// The backend's name and the indexer, for `/status` (none when search is off).
+    pub fn indexer(&self) -> Option<(&'static str, Arc<EventSearchIndexer>)> {
+        self.indexer.as_ref().map(|(i, _)| (self.name, i.clone()))
     }
 
     /// `GET /api/observers/search`, for the ops server (none when search is off).

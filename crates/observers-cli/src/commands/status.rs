@@ -41,6 +41,10 @@ pub struct ListenerStatus {
     pub backlog: u64,
     /// Age of the oldest row after the cursor, in seconds (0 when caught up).
     pub lag_seconds: f64,
+    /// Failed checkpoint saves since the last successful one.
+    pub consecutive_errors: i32,
+    /// The last failed save's error (cleared by a successful save).
+    pub last_error: Option<String>,
 }
 
 /// What the database says.
@@ -60,6 +64,8 @@ pub struct DatabaseStatus {
     pub captures_drifted: usize,
     /// URLs disabled by `410 Gone` (their events go to the DLQ).
     pub disabled_endpoints: Vec<observers_core::stores::gone::GoneEndpoint>,
+    /// The job queue, per queue with live jobs.
+    pub jobs: Vec<observers_queue::QueueDepth>,
 }
 
 /// The whole report.
@@ -75,7 +81,8 @@ pub struct StatusReport {
 /// The database part, shared with the ops server's `database` section.
 pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
     let stats = observers_postgres::changelog::stats(pool).await?;
-    let checkpoints: BTreeMap<String, _> = PostgresCheckpointStore::new(pool.clone())
+    let store = PostgresCheckpointStore::new(pool.clone());
+    let checkpoints: BTreeMap<String, _> = store
         .list()
         .await?
         .into_iter()
@@ -86,6 +93,7 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
     for c in &stats.consumers {
         let g = observers_postgres::monitoring::source_gauges(pool, &c.listener_id).await?;
         cutoff = cutoff.max(g.cutoff_lag.as_secs_f64());
+        let details = store.details(&c.listener_id).await?;
         listeners.push(ListenerStatus {
             listener_id: c.listener_id.clone(),
             cursor: c.cursor,
@@ -95,6 +103,8 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
             last_save: c.updated_at,
             backlog: c.backlog,
             lag_seconds: g.checkpoint_lag.as_secs_f64(),
+            consecutive_errors: details.as_ref().map_or(0, |d| d.consecutive_errors),
+            last_error: details.and_then(|d| d.last_error),
         });
     }
     if stats.consumers.is_empty() {
@@ -117,6 +127,7 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
             &observers_postgres::PostgresGoneEndpoints::new(pool.clone()),
         )
         .await?,
+        jobs: observers_queue::queue_depths(pool).await?,
     })
 }
 
@@ -196,9 +207,18 @@ pub fn render(report: &StatusReport) -> String {
             "│   {pad}├── Current Backlog: {} events (oldest {:.1}s)",
             l.backlog, l.lag_seconds
         );
+        let save = if l.consecutive_errors > 0 {
+            format!(
+                ", {} FAILED SAVES: {}",
+                l.consecutive_errors,
+                l.last_error.as_deref().unwrap_or("?")
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "│   {pad}└── Checkpoint: {}, Last Save={}",
+            "│   {pad}└── Checkpoint: {}, Last Save={}{save}",
             l.cursor,
             ago(l.last_save)
         );
@@ -232,6 +252,7 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(o, "├── Dead-Letter Queue");
     let _ = writeln!(o, "│   ├── Pending: {}", d.dlq_pending);
     let _ = writeln!(o, "│   └── Resolved: {}", d.dlq_resolved);
+    render_jobs(&mut o, &d.jobs);
     if !d.disabled_endpoints.is_empty() {
         let _ = writeln!(
             o,
@@ -273,6 +294,11 @@ fn render_instance(o: &mut String, inst: &Value) {
             inst["instance"]["observers"]
         );
         let _ = writeln!(o, "    ├── Events Processed: {}", num("events_processed"));
+        let _ = writeln!(
+            o,
+            "    ├── Events/sec (1min avg): {:.1}",
+            inst["events_per_second"].as_f64().unwrap_or(0.0)
+        );
         if let Some(p99) = m
             .get("event_processing_p99_seconds")
             .and_then(Value::as_f64)
@@ -292,6 +318,7 @@ fn render_instance(o: &mut String, inst: &Value) {
                 .and_then(Value::as_f64)
                 .unwrap_or(0.0)
         );
+        render_parts(o, inst);
         let open = inst["breakers"]
             .as_array()
             .map(|b| {
@@ -316,6 +343,79 @@ fn render_instance(o: &mut String, inst: &Value) {
             "└── Instance: not reachable at {} ({})",
             inst["url"].as_str().unwrap_or("?"),
             inst["error"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+/// The job queue, per queue with live jobs.
+fn render_jobs(o: &mut String, jobs: &[observers_queue::QueueDepth]) {
+    use std::fmt::Write as _;
+    if jobs.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "├── Job Queue");
+    for (i, q) in jobs.iter().enumerate() {
+        let branch = if i + 1 == jobs.len() {
+            "└──"
+        } else {
+            "├──"
+        };
+        let oldest = q
+            .oldest_pending_age_seconds
+            .map_or_else(String::new, |a| format!(", oldest waiting {a:.1}s"));
+        let _ = writeln!(
+            o,
+            "│   {branch} {}: {} pending, {} processing, {} failed{oldest}",
+            q.queue, q.pending, q.processing, q.failed
+        );
+    }
+}
+
+/// The instance's optional parts (cache, search, Redis fallback), each when it runs.
+fn render_parts(o: &mut String, inst: &Value) {
+    use std::fmt::Write as _;
+    let n = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let cache = &inst["cache"];
+    if cache.is_object() {
+        let ratio = cache["hit_ratio"].as_f64().map_or_else(
+            || "no lookups yet".to_owned(),
+            |r| format!("{:.0}%", r * 100.0),
+        );
+        let _ = writeln!(
+            o,
+            "    ├── Cache ({}): Hit Rate {ratio} ({} hits, {} misses)",
+            cache["backend"].as_str().unwrap_or("?"),
+            n(&cache["hits"]),
+            n(&cache["misses"])
+        );
+    }
+    let search = &inst["search"];
+    if search.is_object() {
+        let _ = writeln!(
+            o,
+            "    ├── Search ({}): {} indexed, {} dropped, {} failed",
+            search["backend"].as_str().unwrap_or("?"),
+            n(&search["indexed"]),
+            n(&search["dropped"]),
+            n(&search["failed"])
+        );
+    }
+    let redis = &inst["redis"];
+    if redis.is_object() {
+        let active = if redis["fallback_active"] == Value::Bool(true) {
+            "FALLBACK ACTIVE"
+        } else {
+            "on Redis"
+        };
+        let health = if redis["healthy"] == Value::Bool(true) {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        };
+        let _ = writeln!(
+            o,
+            "    ├── Redis: {active}, {health}, replay backlog {}",
+            n(&redis["replay_backlog"])
         );
     }
 }

@@ -56,6 +56,7 @@ impl Builder<'_> {
                 settings.enforce_timeout = false;
                 let r = Resilience::new("redis", settings, self.telemetry.clone());
                 r.start_health_monitor(Arc::new(RedisProbe::new(conn.clone())));
+                let _ = RESILIENCE.set(r.clone());
                 tracing::info!(fallback = %mode, "Redis stores fall back to memory while Redis is down");
                 r
             });
@@ -83,6 +84,13 @@ static ACTION_CACHE: OnceLock<Arc<CachedActionExecutor>> = OnceLock::new();
 
 pub fn action_cache() -> Option<Arc<CachedActionExecutor>> {
     ACTION_CACHE.get().cloned()
+}
+
+/// The Redis fallback layer of this process, once built (for `/status`).
+static RESILIENCE: OnceLock<Arc<Resilience>> = OnceLock::new();
+
+pub fn resilience() -> Option<Arc<Resilience>> {
+    RESILIENCE.get().cloned()
 }
 
 pub fn build(config: &Config, pool: &PgPool, telemetry: &SharedTelemetry) -> CliResult<Stores> {

@@ -22,9 +22,9 @@ const ENTITIES: usize = 24;
 const VERSIONS: i64 = 8;
 
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     instance: String,
-    entity_id: String,
+    pub(crate) entity_id: String,
     version: i64,
     at: Instant,
 }
@@ -39,7 +39,7 @@ struct Inner {
 
 /// A webhook receiver recording, per request, which instance sent it (the URL path).
 #[derive(Clone)]
-struct Hooks {
+pub(crate) struct Hooks {
     base: String,
     inner: Arc<Inner>,
 }
@@ -81,7 +81,7 @@ impl Hooks {
         self.inner.hits.lock().unwrap().clone()
     }
 
-    fn by(&self, instance: &str) -> Vec<Hit> {
+    pub(crate) fn by(&self, instance: &str) -> Vec<Hit> {
         self.hits()
             .into_iter()
             .filter(|h| h.instance == instance)
@@ -94,7 +94,7 @@ impl Hooks {
             .any(|h| h.entity_id == entity && h.version == version)
     }
 
-    fn hold(&self, instance: Option<&str>) {
+    pub(crate) fn hold(&self, instance: Option<&str>) {
         *self.inner.hold.lock().unwrap() = instance.map(str::to_owned);
         if instance.is_none() {
             self.inner.release.notify_waiters();
@@ -102,15 +102,15 @@ impl Hooks {
     }
 }
 
-struct Group {
-    db: TestDb,
-    hooks: Hooks,
+pub(crate) struct Group {
+    pub(crate) db: TestDb,
+    pub(crate) hooks: Hooks,
     dir: tempfile::TempDir,
     partitions: u32,
 }
 
 impl Group {
-    async fn new(tag: &str, partitions: u32) -> Self {
+    pub(crate) async fn new(tag: &str, partitions: u32) -> Self {
         let db = TestDb::new(tag).await;
         db.exec("CREATE TABLE items (id text PRIMARY KEY, version int NOT NULL)")
             .await;
@@ -176,7 +176,7 @@ entity = "Item"
         path
     }
 
-    fn spawn(&self, instance: &str) -> Run {
+    pub(crate) fn spawn(&self, instance: &str) -> Run {
         spawn_run(&self.config(instance), &self.log(instance))
     }
 
@@ -198,7 +198,7 @@ entity = "Item"
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn log(&self, instance: &str) -> PathBuf {
+    pub(crate) fn log(&self, instance: &str) -> PathBuf {
         self.dir.path().join(format!("{instance}.log"))
     }
 
@@ -206,7 +206,7 @@ entity = "Item"
         &self.db.pool
     }
 
-    async fn write(&self, id: &str, version: i64) {
+    pub(crate) async fn write(&self, id: &str, version: i64) {
         sqlx::query(
             "INSERT INTO items (id, version) VALUES ($1, $2) \
              ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
@@ -219,7 +219,7 @@ entity = "Item"
     }
 
     /// Partition → holder, for live partition leases.
-    async fn holders(&self) -> BTreeMap<u32, String> {
+    pub(crate) async fn holders(&self) -> BTreeMap<u32, String> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT name, holder FROM observer_leases \
              WHERE name LIKE 'observers/test/ha/partition/%' AND holder IS NOT NULL \
@@ -286,7 +286,7 @@ impl CheckpointWatch {
     }
 }
 
-async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + LONG;
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -294,7 +294,7 @@ async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     }
 }
 
-fn log_text(path: &Path) -> String {
+pub(crate) fn log_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 

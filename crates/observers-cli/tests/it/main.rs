@@ -5,6 +5,7 @@ mod brokers;
 mod docs;
 mod e2e;
 mod exact;
+mod families;
 mod ha;
 mod hardening;
 mod metrics;

@@ -40,7 +40,7 @@ fn spawn_run_with_token(config: &Path, log: &Path) -> Run {
 }
 
 /// Waits for the "ops server listening on http://ADDR" log line and returns the base URL.
-pub async fn ops_url(log: &Path) -> String {
+pub(crate) async fn ops_url(log: &Path) -> String {
     let deadline = Instant::now() + LONG;
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -66,19 +66,19 @@ fn cli_with_token(db: &TestDb, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-async fn get(url: &str) -> (u16, String) {
+pub(crate) async fn get(url: &str) -> (u16, String) {
     let resp = http_client().get(url).send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
-async fn scrape(base: &str) -> Scrape {
+pub(crate) async fn scrape(base: &str) -> Scrape {
     let (code, text) = get(&format!("{base}/metrics")).await;
     assert_eq!(code, 200);
     Scrape::parse(&text).unwrap()
 }
 
 /// Polls `/metrics` until `cond` holds, returning that scrape.
-pub async fn scrape_until(base: &str, what: &str, cond: impl Fn(&Scrape) -> bool) -> Scrape {
+pub(crate) async fn scrape_until(base: &str, what: &str, cond: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + LONG;
     loop {
         let s = scrape(base).await;

@@ -1,22 +1,18 @@
 //! The shipped dashboard and alert rules: `promtool check rules` passes on
 //! docs/prometheus/alerts.yml, the Grafana JSON is a dashboard with queries, and every
-//! `observer_*` name in them and in docs/monitoring.md is one `/metrics` actually exports.
+//! `observer_*` name in them and in docs/monitoring.md is a documented family (each of which
+//! `families` shows emitted under `observers run`).
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
-
-use observers_core::telemetry::{ActionOutcome, BreakerState, Telemetry, TelemetryEvent};
-use observers_metrics::{JobOutcome, ObserverMetrics, Scrape};
 
 use crate::root;
 
-#[test]
-fn promtool_accepts_the_alert_rules() {
-    let rules = root().join("docs/prometheus/alerts.yml");
+/// `promtool ARGS`; `None` (after saying why) when promtool is missing outside CI.
+fn promtool(args: &[&str]) -> Option<String> {
     let out = match Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&rules)
+        .args(args)
+        .current_dir(root().join("docs/prometheus"))
         .output()
     {
         Ok(out) => out,
@@ -26,9 +22,9 @@ fn promtool_accepts_the_alert_rules() {
                 "promtool is missing ({e}); `cargo xtask test` installs it (apt-get install prometheus)"
             );
             eprintln!(
-                "skipped: promtool not installed ({e}); run `cargo xtask test` or apt-get install prometheus"
+                "SKIPPED: promtool not installed ({e}); run `cargo xtask test` or apt-get install prometheus"
             );
-            return;
+            return None;
         }
     };
     let text = format!(
@@ -36,116 +32,57 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "promtool check rules failed:\n{text}");
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     assert!(text.contains("SUCCESS"), "{text}");
+    Some(text)
 }
 
-/// An `ObserverMetrics` with a series in every family, as a busy instance would have.
-#[allow(clippy::too_many_lines)] // one telemetry event per family, in one list
-fn every_family() -> Scrape {
-    let m = ObserverMetrics::new();
-    let d = Duration::from_millis(1);
-    for e in [
-        TelemetryEvent::EventProcessed {
-            entity_type: "E",
-            matched: 0,
-            failed: 0,
-            duration: d,
-        },
-        TelemetryEvent::EventDeduplicated { entity_type: "E" },
-        TelemetryEvent::ConditionFailed {
-            observer: "o",
-            error: "x",
-        },
-        TelemetryEvent::ActionFinished {
-            observer: "o",
-            action_type: "webhook",
-            outcome: ActionOutcome::Success,
-            attempts: 2,
-            duration: d,
-        },
-        TelemetryEvent::ActionRetried {
-            observer: "o",
-            action_type: "webhook",
-            attempt: 1,
-            delay: d,
-        },
-        TelemetryEvent::DeadLettered {
-            observer: "o",
-            action_type: "webhook",
-        },
-        TelemetryEvent::BreakerTransition {
-            endpoint: "h",
-            from: BreakerState::Closed,
-            to: BreakerState::Open,
-        },
-        TelemetryEvent::BreakerRejected { endpoint: "h" },
-        TelemetryEvent::BatchProcessed {
-            listener: "l",
-            size: 1,
-            duration: d,
-        },
-        TelemetryEvent::CheckpointSaved {
-            listener: "l",
-            duration: d,
-        },
-        TelemetryEvent::ListenerError {
-            listener: "l",
-            error: "x",
-            backoff: d,
-        },
-        TelemetryEvent::ListenerReconnected {
-            listener: "l",
-            backoff: d,
-        },
-        TelemetryEvent::PoisonEvent {
-            listener: "l",
-            id: 1,
-        },
-        TelemetryEvent::CutoffLag {
-            listener: "l",
-            lag: d,
-        },
-        TelemetryEvent::CommitToDispatch {
-            entity_type: "E",
-            latency: d,
-        },
-        TelemetryEvent::SourceBacklog {
-            listener: "l",
-            rows: 1,
-        },
-    ] {
-        m.emit(&e);
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    promtool(&["check", "rules", "alerts.yml"]);
+}
+
+/// The `alert:` names of a rules file, or the `alertname:` of a rules test file whose
+/// `exp_alerts` is not empty (a case where the alert fires).
+fn alerts_in(text: &str, key: &str) -> BTreeSet<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches("- "))
+        .collect();
+    let mut out = BTreeSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line.strip_prefix(key) else {
+            continue;
+        };
+        let fires = key == "alert:"
+            || lines
+                .get(i + 1)
+                .is_some_and(|next| next.starts_with("exp_alerts:") && !next.ends_with("[]"));
+        if fires {
+            out.insert(name.trim().to_owned());
+        }
     }
-    m.set_dlq_pending(1);
-    m.set_checkpoint_lag("l", d);
-    m.checkpoint_save_failed("l");
-    m.cache_hit("redis");
-    m.cache_miss("redis");
-    m.cache_evicted("redis", 1);
-    m.fallback_invoked("dedup");
-    m.set_fallback_active("dedup", true);
-    m.primary_failed("dedup");
-    m.health_checked("redis", d, false);
-    m.sync_operations("dedup", "ok", 1);
-    m.set_sync_queue("dedup", 1);
-    m.job_enqueued("q");
-    m.set_job_depth("q", 1, 1);
-    m.retention_deleted("change_log", 1);
-    m.set_retention_oldest_age("change_log", d);
-    for o in [
-        JobOutcome::Completed,
-        JobOutcome::Retried,
-        JobOutcome::Failed,
-    ] {
-        m.job_finished("q", o, d);
-    }
-    m.lease_released(d);
-    m.lease_renewal("ok");
-    m.fenced_write("l");
-    m.search_indexed("postgres", true, 1, d);
-    m.search_query("postgres", d);
-    Scrape::parse(&m.encode()).unwrap()
+    out
+}
+
+#[test]
+fn every_alert_fires_in_a_promtool_test() {
+    let dir = root().join("docs/prometheus");
+    let rules = alerts_in(
+        &std::fs::read_to_string(dir.join("alerts.yml")).unwrap(),
+        "alert:",
+    );
+    let tested = alerts_in(
+        &std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap(),
+        "alertname:",
+    );
+    assert!(rules.len() >= 15, "{rules:?}");
+    let untested: Vec<&String> = rules.difference(&tested).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts without a firing case in docs/prometheus/alerts_test.yml: {untested:?}"
+    );
+    promtool(&["test", "rules", "alerts_test.yml"]);
 }
 
 fn names_in(text: &str) -> BTreeSet<String> {
@@ -165,7 +102,9 @@ fn names_in(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn dashboard_alerts_and_docs_name_only_exported_metrics() {
-    let exported = every_family();
+    // Every documented family is emitted under `observers run`
+    // (`families::every_documented_family_moves_under_observers_run`).
+    let documented = crate::families::documented_families();
     let grafana = std::fs::read_to_string(root().join("docs/grafana/observers.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&grafana).unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
@@ -181,18 +120,28 @@ fn dashboard_alerts_and_docs_name_only_exported_metrics() {
         "docs/grafana/observers.json",
         "docs/prometheus/alerts.yml",
         "docs/monitoring.md",
+        "docs/troubleshooting.md",
     ] {
         let text = std::fs::read_to_string(root().join(file)).unwrap();
         for name in names_in(&text) {
             // The bare prefix, and table names, are not metric names.
             if name == "observer_"
-                || ["observer_change_log", "observer_checkpoints"].contains(&name.as_str())
+                || [
+                    "observer_change_log",
+                    "observer_checkpoints",
+                    "observer_leases",
+                ]
+                .contains(&name.as_str())
             {
                 continue;
             }
+            let family = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
             assert!(
-                exported.has_family(&name) || exported.samples.iter().any(|s| s.name == name),
-                "{file} names `{name}`, which /metrics does not export"
+                documented.contains(family) || documented.contains(&name),
+                "{file} names `{name}`, which is not a family of docs/monitoring.md's tables"
             );
         }
     }

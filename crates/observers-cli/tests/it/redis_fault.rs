@@ -17,14 +17,14 @@ const REDIS_SERVER: &str = "redis-server";
 
 /// A redis-server child on a fixed port, without persistence (a restart starts empty, so
 /// whatever the restarted server holds was written after it came back).
-struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl RedisServer {
-    fn start(port: u16, log: &Path) -> Self {
+    pub(crate) fn start(port: u16, log: &Path) -> Self {
         let mut s = Self {
             port,
             child: None,
@@ -34,7 +34,7 @@ impl RedisServer {
         s
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -59,18 +59,18 @@ impl RedisServer {
         self.child = Some(child);
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    async fn client(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn client(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -30,6 +30,9 @@ use crate::stores::jobs::{EnqueueOutcome, JobQueue, NewJob};
 use crate::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use crate::template::TemplateContext;
 
+/// The job queue that `mode = "queued"` actions go to.
+pub const JOB_QUEUE: &str = "default";
+
 /// Deduplication settings of an executor.
 #[derive(Clone)]
 pub struct Dedup {
@@ -577,7 +580,7 @@ impl ObserverExecutor {
             payload["key_suffix"] = suffix.as_str().into();
         }
         let job = NewJob {
-            queue: "default".into(),
+            queue: JOB_QUEUE.into(),
             kind: slot.action.type_name().into(),
             payload,
             unique_key: Some(key),
@@ -592,7 +595,12 @@ impl ObserverExecutor {
             )),
         };
         let report = ActionReport::new(&o.name, index, slot.action.type_name());
-        let (report, error) = match jobs.enqueue(job).await {
+        let enqueued = jobs.enqueue(job).await;
+        if let Ok(EnqueueOutcome::Enqueued(_)) = enqueued {
+            self.telemetry
+                .emit(&TelemetryEvent::JobEnqueued { queue: JOB_QUEUE });
+        }
+        let (report, error) = match enqueued {
             Ok(EnqueueOutcome::Enqueued(id) | EnqueueOutcome::Duplicate(id)) => (
                 report.finish(
                     ActionOutcome::Queued,

@@ -48,6 +48,13 @@ pub trait CheckpointStore: Send + Sync {
         new: Cursor,
     ) -> Result<bool>;
 
+    /// Counts a failed save against the listener's checkpoint (its error streak and last
+    /// error, which the next successful save clears), where the store keeps such a record. The
+    /// default keeps none.
+    async fn record_save_error(&self, _listener_id: &str, _error: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Returns whether a checkpoint existed.
     async fn delete(&self, listener_id: &str) -> Result<bool>;
 

@@ -317,8 +317,16 @@ impl Resilience {
         });
     }
 
-    fn activate(&self, reason: &str) {
+    /// One operation goes to the fallback.
+    fn served_by_fallback(&self) {
         self.fallback_ops.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.emit(&TelemetryEvent::FallbackServed {
+            backend: &self.backend,
+        });
+    }
+
+    fn activate(&self, reason: &str) {
+        self.served_by_fallback();
         let mut since = lock(&self.fallback_since);
         if since.is_none() {
             *since = Some(Instant::now());
@@ -437,11 +445,14 @@ impl Resilience {
                 Some(v)
             }
             Err(Attempt::Busy) => {
-                self.fallback_ops.fetch_add(1, Ordering::Relaxed);
+                self.served_by_fallback();
                 None
             }
             Err(Attempt::Failed(e)) => {
                 tracing::debug!(backend = %self.backend, op = what, error = %e, "primary operation failed");
+                self.telemetry.emit(&TelemetryEvent::PrimaryFailed {
+                    backend: &self.backend,
+                });
                 self.activate("primary operation failed");
                 None
             }
@@ -520,6 +531,10 @@ impl Resilience {
                 }
             }
         }
+        self.telemetry.emit(&TelemetryEvent::ReplayBacklog {
+            backend: &self.backend,
+            pending: self.pending(),
+        });
         now_healthy
     }
 

@@ -204,3 +204,114 @@ async fn a_guard_that_never_held_reads_nothing() {
     assert!(log.lock().unwrap().is_empty());
     assert_eq!(checkpoints.load("default").await.unwrap(), None);
 }
+
+/// Checkpoints whose saves fail while `failing` is set; the store records every failed save it
+/// is told of, as the PostgreSQL store keeps `consecutive_errors` and `last_error`.
+#[derive(Default)]
+struct FlakyCheckpoints {
+    inner: MemoryCheckpointStore,
+    failing: std::sync::atomic::AtomicBool,
+    recorded: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl CheckpointStore for FlakyCheckpoints {
+    async fn load(
+        &self,
+        listener_id: &str,
+    ) -> observers_core::Result<Option<observers_core::stores::checkpoint::Checkpoint>> {
+        self.inner.load(listener_id).await
+    }
+
+    async fn save(
+        &self,
+        listener_id: &str,
+        cursor: Cursor,
+        processed: u64,
+    ) -> observers_core::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(observers_core::ObserverError::transient(
+                "OBS-TEST",
+                "checkpoint table locked",
+            ));
+        }
+        self.recorded.lock().unwrap().clear();
+        self.inner.save(listener_id, cursor, processed).await
+    }
+
+    async fn record_save_error(
+        &self,
+        _listener_id: &str,
+        error: &str,
+    ) -> observers_core::Result<()> {
+        self.recorded.lock().unwrap().push(error.to_owned());
+        Ok(())
+    }
+
+    async fn compare_and_swap(
+        &self,
+        listener_id: &str,
+        expected: Option<Cursor>,
+        new: Cursor,
+    ) -> observers_core::Result<bool> {
+        self.inner
+            .compare_and_swap(listener_id, expected, new)
+            .await
+    }
+
+    async fn delete(&self, listener_id: &str) -> observers_core::Result<bool> {
+        self.inner.delete(listener_id).await
+    }
+
+    async fn list(
+        &self,
+    ) -> observers_core::Result<Vec<observers_core::stores::checkpoint::Checkpoint>> {
+        self.inner.list().await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_save_is_reported_and_recorded_and_the_next_save_clears_it() {
+    let counts = observers_core::telemetry::CountingTelemetry::new();
+    let observer = CompiledObserver::new("rec", "*", EventKind::ALL.to_vec()).with_action(
+        ActionSlot::new(Arc::new(Recorder(Arc::default())), "record"),
+    );
+    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(5));
+    let executor = Arc::new(
+        ObserverExecutor::builder(set)
+            .telemetry(counts.clone())
+            .build(),
+    );
+    let source = Arc::new(MemoryEventSource::new());
+    let checkpoints = Arc::new(FlakyCheckpoints::default());
+    let listener = Listener::new(
+        source.clone(),
+        checkpoints.clone(),
+        executor,
+        ListenerConfig::default(),
+    );
+    source.push(EntityEvent::new(0, "T", "1", EventKind::Insert, None, None));
+
+    checkpoints
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    listener.run_once().await.unwrap();
+    listener.run_once().await.unwrap();
+    assert_eq!(counts.count("checkpoint_save_failed"), 2);
+    assert_eq!(counts.count("checkpoint_saved"), 0);
+    let recorded = checkpoints.recorded.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded[0].contains("checkpoint table locked"),
+        "{recorded:?}"
+    );
+    assert_eq!(checkpoints.load("default").await.unwrap(), None);
+
+    checkpoints
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    listener.run_once().await.unwrap();
+    assert_eq!(counts.count("checkpoint_saved"), 1);
+    assert!(checkpoints.recorded.lock().unwrap().is_empty());
+    assert!(checkpoints.load("default").await.unwrap().is_some());
+}

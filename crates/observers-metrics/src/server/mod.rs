@@ -7,6 +7,7 @@
 mod auth;
 mod ingest;
 mod limits;
+mod rate;
 mod routes;
 
 use std::future::Future;
@@ -85,6 +86,8 @@ pub struct OpsState {
     /// The bearer token of data and state-changing endpoints; `None` disables the
     /// state-changing ones and opens the data endpoints on a loopback bind only.
     pub token: Option<String>,
+    /// Samples of the processed-events total, for `/status`'s events per second.
+    pub(crate) rate: Arc<rate::EventRate>,
 }
 
 impl OpsState {
@@ -97,6 +100,7 @@ impl OpsState {
             breakers: None,
             ingest: None,
             token: auth::token_from_env(),
+            rate: Arc::default(),
         }
     }
 
@@ -138,11 +142,13 @@ pub struct OpsServer {
     router: Router,
     access: Arc<auth::DataAccess>,
     limits: ServerLimits,
+    state: Arc<OpsState>,
 }
 
 impl OpsServer {
     pub fn new(state: OpsState) -> Self {
         let access = auth::DataAccess::new(state.token.clone());
+        let state = Arc::new(state);
         let data = Router::new()
             .route("/status", get(routes::status))
             .route_layer(from_fn_with_state(access.clone(), auth::data_guard));
@@ -153,11 +159,12 @@ impl OpsServer {
             .route("/ingest/debezium", post(ingest::debezium))
             .merge(data)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(Arc::new(state));
+            .with_state(state.clone());
         Self {
             router,
             access,
             limits: ServerLimits::default(),
+            state,
         }
     }
 
@@ -196,6 +203,7 @@ impl OpsServer {
             router,
             access: self.access,
             limits: self.limits,
+            state: self.state,
         }
     }
 
@@ -235,6 +243,7 @@ pub struct BoundOpsServer {
     router: Router,
     access: Arc<auth::DataAccess>,
     limits: ServerLimits,
+    state: Arc<OpsState>,
 }
 
 impl BoundOpsServer {
@@ -248,12 +257,24 @@ impl BoundOpsServer {
         self.access.closed_because()
     }
 
-    /// Serves until `shutdown` completes; in-flight requests finish first.
+    /// Serves until `shutdown` completes; in-flight requests finish first. Meanwhile it samples
+    /// the processed-events total for `/status`'s events per second.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MetricsError> {
-        limits::serve(self.listener, self.router, self.limits, shutdown).await;
+        let state = self.state;
+        let sampler = async move {
+            let mut ticker = tokio::time::interval(rate::EVERY);
+            loop {
+                ticker.tick().await;
+                routes::events_per_second(&state);
+            }
+        };
+        tokio::select! {
+            () = limits::serve(self.listener, self.router, self.limits, shutdown) => {}
+            () = sampler => {}
+        }
         Ok(())
     }
 }

@@ -67,18 +67,40 @@ pub(crate) async fn ready(State(state): State<Arc<OpsState>>) -> Response {
     (code, Json(json!({"ready": ready, "checks": checks}))).into_response()
 }
 
-/// The instance's state as JSON: identity, a metrics summary, breakers, and every section.
+fn uptime_seconds(state: &OpsState) -> f64 {
+    let uptime = (chrono::Utc::now() - state.instance.started_at)
+        .num_milliseconds()
+        .max(0);
+    #[allow(clippy::cast_precision_loss)] // milliseconds of uptime fit an f64 exactly
+    let seconds = uptime as f64 / 1000.0;
+    seconds
+}
+
+/// Events per second over the last minute (since start while the instance is younger than a
+/// second of samples), sampling the total as a side effect.
+pub(crate) fn events_per_second(state: &OpsState) -> f64 {
+    let total = Scrape::parse(&state.metrics.encode())
+        .map(|s| s.sum("observer_events_processed_total", &[]))
+        .unwrap_or_default();
+    state
+        .rate
+        .sample(std::time::Instant::now(), total)
+        .unwrap_or_else(|| {
+            let up = uptime_seconds(state);
+            if up > 0.0 { total / up } else { 0.0 }
+        })
+}
+
+/// The instance's state as JSON: identity, a metrics summary, events per second, breakers,
+/// and every section.
 pub(crate) async fn status(State(state): State<Arc<OpsState>>) -> Json<Value> {
     let summary = Scrape::parse(&state.metrics.encode())
         .map(|s| MetricsSummary::from_scrape(&s))
         .unwrap_or_default();
-    let uptime = (chrono::Utc::now() - state.instance.started_at)
-        .num_milliseconds()
-        .max(0);
     let mut out = Map::new();
     out.insert("instance".into(), json!(state.instance));
-    #[allow(clippy::cast_precision_loss)] // milliseconds of uptime fit an f64 exactly
-    out.insert("uptime_seconds".into(), json!(uptime as f64 / 1000.0));
+    out.insert("uptime_seconds".into(), json!(uptime_seconds(&state)));
+    out.insert("events_per_second".into(), json!(events_per_second(&state)));
     out.insert("metrics".into(), json!(summary));
     if let Some(b) = &state.breakers {
         out.insert("breakers".into(), json!(b.snapshot_all()));

@@ -4,6 +4,7 @@
 //! of a database with jobs in the layout before migration 007.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod depth;
 mod limits;
 mod ordering;
 mod suite;

@@ -356,12 +356,27 @@ fn bad_urls_and_index_names_are_refused() {
 
 /// The shared suite against a real cluster, each run on indexes of its own.
 mod live {
+    use std::io::Write as _;
+
     use super::*;
     use crate::suite;
 
+    /// Says once, past the test harness's output capture (a direct write to stderr, which the
+    /// harness does not capture, unlike `eprintln!`), that the live suite did not run.
+    fn skipped() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: the live Elasticsearch suite (es::live) needs ELASTICSEARCH_URL, e.g. \
+                 http://127.0.0.1:9200; CI runs it against an Elasticsearch service container"
+            );
+        });
+    }
+
     async fn backend(tag: &str) -> Option<Arc<dyn SearchBackend>> {
         let Ok(url) = std::env::var("ELASTICSEARCH_URL") else {
-            eprintln!("SKIPPED: set ELASTICSEARCH_URL to run the live Elasticsearch suite");
+            skipped();
             return None;
         };
         let index = format!("observers-test-{tag}-{:x}", rand::random::<u32>());
