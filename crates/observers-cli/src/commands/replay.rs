@@ -10,6 +10,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use observers_core::actions::idempotency_key_with;
+use observers_core::breaker::BreakerRegistry;
 use observers_core::config::Config;
 use observers_core::executor::ExecutorBuilder;
 use observers_core::stores::source::SourceItem;
@@ -29,6 +30,12 @@ use crate::{CliResult, Exit};
 const PAGE: i64 = 500;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Only changes at or below the cursor of the config's listener are replayed, in \
+change-log order. Changes already pruned from the change log cannot be replayed: the report says \
+how many of the window were. Progress goes to stderr (OBSERVERS_PROGRESS_INTERVAL when it is not \
+a terminal). Guide: docs/operations.md."
+)]
 #[command(group(clap::ArgGroup::new("start").required(true).args(["since", "from"])))]
 pub struct ReplayArgs {
     /// Replay changes created in the last DUR (e.g. `2h`, `1d`).
@@ -299,14 +306,20 @@ async fn window(pool: &PgPool, args: &ReplayArgs) -> CliResult<ReplayWindow> {
     })
 }
 
-/// The executor of a replay: the DLQ and job queue of `run`, no dedup and no action cache (both
-/// would take the replay for a repeat), and the replay's key suffix.
+/// The executor of a replay: the DLQ, job queue and breaker settings of `run`, no dedup and no
+/// action cache (both would take the replay for a repeat), and the replay's key suffix.
 fn replay_executor(
     config: &Config,
     pool: &PgPool,
     suffix: Option<String>,
 ) -> CliResult<ExecutorBuilder> {
+    let breakers = BreakerRegistry::new(
+        config.breaker.clone(),
+        observers_core::clock::system_clock(),
+        Arc::new(NoopTelemetry),
+    );
     let mut builder = ObserverExecutor::builder(engine::observer_set(config)?)
+        .breakers(Arc::new(breakers))
         .dlq(Arc::new(PostgresDeadLetterQueue::new(pool.clone())))
         .gone_endpoints(Arc::new(PostgresGoneEndpoints::new(pool.clone())))
         .max_concurrent_actions(config.executor.max_concurrent_actions);

@@ -819,3 +819,84 @@ async fn four_to_two_partitions_skips_nothing() {
 async fn two_to_four_partitions_skips_nothing() {
     repartition_delivers_every_event("ha_rep_up", 2, 4).await;
 }
+
+/// `[metrics]` on `port` and a fast `[retention]` of resolved DLQ items, added to an instance's
+/// config; returns the path.
+fn with_retention(g: &Group, instance: &str, port: u16) -> PathBuf {
+    let config = g.config(instance);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[retention]\ndlq_resolved = \"1h\"\ninterval = \"50ms\"\nbatch = 1\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The `/metrics` of the instance on `port`.
+async fn scrape_port(port: u16) -> observers_metrics::Scrape {
+    let text = crate::support::http_client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    observers_metrics::Scrape::parse(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_applies_retention() {
+    let g = Group::new("ha_retention", 1).await;
+    let (pa, pb) = (crate::support::free_port(), crate::support::free_port());
+    let config_a = with_retention(&g, "a", pa);
+    let _a = spawn_run(&config_a, &g.log("a"));
+    until("a leads", async || g.holders().await.len() == 1).await;
+    let config_b = with_retention(&g, "b", pb);
+    let _b = spawn_run(&config_b, &g.log("b"));
+    until("b is a live member", async || {
+        let r = crate::support::http_client()
+            .get(format!("http://127.0.0.1:{pb}/ready"))
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    g.db.exec(
+        "INSERT INTO observer_dlq_items (event_id, entity_type, entity_id, event, observer, action_index, action_type, error_code, error, status, created_at)
+         SELECT i, 'Item', i::text, '{}', 'o', 0, 'webhook', 'E', 'e', 'resolved', now() - interval '2 days'
+           FROM generate_series(1, 6) i",
+    )
+    .await;
+    until("the old resolved items are gone", async || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM observer_dlq_items")
+            .fetch_one(g.pool())
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    let deleted = |s: &observers_metrics::Scrape| {
+        s.sum(
+            "observer_retention_deleted_total",
+            &[("table", "dlq_resolved")],
+        )
+    };
+    until("a counted all six", async || {
+        deleted(&scrape_port(pa).await) >= 6.0
+    })
+    .await;
+    // Every pass sets the oldest-row gauge of each table, deletions or not: b, a member for all
+    // that time, has run none.
+    let b = scrape_port(pb).await;
+    assert!(
+        b.select("observer_retention_oldest_row_age_seconds", &[])
+            .next()
+            .is_none(),
+        "b is not the leader and runs no retention pass: {b:?}"
+    );
+    assert!(deleted(&b).abs() < f64::EPSILON);
+}
