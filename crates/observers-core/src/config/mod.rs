@@ -186,6 +186,7 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
         ("dedup", config.dedup.validate()),
         ("cache", config.cache.validate()),
         ("ha", config.ha.validate()),
+        ("retention", config.retention.validate()),
     ];
     for (section, result) in checks {
         if let Err(message) = result {

@@ -844,6 +844,18 @@ impl Default for RetentionConfig {
     }
 }
 
+impl RetentionConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch == 0 {
+            return Err("batch must be at least 1".into());
+        }
+        if self.interval.is_zero() {
+            return Err("interval must be above zero (e.g. \"5m\")".into());
+        }
+        Ok(())
+    }
+}
+
 /// `[metrics]`: Prometheus metrics and the ops HTTP server (docs/monitoring.md).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -389,3 +389,38 @@ fn broker_actions_load_and_bad_ones_name_file_line_and_key() {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 }
+
+#[test]
+fn retention_ages_are_durations_or_off() {
+    let defaults = load("").unwrap().retention;
+    assert_eq!(
+        defaults.change_log,
+        Some(std::time::Duration::from_secs(7 * 24 * 3600))
+    );
+    assert_eq!(
+        defaults.events,
+        Some(std::time::Duration::from_secs(30 * 24 * 3600))
+    );
+    let set = load("[retention]\nchange_log = \"off\"\ndlq_resolved = \"12h\"\n")
+        .unwrap()
+        .retention;
+    assert_eq!(set.change_log, None);
+    assert_eq!(
+        set.dlq_resolved,
+        Some(std::time::Duration::from_secs(12 * 3600))
+    );
+    let bad = load("[retention]\nevents = \"forever\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("retention") && bad.contains("\"off\""),
+        "{bad}"
+    );
+    check("[retention]\nbatch = 0\n", 1, "retention", &["batch"]);
+    check(
+        "\n[retention]\ninterval = \"0s\"\n",
+        2,
+        "retention",
+        &["interval"],
+    );
+}
