@@ -229,32 +229,34 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// Wakes the reader whenever the horizon moves (new rows are final, or a transaction holding
-/// them back ended). Polls every [`MIN_POLL`] while it moves and doubles the wait each time it
-/// does not, up to the poll interval, so an idle instance costs one cheap query per interval.
+/// them back ended). Polls every [`MIN_POLL`] while it moves; once it stands still, waits an
+/// eighth of the time since it last moved (so a short lull costs a short delay, never a long
+/// one), up to the poll interval, so an idle instance costs one cheap query per interval.
 async fn poll_loop(pool: PgPool, notify: Arc<Notify>, poll_interval_us: Arc<AtomicU64>) {
     let mut last: Option<i64> = None;
-    let mut wait = MIN_POLL;
+    let mut moved = tokio::time::Instant::now();
     // The first wake-up makes the reader read from its cursor.
     notify.notify_one();
     loop {
         let longest = Duration::from_micros(poll_interval_us.load(Ordering::Relaxed));
-        match sqlx::query_scalar::<_, i64>(HORIZON).fetch_one(&pool).await {
+        let wait = match sqlx::query_scalar::<_, i64>(HORIZON).fetch_one(&pool).await {
             Ok(horizon) if last != Some(horizon) => {
                 if last.is_some() {
                     notify.notify_one();
                 }
                 last = Some(horizon);
-                wait = MIN_POLL;
+                moved = tokio::time::Instant::now();
+                MIN_POLL
             }
-            Ok(_) => wait = (wait * 2).min(longest),
+            Ok(_) => (moved.elapsed() / 8).clamp(MIN_POLL, longest.max(MIN_POLL)),
             Err(e) => {
                 // The reader's own read reports the problem and backs off; wake it so it does.
                 tracing::debug!(error = %e, "polling the change-log horizon failed");
                 notify.notify_one();
                 last = None;
-                wait = longest;
+                longest
             }
-        }
+        };
         tokio::time::sleep(wait).await;
     }
 }
