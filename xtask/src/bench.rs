@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: every benchmark, each against a baseline measured in the same run, in the
-//! order of `AREAS`; with one or more area flags (`--core`, `--metrics`, `--pipeline`, `--queue`,
+//! order of `AREAS`; with one or more area flags (`--core`, `--metrics`, `--pipeline`, `--capture`, `--queue`,
 //! `--redis`, `--search`, `--brokers`, `--ha`) only those. Other arguments go to the criterion
 //! benches (a filter). Figures are recorded in docs/benchmarks.md.
 
@@ -35,6 +35,26 @@ const AREAS: &[Area] = &[
         flag: "--pipeline",
         what: "PostgreSQL pipeline: drain vs pgbench writers, latency, saves, trigger cost",
         run: |_, db| example("observers-cli", "pipeline_bench", db),
+    },
+    Area {
+        flag: "--capture",
+        what: "capture kinds side by side on a private wal_level = logical PostgreSQL: writer rate \
+               (none, minimal trigger, previous, trigger, bare pgoutput, WAL source), drain, latency",
+        run: |_, _| {
+            let Some(pg) = services::PrivatePostgres::start(&[
+                "wal_level=logical",
+                "max_wal_senders=10",
+                "shared_buffers=1GB",
+            ]) else {
+                bail!("--capture needs the machine's initdb for a wal_level = logical server");
+            };
+            example_with(
+                "observers-cli",
+                "pipeline_bench",
+                &pg.url,
+                &[("BENCH_CAPTURE", "1")],
+            )
+        },
     },
     Area {
         flag: "--queue",
@@ -130,6 +150,11 @@ fn criterion(bench: &str, filter: &[&str]) -> Result<()> {
 
 /// Runs a release-built example with `DATABASE_URL` set.
 fn example(package: &str, name: &str, database_url: &str) -> Result<()> {
+    example_with(package, name, database_url, &[])
+}
+
+/// [`example`] with more environment variables.
+fn example_with(package: &str, name: &str, database_url: &str, env: &[(&str, &str)]) -> Result<()> {
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args([
@@ -141,7 +166,8 @@ fn example(package: &str, name: &str, database_url: &str) -> Result<()> {
         "--example",
         name,
     ])
-    .env("DATABASE_URL", database_url);
+    .env("DATABASE_URL", database_url)
+    .envs(env.iter().copied());
     crate::run(&mut cmd)
 }
 

@@ -8,7 +8,14 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-pub const TARGETS: [&str; 5] = ["config", "condition", "template", "debezium", "change_row"];
+pub const TARGETS: [&str; 6] = [
+    "config",
+    "condition",
+    "template",
+    "debezium",
+    "change_row",
+    "pgoutput",
+];
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut seconds = 60u64;

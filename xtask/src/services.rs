@@ -198,7 +198,8 @@ pub fn promtool() -> Result<()> {
     )
 }
 
-/// A private PostgreSQL cluster for a benchmark, configured as a production server would be
+/// A private PostgreSQL cluster for a benchmark or a test suite (the WAL source needs
+/// `wal_level = logical`), configured as a production server would be
 /// rather than as a distribution's defaults (128 MB of shared buffers): `settings` are passed
 /// to the server. Created with the machine's `initdb` in a temporary directory on a free port,
 /// run as the `postgres` user when this runs as root (`initdb` refuses root), and stopped and
@@ -228,7 +229,7 @@ impl PrivatePostgres {
             .and_then(|l| l.local_addr())
             .ok()?
             .port();
-        let data = std::env::temp_dir().join(format!("observers-bench-pg-{port}"));
+        let data = std::env::temp_dir().join(format!("observers-private-pg-{port}"));
         let as_postgres = Command::new("id")
             .arg("-u")
             .output()

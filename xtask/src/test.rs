@@ -20,6 +20,21 @@ pub fn run(scope: Scope, args: &[String]) -> Result<()> {
     let redis = services::redis()?;
     services::python_peers()?;
     services::promtool()?;
+    // The WAL source's tests need `wal_level = logical`, which the shared server may not run: a
+    // private cluster made with the machine's initdb, removed when the tests are done.
+    let logical = match std::env::var("OBSERVERS_WAL_DATABASE_URL") {
+        Ok(_) => None,
+        Err(_) => services::PrivatePostgres::start(&["wal_level=logical", "max_wal_senders=10"]),
+    };
+    let wal_url = std::env::var("OBSERVERS_WAL_DATABASE_URL")
+        .ok()
+        .or_else(|| logical.as_ref().map(|pg| pg.url.clone()));
+    if wal_url.is_none() {
+        eprintln!(
+            "xtask: no PostgreSQL with wal_level = logical (no initdb, and \
+             OBSERVERS_WAL_DATABASE_URL is not set): the WAL source suite is SKIPPED"
+        );
+    }
     if std::env::var_os("ELASTICSEARCH_URL").is_none() {
         eprintln!(
             "xtask: ELASTICSEARCH_URL is not set: the live Elasticsearch suite \
@@ -36,6 +51,7 @@ pub fn run(scope: Scope, args: &[String]) -> Result<()> {
     cmd.args(args)
         .env("DATABASE_URL", &postgres.url)
         .env("REDIS_URL", &redis.url)
+        .env("OBSERVERS_WAL_DATABASE_URL", wal_url.unwrap_or_default())
         .env("CI", std::env::var("CI").unwrap_or_else(|_| "true".into()));
     crate::run(&mut cmd)
 }

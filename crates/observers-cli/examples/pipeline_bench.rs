@@ -157,14 +157,29 @@ CREATE TRIGGER c AFTER INSERT OR UPDATE OR DELETE ON orders_old
 /// Writer rates (8 clients, single-row inserts) with no capture, the minimal trigger, the old
 /// trigger and today's, in alternating rounds so drift on a shared machine hits all alike; the
 /// median round of each. Returns today's rate.
-async fn writer_rates(pool: &PgPool) -> f64 {
+async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
     pool.execute(WRITER_BASELINES).await.unwrap();
     capture(pool).await;
-    let tables = ["orders_none", "orders_min", "orders_old", "orders"];
+    let mut tables = vec!["orders_none", "orders_min", "orders_old", "orders"];
+    if wal {
+        pool.execute(WAL_BASELINES).await.unwrap();
+        wal_capture(pool, "orders_wal", "OrderWal").await;
+        tables.extend(["orders_pub", "orders_wal"]);
+    }
     let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
     for _ in 0..3 {
         for (i, t) in tables.iter().enumerate() {
+            // Each logical consumer streams during its own rounds only, from the current WAL
+            // position (the slot is advanced past the other rounds' WAL outside the timing).
+            let consumer = match *t {
+                "orders_pub" => Some(Consumer::bare(pool).await),
+                "orders_wal" => Some(Consumer::wal(pool).await),
+                _ => None,
+            };
             rounds[i].push(pgbench_insert_tps(t, 8, 6));
+            if let Some(c) = consumer {
+                c.stop().await;
+            }
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -190,7 +205,137 @@ async fn writer_rates(pool: &PgPool) -> f64 {
         new / min,
         new / old
     );
+    if wal {
+        let (bare, source) = (median(&mut rounds[4]), median(&mut rounds[5]));
+        println!(
+            "  bare pgoutput consumer {bare:>7.0} tx/s  {:.2}x uncaptured (pg_recvlogical on a publication)",
+            bare / none
+        );
+        println!(
+            "  WAL source            {source:>8.0} tx/s  {:.2}x uncaptured, {:.2}x the bare pgoutput consumer (relay and listener running)\n",
+            source / none,
+            source / bare
+        );
+    }
     new
+}
+
+/// The bare logical consumer's table and publication (its slot is made by `Consumer::bare`).
+const WAL_BASELINES: &str = r"
+CREATE TABLE orders_pub (LIKE orders INCLUDING ALL);
+CREATE TABLE orders_wal (LIKE orders INCLUDING ALL);
+CREATE PUBLICATION bench_bare FOR TABLE orders_pub;
+SELECT pg_create_logical_replication_slot('bench_bare', 'pgoutput');
+";
+
+/// Captures `table` through the WAL source's default publication and slot.
+async fn wal_capture(pool: &PgPool, table: &str, entity: &str) {
+    let kind = observers_postgres::capture::CaptureKind::Wal {
+        publication: "observers".into(),
+        slot: "observers".into(),
+    };
+    let spec = observers_postgres::capture::CaptureSpec::new(table, entity);
+    observers_postgres::capture::enable_as(pool, &spec, &kind)
+        .await
+        .unwrap();
+}
+
+/// Moves `slot` to the current WAL position (outside any timing).
+async fn advance(pool: &PgPool, slot: &str) {
+    sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
+        .bind(slot)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// A logical consumer running during a writer round: `pg_recvlogical` writing to /dev/null, or
+/// the WAL source (relay and a listener with a no-op action), as `observers run` has them.
+enum Consumer {
+    Bare(std::process::Child),
+    Wal {
+        stop: watch::Sender<bool>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    },
+}
+
+impl Consumer {
+    async fn bare(pool: &PgPool) -> Self {
+        advance(pool, "bench_bare").await;
+        let child = Command::new("pg_recvlogical")
+            .args([
+                "-d",
+                &db_url(),
+                "--slot",
+                "bench_bare",
+                "--start",
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=bench_bare",
+                "-f",
+                "/dev/null",
+            ])
+            .spawn()
+            .expect("pg_recvlogical (postgresql-client) is the bare pgoutput consumer");
+        Self::Bare(child)
+    }
+
+    async fn wal(pool: &PgPool) -> Self {
+        let relay = observers_postgres::wal::WalRelay::new(
+            pool.clone(),
+            &db_url(),
+            observers_postgres::wal::WalSettings::default(),
+        )
+        .unwrap();
+        // The relay's own progress and the slot both start at the current position.
+        advance(pool, "observers").await;
+        let (stop, rx) = watch::channel(false);
+        let relay_rx = rx.clone();
+        let relay_task = tokio::spawn(async move { relay.run(relay_rx).await });
+        let listener = noop_listener(pool, "wal-writer", Arc::default());
+        let start = last_cursor(pool).await;
+        PostgresCheckpointStore::new(pool.clone())
+            .save("wal-writer", start, 0)
+            .await
+            .unwrap();
+        let listener_task = tokio::spawn(async move {
+            listener.run(rx).await.unwrap();
+        });
+        Self::Wal {
+            stop,
+            tasks: vec![relay_task, listener_task],
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Consumer::Bare(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Consumer::Wal { stop, tasks } => {
+                stop.send(true).unwrap();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// A listener that runs every event through a no-op action (counted in `count`).
+fn noop_listener(pool: &PgPool, id: &str, count: Arc<AtomicUsize>) -> ChangeLogListener {
+    let slot = ActionSlot::new(Arc::new(Noop(count)), "noop");
+    let observer = CompiledObserver::new("bench", "*", EventKind::ALL.to_vec()).with_action(slot);
+    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(10));
+    let executor = Arc::new(
+        ObserverExecutor::builder(set)
+            .max_concurrent_actions(128)
+            .build(),
+    );
+    let checkpoints = Arc::new(PostgresCheckpointStore::new(pool.clone()));
+    ChangeLogListener::new(pool.clone(), checkpoints, executor, listener_config(id))
 }
 
 struct Noop(Arc<AtomicUsize>);
@@ -432,7 +577,8 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
 
-    let captured_tps = writer_rates(&pool).await;
+    let wal = std::env::var_os("BENCH_CAPTURE").is_some();
+    let captured_tps = writer_rates(&pool, wal).await;
 
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
         .await
@@ -473,10 +619,80 @@ async fn main() {
         delivered * 100.0
     );
 
+    if wal {
+        wal_source(&pool, rows, &url, &arrivals, noop, p99).await;
+        pool.close().await;
+        return;
+    }
+
     let (ours, raw) = checkpoint_rates(&pool, 3).await;
     println!(
         "checkpoint saves: {ours:.0}/s vs raw UPSERT {raw:.0}/s ({:.2}x)",
         ours / raw
     );
     pool.close().await;
+}
+
+/// The same backlog and latency figures with `orders` captured through the WAL: the relay
+/// copies the slot's stream into the change log while the listener drains it.
+async fn wal_source(
+    pool: &PgPool,
+    rows: usize,
+    url: &str,
+    arrivals: &Arrivals,
+    trigger_drain: f64,
+    trigger_p99: f64,
+) {
+    wal_capture(pool, "orders", "Order").await;
+    advance(pool, "observers").await;
+    pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)")
+        .bind(i64::try_from(rows).unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+    let relay = observers_postgres::wal::WalRelay::new(
+        pool.clone(),
+        &db_url(),
+        observers_postgres::wal::WalSettings::default(),
+    )
+    .unwrap();
+    let (stop, rx) = watch::channel(false);
+    let relay_rx = rx.clone();
+    let started = Instant::now();
+    let relay_task = tokio::spawn(async move { relay.run(relay_rx).await });
+    let count = Arc::new(AtomicUsize::new(0));
+    let listener = noop_listener(pool, "drain-wal", count.clone());
+    let listener_rx = rx.clone();
+    let listener_task = tokio::spawn(async move { listener.run(listener_rx).await });
+    while count.load(Ordering::Relaxed) < rows {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drain = rows as f64 / started.elapsed().as_secs_f64();
+    stop.send(true).unwrap();
+    listener_task.await.unwrap().unwrap();
+    println!(
+        "WAL source backlog drain (relay + listener), no-op action: {drain:.0} events/s = {:.2}x the trigger source's",
+        drain / trigger_drain
+    );
+
+    // Latency with the relay streaming.
+    let (stop, rx) = watch::channel(false);
+    let relay_again = observers_postgres::wal::WalRelay::new(
+        pool.clone(),
+        &db_url(),
+        observers_postgres::wal::WalSettings::default(),
+    )
+    .unwrap();
+    relay_task.await.unwrap();
+    let relay_task = tokio::spawn(async move { relay_again.run(rx).await });
+    let (p50, p99, delivered) = latency_at(pool, url, arrivals, 1000, 10).await;
+    println!(
+        "WAL source commit-to-webhook latency at 1,000 changes/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({:.1}% delivered; trigger p99 {trigger_p99:.1} ms)",
+        delivered * 100.0
+    );
+    stop.send(true).unwrap();
+    relay_task.await.unwrap();
 }

@@ -247,6 +247,11 @@ pub struct ObserverMetrics {
     pub(crate) retention_deleted: Family<L1, Counter>,
     pub(crate) retention_oldest_age: Family<L1, FGauge>,
 
+    // The WAL source (`[source] kind = "wal"`).
+    pub(crate) wal_relayed: Family<L1, Counter>,
+    pub(crate) wal_slot_lag: Family<L1, Gauge>,
+    pub(crate) wal_slot_retained: Family<L1, Gauge>,
+
     // Hot-path handle caches.
     /// Arena index of each entity type's handles.
     pub(crate) entity_handles: Handles<u32>,
@@ -287,6 +292,11 @@ impl ObserverMetrics {
             ($name:literal, $help:literal, seconds, $metric:expr) => {{
                 let m = $metric;
                 r.register_with_unit($name, $help, Unit::Seconds, m.clone());
+                m
+            }};
+            ($name:literal, $help:literal, bytes, $metric:expr) => {{
+                let m = $metric;
+                r.register_with_unit($name, $help, Unit::Bytes, m.clone());
                 m
             }};
         }
@@ -661,6 +671,23 @@ impl ObserverMetrics {
                 seconds,
                 Family::default()
             ),
+            wal_relayed: reg!(
+                "observer_wal_relayed_changes",
+                "Changes the WAL relay copied from the replication slot into the change log, by slot",
+                Family::default()
+            ),
+            wal_slot_lag: reg!(
+                "observer_wal_slot_lag",
+                "WAL written since the slot's confirmed position, by slot: how far the relay is behind",
+                bytes,
+                Family::default()
+            ),
+            wal_slot_retained: reg!(
+                "observer_wal_slot_retained",
+                "WAL the replication slot keeps on disk (from its restart point), by slot",
+                bytes,
+                Family::default()
+            ),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entity_handles: Handles::new(MAX_LABEL_VALUES),
             entity_arena: Arena::default(),
@@ -859,6 +886,23 @@ impl ObserverMetrics {
         self.retention_oldest_age
             .get_or_create(&l1("table", table))
             .set(age.as_secs_f64());
+    }
+
+    /// Changes the WAL relay of `slot` copied into the change log.
+    pub fn wal_relayed(&self, slot: &str, changes: u64) {
+        self.wal_relayed
+            .get_or_create(&l1("slot", slot))
+            .inc_by(changes);
+    }
+
+    /// The replication slot's lag and retained WAL, in bytes.
+    pub fn set_wal_slot(&self, slot: &str, lag_bytes: i64, retained_bytes: i64) {
+        self.wal_slot_lag
+            .get_or_create(&l1("slot", slot))
+            .set(lag_bytes);
+        self.wal_slot_retained
+            .get_or_create(&l1("slot", slot))
+            .set(retained_bytes);
     }
 
     /// Observers in the running config (set at start and on reload).

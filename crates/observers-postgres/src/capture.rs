@@ -106,10 +106,26 @@ pub struct CaptureInfo {
     #[sqlx(try_from = "i64")]
     pub unkeyed_changes: u64,
     pub last_unkeyed_error: Option<String>,
+    /// `trigger` or `wal`.
+    #[serde(default = "trigger_kind")]
+    pub kind: String,
+    /// Kind `wal`: the publication the table was added to.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// Kind `wal`: the table is in its publication now.
+    #[serde(default)]
+    pub published: bool,
+    /// The table's replica identity is FULL (kind `wal` needs it for `before`).
+    #[serde(default)]
+    pub replica_identity_full: bool,
     /// What drifted, one sentence each with the fix; empty when all is well.
     #[sqlx(skip)]
     #[serde(default)]
     pub drift: Vec<String>,
+}
+
+fn trigger_kind() -> String {
+    "trigger".to_owned()
 }
 
 /// `list` counts a table's unkeyed changes up to this many, so it stays cheap.
@@ -140,7 +156,22 @@ impl CaptureInfo {
             ));
             return drift;
         }
-        if !self.trigger_present {
+        if self.kind == "wal" {
+            let publication = self.publication.as_deref().unwrap_or("?");
+            if !self.published {
+                drift.push(format!(
+                    "table is not in publication {publication}, changes are not captured: run \
+                     `observers capture enable --table {name} --entity {} --kind wal` again",
+                    self.entity_type
+                ));
+            }
+            if !self.replica_identity_full {
+                drift.push(format!(
+                    "replica identity is not FULL: updates and deletes arrive without the whole \
+                     old row (`before`): `ALTER TABLE {name} REPLICA IDENTITY FULL`"
+                ));
+            }
+        } else if !self.trigger_present {
             drift.push(format!(
                 "trigger is missing, changes are not captured: run `observers capture enable \
                  --table {name} --entity {}` again",
@@ -152,7 +183,7 @@ impl CaptureInfo {
                  TRIGGER {TRIGGER_NAME}`"
             ));
         }
-        if !self.truncate_trigger_enabled {
+        if self.kind != "wal" && !self.truncate_trigger_enabled {
             drift.push(format!(
                 "TRUNCATE is not captured (trigger {TRUNCATE_TRIGGER_NAME} is missing or \
                  disabled): run `observers capture enable --table {name} --entity {}` again",
@@ -507,9 +538,35 @@ fn require_column(
     )))
 }
 
+/// How a table is captured: by the row trigger, or by the logical-replication relay through a
+/// publication and slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureKind {
+    Trigger,
+    Wal { publication: String, slot: String },
+}
+
 /// Installs (or re-installs with new settings) the capture trigger on `spec.table` and records it
 /// in `observer_captures`, in one transaction.
 pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, PgError> {
+    enable_as(pool, spec, &CaptureKind::Trigger).await
+}
+
+/// Captures `spec.table` the way `kind` says. For `Wal`: the table gets `REPLICA IDENTITY FULL`
+/// (so updates and deletes carry the whole old row as `before`), joins the publication (created
+/// on first use), loses any capture trigger, and the slot is created when missing, all before
+/// this returns, so every change committed after it is delivered even if `run` starts later.
+#[allow(clippy::too_many_lines)] // one transaction, read top to bottom
+pub async fn enable_as(
+    pool: &PgPool,
+    spec: &CaptureSpec,
+    kind: &CaptureKind,
+) -> Result<CaptureInfo, PgError> {
+    if let CaptureKind::Wal { publication, slot } = kind {
+        crate::wal::validate_name("publication", publication).map_err(PgError::Invalid)?;
+        crate::wal::validate_name("slot", slot).map_err(PgError::Invalid)?;
+        crate::wal::slot::require_logical(pool).await?;
+    }
     let entity = spec.entity.trim();
     if entity.is_empty() {
         return Err(PgError::Invalid(
@@ -539,6 +596,124 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
         require_column(&columns, tenant, "tenant column", &table)?;
     }
 
+    if let CaptureKind::Wal { publication, .. } = kind {
+        install_wal(&mut tx, &table, publication).await?;
+    } else {
+        install_triggers(
+            &mut tx,
+            &table,
+            entity,
+            &id_column,
+            tenant_column.as_deref(),
+        )
+        .await?;
+    }
+    let (kind_name, publication) = match kind {
+        CaptureKind::Trigger => ("trigger", None),
+        CaptureKind::Wal { publication, .. } => ("wal", Some(publication.as_str())),
+    };
+
+    let enabled_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO observer_captures
+             (table_schema, table_name, entity_type, id_column, tenant_column, kind, publication)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (table_schema, table_name) DO UPDATE
+            SET entity_type = EXCLUDED.entity_type,
+                id_column = EXCLUDED.id_column,
+                tenant_column = EXCLUDED.tenant_column,
+                kind = EXCLUDED.kind,
+                publication = EXCLUDED.publication,
+                enabled_at = now()
+         RETURNING enabled_at",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .bind(entity)
+    .bind(&id_column)
+    .bind(tenant_column.as_deref())
+    .bind(kind_name)
+    .bind(publication)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if let CaptureKind::Wal { slot, .. } = kind {
+        crate::wal::slot::ensure_slot(pool, slot).await?;
+    }
+
+    tracing::info!(table = %table.display(), entity = %entity, id_column = %id_column, kind = kind_name, "capture enabled");
+    let fallback = CaptureInfo {
+        schema: table.schema.clone(),
+        table: table.name.clone(),
+        entity_type: entity.to_owned(),
+        key_columns: vec![id_column.clone()],
+        id_column,
+        tenant_column,
+        enabled_at,
+        table_present: true,
+        trigger_present: kind_name == "trigger",
+        trigger_enabled: kind_name == "trigger",
+        truncate_trigger_enabled: kind_name == "trigger",
+        id_column_present: true,
+        tenant_column_present: true,
+        unkeyed_changes: 0,
+        last_unkeyed_error: None,
+        kind: kind_name.to_owned(),
+        publication: publication.map(str::to_owned),
+        published: kind_name == "wal",
+        replica_identity_full: kind_name == "wal",
+        drift: Vec::new(),
+    };
+    // Read back through the catalog, so what enable reports is what list will report (a
+    // concurrent disable may already have removed it: then what was installed).
+    Ok(list_where(pool, Some((&table.schema, &table.name)))
+        .await?
+        .pop()
+        .unwrap_or(fallback))
+}
+
+/// The table joins `publication` (created when missing) with `REPLICA IDENTITY FULL`; a capture
+/// trigger left from kind `trigger` is dropped (the relay now writes its changes).
+async fn install_wal(
+    tx: &mut PgConnection,
+    table: &ResolvedTable,
+    publication: &str,
+) -> Result<(), PgError> {
+    let statements: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $3, $4)
+         UNION ALL SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $2, $3, $4)
+         UNION ALL SELECT format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', $3, $4)
+         UNION ALL SELECT CASE
+             WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $5)
+                 THEN format('CREATE PUBLICATION %I FOR TABLE %I.%I', $5, $3, $4)
+             WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+                               WHERE pubname = $5 AND schemaname = $3 AND tablename = $4)
+                 THEN format('ALTER PUBLICATION %I ADD TABLE %I.%I', $5, $3, $4)
+             END",
+    )
+    .bind(TRIGGER_NAME)
+    .bind(TRUNCATE_TRIGGER_NAME)
+    .bind(&table.schema)
+    .bind(&table.name)
+    .bind(publication)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    for sql in statements {
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// The row and `TRUNCATE` triggers, re-created with the capture's arguments.
+async fn install_triggers(
+    tx: &mut PgConnection,
+    table: &ResolvedTable,
+    entity: &str,
+    id_column: &str,
+    tenant_column: Option<&str>,
+) -> Result<(), PgError> {
     // PostgreSQL quotes every name (%I) and trigger argument (%L); CREATE OR REPLACE TRIGGER
     // needs 14+, DROP + CREATE in one transaction works from 13 on. The function is named with
     // its schema (the change log's), so the session's search_path cannot pick another one.
@@ -559,8 +734,8 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
     .bind(&table.schema)
     .bind(&table.name)
     .bind(entity)
-    .bind(&id_column)
-    .bind(tenant_column.as_deref().unwrap_or(""))
+    .bind(id_column)
+    .bind(tenant_column.unwrap_or(""))
     .bind(TRUNCATE_TRIGGER_NAME)
     .fetch_one(&mut *tx)
     .await?;
@@ -568,51 +743,7 @@ pub async fn enable(pool: &PgPool, spec: &CaptureSpec) -> Result<CaptureInfo, Pg
     for sql in [drop_row, create_row, drop_truncate, create_truncate] {
         sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
     }
-
-    let enabled_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO observer_captures (table_schema, table_name, entity_type, id_column, tenant_column)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (table_schema, table_name) DO UPDATE
-            SET entity_type = EXCLUDED.entity_type,
-                id_column = EXCLUDED.id_column,
-                tenant_column = EXCLUDED.tenant_column,
-                enabled_at = now()
-         RETURNING enabled_at",
-    )
-    .bind(&table.schema)
-    .bind(&table.name)
-    .bind(entity)
-    .bind(&id_column)
-    .bind(tenant_column.as_deref())
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-
-    tracing::info!(table = %table.display(), entity = %entity, id_column = %id_column, "capture enabled");
-    let fallback = CaptureInfo {
-        schema: table.schema.clone(),
-        table: table.name.clone(),
-        entity_type: entity.to_owned(),
-        key_columns: vec![id_column.clone()],
-        id_column,
-        tenant_column,
-        enabled_at,
-        table_present: true,
-        trigger_present: true,
-        trigger_enabled: true,
-        truncate_trigger_enabled: true,
-        id_column_present: true,
-        tenant_column_present: true,
-        unkeyed_changes: 0,
-        last_unkeyed_error: None,
-        drift: Vec::new(),
-    };
-    // Read back through the catalog, so what enable reports is what list will report (a
-    // concurrent disable may already have removed it: then what was installed).
-    Ok(list_where(pool, Some((&table.schema, &table.name)))
-        .await?
-        .pop()
-        .unwrap_or(fallback))
+    Ok(())
 }
 
 /// Drops the capture trigger of `table` and its `observer_captures` row. Returns `false` when the
@@ -627,6 +758,21 @@ pub async fn disable(pool: &PgPool, table: &str) -> Result<bool, PgError> {
              as schema.table)"
         )));
     };
+    // A wal capture leaves its publication (the relay ignores the table's changes from then).
+    let leave: Vec<String> = sqlx::query_scalar(
+        "SELECT format('ALTER PUBLICATION %I DROP TABLE %I.%I', p.pubname, p.schemaname, p.tablename)
+           FROM pg_catalog.pg_publication_tables p
+          WHERE p.schemaname = $1 AND p.tablename = $2
+            AND p.pubname IN (SELECT k.publication FROM observer_captures k
+                               WHERE k.kind = 'wal' AND k.publication IS NOT NULL)",
+    )
+    .bind(&schema)
+    .bind(&name.name)
+    .fetch_all(&mut *tx)
+    .await?;
+    for sql in leave {
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
     let removed_row =
         sqlx::query("DELETE FROM observer_captures WHERE table_schema = $1 AND table_name = $2")
             .bind(&schema)
@@ -727,7 +873,14 @@ async fn list_where(
                     AS key_columns,
                 cardinality(t.unkeyed)::int8 AS unkeyed_changes,
                 (SELECT e.error FROM observer_capture_errors e WHERE e.id = t.unkeyed[1])
-                    AS last_unkeyed_error
+                    AS last_unkeyed_error,
+                t.kind, t.publication,
+                coalesce(EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p
+                                  WHERE p.pubname = t.publication
+                                    AND p.schemaname = t.table_schema
+                                    AND p.tablename = t.table_name), false) AS published,
+                coalesce((SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c
+                           WHERE c.oid = t.rel), false) AS replica_identity_full
            FROM t
           ORDER BY t.table_schema, t.table_name",
     )

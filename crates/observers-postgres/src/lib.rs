@@ -17,6 +17,7 @@ pub mod monitoring;
 pub mod replay;
 pub mod retention;
 pub mod source;
+pub mod wal;
 
 use std::time::Duration;
 

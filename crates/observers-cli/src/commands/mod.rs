@@ -24,6 +24,7 @@ mod sections;
 mod status;
 mod stores;
 mod validate;
+mod wal;
 mod worker;
 
 use std::path::PathBuf;

@@ -41,9 +41,11 @@ pub async fn run(config_path: &Path) -> CliResult {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let retention = retention::spawn(&config, &pool, metrics.clone(), stop_rx.clone());
+    let relay = super::wal::spawn(&config, &url, &pool, metrics.clone(), stop_rx.clone())?;
     let mut ops_tasks =
         ops::start(&config, &pool, &executor, metrics, &search, stop_rx.clone()).await?;
     ops_tasks.extend(retention);
+    ops_tasks.extend(relay);
     tokio::spawn(signals(
         config_path.to_path_buf(),
         executor.clone(),

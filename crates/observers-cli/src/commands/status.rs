@@ -66,6 +66,8 @@ pub struct DatabaseStatus {
     pub disabled_endpoints: Vec<observers_core::stores::gone::GoneEndpoint>,
     /// The job queue, per queue with live jobs.
     pub jobs: Vec<observers_queue::QueueDepth>,
+    /// The database's `pgoutput` replication slots (the WAL source's): lag and retained WAL.
+    pub replication_slots: Vec<observers_postgres::wal::slot::SlotStatus>,
 }
 
 /// The whole report.
@@ -128,6 +130,7 @@ pub async fn database_status(pool: &PgPool) -> CliResult<DatabaseStatus> {
         )
         .await?,
         jobs: observers_queue::queue_depths(pool).await?,
+        replication_slots: observers_postgres::wal::slot::list(pool).await?,
     })
 }
 
@@ -167,6 +170,20 @@ pub async fn run(args: StatusArgs, db: &DbArgs) -> CliResult {
             print!("{}", render(&report));
             Ok(())
         }
+    }
+}
+
+fn human_bytes(b: Option<i64>) -> String {
+    let Some(b) = b else {
+        return "?".to_owned();
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let f = b as f64;
+    match b {
+        ..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", f / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", f / 1_048_576.0),
+        _ => format!("{:.1} GiB", f / 1_073_741_824.0),
     }
 }
 
@@ -249,6 +266,7 @@ pub fn render(report: &StatusReport) -> String {
         "│   └── Cutoff Lag: {:.1}s (oldest open write transaction)",
         d.cutoff_lag_seconds
     );
+    render_slots(&mut o, &d.replication_slots);
     let _ = writeln!(o, "├── Dead-Letter Queue");
     let _ = writeln!(o, "│   ├── Pending: {}", d.dlq_pending);
     let _ = writeln!(o, "│   └── Resolved: {}", d.dlq_resolved);
@@ -272,6 +290,38 @@ pub fn render(report: &StatusReport) -> String {
     }
     render_instance(&mut o, inst);
     o
+}
+
+/// The WAL source's replication slots, when there are any.
+fn render_slots(o: &mut String, slots: &[observers_postgres::wal::slot::SlotStatus]) {
+    use std::fmt::Write as _;
+    if slots.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "├── Replication Slots (kind wal)");
+    let n = slots.len();
+    for (i, s) in slots.iter().enumerate() {
+        let branch = if i + 1 == n { "└──" } else { "├──" };
+        let _ = writeln!(
+            o,
+            "│   {branch} {}: {}, lag {}, retained WAL {}{}",
+            s.slot_name,
+            if s.active {
+                "streaming"
+            } else {
+                "NOT STREAMING"
+            },
+            human_bytes(s.lag_bytes),
+            human_bytes(s.retained_bytes),
+            match s.wal_status.as_deref() {
+                Some("lost") => {
+                    " (LOST: the slot's WAL was removed; drop it and enable capture again)"
+                }
+                Some("unreserved") => " (about to lose WAL: max_slot_wal_keep_size reached)",
+                _ => "",
+            }
+        );
+    }
 }
 
 /// The running instance's part of the tree.

@@ -599,10 +599,15 @@ async fn ha_takeover() -> Vec<Scrape> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_family_moves_under_observers_run() {
-    let documented = documented_families();
+    let mut documented = documented_families();
     assert!(documented.len() > 60, "{documented:?}");
     let mut scrapes = single_instance().await;
     scrapes.extend(ha_takeover().await);
+    // The WAL source's families move under `[source] kind = "wal"`, on a logical server.
+    match crate::wal::wal_instance().await {
+        Some(s) => scrapes.push(s),
+        None => documented.retain(|f| !f.starts_with("observer_wal_")),
+    }
     let still: Vec<&String> = documented
         .iter()
         .filter(|f| !scrapes.iter().any(|s| moved(s, f)))

@@ -17,6 +17,7 @@ mod search;
 mod security;
 mod support;
 mod validate;
+mod wal;
 
 use std::process::{Command, Output};
 

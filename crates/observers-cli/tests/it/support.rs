@@ -26,16 +26,37 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The server's admin URL (the database is dropped through it).
+    server: String,
 }
 
 impl TestDb {
     pub async fn new(tag: &str) -> Self {
+        Self::new_on(&server_url(), tag).await
+    }
+
+    /// A database on the server with `wal_level = logical` (`OBSERVERS_WAL_DATABASE_URL`, set by
+    /// `cargo xtask test`), or `None` after printing SKIPPED.
+    pub async fn on_logical(tag: &str) -> Option<Self> {
+        match std::env::var("OBSERVERS_WAL_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(Self::new_on(&url, tag).await),
+            _ => {
+                eprintln!(
+                    "SKIPPED: OBSERVERS_WAL_DATABASE_URL is not set (cargo xtask test starts a \
+                     PostgreSQL with wal_level = logical and sets it)"
+                );
+                None
+            }
+        }
+    }
+
+    async fn new_on(server: &str, tag: &str) -> Self {
         let name = format!(
             "obs_e2e_{tag}_{}_{}",
             std::process::id(),
             NEXT_DB.fetch_add(1, Ordering::SeqCst)
         );
-        let mut admin = PgConnection::connect(&server_url())
+        let mut admin = PgConnection::connect(server)
             .await
             .expect("PostgreSQL must be reachable (DATABASE_URL)");
         admin
@@ -48,11 +69,16 @@ impl TestDb {
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .unwrap();
-        let mut url = url::Url::parse(&server_url()).unwrap();
+        let mut url = url::Url::parse(server).unwrap();
         url.set_path(&format!("/{name}"));
         let url = url.to_string();
         let pool = PgPool::connect(&url).await.unwrap();
-        Self { name, url, pool }
+        Self {
+            name,
+            url,
+            pool,
+            server: server.to_owned(),
+        }
     }
 
     pub async fn exec(&self, sql: &str) {
@@ -66,6 +92,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let server = self.server.clone();
         // Best effort, outside the test's runtime.
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -73,7 +100,15 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
+                if let Ok(mut admin) = PgConnection::connect(&server).await {
+                    // A database with a replication slot cannot be dropped.
+                    let _ = sqlx::query(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                          WHERE database = $1 AND NOT active",
+                    )
+                    .bind(&name)
+                    .execute(&mut admin)
+                    .await;
                     let _ = admin
                         .execute(sqlx::AssertSqlSafe(format!(
                             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

@@ -153,6 +153,49 @@ pub struct SourceConfig {
     #[serde(with = "duration")]
     pub poll_interval: Duration,
     pub partitions: u32,
+    /// Where changes are captured: `trigger` (a row trigger writes the change log in the
+    /// writer's transaction) or `wal` (a relay copies a logical-replication slot's stream).
+    pub kind: SourceKind,
+    /// `kind = "wal"`: the logical replication slot the relay streams.
+    pub slot: String,
+    /// `kind = "wal"`: the publication `capture enable` adds tables to.
+    pub publication: String,
+}
+
+/// `[source] kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    #[default]
+    Trigger,
+    Wal,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Trigger => "trigger",
+            SourceKind::Wal => "wal",
+        }
+    }
+}
+
+/// Checks a replication slot or publication name (`what` names the key): PostgreSQL's slot
+/// names are lower-case letters, digits and underscores, at most 63 bytes; publications follow
+/// the same rule here.
+pub fn validate_replication_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("{what} must be 1 to 63 characters, got {name:?}"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "{what} {name:?} may hold only lower-case letters, digits and underscores"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for SourceConfig {
@@ -164,6 +207,9 @@ impl Default for SourceConfig {
             max_batch_bytes: crate::listener::DEFAULT_MAX_BATCH_BYTES,
             poll_interval: Duration::from_millis(250),
             partitions: 1,
+            kind: SourceKind::Trigger,
+            slot: "observers".into(),
+            publication: "observers".into(),
         }
     }
 }
@@ -191,6 +237,8 @@ impl SourceConfig {
         if self.poll_interval.is_zero() {
             return Err("poll_interval must be greater than zero".into());
         }
+        validate_replication_name("slot", &self.slot)?;
+        validate_replication_name("publication", &self.publication)?;
         Ok(())
     }
 }

@@ -165,6 +165,24 @@ fn bad_values_name_the_key() {
         "source",
         &["max_batch_bytes", "at least 1024"],
     );
+    check(
+        "[source]\nkind = \"binlog\"\n",
+        2,
+        "source.kind",
+        &["binlog", "trigger", "wal"],
+    );
+    check(
+        "[source]\nkind = \"wal\"\nslot = \"My Slot\"\n",
+        1,
+        "source",
+        &["slot", "My Slot", "lower-case"],
+    );
+    check(
+        "[source]\npublication = \"\"\n",
+        1,
+        "source",
+        &["publication", "1 to 63"],
+    );
     check("[retry]\nmultiplier = 0.5\n", 1, "retry", &["multiplier"]);
     check(
         &format!("{OBS}events = [\"upsert\"]\n[[observers.actions]]\ntype = \"log\"\n"),

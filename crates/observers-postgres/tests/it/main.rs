@@ -9,3 +9,4 @@ mod dedup;
 mod dlq;
 mod ordering;
 mod source;
+mod wal;

@@ -1,0 +1,784 @@
+//! The logical-replication source (`[source] kind = "wal"`): a relay that consumes a slot with
+//! PostgreSQL's built-in `pgoutput` plugin and copies each committed transaction's row changes,
+//! in commit order, into `observer_change_log`, from where the listeners deliver them exactly as
+//! they deliver trigger-captured rows (same cursor, partitions, HA, replay and retention).
+//!
+//! Guarantees, in order of the steps:
+//! - The writer's transaction does nothing extra: no trigger runs, the WAL it writes anyway is
+//!   decoded by the server's walsender.
+//! - Values become JSON on the server, by the column types' own input functions
+//!   (`to_jsonb(jsonb_populate_record(NULL::table, text values))`), so they equal what the
+//!   trigger's `to_jsonb(NEW)` gives, digit for digit.
+//! - One relay transaction writes a run of source transactions AND the end LSN of the last one
+//!   into `observer_wal_progress`; only after it commits is that LSN confirmed to the slot. A
+//!   crash before the commit re-reads the transactions from the slot; one after it skips what
+//!   the progress row says is copied. Nothing is lost or copied twice.
+//! - Only one connection can stream a slot at a time (PostgreSQL refuses a second), and the
+//!   progress row is locked by each relay transaction: two instances never both copy.
+
+pub mod pgoutput;
+pub mod slot;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::sync::watch;
+
+use crate::error::PgError;
+use pgoutput::{Message, Relation, Value};
+
+/// The default slot and publication name.
+pub const DEFAULT_SLOT: &str = "observers";
+pub const DEFAULT_PUBLICATION: &str = "observers";
+
+/// The prefix of `pg_logical_emit_message(true, 'observers', '{"tenant_id":..,"user_id":..}')`,
+/// the WAL source's stand-in for the session settings the trigger reads.
+pub const CONTEXT_MESSAGE_PREFIX: &str = "observers";
+
+/// At most this many changes go into one relay transaction (a bigger source transaction is
+/// still written whole).
+const MAX_BATCH_ROWS: usize = 5_000;
+
+/// Type OIDs of `json` and `jsonb`: their text is JSON, passed on as such.
+const JSON_OID: u32 = 114;
+const JSONB_OID: u32 = 3802;
+
+/// Where the relay connects and what it streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSettings {
+    pub slot: String,
+    pub publication: String,
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        Self {
+            slot: DEFAULT_SLOT.to_owned(),
+            publication: DEFAULT_PUBLICATION.to_owned(),
+        }
+    }
+}
+
+/// Checks a slot or publication name (core's rule, shared with config validation).
+pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+    observers_core::config::validate_replication_name(what, name)
+}
+
+/// What the relay has done, for `/status` and metrics.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Changes written into the change log.
+    pub changes: AtomicU64,
+    /// Source transactions copied.
+    pub transactions: AtomicU64,
+    /// The end LSN last confirmed to the slot.
+    pub confirmed_lsn: AtomicU64,
+    /// 1 while a replication connection streams.
+    pub streaming: AtomicU64,
+}
+
+/// How a captured table maps to events (from `observer_captures`).
+#[derive(Debug, Clone)]
+struct Capture {
+    entity: String,
+    id_column: String,
+    tenant_column: Option<String>,
+}
+
+/// A relation as the stream described it, with what the relay needs to write its rows.
+#[derive(Debug)]
+struct Rel {
+    relation: Relation,
+    /// `schema.table`, quoted by the server (`format('%I.%I')`), for the row type.
+    type_name: String,
+    capture: Option<Capture>,
+}
+
+#[derive(Debug)]
+struct Change {
+    rel: Arc<Rel>,
+    operation: &'static str,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+#[derive(Debug)]
+struct Tx {
+    commit_time: DateTime<Utc>,
+    tenant: Option<String>,
+    user: Option<String>,
+    changes: Vec<(Change, Option<String>, Option<String>)>,
+    end_lsn: Lsn,
+}
+
+/// The relay. `run` streams until shutdown, reconnecting after errors.
+pub struct WalRelay {
+    pool: PgPool,
+    replication: ReplicationConfig,
+    settings: WalSettings,
+    stats: Arc<RelayStats>,
+}
+
+impl WalRelay {
+    /// `database_url` is the `postgres://` URL the replication connection uses (its user needs
+    /// the REPLICATION attribute); `pool` writes the change log.
+    pub fn new(pool: PgPool, database_url: &str, settings: WalSettings) -> Result<Self, PgError> {
+        validate_name("slot", &settings.slot).map_err(PgError::Invalid)?;
+        validate_name("publication", &settings.publication).map_err(PgError::Invalid)?;
+        let replication = replication_config(database_url, &settings)?;
+        Ok(Self {
+            pool,
+            replication,
+            settings,
+            stats: Arc::new(RelayStats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
+    }
+
+    pub fn settings(&self) -> &WalSettings {
+        &self.settings
+    }
+
+    /// Streams until `shutdown` turns true. Errors are logged and retried with backoff (a slot
+    /// streamed by another instance is waited for quietly).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        let mut quiet = false;
+        while !*shutdown.borrow() {
+            match self.session(shutdown.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.stats.streaming.store(0, Ordering::Relaxed);
+                    let text = e.to_string();
+                    if text.contains("is active for PID") {
+                        if !quiet {
+                            tracing::info!(slot = %self.settings.slot,
+                                "the replication slot is streamed by another instance; waiting for it");
+                            quiet = true;
+                        }
+                    } else {
+                        quiet = false;
+                        tracing::warn!(slot = %self.settings.slot, error = %text,
+                            "the WAL relay stopped; reconnecting");
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One replication connection, from the progress row's LSN.
+    async fn session(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), PgError> {
+        slot::ensure_slot(&self.pool, &self.settings.slot).await?;
+        let start = self.progress().await?;
+        let config = self
+            .replication
+            .clone()
+            .with_start_lsn(start)
+            .with_status_interval(Duration::from_millis(500));
+        let mut client = ReplicationClient::connect(config).await.map_err(wire)?;
+        self.stats.streaming.store(1, Ordering::Relaxed);
+        tracing::info!(slot = %self.settings.slot, publication = %self.settings.publication,
+            from = %start, "WAL relay streaming");
+
+        let mut captures = load_captures(&self.pool).await?;
+        let mut rels: HashMap<u32, Arc<Rel>> = HashMap::new();
+        let mut current: Option<Tx> = None;
+        let mut pending: Vec<Tx> = Vec::new();
+        let mut pending_rows = 0usize;
+        loop {
+            let event = if pending.is_empty() {
+                tokio::select! {
+                    event = client.recv() => event.map_err(wire)?,
+                    _ = shutdown.changed() => None,
+                }
+            } else {
+                // Take what is already there; when nothing is, write what was gathered.
+                if let Ok(event) = tokio::time::timeout(Duration::ZERO, client.recv()).await {
+                    event.map_err(wire)?
+                } else {
+                    self.flush(&mut pending, &client).await?;
+                    pending_rows = 0;
+                    continue;
+                }
+            };
+            let Some(event) = event else {
+                // Shutdown (or the stream ended): write what is complete, then stop.
+                self.flush(&mut pending, &client).await?;
+                client.stop();
+                return Ok(());
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    commit_time_micros, ..
+                } => {
+                    current = Some(Tx {
+                        commit_time: pg_time(commit_time_micros),
+                        tenant: None,
+                        user: None,
+                        changes: Vec::new(),
+                        end_lsn: Lsn::from_u64(0),
+                    });
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let message = pgoutput::decode(&data)
+                        .map_err(|e| PgError::Invalid(format!("WAL relay: {e}")))?;
+                    self.apply(message, &mut rels, &mut captures, current.as_mut())
+                        .await?;
+                }
+                ReplicationEvent::Message {
+                    transactional: true,
+                    prefix,
+                    content,
+                    ..
+                } if prefix == CONTEXT_MESSAGE_PREFIX => {
+                    if let Some(tx) = current.as_mut() {
+                        apply_context(tx, &content);
+                    }
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    if let Some(mut tx) = current.take() {
+                        tx.end_lsn = end_lsn;
+                        pending_rows += tx.changes.len();
+                        pending.push(tx);
+                        if pending_rows >= MAX_BATCH_ROWS {
+                            self.flush(&mut pending, &client).await?;
+                            pending_rows = 0;
+                        }
+                    }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // Everything committed before `wal_end` has been sent; with nothing held
+                    // here, confirming it lets the server free WAL that held no captured change.
+                    if current.is_none() && pending.is_empty() && !wal_end.is_zero() {
+                        client.update_applied_lsn(wal_end);
+                        self.stats
+                            .confirmed_lsn
+                            .fetch_max(wal_end.as_u64(), Ordering::Relaxed);
+                    }
+                }
+                ReplicationEvent::StoppedAt { .. } => {
+                    self.flush(&mut pending, &client).await?;
+                    return Ok(());
+                }
+                ReplicationEvent::Message { .. } => {}
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        message: Message,
+        rels: &mut HashMap<u32, Arc<Rel>>,
+        captures: &mut HashMap<(String, String), Capture>,
+        tx: Option<&mut Tx>,
+    ) -> Result<(), PgError> {
+        let rel_of = |rels: &HashMap<u32, Arc<Rel>>, id: u32| {
+            rels.get(&id).cloned().ok_or_else(|| {
+                PgError::Invalid(format!(
+                    "WAL relay: a change of relation {id} arrived before its Relation message"
+                ))
+            })
+        };
+        let push = |tx: Option<&mut Tx>, change: Change| {
+            if let Some(tx) = tx {
+                let (tenant, user) = (tx.tenant.clone(), tx.user.clone());
+                tx.changes.push((change, tenant, user));
+            }
+        };
+        match message {
+            Message::Relation(relation) => {
+                let key = (relation.schema.clone(), relation.name.clone());
+                if !captures.contains_key(&key) {
+                    *captures = load_captures(&self.pool).await?;
+                }
+                let capture = captures.get(&key).cloned();
+                if capture.is_none() {
+                    tracing::warn!(table = %format!("{}.{}", key.0, key.1),
+                        "the publication streams a table with no wal capture; its changes are skipped");
+                }
+                let type_name: String = sqlx::query_scalar("SELECT format('%I.%I', $1, $2)")
+                    .bind(&relation.schema)
+                    .bind(&relation.name)
+                    .fetch_one(&self.pool)
+                    .await?;
+                rels.insert(
+                    relation.id,
+                    Arc::new(Rel {
+                        relation,
+                        type_name,
+                        capture,
+                    }),
+                );
+            }
+            Message::Insert { relation, new } => {
+                let rel = rel_of(rels, relation)?;
+                let after = Some(row_json(&rel.relation, &new, None));
+                push(tx, change(rel, "insert", None, after));
+            }
+            Message::Update { relation, old, new } => {
+                let rel = rel_of(rels, relation)?;
+                let before = old
+                    .as_deref()
+                    .filter(|_| rel.relation.replica_identity == b'f')
+                    .map(|o| row_json(&rel.relation, o, None));
+                let after = Some(row_json(&rel.relation, &new, old.as_deref()));
+                push(tx, change(rel, "update", before, after));
+            }
+            Message::Delete { relation, old } => {
+                let rel = rel_of(rels, relation)?;
+                let before = Some(row_json(&rel.relation, &old, None));
+                push(tx, change(rel, "delete", before, None));
+            }
+            Message::Truncate { relations } => {
+                if let Some(tx) = tx {
+                    for id in relations {
+                        let rel = rel_of(rels, id)?;
+                        let (tenant, user) = (tx.tenant.clone(), tx.user.clone());
+                        tx.changes
+                            .push((change(rel, "truncate", None, None), tenant, user));
+                    }
+                }
+            }
+            Message::Other(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The end LSN of the last source transaction copied (creating the row at 0/0).
+    async fn progress(&self) -> Result<Lsn, PgError> {
+        sqlx::query(
+            "INSERT INTO observer_wal_progress (slot_name, commit_lsn) VALUES ($1, '0/0')
+             ON CONFLICT (slot_name) DO NOTHING",
+        )
+        .bind(&self.settings.slot)
+        .execute(&self.pool)
+        .await?;
+        let lsn: String = sqlx::query_scalar(
+            "SELECT commit_lsn::text FROM observer_wal_progress WHERE slot_name = $1",
+        )
+        .bind(&self.settings.slot)
+        .fetch_one(&self.pool)
+        .await?;
+        parse_lsn(&lsn)
+    }
+
+    /// Writes `pending` (whole source transactions, in commit order) and the progress row in one
+    /// transaction, then confirms the last end LSN to the slot.
+    async fn flush(
+        &self,
+        pending: &mut Vec<Tx>,
+        client: &ReplicationClient,
+    ) -> Result<(), PgError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let result = match self.write(pending, false).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "the WAL relay could not convert a batch with the tables' row types; \
+                     writing it again table by table, keeping what fails as text");
+                self.write(pending, true).await
+            }
+        };
+        let (last, written, transactions) = result?;
+        pending.clear();
+        client.update_applied_lsn(last);
+        self.stats
+            .confirmed_lsn
+            .fetch_max(last.as_u64(), Ordering::Relaxed);
+        self.stats.changes.fetch_add(written, Ordering::Relaxed);
+        self.stats
+            .transactions
+            .fetch_add(transactions, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One relay transaction. With `careful`, each table's run is tried in a savepoint and
+    /// written with its text values (and a row in `observer_capture_errors`) when the server
+    /// cannot read them into the table's current row type (a table dropped or altered since).
+    async fn write(&self, pending: &[Tx], careful: bool) -> Result<(Lsn, u64, u64), PgError> {
+        let mut db = self.pool.begin().await?;
+        let done: String = sqlx::query_scalar(
+            "SELECT commit_lsn::text FROM observer_wal_progress WHERE slot_name = $1 FOR UPDATE",
+        )
+        .bind(&self.settings.slot)
+        .fetch_one(&mut *db)
+        .await?;
+        let done = parse_lsn(&done)?;
+        let todo: Vec<&Tx> = pending.iter().filter(|t| t.end_lsn > done).collect();
+        let Some(last) = todo.last().map(|t| t.end_lsn) else {
+            // Copied before (a restart re-sent them): confirm and move on.
+            db.rollback().await?;
+            return Ok((pending.last().map_or(done, |t| t.end_lsn), 0, 0));
+        };
+        let rows: Vec<Row<'_>> = todo
+            .iter()
+            .flat_map(|t| {
+                t.changes
+                    .iter()
+                    .map(move |(c, tenant, user)| (c, tenant, user, t.commit_time))
+            })
+            .filter(|(c, ..)| c.rel.capture.is_some())
+            .collect();
+        let mut written = 0u64;
+        for run in rows.chunk_by(|a, b| Arc::ptr_eq(&a.0.rel, &b.0.rel)) {
+            let rel = &run[0].0.rel;
+            let Some(capture) = &rel.capture else {
+                continue;
+            };
+            if careful {
+                sqlx::query("SAVEPOINT relay_run").execute(&mut *db).await?;
+                match insert_run(&mut db, rel, capture, run, true).await {
+                    Ok(()) => {
+                        sqlx::query("RELEASE SAVEPOINT relay_run")
+                            .execute(&mut *db)
+                            .await?;
+                    }
+                    Err(e) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT relay_run")
+                            .execute(&mut *db)
+                            .await?;
+                        insert_run(&mut db, rel, capture, run, false).await?;
+                        sqlx::query(
+                            "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, error)
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&rel.relation.schema)
+                        .bind(&rel.relation.name)
+                        .bind(&capture.entity)
+                        .bind(format!(
+                            "WAL relay kept {} change(s) as text: the values do not read into \
+                             the table's row type now: {e}",
+                            run.len()
+                        ))
+                        .execute(&mut *db)
+                        .await?;
+                    }
+                }
+            } else {
+                insert_run(&mut db, rel, capture, run, true).await?;
+            }
+            written += run.len() as u64;
+        }
+        sqlx::query(
+            "UPDATE observer_wal_progress SET commit_lsn = $2::text::pg_lsn, updated_at = now()
+              WHERE slot_name = $1",
+        )
+        .bind(&self.settings.slot)
+        .bind(last.to_pg_string())
+        .execute(&mut *db)
+        .await?;
+        db.commit().await?;
+        Ok((last, written, todo.len() as u64))
+    }
+}
+
+type Row<'a> = (
+    &'a Change,
+    &'a Option<String>,
+    &'a Option<String>,
+    DateTime<Utc>,
+);
+
+/// One statement for a run of changes to one table, in order (ids follow `ORDER BY x.n`).
+async fn insert_run(
+    db: &mut sqlx::PgConnection,
+    rel: &Rel,
+    capture: &Capture,
+    run: &[Row<'_>],
+    typed: bool,
+) -> Result<(), sqlx::Error> {
+    let convert = |col: &str| {
+        if typed {
+            format!(
+                "CASE WHEN u.{col} IS NULL THEN NULL \
+                      ELSE to_jsonb(jsonb_populate_record(NULL::{}, u.{col}::jsonb)) END",
+                rel.type_name
+            )
+        } else {
+            format!("u.{col}::jsonb")
+        }
+    };
+    let sql = format!(
+        "INSERT INTO observer_change_log
+             (entity_type, entity_id, operation, tenant_id, user_id, before, after, created_at)
+         SELECT $1, coalesce(coalesce(x.a, x.b) ->> $2, ''), x.op,
+                coalesce(coalesce(x.a, x.b) ->> $3, x.tenant), x.usr, x.b, x.a, x.at
+           FROM (SELECT u.n, u.op, u.tenant, u.usr, u.at, {} AS b, {} AS a
+                   FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                               $9::timestamptz[])
+                        WITH ORDINALITY AS u(op, b, a, tenant, usr, at, n)) x
+          ORDER BY x.n",
+        convert("b"),
+        convert("a"),
+    );
+    let col = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> Vec<Option<String>> {
+        run.iter().map(f).collect()
+    };
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(&capture.entity)
+        .bind(&capture.id_column)
+        .bind(capture.tenant_column.as_deref())
+        .bind(col(&|r| Some(r.0.operation.to_owned())))
+        .bind(col(&|r| r.0.before.clone()))
+        .bind(col(&|r| r.0.after.clone()))
+        .bind(col(&|r| r.1.clone()))
+        .bind(col(&|r| r.2.clone()))
+        .bind(run.iter().map(|r| r.3).collect::<Vec<_>>())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+fn change(
+    rel: Arc<Rel>,
+    operation: &'static str,
+    before: Option<String>,
+    after: Option<String>,
+) -> Change {
+    Change {
+        rel,
+        operation,
+        before,
+        after,
+    }
+}
+
+/// A tuple as a JSON object of the columns' text values (json and jsonb columns as JSON), the
+/// input of `jsonb_populate_record`. An unchanged TOAST value is taken from `old` (the whole old
+/// row under `REPLICA IDENTITY FULL`); without it, the column is left out (and reads as NULL).
+fn row_json(relation: &Relation, values: &[Value], old: Option<&[Value]>) -> String {
+    let mut object = serde_json::Map::with_capacity(values.len());
+    for (i, (column, value)) in relation.columns.iter().zip(values).enumerate() {
+        let value = match value {
+            Value::Unchanged => match old.and_then(|o| o.get(i)) {
+                Some(v @ (Value::Text(_) | Value::Null)) => v,
+                _ => continue,
+            },
+            v => v,
+        };
+        let json = match value {
+            Value::Null | Value::Unchanged => serde_json::Value::Null,
+            Value::Text(text) if column.type_oid == JSON_OID || column.type_oid == JSONB_OID => {
+                serde_json::from_str(text)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+            }
+            Value::Text(text) => serde_json::Value::String(text.clone()),
+        };
+        object.insert(column.name.clone(), json);
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+/// `{"tenant_id": "...", "user_id": "..."}` from a transactional `observers` message: applies to
+/// the changes that follow it in its transaction.
+fn apply_context(tx: &mut Tx, content: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Context {
+        tenant_id: Option<String>,
+        user_id: Option<String>,
+    }
+    match serde_json::from_slice::<Context>(content) {
+        Ok(c) => {
+            tx.tenant = c.tenant_id.filter(|t| !t.is_empty());
+            tx.user = c.user_id.filter(|u| !u.is_empty());
+        }
+        Err(e) => tracing::warn!(error = %e,
+            "an `observers` logical message is not {{\"tenant_id\":..,\"user_id\":..}}; ignored"),
+    }
+}
+
+async fn load_captures(pool: &PgPool) -> Result<HashMap<(String, String), Capture>, PgError> {
+    let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT table_schema, table_name, entity_type, id_column, tenant_column
+           FROM observer_captures WHERE kind = 'wal'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(schema, table, entity, id_column, tenant_column)| {
+            (
+                (schema, table),
+                Capture {
+                    entity,
+                    id_column,
+                    tenant_column,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Microseconds since 2000-01-01 UTC (PostgreSQL's epoch).
+fn pg_time(micros: i64) -> DateTime<Utc> {
+    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+    DateTime::from_timestamp_micros(micros.saturating_add(PG_EPOCH_UNIX_MICROS)).unwrap_or_default()
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn, PgError> {
+    Lsn::parse(text).map_err(|e| PgError::Invalid(format!("bad LSN {text:?}: {e}")))
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(wire)`
+fn wire(e: pgwire_replication::PgWireError) -> PgError {
+    PgError::Connect {
+        message: observers_core::redact::text(&format!("replication connection: {e}")),
+    }
+}
+
+/// The replication connection's settings from a `postgres://user:password@host:port/db` URL.
+pub fn replication_config(url: &str, settings: &WalSettings) -> Result<ReplicationConfig, PgError> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        PgError::Invalid(format!(
+            "the WAL source needs a postgres:// URL ({e}): {}",
+            observers_core::redact::text(url)
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(PgError::Invalid(format!(
+            "the WAL source needs a postgres:// URL, not {}://",
+            parsed.scheme()
+        )));
+    }
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let mut host = parsed.host_str().unwrap_or("").to_owned();
+    let mut port = parsed.port().unwrap_or(5432);
+    for (k, v) in parsed.query_pairs() {
+        match k.as_ref() {
+            "host" => host = v.into_owned(),
+            "port" => port = v.parse().unwrap_or(port),
+            "sslmode" if !matches!(v.as_ref(), "disable" | "allow" | "prefer") => {
+                return Err(PgError::Invalid(format!(
+                    "the WAL source connects without TLS; sslmode={v} is not supported (use a \
+                     local or private network, or kind = \"trigger\")"
+                )));
+            }
+            _ => {}
+        }
+    }
+    if host.is_empty() {
+        "localhost".clone_into(&mut host);
+    }
+    let user = match decode(parsed.username()) {
+        u if u.is_empty() => "postgres".to_owned(),
+        u => u,
+    };
+    let password = parsed.password().map(decode).unwrap_or_default();
+    let database = match decode(parsed.path().trim_start_matches('/')) {
+        d if d.is_empty() => user.clone(),
+        d => d,
+    };
+    Ok(ReplicationConfig::new(
+        host,
+        user,
+        password,
+        database,
+        settings.slot.clone(),
+        settings.publication.clone(),
+    )
+    .with_port(port)
+    .with_application_name("observers-wal"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("slot", "observers_1").is_ok());
+        assert!(validate_name("slot", "Observers").is_err());
+        assert!(validate_name("slot", "a b").is_err());
+        assert!(validate_name("slot", "").is_err());
+        assert!(validate_name("slot", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn urls_become_replication_settings() {
+        let s = WalSettings::default();
+        assert!(replication_config("postgres://u:p%40ss@db:5433/app", &s).is_ok());
+        let e = replication_config("postgres://u@db/app?sslmode=require", &s).unwrap_err();
+        assert!(e.to_string().contains("sslmode=require"), "{e}");
+        assert!(replication_config("mysql://db/app", &s).is_err());
+        assert!(replication_config("not a url", &s).is_err());
+    }
+
+    #[test]
+    fn rows_become_text_objects_with_json_columns_as_json() {
+        let rel = Relation {
+            id: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            replica_identity: b'f',
+            columns: vec![
+                pgoutput::Column {
+                    name: "id".into(),
+                    type_oid: 20,
+                    key: true,
+                },
+                pgoutput::Column {
+                    name: "doc".into(),
+                    type_oid: JSONB_OID,
+                    key: false,
+                },
+                pgoutput::Column {
+                    name: "big".into(),
+                    type_oid: 25,
+                    key: false,
+                },
+                pgoutput::Column {
+                    name: "gone".into(),
+                    type_oid: 25,
+                    key: false,
+                },
+            ],
+        };
+        let old = [
+            Value::Text("1".into()),
+            Value::Null,
+            Value::Text("toasted".into()),
+            Value::Null,
+        ];
+        let new = [
+            Value::Text("1".into()),
+            Value::Text(r#"{"n": 12345678901234567.89}"#.into()),
+            Value::Unchanged,
+            Value::Null,
+        ];
+        let json: serde_json::Value =
+            serde_json::from_str(&row_json(&rel, &new, Some(&old))).unwrap();
+        let expected: serde_json::Value = serde_json::from_str(
+            r#"{"id":"1","doc":{"n":12345678901234567.89},"big":"toasted","gone":null}"#,
+        )
+        .unwrap();
+        assert_eq!(json, expected);
+        assert_eq!(json["doc"]["n"].to_string(), "12345678901234567.89");
+        let without_old = row_json(&rel, &new, None);
+        assert!(!without_old.contains("big"), "{without_old}");
+    }
+
+    #[test]
+    fn postgres_time_epoch() {
+        assert_eq!(pg_time(0).to_rfc3339(), "2000-01-01T00:00:00+00:00");
+    }
+}

@@ -1,0 +1,437 @@
+//! The logical-replication source against a real PostgreSQL with `wal_level = logical`
+//! (`OBSERVERS_WAL_DATABASE_URL`; `cargo xtask test` starts a private cluster with initdb and
+//! removes it afterwards). Each test makes its own database, slot and publication.
+//!
+//! Checked: values equal the trigger's `to_jsonb` for every common type; per-entity commit
+//! order under interleaved transactions; a relay killed at any point neither loses nor copies
+//! twice; a second relay on the same slot waits; changes committed after `capture enable` and
+//! before the relay starts are delivered; TRUNCATE and unchanged TOAST values; the tenant from a
+//! logical message; the slot's status and drop.
+
+use std::time::Duration;
+
+use observers_core::Cursor;
+use observers_core::stores::source::{EventSource, SourceItem};
+use observers_postgres::PgEventSource;
+use observers_postgres::capture::{self, CaptureKind, CaptureSpec};
+use observers_postgres::wal::{self, WalRelay, WalSettings};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+
+/// A fresh database on the logical server, migrated, with a slot and publication name of its
+/// own; `None` (the suite says SKIPPED) without such a server.
+struct WalDb {
+    pool: PgPool,
+    url: String,
+    settings: WalSettings,
+    admin: String,
+    name: String,
+}
+
+impl WalDb {
+    async fn new(tag: &str) -> Option<Self> {
+        let base = std::env::var("OBSERVERS_WAL_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        let Some(base) = base else {
+            eprintln!("SKIPPED: OBSERVERS_WAL_DATABASE_URL is not set (cargo xtask test sets it)");
+            return None;
+        };
+        let name = format!("wal_{tag}_{}", rand::random::<u32>());
+        let mut admin = PgConnection::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = match base.rfind('/') {
+            Some(i) => format!("{}/{name}", &base[..i]),
+            None => unreachable!("a postgres URL has a path"),
+        };
+        let pool = observers_postgres::connect(&url, 6).await.unwrap();
+        observers_postgres::migrate(&pool).await.unwrap();
+        Some(Self {
+            pool,
+            url,
+            settings: WalSettings {
+                slot: name.clone(),
+                publication: format!("{name}_pub"),
+            },
+            admin: base,
+            name,
+        })
+    }
+
+    fn kind(&self) -> CaptureKind {
+        CaptureKind::Wal {
+            publication: self.settings.publication.clone(),
+            slot: self.settings.slot.clone(),
+        }
+    }
+
+    async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn capture(&self, table: &str, entity: &str) {
+        capture::enable_as(&self.pool, &CaptureSpec::new(table, entity), &self.kind())
+            .await
+            .unwrap();
+    }
+
+    /// A relay streaming until the returned sender says stop.
+    fn relay(&self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let relay = WalRelay::new(self.pool.clone(), &self.url, self.settings.clone()).unwrap();
+        let (tx, rx) = watch::channel(false);
+        (tx, tokio::spawn(async move { relay.run(rx).await }))
+    }
+
+    /// Waits (with a deadline) until the change log holds `n` rows, then reads every event.
+    async fn events(&self, n: usize) -> Vec<observers_core::EntityEvent> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM observer_change_log")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            if usize::try_from(count).unwrap() >= n {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {count} of {n} changes reached the change log"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let src = PgEventSource::new(self.pool.clone());
+        let mut cursor = Cursor::START;
+        let mut all = Vec::new();
+        loop {
+            let batch = src.fetch(cursor, 500).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            cursor = last.cursor();
+            for item in batch {
+                match item {
+                    SourceItem::Event(e) => all.push(e),
+                    SourceItem::Poison { error, .. } => panic!("poison row: {error}"),
+                }
+            }
+        }
+        all
+    }
+
+    async fn drop(self) {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&self.admin).await.unwrap();
+        // The slot first (a database with a slot cannot be dropped).
+        let _ = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(&self.settings.slot)
+        .execute(&mut admin)
+        .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+async fn stop(relay: (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
+    relay.0.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), relay.1)
+        .await
+        .expect("the relay stops on shutdown")
+        .unwrap();
+}
+
+const EVERY_TYPE: &str = "
+    CREATE TYPE mood AS ENUM ('ok', 'sad');
+    CREATE TABLE {t} (
+        id bigint PRIMARY KEY, n numeric, i8 bigint, f8 float8, f4 real, b boolean, t text,
+        tz timestamptz, ts timestamp, d date, tm time, iv interval, u uuid, by bytea,
+        ia int[], ta text[], j json, jb jsonb, m mood);
+";
+
+const EVERY_VALUE: &str = "
+    INSERT INTO {t} VALUES
+      (1, 12345678901234567.89, 9223372036854775807, 'NaN', 1.5, true, 'emoji 😀 \"q\" \\ tab\t',
+       '2026-12-03 10:11:12.123456+02', '2026-12-03 10:11:12.654321', '2026-12-03', '23:59:59.999999',
+       '1 year 2 mons 3 days 04:05:06.7', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff10',
+       '{1,NULL,3}', '{a,NULL,\"b c\"}', '{\"n\": 1e400, \"deep\": {\"x\": [1.000000000000000000001]}}',
+       '{\"n\": 12345678901234567.89}', 'sad'),
+      (2, 1e-30, -9223372036854775808, 'Infinity', '-Infinity', false, '', NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, '{}', '{}', 'null', '[]', 'ok'),
+      (3, 'NaN', 0, -0.0, 3.4028235e38, NULL, repeat('x', 100000), NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+";
+
+/// Every common type reaches the change log as the trigger's `to_jsonb` renders it: one table
+/// captured by trigger, one through the WAL, the same rows written to both.
+#[tokio::test]
+async fn wal_values_equal_the_triggers_to_jsonb_for_every_type() {
+    let Some(db) = WalDb::new("types").await else {
+        return;
+    };
+    db.exec(&EVERY_TYPE.replace("{t}", "by_wal")).await;
+    db.exec(
+        &EVERY_TYPE
+            .replace("CREATE TYPE mood AS ENUM ('ok', 'sad');", "")
+            .replace("{t}", "by_trigger"),
+    )
+    .await;
+    db.capture("by_wal", "Wal").await;
+    capture::enable(&db.pool, &CaptureSpec::new("by_trigger", "Trigger"))
+        .await
+        .unwrap();
+    let relay = db.relay();
+    for t in ["by_trigger", "by_wal"] {
+        db.exec(&EVERY_VALUE.replace("{t}", t)).await;
+    }
+    // An update that leaves the 100 kB TOASTed text alone: pgoutput does not send it.
+    db.exec("UPDATE by_wal SET b = true WHERE id = 3; UPDATE by_trigger SET b = true WHERE id = 3")
+        .await;
+    let events = db.events(8).await;
+    stop(relay).await;
+    let of = |entity: &str| -> Vec<(String, Option<Value>, Option<Value>)> {
+        events
+            .iter()
+            .filter(|e| e.entity_type == entity)
+            .map(|e| (e.entity_id.clone(), e.before.clone(), e.after.clone()))
+            .collect()
+    };
+    let (wal, trigger) = (of("Wal"), of("Trigger"));
+    assert_eq!(wal.len(), 4, "{wal:?}");
+    assert_eq!(wal, trigger, "both kinds give the same events");
+    // And both are what PostgreSQL's to_jsonb says of the rows now.
+    let rows: Vec<(String, Value)> =
+        sqlx::query_as("SELECT id::text, to_jsonb(r) FROM by_wal r ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    for (id, row) in rows {
+        let last = wal.iter().rev().find(|(e, ..)| *e == id).unwrap();
+        assert_eq!(last.2.as_ref(), Some(&row), "row {id}");
+    }
+    let first = &wal[0].2.as_ref().unwrap();
+    assert_eq!(first["n"].to_string(), "12345678901234567.89");
+    assert_eq!(first["jb"]["n"].to_string(), "12345678901234567.89");
+    assert_eq!(
+        wal[3].2.as_ref().unwrap()["t"].as_str().unwrap().len(),
+        100_000
+    );
+    db.drop().await;
+}
+
+/// Transaction 1 writes first and sets order 1 to `shipped` last; transaction 2 sets it to
+/// `paid` in between. The WAL orders by commit: `paid`, then `shipped`. Plus deletes and a
+/// TRUNCATE, and a tenant set by a logical message.
+#[tokio::test]
+async fn wal_delivers_in_commit_order_with_deletes_truncate_and_tenant() {
+    let Some(db) = WalDb::new("order").await else {
+        return;
+    };
+    db.exec("CREATE TABLE orders (id int PRIMARY KEY, status text); CREATE TABLE audit (x int)")
+        .await;
+    db.capture("orders", "Order").await;
+    db.exec("INSERT INTO orders VALUES (1, 'new')").await;
+    let t1 = PgConnection::connect(&db.url).await.unwrap();
+    let t2 = PgConnection::connect(&db.url).await.unwrap();
+    let mut conns = [t1, t2];
+    for (who, sql) in [
+        (0, "BEGIN; INSERT INTO audit VALUES (1)"),
+        (1, "BEGIN; UPDATE orders SET status = 'paid' WHERE id = 1; COMMIT"),
+        (0, "UPDATE orders SET status = 'shipped' WHERE id = 1; COMMIT"),
+        (
+            1,
+            "BEGIN; SELECT pg_logical_emit_message(true, 'observers', '{\"tenant_id\":\"acme\",\"user_id\":\"u7\"}');
+             DELETE FROM orders WHERE id = 1; COMMIT",
+        ),
+        (0, "INSERT INTO orders VALUES (2, 'x'); TRUNCATE orders"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conns[who])
+            .await
+            .unwrap();
+    }
+    // The relay starts after all of it: the slot kept everything since `capture enable`.
+    let relay = db.relay();
+    let events = db.events(6).await;
+    stop(relay).await;
+    let seen: Vec<(String, String, Option<String>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kind.as_str().to_owned(),
+                e.after
+                    .as_ref()
+                    .or(e.before.as_ref())
+                    .and_then(|r| r.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                e.tenant_id.clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, Option<String>)> = [
+        ("insert", "new", None),
+        ("update", "paid", None),
+        ("update", "shipped", None),
+        ("delete", "shipped", Some("acme")),
+        ("insert", "x", None),
+        ("truncate", "", None),
+    ]
+    .iter()
+    .map(|(k, s, t)| ((*k).to_owned(), (*s).to_owned(), t.map(str::to_owned)))
+    .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(events[3].user_id.as_deref(), Some("u7"));
+    assert_eq!(
+        events[1].before.as_ref().unwrap()["status"],
+        "new",
+        "REPLICA IDENTITY FULL gives before"
+    );
+    assert_eq!(events[5].entity_id, "");
+    db.drop().await;
+}
+
+/// Relays killed at random points (the task aborted: its connection drops with no goodbye)
+/// while writers commit: every change is in the change log exactly once, in commit order per
+/// entity. A second relay started beside the first waits for the slot.
+#[tokio::test]
+async fn killed_relays_neither_lose_nor_duplicate() {
+    let Some(db) = WalDb::new("kill").await else {
+        return;
+    };
+    db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+        .await;
+    db.capture("counters", "Counter").await;
+    let writer = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            for n in 0..300 {
+                let id = n % 5;
+                sqlx::query(
+                    "INSERT INTO counters VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
+                )
+                .bind(id)
+                .bind(n)
+                .execute(&pool)
+                .await
+                .unwrap();
+                if n % 37 == 0 {
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+            }
+        })
+    };
+    let mut kills = 0;
+    while !writer.is_finished() {
+        let relay = db.relay();
+        let rival = db.relay();
+        tokio::time::sleep(Duration::from_millis(40 + 30 * kills)).await;
+        relay.1.abort();
+        rival.1.abort();
+        kills += 1;
+    }
+    writer.await.unwrap();
+    let relay = db.relay();
+    let events = db.events(300).await;
+    stop(relay).await;
+    assert!(kills >= 2, "the relay was killed {kills} times");
+    assert_eq!(events.len(), 300, "each change exactly once");
+    let values: Vec<i64> = events
+        .iter()
+        .map(|e| e.after.as_ref().unwrap()["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, (0..300).collect::<Vec<_>>(), "commit order");
+    let slot = wal::slot::status(&db.pool, &db.settings.slot)
+        .await
+        .unwrap()
+        .expect("the slot exists");
+    assert!(slot.lag_bytes.is_some());
+    db.drop().await;
+}
+
+/// `drop-slot` is refused while a relay streams and works once it stopped; a capture on a
+/// server without logical WAL says what to change.
+#[tokio::test]
+async fn drop_slot_and_clear_errors() {
+    let Some(db) = WalDb::new("slot").await else {
+        return;
+    };
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    db.capture("t", "T").await;
+    let relay = db.relay();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !wal::slot::status(&db.pool, &db.settings.slot)
+        .await
+        .unwrap()
+        .is_some_and(|s| s.active)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = wal::slot::drop_slot(&db.pool, &db.settings.slot)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is being streamed"), "{e}");
+    stop(relay).await;
+    // The walsender may take a moment to let go of the slot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match wal::slot::drop_slot(&db.pool, &db.settings.slot).await {
+            Ok(dropped) => {
+                assert!(dropped);
+                break;
+            }
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert!(
+        !wal::slot::drop_slot(&db.pool, &db.settings.slot)
+            .await
+            .unwrap()
+    );
+    let listed = capture::list(&db.pool).await.unwrap();
+    assert_eq!(listed[0].kind, "wal");
+    assert!(listed[0].is_healthy(), "{:?}", listed[0].drift);
+    db.exec("ALTER TABLE t REPLICA IDENTITY DEFAULT").await;
+    let listed = capture::list(&db.pool).await.unwrap();
+    assert!(
+        listed[0]
+            .drift
+            .iter()
+            .any(|d| d.contains("REPLICA IDENTITY FULL")),
+        "{:?}",
+        listed[0].drift
+    );
+    db.drop().await;
+
+    // The shared server runs wal_level = replica.
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        let pool = observers_postgres::connect(&url, 1).await.unwrap();
+        let level: String = sqlx::query_scalar("SHOW wal_level")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if level != "logical" {
+            let e = wal::slot::require_logical(&pool).await.unwrap_err();
+            assert!(e.to_string().contains("wal_level = logical"), "{e}");
+        }
+    }
+}
