@@ -2,8 +2,9 @@
 //! (`before`, `after`, `op`, `source`) as Debezium Server's HTTP sink posts it, one event or a
 //! batched array, with or without the converter's `{"schema", "payload"}` wrapper.
 //!
-//! - `op`: `c` insert, `u` update, `d` delete, `r` (snapshot read) insert; `t` (truncate) and
-//!   `m` (message) are skipped, as are tombstones (`null`).
+//! - `op`: `c` insert, `u` update, `d` delete, `r` (snapshot read) read (the kind
+//!   `observers capture backfill` emits: observers get it only when their `events` name
+//!   `read`), `t` truncate; `m` (message) is skipped, as are tombstones (`null`).
 //! - Entity type: `[metrics.debezium] entities` by `schema.table` (or `db.table`), then by
 //!   `table`; otherwise the table name.
 //! - Entity id: the configured id column(s) (default `id`), read from `after` (from `before`
@@ -148,7 +149,7 @@ fn parse_event(item: Value, mapping: &DebeziumMapping) -> Result<Option<NewChang
     let before = image("before")?;
     let after = image("after")?;
     let row = match kind {
-        EventKind::Insert | EventKind::Update => after
+        EventKind::Insert | EventKind::Update | EventKind::Read => after
             .as_ref()
             .ok_or_else(|| format!("op \"{op}\" needs an `after` image"))?,
         EventKind::Delete | EventKind::Truncate => before
@@ -195,7 +196,8 @@ fn op_of(obj: &serde_json::Map<String, Value>) -> Result<Option<(&str, EventKind
         None => return Err("missing `op` (expected c, u, d, r or t)".into()),
     };
     let kind = match op {
-        "c" | "r" => EventKind::Insert,
+        "c" => EventKind::Insert,
+        "r" => EventKind::Read,
         "u" => EventKind::Update,
         "d" => EventKind::Delete,
         "t" => EventKind::Truncate,
@@ -315,7 +317,7 @@ mod tests {
         let a = json!({"id": 7, "total": 2});
         let cases = [
             ("c", Value::Null, a.clone(), EventKind::Insert),
-            ("r", Value::Null, a.clone(), EventKind::Insert),
+            ("r", Value::Null, a.clone(), EventKind::Read),
             ("u", b.clone(), a.clone(), EventKind::Update),
             ("d", b.clone(), Value::Null, EventKind::Delete),
         ];

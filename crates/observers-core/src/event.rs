@@ -17,18 +17,23 @@ pub enum EventKind {
     /// `TRUNCATE` of a captured table: one event for the entity type, with an empty entity id
     /// and no row images. Delivered only to observers whose `events` name it.
     Truncate,
+    /// A row as it already was, emitted by `observers capture backfill` (or a Debezium snapshot,
+    /// `op = "r"`): the row in `after`, no `before`. Delivered only to observers whose `events`
+    /// name it.
+    Read,
 }
 
 impl EventKind {
     /// The row kinds: what an observer receives when its `events` list is empty or absent.
     pub const ALL: [EventKind; 3] = [EventKind::Insert, EventKind::Update, EventKind::Delete];
 
-    /// Every kind, `truncate` included.
-    pub const EVERY: [EventKind; 4] = [
+    /// Every kind, `truncate` and `read` included.
+    pub const EVERY: [EventKind; 5] = [
         EventKind::Insert,
         EventKind::Update,
         EventKind::Delete,
         EventKind::Truncate,
+        EventKind::Read,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +42,7 @@ impl EventKind {
             EventKind::Update => "update",
             EventKind::Delete => "delete",
             EventKind::Truncate => "truncate",
+            EventKind::Read => "read",
         }
     }
 }
@@ -56,8 +62,9 @@ impl FromStr for EventKind {
             "update" | "updated" | "u" => Ok(EventKind::Update),
             "delete" | "deleted" | "d" => Ok(EventKind::Delete),
             "truncate" | "truncated" | "t" => Ok(EventKind::Truncate),
+            "read" | "r" | "snapshot" => Ok(EventKind::Read),
             other => Err(format!(
-                "unknown event kind `{other}`; expected one of insert, update, delete, truncate"
+                "unknown event kind `{other}`; expected one of insert, update, delete, truncate, read"
             )),
         }
     }
@@ -141,7 +148,8 @@ pub struct EntityEvent {
 }
 
 impl EntityEvent {
-    /// Builds an event and computes its field-level changes.
+    /// Builds an event and computes its field-level changes (none for a `read`: the row did not
+    /// change).
     pub fn new(
         id: i64,
         entity_type: impl Into<String>,
@@ -150,7 +158,11 @@ impl EntityEvent {
         before: Option<Value>,
         after: Option<Value>,
     ) -> Self {
-        let changes = compute_changes(before.as_ref(), after.as_ref());
+        let changes = if kind == EventKind::Read {
+            Vec::new()
+        } else {
+            compute_changes(before.as_ref(), after.as_ref())
+        };
         Self {
             id,
             txid: 0,
@@ -190,7 +202,9 @@ impl EntityEvent {
 
     /// Recomputes `changes` from `before`/`after` (for events deserialized without them).
     pub fn recompute_changes(&mut self) {
-        self.changes = compute_changes(self.before.as_ref(), self.after.as_ref());
+        if self.kind != EventKind::Read {
+            self.changes = compute_changes(self.before.as_ref(), self.after.as_ref());
+        }
     }
 
     /// Names of the changed columns.

@@ -13,6 +13,7 @@ fn slot(kind: EventKind) -> usize {
         EventKind::Update => 1,
         EventKind::Delete => 2,
         EventKind::Truncate => 3,
+        EventKind::Read => 4,
     }
 }
 
@@ -20,8 +21,8 @@ fn slot(kind: EventKind) -> usize {
 /// merged with wildcard ones), so a lookup is one hash probe and no allocation.
 #[derive(Debug, Default, Clone)]
 pub struct Matcher {
-    by_entity: HashMap<String, [Vec<usize>; 4]>,
-    wildcard: [Vec<usize>; 4],
+    by_entity: HashMap<String, [Vec<usize>; 5]>,
+    wildcard: [Vec<usize>; 5],
 }
 
 impl Matcher {
@@ -131,5 +132,17 @@ mod tests {
         ]);
         assert_eq!(m.lookup("Order", EventKind::Truncate), [1, 2]);
         assert_eq!(m.lookup("Order", EventKind::Insert), [0, 2]);
+    }
+
+    #[test]
+    fn read_reaches_only_observers_that_name_it() {
+        let m = Matcher::new([
+            (0, "Order", EventKind::ALL.to_vec()),
+            (1, "Order", vec![EventKind::Insert, EventKind::Read]),
+            (2, ANY_ENTITY, vec![EventKind::Read]),
+        ]);
+        assert_eq!(m.lookup("Order", EventKind::Read), [1, 2]);
+        assert_eq!(m.lookup("Order", EventKind::Insert), [0, 1]);
+        assert_eq!(m.lookup("Other", EventKind::Read), [2]);
     }
 }

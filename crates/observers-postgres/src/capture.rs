@@ -387,14 +387,14 @@ fn display_ident(ident: &str) -> String {
 }
 
 /// A table found in the catalog, with the names exactly as stored there.
-struct ResolvedTable {
-    oid: Oid,
-    schema: String,
-    name: String,
+pub(crate) struct ResolvedTable {
+    pub(crate) oid: Oid,
+    pub(crate) schema: String,
+    pub(crate) name: String,
 }
 
 impl ResolvedTable {
-    fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         format!(
             "{}.{}",
             display_ident(&self.schema),
@@ -414,7 +414,7 @@ async fn schema_of(conn: &mut PgConnection, name: &TableName) -> Result<Option<S
     )
 }
 
-async fn resolve_table(
+pub(crate) async fn resolve_table(
     conn: &mut PgConnection,
     name: &TableName,
     input: &str,
@@ -813,7 +813,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<CaptureInfo>, PgError> {
 }
 
 /// The state of captured tables (all, or the one named `only`) as the catalog has it now.
-async fn list_where(
+pub(crate) async fn list_where(
     pool: &PgPool,
     only: Option<(&str, &str)>,
 ) -> Result<Vec<CaptureInfo>, PgError> {

@@ -3,6 +3,7 @@
 //! retention and the migrations (embedded from `../../migrations`).
 #![forbid(unsafe_code)]
 
+pub mod backfill;
 pub mod capture;
 pub mod change_row;
 pub mod changelog;

@@ -66,7 +66,7 @@ macro_rules! columns {
 }
 
 #[derive(sqlx::FromRow)]
-struct JobRow {
+pub(crate) struct JobRow {
     id: i64,
     queue_name: String,
     kind: String,
@@ -85,7 +85,7 @@ struct JobRow {
 }
 
 impl JobRow {
-    fn into_job(self) -> Result<Job> {
+    pub(crate) fn into_job(self) -> Result<Job> {
         let status: JobStatus = self
             .status
             .parse()
@@ -649,24 +649,7 @@ impl JobQueue for PostgresJobQueue {
 
     /// Live jobs and completed ones together, newest first (both sides walk their primary key).
     async fn list(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<Job>> {
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "(SELECT ",
-            columns!(""),
-            " FROM observer_jobs WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2) \
-             UNION ALL \
-             (SELECT id, queue_name, kind, 'completed' AS status, payload, unique_key, priority, \
-                run_at, attempts, max_attempts, last_error, worker_id, heartbeat_at, created_at, \
-                group_key \
-              FROM observer_jobs_completed WHERE $1::text IS NULL OR $1 = 'completed' \
-              ORDER BY id DESC LIMIT $2) \
-             ORDER BY id DESC LIMIT $2"
-        ))
-        .bind(status.map(JobStatus::as_str))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        rows.into_iter().map(JobRow::into_job).collect()
+        crate::stats::list_jobs(&self.pool, None, status, limit).await
     }
 
     async fn retry_failed(&self, ids: Option<&[i64]>) -> Result<u64> {

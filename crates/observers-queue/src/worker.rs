@@ -61,11 +61,20 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// From `[queue]`, with a fresh worker id under `instance`.
+    /// From `[queue]`, with a fresh worker id under `instance`. With no `queues` listed the
+    /// pool serves `default`; `observers run` passes [`Config::served_queues`] instead, which
+    /// adds the queues the config's actions name.
+    ///
+    /// [`Config::served_queues`]: observers_core::config::Config::served_queues
     pub fn from_config(config: &QueueConfig, instance: &str) -> Self {
+        let queues = if config.queues.is_empty() {
+            vec![observers_core::config::DEFAULT_QUEUE.to_owned()]
+        } else {
+            config.queues.clone()
+        };
         Self {
             worker_id: format!("{instance}:{:08x}", rand::random::<u32>()),
-            queues: config.queues.clone(),
+            queues,
             workers: config.workers.max(1),
             batch_size: config.batch_size.max(1),
             fetchers: config.fetchers.max(1),

@@ -1,13 +1,18 @@
-//! `observers capture enable|disable|list|drop-slot`: which tables write to the change log, by
-//! a trigger or through the logical-replication relay (`[source] kind`).
+//! `observers capture enable|disable|list|drop-slot|backfill`: which tables write to the
+//! change log, by a trigger or through the logical-replication relay (`[source] kind`), and
+//! their existing rows emitted as `read` changes.
 
 use clap::{Subcommand, ValueEnum};
 use observers_core::config::SourceKind;
+use observers_postgres::PgPool;
+use observers_postgres::backfill::{Backfill, BackfillRequest};
 use observers_postgres::capture::{self, CaptureKind, CaptureSpec};
 use observers_postgres::wal;
+use serde_json::json;
 
 use super::db::DbArgs;
 use crate::output::{self, Format};
+use crate::progress::Progress;
 use crate::{CliResult, Exit};
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +50,32 @@ pub enum CaptureCommand {
     },
     /// List captured tables.
     List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Emit a captured table's existing rows into the change log as `read` changes.
+    ///
+    /// Observers receive them only when their `events` list names "read". Rows go in batches
+    /// ordered by the primary key, each batch one short transaction that also records how far
+    /// the backfill got: running the same command again (same table and --where) continues
+    /// after the last batch, with no row emitted twice; --restart starts over. Rows are read
+    /// FOR SHARE for the length of a batch, so a row's read change never follows a change it
+    /// predates. The table must be captured (capture enable) so that changes made while
+    /// the backfill runs are captured too. Progress goes to stderr.
+    Backfill {
+        /// A captured table, optionally schema-qualified (`orders`, `shop.orders`).
+        #[arg(long)]
+        table: String,
+        /// Only rows matching this SQL condition on the table's columns (run with the
+        /// command's database role), e.g. --where "created_at > now() - interval '30 days'".
+        #[arg(long = "where", value_name = "SQL")]
+        filter: Option<String>,
+        /// Rows per batch (one transaction each, 1 to 100000).
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+        /// Start over instead of continuing an earlier backfill of the same table and --where.
+        #[arg(long)]
+        restart: bool,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -126,6 +157,21 @@ pub async fn run(cmd: CaptureCommand, db: &DbArgs) -> CliResult {
                 println!("no replication slot {slot}");
             }
         }
+        CaptureCommand::Backfill {
+            table,
+            filter,
+            batch,
+            restart,
+            format,
+        } => {
+            let request = BackfillRequest {
+                table,
+                filter,
+                batch,
+                restart,
+            };
+            backfill(&pool, &request, format).await?;
+        }
         CaptureCommand::Disable { table } => {
             if capture::disable(&pool, &table).await? {
                 println!("stopped capturing {table}");
@@ -163,4 +209,65 @@ pub async fn run(cmd: CaptureCommand, db: &DbArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// Runs a backfill to its end, with progress on stderr and a summary on stdout.
+async fn backfill(pool: &PgPool, request: &BackfillRequest, format: Format) -> CliResult {
+    let mut run = Backfill::prepare(pool, request)
+        .await
+        .map_err(|e| match e {
+            observers_postgres::PgError::Invalid(_) => Exit::usage(e),
+            other => Exit::from(other),
+        })?;
+    let already_done = run.state().finished_at.is_some();
+    let mut progress = Progress::new("backfill", "rows", Some(run.remaining()));
+    let mut emitted = 0u64;
+    while let Some(n) = run.next_batch().await? {
+        emitted += n;
+        progress.add(n);
+    }
+    if !already_done {
+        progress.finish();
+    }
+    let state = run.state();
+    let table = format!("{}.{}", state.table_schema, state.table_name);
+    match format {
+        Format::Json => output::json(&json!({
+            "table": table,
+            "entity_type": state.entity_type,
+            "filter": state.filter,
+            "emitted": emitted,
+            "resumed": run.resumed(),
+            "already_done": already_done,
+            "state": state,
+        }))?,
+        Format::Text => {
+            if already_done {
+                println!(
+                    "backfill of {table}{} already finished ({} rows); pass --restart to emit the rows again",
+                    shown_filter(&state.filter),
+                    state.rows_emitted
+                );
+            } else {
+                println!(
+                    "backfill of {table}{}: {emitted} rows emitted as `read` changes of entity {} \
+                     ({} in all over {} batches{})",
+                    shown_filter(&state.filter),
+                    state.entity_type,
+                    state.rows_emitted,
+                    state.batches,
+                    if run.resumed() { ", resumed" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn shown_filter(filter: &str) -> String {
+    if filter.is_empty() {
+        String::new()
+    } else {
+        format!(" where {filter}")
+    }
 }

@@ -46,9 +46,14 @@ pub fn spawn_workers(
         return None;
     }
     let mut settings = WorkerConfig::from_config(&config.queue, &engine::instance_id());
+    settings.queues = config.served_queues();
     settings.workers = workers;
     settings.shutdown_grace = Duration::from_secs(6);
     tracing::info!(workers, worker_id = %settings.worker_id, queues = ?settings.queues, "job workers started");
+    let unserved = config.unserved_queues();
+    if !unserved.is_empty() {
+        tracing::warn!(queues = ?unserved, "queued actions send jobs to queues these workers do not serve ([queue] queues); run workers for them elsewhere");
+    }
     let pool = WorkerPool::new(
         Arc::new(PostgresJobQueue::new(pool.clone())),
         Arc::new(ActionJobHandler::new(executor.clone())),

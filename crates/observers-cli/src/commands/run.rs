@@ -46,9 +46,16 @@ pub async fn run(config_path: &Path) -> CliResult {
         ops::start(&config, &pool, &executor, metrics, &search, stop_rx.clone()).await?;
     ops_tasks.extend(retention);
     ops_tasks.extend(relay);
+    // The queues this process's workers serve are fixed at start.
+    let served = if config.queue.workers > 0 {
+        config.served_queues()
+    } else {
+        Vec::new()
+    };
     tokio::spawn(signals(
         config_path.to_path_buf(),
         executor.clone(),
+        served,
         stop_tx,
     ));
     tracing::info!(
@@ -107,7 +114,12 @@ pub async fn run(config_path: &Path) -> CliResult {
     Ok(())
 }
 
-async fn signals(config_path: PathBuf, executor: Arc<ObserverExecutor>, stop: watch::Sender<bool>) {
+async fn signals(
+    config_path: PathBuf,
+    executor: Arc<ObserverExecutor>,
+    served: Vec<String>,
+    stop: watch::Sender<bool>,
+) {
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
@@ -119,22 +131,31 @@ async fn signals(config_path: PathBuf, executor: Arc<ObserverExecutor>, stop: wa
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => reload(&config_path, &executor),
+            _ = hup.recv() => reload(&config_path, &executor, &served),
         }
     }
     tracing::info!("stopping: letting in-flight events finish");
     let _ = stop.send(true);
 }
 
-fn reload(path: &Path, executor: &ObserverExecutor) {
-    let set: Result<ObserverSet, String> = observers_core::config::load_file(path)
-        .map_err(|e| e.to_string())
-        .and_then(|c| engine::observer_set(&c).map_err(|e| format!("{:#}", e.error)));
-    match set {
-        Ok(set) => {
+/// `served`: the queues this process's workers serve (empty without workers).
+fn reload(path: &Path, executor: &ObserverExecutor, served: &[String]) {
+    let loaded: Result<(ObserverSet, Vec<String>), String> =
+        observers_core::config::load_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let set = engine::observer_set(&c).map_err(|e| format!("{:#}", e.error))?;
+                Ok((set, c.served_queues()))
+            });
+    match loaded {
+        Ok((set, queues)) => {
             let n = set.observers.len();
             executor.reload(set);
             tracing::info!(observers = n, "config reloaded");
+            let unserved: Vec<&String> = queues.iter().filter(|q| !served.contains(q)).collect();
+            if !served.is_empty() && !unserved.is_empty() {
+                tracing::warn!(queues = ?unserved, "the reloaded config names queues this process's workers do not serve (they are chosen at start); restart to serve them, or serve them elsewhere");
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "config reload refused; the previous config stays in force");

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use observers_core::config::{ActionConfig, Config, ConfigError, load_file};
+use observers_core::config::{ActionConfig, ActionMode, Config, ConfigError, load_file};
 use serde_json::json;
 
 use crate::output::{self, Format};
@@ -71,6 +71,8 @@ fn action_json(a: &ActionConfig) -> serde_json::Value {
         "type": a.type_name(),
         "summary": a.summary(),
         "mode": a.mode(),
+        "queue": (a.mode() == ActionMode::Queued).then(|| a.job_queue()),
+        "priority": (a.mode() == ActionMode::Queued).then(|| a.job_priority()),
         "timeout": a.timeout().map(|t| humantime::format_duration(t).to_string()),
     })
 }
@@ -106,6 +108,12 @@ fn report_text(file: &Path, config: &Config) -> String {
         r.multiplier,
         if r.jitter { "full" } else { "off" }
     );
+    let _ = writeln!(
+        s,
+        "  queue      workers={} queues={}",
+        config.queue.workers,
+        config.served_queues().join(",")
+    );
     let _ = writeln!(s, "  observers  {}", config.observers.len());
     for o in &config.observers {
         let tenants = o
@@ -129,6 +137,13 @@ fn report_text(file: &Path, config: &Config) -> String {
         for (i, a) in o.actions.iter().enumerate() {
             let a = a.get_ref();
             let mut extra = vec![format!("{:?}", a.mode()).to_lowercase()];
+            if a.mode() == ActionMode::Queued {
+                extra.push(format!(
+                    "queue {} priority {}",
+                    a.job_queue(),
+                    a.job_priority()
+                ));
+            }
             if let Some(t) = a.timeout() {
                 extra.push(format!("timeout {}", humantime::format_duration(t)));
             }

@@ -1,6 +1,7 @@
 //! Integration tests of the `observers` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backfill;
 mod brokers;
 mod docs;
 mod e2e;

@@ -383,7 +383,13 @@ async fn debezium_server_payloads_reach_the_actions_and_malformed_ones_write_not
 [metrics.debezium]
 entities = { "inventory.customers" = "Customer" }
 "#;
-    let text = config(&db, &rx, extra).replace("entity = \"Order\"", "entity = \"Nothing\"");
+    // The catch-all observer also takes snapshot reads (`op = "r"`), which arrive as kind `read`.
+    let text = config(&db, &rx, extra)
+        .replace("entity = \"Order\"", "entity = \"Nothing\"")
+        .replace(
+            "entity = \"*\"",
+            "entity = \"*\"\nevents = [\"insert\", \"update\", \"delete\", \"read\"]",
+        );
     let path = write_config(&dir, &text);
     let log = dir.path().join("run.log");
     let mut run = spawn_run_with_token(&path, &log);
@@ -396,7 +402,7 @@ entities = { "inventory.customers" = "Customer" }
     assert_eq!(code, 401);
 
     for (name, kind) in [
-        ("snapshot_read.json", "insert"),
+        ("snapshot_read.json", "read"),
         ("insert.json", "insert"),
         ("update.json", "update"),
         ("delete.json", "delete"),

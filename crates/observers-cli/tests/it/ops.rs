@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::metrics::count;
-use crate::support::{Receiver, Run, TestDb, capture, cli, spawn_run, wait_until, write_config};
+use crate::support::{
+    Receiver, Run, TestDb, capture, cli, json_of, spawn_run, wait_until, write_config,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -45,16 +47,6 @@ entity = "Order"
         url = db.url,
         base = rx.base
     )
-}
-
-fn json_of(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `observers replay --config CFG --format json ARGS`, which must succeed.

@@ -16,18 +16,9 @@ use serde_json::Value;
 use crate::support::{
     Receiver, Run, TestDb, signal, spawn_run, wait_exit, wait_until, write_config,
 };
-use crate::support::{capture, cli};
+use crate::support::{capture, cli, json_of};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn json_of(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn spawn_worker(config: &std::path::Path, log: &std::path::Path) -> Run {
     let log = std::fs::OpenOptions::new()
@@ -311,4 +302,122 @@ async fn jobs_commands_list_stats_retry_and_purge() {
             .code(),
         Some(2)
     );
+}
+
+fn two_queue_config(db: &TestDb, base: &str, queue: &str) -> String {
+    format!(
+        r#"
+[source]
+database_url = "{db}"
+listener_id = "queues-e2e"
+poll_interval = "100ms"
+
+[queue]
+poll_interval = "200ms"
+{queue}
+
+[[observers]]
+name = "orders"
+entity = "Order"
+
+  [[observers.actions]]
+  type = "webhook"
+  url = "{base}/hooks/urgent"
+  mode = "queued"
+  queue = "urgent"
+  priority = 5
+
+  [[observers.actions]]
+  type = "webhook"
+  url = "{base}/hooks/bulk"
+  mode = "queued"
+  queue = "bulk"
+"#,
+        db = db.url
+    )
+}
+
+/// Each queued action's jobs go to its `queue`; `observers run` with `[queue] queues =
+/// ["urgent"]` serves only that one, `jobs stats` and `jobs list --queue` show each queue, and
+/// an `observers worker` whose config lists no queues serves every queue the config names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_serve_the_configured_queues_and_jobs_commands_show_each() {
+    let db = TestDb::new("queues").await;
+    orders_table(&db).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &two_queue_config(&db, &rx.base, "workers = 2\nqueues = [\"urgent\"]"),
+    );
+    let mut run = spawn_run(&path, &dir.path().join("run.log"));
+    db.exec("INSERT INTO orders (total) SELECT g FROM generate_series(1, 5) g")
+        .await;
+    wait_until("5 urgent deliveries", LONG, || rx.count() >= 5).await;
+    let stats = json_of(&cli(&db, &["jobs", "stats", "--format", "json"]));
+    let queues: Vec<(String, u64, u64)> = stats["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["queue"].as_str().unwrap().to_owned(),
+                q["pending"].as_u64().unwrap(),
+                q["completed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        queues,
+        [("bulk".into(), 5, 0), ("urgent".into(), 0, 5)],
+        "{stats}"
+    );
+    assert_eq!(
+        (stats["pending"].as_u64(), stats["completed"].as_u64()),
+        (Some(5), Some(5))
+    );
+    let bulk = json_of(&cli(
+        &db,
+        &["jobs", "stats", "--queue", "bulk", "--format", "json"],
+    ));
+    assert_eq!(
+        (bulk["pending"].as_u64(), bulk["completed"].as_u64()),
+        (Some(5), Some(0))
+    );
+    let listed = json_of(&cli(
+        &db,
+        &["jobs", "list", "--queue", "urgent", "--format", "json"],
+    ));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 5);
+    assert!(
+        listed
+            .iter()
+            .all(|j| j["queue"] == "urgent" && j["priority"] == 5)
+    );
+    let text = String::from_utf8_lossy(&cli(&db, &["jobs", "stats"]).stdout).into_owned();
+    assert!(text.contains("bulk") && text.contains("urgent"), "{text}");
+    assert_eq!(
+        cli(&db, &["jobs", "list", "--queue", "no good"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert!(
+        rx.deliveries().iter().all(|d| d.path == "/hooks/urgent"),
+        "no worker serves bulk yet"
+    );
+    signal(&run, "TERM");
+    assert_eq!(wait_exit(&mut run, Duration::from_secs(10)).await, Some(0));
+
+    // A worker whose config lists no queues serves every queue the config names.
+    let all = dir.path().join("all.toml");
+    std::fs::write(&all, two_queue_config(&db, &rx.base, "workers = 2")).unwrap();
+    let _worker = spawn_worker(&all, &dir.path().join("worker.log"));
+    wait_until("the bulk jobs delivered", LONG, || rx.count() >= 10).await;
+    let bulk = json_of(&cli(
+        &db,
+        &["jobs", "stats", "--queue", "bulk", "--format", "json"],
+    ));
+    assert_eq!(bulk["completed"].as_u64(), Some(5));
 }

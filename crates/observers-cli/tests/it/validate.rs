@@ -48,6 +48,29 @@ fn bad_condition_names_the_observer() {
 }
 
 #[test]
+fn bad_queue_or_priority_exits_2_naming_the_key() {
+    let queued = "[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nmode = \"queued\"\n";
+    check_invalid(
+        &format!("{OBS}{queued}queue = \"bulk jobs\"\n"),
+        8,
+        &["observers[0].actions[0].queue", "`bulk jobs`"],
+    );
+    check_invalid(
+        &format!("{OBS}{queued}priority = 1001\n"),
+        8,
+        &["observers[0].actions[0].priority", "between -1000 and 1000"],
+    );
+    let f = write(&format!(
+        "[queue]\nworkers = 2\n{OBS}{queued}queue = \"bulk\"\npriority = 3\n"
+    ));
+    let out = observers(&["validate-config", f.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("queues=bulk,default"), "{text}");
+    assert!(text.contains("queue bulk priority 3"), "{text}");
+}
+
+#[test]
 fn unset_variable_is_named() {
     check_invalid(
         &format!(

@@ -40,6 +40,12 @@ pub struct NatsConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub mode: ActionMode,
+    /// Queued only: the job queue its jobs go to (`default` when unset).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Queued only: higher runs first within the queue (-1000 to 1000, default 0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// `type = "rabbitmq"`: a persistent, mandatory AMQP 0-9-1 publish with publisher confirms.
@@ -67,6 +73,12 @@ pub struct RabbitMqConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub mode: ActionMode,
+    /// Queued only: the job queue its jobs go to (`default` when unset).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Queued only: higher runs first within the queue (-1000 to 1000, default 0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// Headers a NATS action sets itself or the server interprets (`Nats-Msg-Id`,

@@ -5,6 +5,7 @@ mod brokers;
 mod interpolate;
 mod locate;
 mod model;
+mod queues;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -13,6 +14,7 @@ use std::path::Path;
 pub use brokers::{NatsConfig, RabbitMqConfig, nats_subject};
 pub use interpolate::interpolate;
 pub use model::*;
+pub use queues::{DEFAULT_QUEUE, MAX_PRIORITY, MIN_PRIORITY, check_queue_name};
 
 use crate::condition::Condition;
 
@@ -101,6 +103,28 @@ pub fn load_str(
     validate(file, &expanded.text, config)
 }
 
+/// Where `key = ...` is written in the table whose header `span` covers (up to the next
+/// header), else the header's start.
+fn key_offset(text: &str, span: std::ops::Range<usize>, key: &str) -> usize {
+    let Some(body) = text.get(span.end.min(text.len())..) else {
+        return span.start;
+    };
+    let mut at = span.end;
+    for line in body.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return at + (line.len() - trimmed.len());
+        }
+        at += line.len();
+    }
+    span.start
+}
+
 fn clean_toml_message(message: &str) -> String {
     message.trim().replace('\n', " ")
 }
@@ -160,6 +184,16 @@ fn validate(file: &str, text: &str, mut config: Config) -> Result<Config, Config
                     format!("observers[{i}].actions[{j}]"),
                     format!(
                         "observer `{name}`, cache action: needs the action cache; set [cache] enabled = true"
+                    ),
+                ));
+            }
+            if let Err((key, message)) = action.get_ref().check_placement() {
+                return Err(err(
+                    key_offset(text, action.span(), key),
+                    format!("observers[{i}].actions[{j}].{key}"),
+                    format!(
+                        "observer `{name}`, {} action: {message}",
+                        action.get_ref().type_name()
                     ),
                 ));
             }

@@ -713,6 +713,8 @@ impl Default for SearchConfig {
 pub struct QueueConfig {
     /// Jobs run at once by `observers run` (0: none; run `observers worker` elsewhere).
     pub workers: usize,
+    /// The queues the workers serve; empty (the default) means `default` plus every queue a
+    /// queued action names (see [`Config::served_queues`]).
     pub queues: Vec<String>,
     /// Jobs taken per dequeue; a pool holds at most `workers + batch_size` jobs.
     pub batch_size: usize,
@@ -745,7 +747,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             workers: 4,
-            queues: vec!["default".into()],
+            queues: Vec::new(),
             batch_size: 100,
             fetchers: 1,
             max_attempts: 8,
@@ -788,8 +790,8 @@ impl QueueConfig {
         if self.poll_interval.is_zero() {
             return Err("poll_interval must be greater than zero".into());
         }
-        if self.queues.iter().any(|q| q.trim().is_empty()) {
-            return Err("queues must not contain an empty name".into());
+        for q in &self.queues {
+            super::queues::check_queue_name(q).map_err(|e| format!("queues: {e}"))?;
         }
         Ok(())
     }
@@ -1242,6 +1244,12 @@ pub struct WebhookConfig {
     pub allow_templated_host: bool,
     #[serde(default)]
     pub mode: ActionMode,
+    /// Queued only: the job queue its jobs go to (`default` when unset).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Queued only: higher runs first within the queue (-1000 to 1000, default 0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// `type = "slack"`: an incoming-webhook message.
@@ -1259,6 +1267,12 @@ pub struct SlackConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub mode: ActionMode,
+    /// Queued only: the job queue its jobs go to (`default` when unset).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Queued only: higher runs first within the queue (-1000 to 1000, default 0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 fn default_smtp_url() -> Secret {
@@ -1288,6 +1302,12 @@ pub struct EmailConfig {
     /// Queued by default: SMTP is slow and must not hold up the stream.
     #[serde(default = "queued")]
     pub mode: ActionMode,
+    /// Queued only: the job queue its jobs go to (`default` when unset).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Queued only: higher runs first within the queue (-1000 to 1000, default 0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 fn queued() -> ActionMode {

@@ -442,3 +442,75 @@ fn retention_ages_are_durations_or_off() {
         &["interval"],
     );
 }
+
+#[test]
+fn queued_actions_take_a_queue_and_a_priority() {
+    let text = format!(
+        "{OBS}[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://x/\"\nmode = \"queued\"\nqueue = \"slow-hooks\"\npriority = 7\n\
+         [[observers.actions]]\ntype = \"email\"\nto = [\"a@example.com\"]\nsubject = \"s\"\n\
+         [[observers.actions]]\ntype = \"log\"\n"
+    );
+    let c = load(&text).unwrap();
+    let actions: Vec<&ActionConfig> = c.observers[0]
+        .actions
+        .iter()
+        .map(toml::Spanned::get_ref)
+        .collect();
+    assert_eq!(
+        (actions[0].job_queue(), actions[0].job_priority()),
+        ("slow-hooks", 7)
+    );
+    assert_eq!(
+        (actions[1].job_queue(), actions[1].job_priority()),
+        ("default", 0)
+    );
+    assert_eq!(
+        c.served_queues(),
+        ["default", "slow-hooks"],
+        "every named queue by default"
+    );
+    assert!(c.unserved_queues().is_empty());
+
+    let only = load(&format!("[queue]\nqueues = [\"slow-hooks\"]\n{text}")).unwrap();
+    assert_eq!(only.served_queues(), ["slow-hooks"]);
+    assert_eq!(
+        only.unserved_queues(),
+        ["default"],
+        "the email action's queue"
+    );
+}
+
+#[test]
+fn bad_queue_placement_names_file_line_and_key() {
+    let webhook = "[[observers.actions]]\ntype = \"webhook\"\nurl = \"http://x/\"\n";
+    check(
+        &format!("{OBS}{webhook}mode = \"queued\"\nqueue = \"no spaces\"\n"),
+        8,
+        "observers[0].actions[0].queue",
+        &["no spaces", "letters, digits"],
+    );
+    check(
+        &format!("{OBS}{webhook}mode = \"queued\"\npriority = 5000\n"),
+        8,
+        "observers[0].actions[0].priority",
+        &["between -1000 and 1000", "5000"],
+    );
+    check(
+        &format!("{OBS}{webhook}queue = \"fast\"\n"),
+        7,
+        "observers[0].actions[0].queue",
+        &["only to queued actions"],
+    );
+    check(
+        &format!("{OBS}{webhook}  priority = -3\n"),
+        7,
+        "observers[0].actions[0].priority",
+        &["only to queued actions"],
+    );
+    check(
+        "[queue]\nqueues = [\"a\", \"\"]\n",
+        1,
+        "queue",
+        &["queues: queue name is empty"],
+    );
+}

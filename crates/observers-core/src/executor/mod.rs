@@ -30,8 +30,8 @@ use crate::stores::jobs::{EnqueueOutcome, JobQueue, NewJob};
 use crate::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use crate::template::TemplateContext;
 
-/// The job queue that `mode = "queued"` actions go to.
-pub const JOB_QUEUE: &str = "default";
+/// The job queue of `mode = "queued"` actions that name no `queue`.
+pub const JOB_QUEUE: &str = crate::config::DEFAULT_QUEUE;
 
 /// Deduplication settings of an executor.
 #[derive(Clone)]
@@ -579,12 +579,13 @@ impl ObserverExecutor {
         if let Some(suffix) = &self.key_suffix {
             payload["key_suffix"] = suffix.as_str().into();
         }
+        let queue = slot.queue.as_str();
         let job = NewJob {
-            queue: JOB_QUEUE.into(),
+            queue: queue.into(),
             kind: slot.action.type_name().into(),
             payload,
             unique_key: Some(key),
-            priority: 0,
+            priority: slot.priority,
             run_at: None,
             max_attempts: set.job_max_attempts,
             // One entity's jobs of one action run one at a time, in change-log order (events of
@@ -597,8 +598,7 @@ impl ObserverExecutor {
         let report = ActionReport::new(&o.name, index, slot.action.type_name());
         let enqueued = jobs.enqueue(job).await;
         if let Ok(EnqueueOutcome::Enqueued(_)) = enqueued {
-            self.telemetry
-                .emit(&TelemetryEvent::JobEnqueued { queue: JOB_QUEUE });
+            self.telemetry.emit(&TelemetryEvent::JobEnqueued { queue });
         }
         let (report, error) = match enqueued {
             Ok(EnqueueOutcome::Enqueued(id) | EnqueueOutcome::Duplicate(id)) => (

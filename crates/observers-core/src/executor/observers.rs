@@ -21,6 +21,9 @@ pub struct ActionSlot {
     pub timeout: Option<Duration>,
     /// A human summary without secrets, e.g. `POST http://host/path`.
     pub summary: String,
+    /// Queued mode: the job queue and the jobs' priority (higher runs first in the queue).
+    pub queue: String,
+    pub priority: i32,
 }
 
 impl ActionSlot {
@@ -30,7 +33,17 @@ impl ActionSlot {
             mode: ActionMode::Inline,
             timeout: None,
             summary: summary.into(),
+            queue: crate::config::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
         }
+    }
+
+    /// Where its jobs go when it is queued.
+    #[must_use]
+    pub fn with_queue(mut self, queue: impl Into<String>, priority: i32) -> Self {
+        self.queue = queue.into();
+        self.priority = priority;
+        self
     }
 
     #[must_use]
@@ -160,6 +173,7 @@ impl ObserverSet {
                 o.actions.push(
                     ActionSlot::new(factory.build(ac)?, ac.summary())
                         .with_mode(ac.mode())
+                        .with_queue(ac.job_queue(), ac.job_priority())
                         .with_timeout(ac.timeout()),
                 );
             }

@@ -2,6 +2,7 @@
 //! test gets a fresh database with the migrations applied (`#[sqlx::test]`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backfill;
 mod capture;
 mod changelog;
 mod checkpoint;

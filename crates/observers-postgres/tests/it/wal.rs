@@ -435,3 +435,38 @@ async fn drop_slot_and_clear_errors() {
         }
     }
 }
+
+/// `capture backfill` works on a table captured through the WAL (no trigger): the rows already
+/// there arrive as `read`, and a change written by the relay afterwards follows them.
+#[tokio::test]
+async fn backfill_of_a_wal_captured_table() {
+    let Some(db) = WalDb::new("backfill").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'old' FROM generate_series(1, 25) g")
+        .await;
+    db.capture("items", "Item").await;
+    let request = observers_postgres::backfill::BackfillRequest {
+        table: "items".into(),
+        filter: None,
+        batch: 10,
+        restart: false,
+    };
+    let mut backfill = observers_postgres::backfill::Backfill::prepare(&db.pool, &request)
+        .await
+        .unwrap();
+    while backfill.next_batch().await.unwrap().is_some() {}
+    db.exec("UPDATE items SET v = 'new' WHERE id = 7").await;
+    let relay = db.relay();
+    let events = db.events(26).await;
+    stop(relay).await;
+    let reads = events.iter().filter(|e| e.kind.as_str() == "read").count();
+    assert_eq!(reads, 25);
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.kind.as_str(), last.entity_id.as_str()),
+        ("update", "7")
+    );
+    assert_eq!(last.after.as_ref().unwrap()["v"], "new");
+    db.drop().await;
+}

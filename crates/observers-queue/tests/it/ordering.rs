@@ -137,3 +137,112 @@ async fn queued_webhooks_keep_commit_order_per_entity(pool: PgPool) {
         "entities did not interleave: {switches} switches"
     );
 }
+
+fn placed_config(url: &str, priority: i32) -> config::Config {
+    config::load_str(
+        "test.toml",
+        &format!(
+            "[[observers]]\nname = \"orders\"\nentity = \"Order\"\n\
+             [[observers.actions]]\ntype = \"webhook\"\nurl = \"{url}\"\nmode = \"queued\"\n\
+             queue = \"bulk\"\npriority = {priority}\n\
+             [[observers.actions]]\ntype = \"webhook\"\nurl = \"{url}\"\nmode = \"queued\"\n\
+             queue = \"urgent\"\n"
+        ),
+        &|_| None,
+    )
+    .unwrap()
+}
+
+fn executor_for(cfg: &config::Config, q: &Arc<PostgresJobQueue>) -> ObserverExecutor {
+    let factory = ActionFactory::new(cfg.outbound.clone()).unwrap();
+    let set = ObserverSet::from_config(cfg, &factory).unwrap();
+    let jobs: Arc<dyn JobQueue> = q.clone();
+    ObserverExecutor::builder(set).jobs(jobs).build()
+}
+
+fn order_event(id: i64, entity: &str) -> EntityEvent {
+    EntityEvent::new(
+        id,
+        "Order",
+        entity,
+        EventKind::Update,
+        None,
+        Some(json!({"total": id})),
+    )
+}
+
+/// Each action's jobs go to its `queue` with its `priority`. A higher priority runs first within
+/// the queue, but never before an earlier job of its own group (one entity and action): the
+/// priority raised by a config reload does not let an entity's later change overtake an
+/// earlier one.
+#[sqlx::test(migrations = "../../migrations")]
+async fn actions_enqueue_to_their_queue_and_priority_never_reorders_a_group(pool: PgPool) {
+    let q = Arc::new(PostgresJobQueue::new(pool.clone()));
+    let url = "http://127.0.0.1:9/hook";
+    let low = executor_for(&placed_config(url, 0), &q);
+    low.process(&order_event(1, "a")).await.unwrap();
+    let high = executor_for(&placed_config(url, 10), &q);
+    high.process(&order_event(2, "a")).await.unwrap();
+    high.process(&order_event(3, "b")).await.unwrap();
+
+    let placed: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT queue_name, priority, (payload->'event'->>'id')::int8 AS e FROM observer_jobs ORDER BY e, queue_name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        placed,
+        [
+            ("bulk".into(), 0, 1),
+            ("urgent".into(), 0, 1),
+            ("bulk".into(), 10, 2),
+            ("urgent".into(), 0, 2),
+            ("bulk".into(), 10, 3),
+            ("urgent".into(), 0, 3),
+        ]
+    );
+
+    // In `bulk`: b's job (priority 10) first, then a's first job (priority 0); a's second job
+    // (priority 10) waits for a's first although its priority is higher.
+    let taken = q.dequeue("bulk", "w", 10).await.unwrap();
+    let events: Vec<(String, i32)> = taken
+        .iter()
+        .map(|j| {
+            (
+                j.payload["event"]["entity_id"].as_str().unwrap().to_owned(),
+                j.priority,
+            )
+        })
+        .collect();
+    assert_eq!(events, [("b".into(), 10), ("a".into(), 0)]);
+    for j in &taken {
+        q.complete("w", j.id).await.unwrap();
+    }
+    let next = q.dequeue("bulk", "w", 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].payload["event"]["id"], json!(2));
+    assert_eq!(
+        q.dequeue("urgent", "w", 10).await.unwrap().len(),
+        2,
+        "a's second urgent job waits for its first"
+    );
+
+    // Per-queue figures.
+    let stats = observers_queue::queue_stats(&pool, None).await.unwrap();
+    let figures: Vec<(&str, u64, u64, u64)> = stats
+        .iter()
+        .map(|s| (s.queue.as_str(), s.pending, s.processing, s.completed))
+        .collect();
+    assert_eq!(figures, [("bulk", 0, 1, 2), ("urgent", 1, 2, 0)]);
+    let only = observers_queue::queue_stats(&pool, Some("nothing-here"))
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].pending + only[0].completed, 0);
+    let listed = observers_queue::list_jobs(&pool, Some("urgent"), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|j| j.queue == "urgent"));
+}
