@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod brokers;
+mod console;
 mod docs;
 mod e2e;
 mod exact;
