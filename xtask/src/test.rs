@@ -20,6 +20,7 @@ pub fn run(scope: Scope, args: &[String]) -> Result<()> {
     let redis = services::redis()?;
     services::python_peers()?;
     services::promtool()?;
+    services::browser_peers()?;
     if std::env::var_os("ELASTICSEARCH_URL").is_none() {
         eprintln!(
             "xtask: ELASTICSEARCH_URL is not set: the live Elasticsearch suite \
