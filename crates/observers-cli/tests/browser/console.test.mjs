@@ -67,6 +67,8 @@ try {
   // Live: the page refreshes itself (the "live" clock moves) without a reload.
   const first = await page.textContent('#live');
   await page.waitForFunction((t) => document.querySelector('#live').textContent !== t && /^live/.test(document.querySelector('#live').textContent), first, { timeout: TIMEOUT });
+  // The process's own samples: the events/s chart draws a line once two intervals are in.
+  await page.waitForFunction(() => /L/.test(document.querySelector('svg.chart path').getAttribute('d') || ''), null, { timeout: TIMEOUT });
   await page.screenshot({ path: join(shots, 'overview.png') });
 
   // Events: a deep link (reloaded), the failed delivery, then its detail.

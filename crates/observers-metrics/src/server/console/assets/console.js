@@ -193,23 +193,25 @@ function showAccessProblem(e) {
 
 // ---- charts ---------------------------------------------------------------------------------
 
-function chart(points, key, cls, scale = 1) {
+// A line of `points[key]` (times `scale`), with a dot on every point, so a lone value shows too.
+function chart(points, key, cls, unit, scale = 1) {
   const w = 600;
-  const hgt = 110;
+  const hgt = 100;
   const values = points.map((p) => (p[key] === null || p[key] === undefined ? null : p[key] * scale));
   const max = Math.max(1e-9, ...values.filter((v) => v !== null));
   const n = Math.max(values.length - 1, 1);
   let d = '';
+  let dots = '';
   values.forEach((v, i) => {
     if (v === null) return;
-    const x = (i / n) * (w - 40) + 36;
-    const y = hgt - 12 - (v / max) * (hgt - 24);
+    const x = (i / n) * (w - 8) + 4;
+    const y = hgt - 4 - (v / max) * (hgt - 8);
     d += `${d === '' || values[i - 1] === null ? 'M' : 'L'}${x.toFixed(1)},${y.toFixed(1)} `;
+    dots += `M${x.toFixed(1)},${y.toFixed(1)} l0,0 `;
   });
-  return `<svg class="chart" viewBox="0 0 ${w} ${hgt}" preserveAspectRatio="none" role="img">
-    <line class="axis" x1="36" y1="${hgt - 12}" x2="${w}" y2="${hgt - 12}"/>
-    <text x="0" y="12">${esc(num(max, max < 10 ? 2 : 0))}</text><text x="0" y="${hgt - 12}">0</text>
-    <path class="${cls}" d="${d}"/></svg>`;
+  return `<div class="legend">up to ${esc(num(max, max < 10 ? 2 : 0))} ${esc(unit)}</div>
+    <svg class="chart" viewBox="0 0 ${w} ${hgt}" preserveAspectRatio="none" role="img" aria-label="${esc(key)}">
+    <line class="axis" x1="0" y1="${hgt - 4}" x2="${w}" y2="${hgt - 4}"/><path class="${cls}" d="${d}"/><path class="${cls} dots" d="${dots}"/></svg>`;
 }
 
 // ---- pages ----------------------------------------------------------------------------------
@@ -232,6 +234,7 @@ pages.overview = {
     if (status.redis && status.redis.fallback_active) fallbacks.push(`redis (${status.redis.mode})`);
     const points = history.points || [];
     const last = points[points.length - 1];
+    const lastP99 = [...points].reverse().find((p) => p.p99_seconds !== null && p.p99_seconds !== undefined);
     const group = status.group;
     let groupHtml = '<p class="muted">HA is off: this instance runs the only listener.</p>';
     if (group && group.error) groupHtml = `<p class="error">${esc(group.error)}</p>`;
@@ -251,9 +254,9 @@ pages.overview = {
           <dt>version</dt><dd>${esc(inst.version)}</dd><dt>up</dt><dd>${secs(status.uptime_seconds)}</dd>
           <dt>observers</dt><dd>${esc(inst.observers)}</dd></dl></section>
         <section class="panel"><h2>Events per second</h2><div class="figure" id="ov-rate">${num(last ? last.events_per_second : status.events_per_second, 1)} <small>now · ${num(status.events_per_second, 1)} over the last minute</small></div>
-          ${chart(points, 'events_per_second', 'line')}</section>
-        <section class="panel"><h2>Processing p99</h2><div class="figure">${last && last.p99_seconds !== null ? secs(last.p99_seconds) : '–'} <small>since start ${secs(m.event_processing_p99_seconds)}</small></div>
-          ${chart(points, 'p99_seconds', 'line2', 1000)}<div class="legend"><span class="b">${points.length < 2 ? `milliseconds; collecting, one point every ${esc(history.every_seconds)} s` : `milliseconds, every ${esc(history.every_seconds)} s over the last ${esc(Math.max(1, Math.round(points.length * history.every_seconds / 60)))} min`}</span></div></section>
+          ${chart(points, 'events_per_second', 'line', 'events/s')}</section>
+        <section class="panel"><h2>Processing p99</h2><div class="figure">${lastP99 ? secs(lastP99.p99_seconds) : '–'} <small>since start ${secs(m.event_processing_p99_seconds)}</small></div>
+          ${chart(points, 'p99_seconds', 'line2', 'ms', 1000)}<div class="legend">${points.length < 2 ? `collecting: one point every ${esc(history.every_seconds)} s` : `every ${esc(history.every_seconds)} s over the last ${esc(Math.max(1, Math.round(points.length * history.every_seconds / 60)))} min`}</div></section>
         <section class="panel"><h2>Dead letters</h2><div class="figure"><a href="/ui/dlq" data-nav id="ov-dlq">${num(db.dlq_pending)}</a> <small>pending · ${num(db.dlq_resolved)} resolved</small></div>
           <p class="muted">${num(m.events_processed)} events processed, ${num(m.events_failed)} with a failed action, ${num(m.retries)} retries.</p></section>
       </div>
