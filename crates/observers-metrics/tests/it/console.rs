@@ -163,13 +163,20 @@ async fn every_page_path_serves_the_shell_and_assets_stay_on_the_origin() {
         shells.iter().all(|s| s == &shells[0]),
         "one shell for every page"
     );
-    assert!(shells[0].contains("/ui/assets/console.js"));
+    for script in ["console.js", "pages.js", "queues.js"] {
+        assert!(
+            shells[0].contains(&format!("/ui/assets/{script}")),
+            "{script}"
+        );
+    }
     assert!(!shells[0].contains("http://") && !shells[0].contains("https://"));
     let r = http.get(format!("{}/ui", c.base)).send().await.unwrap();
     assert_eq!(r.status(), 308);
     assert_eq!(r.headers()["location"], "/ui/");
     for (asset, kind) in [
         ("console.js", "text/javascript"),
+        ("pages.js", "text/javascript"),
+        ("queues.js", "text/javascript"),
         ("console.css", "text/css"),
         ("icon.svg", "image/svg+xml"),
     ] {

@@ -37,6 +37,8 @@ pub struct ConsoleSources {
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/console.js");
+const PAGES: &str = include_str!("assets/pages.js");
+const QUEUES: &str = include_str!("assets/queues.js");
 const STYLE: &str = include_str!("assets/console.css");
 const ICON: &str = include_str!("assets/icon.svg");
 
@@ -63,6 +65,8 @@ async fn shell() -> Response {
 async fn file(Path(name): Path<String>) -> Response {
     match name.as_str() {
         "console.js" => asset("text/javascript; charset=utf-8", SCRIPT),
+        "pages.js" => asset("text/javascript; charset=utf-8", PAGES),
+        "queues.js" => asset("text/javascript; charset=utf-8", QUEUES),
         "console.css" => asset("text/css; charset=utf-8", STYLE),
         "icon.svg" => asset("image/svg+xml", ICON),
         _ => (StatusCode::NOT_FOUND, "no such asset").into_response(),
