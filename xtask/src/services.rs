@@ -1,7 +1,8 @@
 //! Finding (or starting) the services the integration suites need: the URL given, else the
 //! local server (started when installed but stopped), else a throwaway container through
-//! testcontainers where Docker answers; and the Python packages of the real peers used in tests
-//! (an SMTP server, the Standard Webhooks verifier).
+//! testcontainers where Docker answers; the Python packages of the real peers used in tests
+//! (an SMTP server, the Standard Webhooks verifier); and the console's browser test's Node.js,
+//! Chromium and npm packages.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::Command;
@@ -177,6 +178,60 @@ pub fn python_peers() -> Result<()> {
     Ok(())
 }
 
+/// Where the browser test's npm packages live (playwright-core; see its package.json).
+const BROWSER_TESTS: &str = "crates/observers-cli/tests/browser";
+
+/// apt-get installs `packages` quietly; false when apt-get is missing or fails.
+fn apt_install(packages: &str) -> bool {
+    sh("command -v apt-get >/dev/null 2>&1")
+        && sh("apt-get update -qq >/dev/null 2>&1")
+        && sh(&format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {packages} >/dev/null 2>&1"
+        ))
+}
+
+/// Makes sure the console's browser test can run: Node.js and npm, Debian's Chromium (or
+/// `CHROMIUM`), and the test's npm packages (`npm ci`, no browser download), installing what
+/// is missing.
+pub fn browser_peers() -> Result<()> {
+    if !sh("command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1") {
+        eprintln!("xtask: installing Node.js for the browser test (apt-get install nodejs npm)");
+        if !apt_install("nodejs npm") {
+            bail!(
+                "Node.js is needed for the console's browser test; install it with `apt-get install nodejs npm`"
+            );
+        }
+    }
+    let chromium = std::env::var_os("CHROMIUM").is_some()
+        || sh("command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1");
+    if !chromium {
+        eprintln!("xtask: installing Chromium for the browser test (apt-get install chromium)");
+        if !apt_install("chromium") {
+            bail!(
+                "Chromium is needed for the console's browser test; install it with `apt-get install chromium` or set CHROMIUM=/path/to/chrome"
+            );
+        }
+    }
+    let dir = crate::workspace_root().join(BROWSER_TESTS);
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the browser test's npm packages (npm ci in {BROWSER_TESTS})");
+    let ok = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("`npm ci` failed in {BROWSER_TESTS}; run it there by hand to see why");
+    }
+    Ok(())
+}
+
 /// Makes sure `promtool` (Debian's `prometheus` package) is on the PATH, installing it with
 /// apt-get when missing: the test of docs/prometheus/alerts.yml runs `promtool check rules`.
 pub fn promtool() -> Result<()> {
@@ -184,11 +239,7 @@ pub fn promtool() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing promtool (apt-get install prometheus)");
-    let installed = sh("command -v apt-get >/dev/null 2>&1")
-        && sh("apt-get update -qq >/dev/null 2>&1")
-        && sh(
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1",
-        );
+    let installed = apt_install("prometheus");
     if installed && sh("command -v promtool >/dev/null 2>&1") {
         return Ok(());
     }

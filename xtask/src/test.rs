@@ -20,6 +20,7 @@ pub fn run(scope: Scope, args: &[String]) -> Result<()> {
     let redis = services::redis()?;
     services::python_peers()?;
     services::promtool()?;
+    services::browser_peers()?;
     // The WAL source's tests need `wal_level = logical`, which the shared server may not run: a
     // private cluster made with the machine's initdb, removed when the tests are done.
     let logical = match std::env::var("OBSERVERS_WAL_DATABASE_URL") {

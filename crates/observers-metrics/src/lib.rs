@@ -1,6 +1,6 @@
 //! Prometheus metrics fed by core telemetry (`ObserverMetrics`, the only place that knows
 //! prometheus-client), the ops HTTP server (`/metrics`, `/health`, `/ready`, `/status`,
-//! `POST /ingest/debezium`), and a reader of the exposition for `observers metrics`.
+//! `POST /ingest/debezium`, the `/ui` console), and a reader of the exposition for `observers metrics`.
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -16,6 +16,6 @@ pub use families::{JobOutcome, ObserverMetrics};
 pub use handles::OVERFLOW;
 pub use scrape::{MetricsSummary, Scrape};
 pub use server::{
-    BoundOpsServer, DEFAULT_LISTEN, IngestTarget, InstanceInfo, OpsServer, OpsState,
-    ReadinessCheck, ServerLimits, StatusSection, TOKEN_ENV,
+    BoundOpsServer, ConsoleSources, DEFAULT_LISTEN, IngestTarget, InstanceInfo, OpsServer,
+    OpsState, ReadinessCheck, ServerLimits, StatusSection, TOKEN_ENV,
 };

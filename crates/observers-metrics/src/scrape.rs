@@ -77,6 +77,12 @@ impl Scrape {
     /// The `q` quantile (0..1) of a histogram (summed over all label sets matching `with`),
     /// estimated by linear interpolation within buckets as PromQL's `histogram_quantile` does.
     pub fn quantile(&self, histogram: &str, q: f64, with: &[(&str, &str)]) -> Option<f64> {
+        quantile_of(&self.buckets(histogram, with)?, q)
+    }
+
+    /// A histogram's cumulative buckets `(upper bound, count)`, ascending, summed over all
+    /// label sets matching `with`; `None` when a bucket's bound is unreadable.
+    pub fn buckets(&self, histogram: &str, with: &[(&str, &str)]) -> Option<Vec<(f64, f64)>> {
         let bucket_name = format!("{histogram}_bucket");
         let mut buckets: BTreeMap<OrderedF64, f64> = BTreeMap::new();
         for s in self.select(&bucket_name, with) {
@@ -88,31 +94,37 @@ impl Scrape {
             };
             *buckets.entry(OrderedF64(bound)).or_default() += s.value;
         }
-        let total = buckets.values().last().copied()?;
-        if total <= 0.0 {
-            return None;
-        }
-        let rank = q * total;
-        let mut prev_bound = 0.0;
-        let mut prev_count = 0.0;
-        for (OrderedF64(bound), count) in &buckets {
-            if *count >= rank {
-                if bound.is_infinite() {
-                    return Some(prev_bound);
-                }
-                let in_bucket = count - prev_count;
-                let frac = if in_bucket > 0.0 {
-                    (rank - prev_count) / in_bucket
-                } else {
-                    1.0
-                };
-                return Some(prev_bound + (bound - prev_bound) * frac);
-            }
-            prev_bound = *bound;
-            prev_count = *count;
-        }
-        Some(prev_bound)
+        Some(buckets.into_iter().map(|(b, c)| (b.0, c)).collect())
     }
+}
+
+/// The `q` quantile of cumulative buckets `(upper bound, count)` in ascending order (as
+/// [`Scrape::buckets`] gives them, or their difference between two scrapes); `None` when empty.
+pub fn quantile_of(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last().map(|b| b.1)?;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev_bound = 0.0;
+    let mut prev_count = 0.0;
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(prev_bound);
+            }
+            let in_bucket = count - prev_count;
+            let frac = if in_bucket > 0.0 {
+                (rank - prev_count) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(prev_bound + (bound - prev_bound) * frac);
+        }
+        prev_bound = bound;
+        prev_count = count;
+    }
+    Some(prev_bound)
 }
 
 const SUFFIXES: [&str; 6] = ["_total", "_bucket", "_count", "_sum", "_created", "_info"];

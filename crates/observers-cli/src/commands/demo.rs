@@ -273,7 +273,7 @@ pub async fn run(database_url: Option<String>, orders: u32) -> CliResult {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\nNext: write your own observers.toml (docs/configuration.md), then\n  observers capture enable --table orders --entity Order\n  observers run --config observers.toml"
+        "\nNext: write your own observers.toml (docs/configuration.md), then\n  observers capture enable --table orders --entity Order\n  observers run --config observers.toml\nand open the web console that `run` serves: http://127.0.0.1:9464/ui/ (failed deliveries, retry; docs/console.md)"
     );
     pool.close().await;
     if received < expected {

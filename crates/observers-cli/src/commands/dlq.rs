@@ -261,21 +261,7 @@ async fn retry(
     for item in &items {
         progress.add(1);
         let e = &item.entry;
-        let outcome = if e.observer.is_empty() {
-            Err("an undecodable change-log row: fix or delete it, then purge this item".to_owned())
-        } else {
-            executor
-                .retry_action(&e.event, &e.observer, e.action_index)
-                .await
-                .map(|_| ())
-                .map_err(|err| err.to_string())
-        };
-        dlq.record_retry(
-            item.id,
-            outcome.is_ok(),
-            outcome.as_ref().err().map(String::as_str),
-        )
-        .await?;
+        let outcome = executor.retry_dead_letter(dlq, item).await?;
         results.push(json!({"id": item.id, "observer": e.observer, "ok": outcome.is_ok(), "error": outcome.err()}));
     }
     progress.finish();

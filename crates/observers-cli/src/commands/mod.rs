@@ -55,6 +55,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the listener: deliver changes to observers until SIGTERM (SIGHUP reloads --config).
+    ///
+    /// Also serves the ops server (default http://127.0.0.1:9464): /metrics, /health, /ready,
+    /// /status and the web console at /ui/ (retry and purge need OBSERVERS_OPS_TOKEN).
     Run,
     /// Apply the database schema.
     Migrate,

@@ -13,7 +13,8 @@ use observers_core::stores::dlq::{DeadLetterQueue, DlqStatus};
 use observers_core::stores::jobs::JobQueue;
 use observers_core::telemetry::{NoopTelemetry, SharedTelemetry, TelemetryEvent};
 use observers_metrics::{
-    IngestTarget, InstanceInfo, ObserverMetrics, OpsServer, OpsState, ReadinessCheck, StatusSection,
+    ConsoleSources, IngestTarget, InstanceInfo, ObserverMetrics, OpsServer, OpsState,
+    ReadinessCheck, StatusSection,
 };
 use observers_postgres::{PgPool, PostgresChangeLogSink, PostgresDeadLetterQueue};
 use serde_json::{Value, json};
@@ -163,7 +164,12 @@ pub async fn start(
     let mut state = OpsState::new(metrics.clone(), instance)
         .with_check(Arc::new(DatabaseReady(status_pool.clone())))
         .with_section(Arc::new(DatabaseSection(status_pool.clone())))
-        .with_breakers(executor.breakers().clone());
+        .with_breakers(executor.breakers().clone())
+        .with_console(ConsoleSources {
+            dlq: Arc::new(PostgresDeadLetterQueue::new(status_pool.clone())),
+            jobs: Arc::new(observers_queue::PostgresJobQueue::new(status_pool.clone())),
+            executor: executor.clone(),
+        });
     if config.ha.enabled {
         state = state
             .with_check(Arc::new(GroupMemberReady {
@@ -203,6 +209,7 @@ pub async fn start(
     };
     let addr = bound.local_addr();
     tracing::info!("ops server listening on http://{addr} (/metrics /health /ready /status)");
+    tracing::info!("web console: http://{addr}/ui/");
     if let Some(why) = bound.data_closed_because() {
         tracing::warn!("{why}");
     }

@@ -3,6 +3,7 @@
 
 mod backfill;
 mod brokers;
+mod console;
 mod docs;
 mod e2e;
 mod exact;

@@ -18,10 +18,10 @@ use crate::support::{
 use crate::support::{capture, cli};
 
 const LONG: Duration = Duration::from_secs(60);
-const TOKEN: &str = "test-ops-token";
+pub(crate) const TOKEN: &str = "test-ops-token";
 
 /// `observers run` with the ops token in its environment.
-fn spawn_run_with_token(config: &Path, log: &Path) -> Run {
+pub(crate) fn spawn_run_with_token(config: &Path, log: &Path) -> Run {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

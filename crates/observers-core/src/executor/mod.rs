@@ -24,7 +24,7 @@ use crate::error::{ObserverError, Result};
 use crate::event::EntityEvent;
 use crate::retry::{GiveUpReason, RetryDecision};
 use crate::stores::dedup::{ClaimOutcome, DedupStore};
-use crate::stores::dlq::{DeadLetterQueue, DlqEntry, MemoryDeadLetterQueue};
+use crate::stores::dlq::{DeadLetterQueue, DlqEntry, DlqItem, MemoryDeadLetterQueue};
 use crate::stores::gone::{GoneEndpoint, GoneEndpoints, MemoryGoneEndpoints};
 use crate::stores::jobs::{EnqueueOutcome, JobQueue, NewJob};
 use crate::telemetry::{ActionOutcome, NoopTelemetry, SharedTelemetry, TelemetryEvent};
@@ -484,6 +484,32 @@ impl ObserverExecutor {
             Some(e) => Err(e),
             None => Ok(a.report),
         }
+    }
+
+    /// Retries one dead-lettered action (`dlq retry`, the console) and records the outcome on
+    /// its item: resolved on success, the new error otherwise. `Ok(Err(message))` means the
+    /// action still fails; `Err` that the DLQ could not be written.
+    pub async fn retry_dead_letter(
+        &self,
+        dlq: &dyn DeadLetterQueue,
+        item: &DlqItem,
+    ) -> Result<std::result::Result<(), String>> {
+        let e = &item.entry;
+        let outcome = if e.observer.is_empty() {
+            Err("an undecodable change-log row: fix or delete it, then purge this item".to_owned())
+        } else {
+            self.retry_action(&e.event, &e.observer, e.action_index)
+                .await
+                .map(|_| ())
+                .map_err(|err| err.to_string())
+        };
+        dlq.record_retry(
+            item.id,
+            outcome.is_ok(),
+            outcome.as_ref().err().map(String::as_str),
+        )
+        .await?;
+        Ok(outcome)
     }
 
     /// Runs one attempt of one action (a queued job's run): timeout and circuit breaker apply,

@@ -1,10 +1,11 @@
 //! Who may call what. The token comes from the environment (never the config file).
 //!
 //! - Open: `/metrics`, `/health`, `/ready` (no row data, no error texts).
-//! - Data endpoints (`/status`, every merged router such as `/api/observers/search`, the future
-//!   `/ui`): with a token set, `Authorization: Bearer <token>` or 401; without a token they
+//! - The console's shell and assets (`/ui/...`): open; they hold no data.
+//! - Data endpoints (`/status`, every merged router such as `/api/observers/search`, the
+//!   console's reads under `/api/ui/`): with a token set, `Authorization: Bearer <token>` or 401; without a token they
 //!   answer only while the server is bound to a loopback address, else 403.
-//! - State-changing endpoints (`POST /ingest/debezium`): always the token; without one, 403.
+//! - State-changing endpoints (`POST /ingest/debezium`, the console's retry and purge): always the token; without one, 403.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -1,10 +1,12 @@
-//! The ops HTTP server (axum): `/metrics`, `/health`, `/ready`, `/status` and
-//! `POST /ingest/debezium`. What it reports beyond the metrics comes from pluggable providers
+//! The ops HTTP server (axum): `/metrics`, `/health`, `/ready`, `/status`,
+//! `POST /ingest/debezium` and the web console under `/ui` (see `console`). What it reports beyond the metrics comes from pluggable providers
 //! (`ReadinessCheck`, `StatusSection`), so this crate knows no database: the CLI plugs in the
 //! PostgreSQL checks, the HA issue a lease check and a `group` section. Other routers (search)
 //! are merged with [`OpsServer::merge`] and are data endpoints (see `auth`).
 
 mod auth;
+pub mod console;
+pub mod history;
 mod ingest;
 mod limits;
 mod rate;
@@ -31,6 +33,7 @@ use crate::error::MetricsError;
 use crate::families::ObserverMetrics;
 
 pub use auth::TOKEN_ENV;
+pub use console::{ConsoleSources, UI_PATH};
 pub use limits::ServerLimits;
 
 /// The default `[metrics] listen` address.
@@ -86,8 +89,12 @@ pub struct OpsState {
     /// The bearer token of data and state-changing endpoints; `None` disables the
     /// state-changing ones and opens the data endpoints on a loopback bind only.
     pub token: Option<String>,
+    /// What the console's DLQ and jobs pages act on.
+    pub console: Option<ConsoleSources>,
     /// Samples of the processed-events total, for `/status`'s events per second.
     pub(crate) rate: Arc<rate::EventRate>,
+    /// The console overview's recent events per second and p99.
+    pub(crate) history: Arc<history::History>,
 }
 
 impl OpsState {
@@ -100,7 +107,9 @@ impl OpsState {
             breakers: None,
             ingest: None,
             token: auth::token_from_env(),
+            console: None,
             rate: Arc::default(),
+            history: Arc::default(),
         }
     }
 
@@ -128,6 +137,13 @@ impl OpsState {
         self
     }
 
+    /// Wires the console's DLQ and jobs pages.
+    #[must_use]
+    pub fn with_console(mut self, sources: ConsoleSources) -> Self {
+        self.console = Some(sources);
+        self
+    }
+
     /// Overrides the token read from `OBSERVERS_OPS_TOKEN` (`None` disables state-changing
     /// endpoints and keeps data endpoints to a loopback bind).
     #[must_use]
@@ -151,6 +167,7 @@ impl OpsServer {
         let state = Arc::new(state);
         let data = Router::new()
             .route("/status", get(routes::status))
+            .merge(console::reads())
             .route_layer(from_fn_with_state(access.clone(), auth::data_guard));
         let router = Router::new()
             .route("/metrics", get(routes::metrics))
@@ -158,6 +175,8 @@ impl OpsServer {
             .route("/ready", get(routes::ready))
             .route("/ingest/debezium", post(ingest::debezium))
             .merge(data)
+            .merge(console::pages())
+            .merge(console::actions())
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(state.clone());
         Self {
@@ -258,7 +277,7 @@ impl BoundOpsServer {
     }
 
     /// Serves until `shutdown` completes; in-flight requests finish first. Meanwhile it samples
-    /// the processed-events total for `/status`'s events per second.
+    /// the processed-events total for `/status`'s events per second and the console's history.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -268,7 +287,7 @@ impl BoundOpsServer {
             let mut ticker = tokio::time::interval(rate::EVERY);
             loop {
                 ticker.tick().await;
-                routes::events_per_second(&state);
+                routes::sample(&state);
             }
         };
         tokio::select! {

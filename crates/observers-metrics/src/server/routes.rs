@@ -91,6 +91,17 @@ pub(crate) fn events_per_second(state: &OpsState) -> f64 {
         })
 }
 
+/// The server's periodic sample: the events-per-second window and the console's history.
+pub(crate) fn sample(state: &OpsState) {
+    let Ok(scrape) = Scrape::parse(&state.metrics.encode()) else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    let total = scrape.sum("observer_events_processed_total", &[]);
+    let _ = state.rate.sample(now, total);
+    state.history.record(now, chrono::Utc::now(), &scrape);
+}
+
 /// The instance's state as JSON: identity, a metrics summary, events per second, breakers,
 /// and every section.
 pub(crate) async fn status(State(state): State<Arc<OpsState>>) -> Json<Value> {
