@@ -95,12 +95,54 @@ fn source_config(db: &DbArgs) -> CliResult<observers_core::config::SourceConfig>
     })
 }
 
-pub async fn run(cmd: CaptureCommand, db: &DbArgs) -> CliResult {
-    let pool = db.migrated_pool().await?;
-    let usage = |e: observers_postgres::PgError| match e {
+/// A request PostgreSQL cannot carry out as asked is bad usage (exit 2).
+fn usage(e: observers_postgres::PgError) -> Exit {
+    match e {
         observers_postgres::PgError::Invalid(_) => Exit::usage(e),
         other => Exit::from(other),
+    }
+}
+
+/// `capture enable`: the kind from `--kind`, else the config's `[source] kind`.
+async fn enable(pool: &PgPool, db: &DbArgs, spec: CaptureSpec, kind: Option<KindArg>) -> CliResult {
+    let source = source_config(db)?;
+    let kind = match kind {
+        Some(KindArg::Wal) => SourceKind::Wal,
+        Some(KindArg::Trigger) => SourceKind::Trigger,
+        None => source.kind,
     };
+    let kind = match kind {
+        SourceKind::Trigger => CaptureKind::Trigger,
+        SourceKind::Wal => CaptureKind::Wal {
+            publication: source.publication.clone(),
+            slot: source.slot.clone(),
+        },
+    };
+    let info = capture::enable_as(pool, &spec, &kind)
+        .await
+        .map_err(usage)?;
+    println!(
+        "capturing {}.{} as entity {} (id column {}{}){}",
+        info.schema,
+        info.table,
+        info.entity_type,
+        info.id_column,
+        info.tenant_column
+            .as_deref()
+            .map(|t| format!(", tenant column {t}"))
+            .unwrap_or_default(),
+        match &kind {
+            CaptureKind::Trigger => " by trigger".to_owned(),
+            CaptureKind::Wal { publication, slot } =>
+                format!(" through publication {publication} and slot {slot} (kind wal)"),
+        }
+    );
+
+    Ok(())
+}
+
+pub async fn run(cmd: CaptureCommand, db: &DbArgs) -> CliResult {
+    let pool = db.migrated_pool().await?;
     match cmd {
         CaptureCommand::Enable {
             table,
@@ -109,44 +151,13 @@ pub async fn run(cmd: CaptureCommand, db: &DbArgs) -> CliResult {
             tenant_column,
             kind,
         } => {
-            let source = source_config(db)?;
-            let kind = match kind {
-                Some(KindArg::Wal) => SourceKind::Wal,
-                Some(KindArg::Trigger) => SourceKind::Trigger,
-                None => source.kind,
-            };
-            let kind = match kind {
-                SourceKind::Trigger => CaptureKind::Trigger,
-                SourceKind::Wal => CaptureKind::Wal {
-                    publication: source.publication.clone(),
-                    slot: source.slot.clone(),
-                },
-            };
             let spec = CaptureSpec {
                 table,
                 entity,
                 id_column,
                 tenant_column,
             };
-            let info = capture::enable_as(&pool, &spec, &kind)
-                .await
-                .map_err(usage)?;
-            println!(
-                "capturing {}.{} as entity {} (id column {}{}){}",
-                info.schema,
-                info.table,
-                info.entity_type,
-                info.id_column,
-                info.tenant_column
-                    .as_deref()
-                    .map(|t| format!(", tenant column {t}"))
-                    .unwrap_or_default(),
-                match &kind {
-                    CaptureKind::Trigger => " by trigger".to_owned(),
-                    CaptureKind::Wal { publication, slot } =>
-                        format!(" through publication {publication} and slot {slot} (kind wal)"),
-                }
-            );
+            enable(&pool, db, spec, kind).await?;
         }
         CaptureCommand::DropSlot { slot } => {
             let slot = slot.unwrap_or(source_config(db)?.slot);
