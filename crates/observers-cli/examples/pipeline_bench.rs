@@ -163,6 +163,10 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
     let mut tables = vec!["orders_none", "orders_min", "orders_old", "orders"];
     if wal {
         pool.execute(WAL_BASELINES).await.unwrap();
+        // A slot cannot be created in a transaction that wrote (the batch above is one).
+        pool.execute("SELECT pg_create_logical_replication_slot('bench_bare', 'pgoutput')")
+            .await
+            .unwrap();
         wal_capture(pool, "orders_wal", "OrderWal").await;
         tables.extend(["orders_pub", "orders_wal"]);
     }
@@ -220,12 +224,11 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
     new
 }
 
-/// The bare logical consumer's table and publication (its slot is made by `Consumer::bare`).
+/// The bare logical consumer's table and publication, and the WAL source's table.
 const WAL_BASELINES: &str = r"
 CREATE TABLE orders_pub (LIKE orders INCLUDING ALL);
 CREATE TABLE orders_wal (LIKE orders INCLUDING ALL);
 CREATE PUBLICATION bench_bare FOR TABLE orders_pub;
-SELECT pg_create_logical_replication_slot('bench_bare', 'pgoutput');
 ";
 
 /// Captures `table` through the WAL source's default publication and slot.
