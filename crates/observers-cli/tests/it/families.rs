@@ -580,13 +580,15 @@ async fn ha_takeover() -> Vec<Scrape> {
     })
     .await;
     signal(&a, "CONT");
-    // a's first renewal after waking is refused (the lease lapsed and is b's); it may be
-    // counted a moment after the fenced write, so it is waited for too.
+    // a wakes with its in-flight event finishing and its renewal overdue. Whichever runs first
+    // decides how a learns it lost the partition: its checkpoint write is fenced, or its
+    // renewal is refused and the listener stops before it writes. Both end its lease.
     let a_scrape = scrape_until(
         &a_ops,
-        "a's fenced write, refused renewal and ended lease",
+        "a's fenced write or refused renewal, and its ended lease",
         |s| {
-            s.sum("observer_fenced_writes_total", &[("listener", "ha")]) >= 1.0
+            (s.sum("observer_fenced_writes_total", &[("listener", "ha")]) >= 1.0
+                || s.sum("observer_lease_renewals_total", &[("outcome", "lost")]) >= 1.0)
                 && s.sum("observer_lease_hold_duration_seconds_count", &[]) >= 1.0
                 && s.sum("observer_lease_renewals_total", &[]) >= 1.0
         },
@@ -607,6 +609,21 @@ async fn every_documented_family_moves_under_observers_run() {
     match crate::wal::wal_instance().await {
         Some(s) => scrapes.push(s),
         None => documented.retain(|f| !f.starts_with("observer_wal_")),
+    }
+    // The takeover's race (see `ha_takeover`): when a's refused renewal won it, a never wrote,
+    // and the fenced-write family is shown by `ha::a_paused_old_leader_is_fenced_and_steps_down`
+    // and the telemetry unit tests instead.
+    let renewal_won = !scrapes
+        .iter()
+        .any(|s| moved(s, "observer_fenced_writes_total"))
+        && scrapes
+            .iter()
+            .any(|s| s.sum("observer_lease_renewals_total", &[("outcome", "lost")]) >= 1.0);
+    if renewal_won {
+        eprintln!(
+            "the paused holder's renewal was refused before it wrote: no fenced write this run"
+        );
+        documented.remove("observer_fenced_writes_total");
     }
     let still: Vec<&String> = documented
         .iter()
