@@ -39,7 +39,7 @@ pub fn spawn(
     }
     let relay = WalRelay::new(pool.clone(), url, settings(config))
         .map_err(|e| crate::Exit::usage(anyhow::anyhow!("[source] kind = \"wal\": {e}")))?;
-    let stats = relay.stats();
+    let relayed_changes = relay.relayed_changes();
     let slot = config.source.slot.clone();
     let relay_stop = stop.clone();
     let relay_task = tokio::spawn(async move { relay.run(relay_stop).await });
@@ -49,7 +49,7 @@ pub fn spawn(
         let mut reported = 0u64;
         while !*monitor_stop.borrow() {
             if let Some(m) = &metrics {
-                let relayed = stats.changes.load(Ordering::Relaxed);
+                let relayed = relayed_changes.load(Ordering::Relaxed);
                 m.wal_relayed(&slot, relayed - reported);
                 reported = relayed;
                 match wal::slot::status(&monitor_pool, &slot).await {

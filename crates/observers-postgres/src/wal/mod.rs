@@ -69,19 +69,6 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     observers_core::config::validate_replication_name(what, name)
 }
 
-/// What the relay has done, for `/status` and metrics.
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    /// Changes written into the change log.
-    pub changes: AtomicU64,
-    /// Source transactions copied.
-    pub transactions: AtomicU64,
-    /// The end LSN last confirmed to the slot.
-    pub confirmed_lsn: AtomicU64,
-    /// 1 while a replication connection streams.
-    pub streaming: AtomicU64,
-}
-
 /// How a captured table maps to events (from `observer_captures`).
 #[derive(Debug, Clone)]
 struct Capture {
@@ -94,9 +81,18 @@ struct Capture {
 #[derive(Debug)]
 struct Rel {
     relation: Relation,
-    /// `schema.table`, quoted by the server (`format('%I.%I')`), for the row type.
-    type_name: String,
     capture: Option<Capture>,
+    /// The insert of a run of this table's changes with the values read into its row type, and
+    /// the same keeping the text values (see [`insert_sql`]); built once per Relation message.
+    insert_typed: String,
+    insert_text: String,
+}
+
+/// The tenant and user of the changes after an `observers` logical message in a transaction.
+#[derive(Debug, Default)]
+struct Context {
+    tenant: Option<String>,
+    user: Option<String>,
 }
 
 #[derive(Debug)]
@@ -105,14 +101,14 @@ struct Change {
     operation: &'static str,
     before: Option<String>,
     after: Option<String>,
+    context: Arc<Context>,
 }
 
 #[derive(Debug)]
 struct Tx {
     commit_time: DateTime<Utc>,
-    tenant: Option<String>,
-    user: Option<String>,
-    changes: Vec<(Change, Option<String>, Option<String>)>,
+    context: Arc<Context>,
+    changes: Vec<Change>,
     end_lsn: Lsn,
 }
 
@@ -121,7 +117,7 @@ pub struct WalRelay {
     pool: PgPool,
     replication: ReplicationConfig,
     settings: WalSettings,
-    stats: Arc<RelayStats>,
+    relayed: Arc<AtomicU64>,
 }
 
 impl WalRelay {
@@ -135,16 +131,13 @@ impl WalRelay {
             pool,
             replication,
             settings,
-            stats: Arc::new(RelayStats::default()),
+            relayed: Arc::default(),
         })
     }
 
-    pub fn stats(&self) -> Arc<RelayStats> {
-        self.stats.clone()
-    }
-
-    pub fn settings(&self) -> &WalSettings {
-        &self.settings
+    /// Changes written into the change log so far (for the metrics).
+    pub fn relayed_changes(&self) -> Arc<AtomicU64> {
+        self.relayed.clone()
     }
 
     /// Streams until `shutdown` turns true. Errors are logged and retried with backoff (a slot
@@ -156,7 +149,6 @@ impl WalRelay {
             match self.session(shutdown.clone()).await {
                 Ok(()) => return,
                 Err(e) => {
-                    self.stats.streaming.store(0, Ordering::Relaxed);
                     let text = e.to_string();
                     if text.contains("is active for PID") {
                         if !quiet {
@@ -189,7 +181,6 @@ impl WalRelay {
             .with_start_lsn(start)
             .with_status_interval(Duration::from_millis(500));
         let mut client = ReplicationClient::connect(config).await.map_err(wire)?;
-        self.stats.streaming.store(1, Ordering::Relaxed);
         tracing::info!(slot = %self.settings.slot, publication = %self.settings.publication,
             from = %start, "WAL relay streaming");
 
@@ -226,8 +217,7 @@ impl WalRelay {
                 } => {
                     current = Some(Tx {
                         commit_time: pg_time(commit_time_micros),
-                        tenant: None,
-                        user: None,
+                        context: Arc::default(),
                         changes: Vec::new(),
                         end_lsn: Lsn::from_u64(0),
                     });
@@ -264,9 +254,6 @@ impl WalRelay {
                     // here, confirming it lets the server free WAL that held no captured change.
                     if current.is_none() && pending.is_empty() && !wal_end.is_zero() {
                         client.update_applied_lsn(wal_end);
-                        self.stats
-                            .confirmed_lsn
-                            .fetch_max(wal_end.as_u64(), Ordering::Relaxed);
                     }
                 }
                 ReplicationEvent::StoppedAt { .. } => {
@@ -292,10 +279,16 @@ impl WalRelay {
                 ))
             })
         };
-        let push = |tx: Option<&mut Tx>, change: Change| {
+        let push = |tx: Option<&mut Tx>, rel, operation, before, after| {
             if let Some(tx) = tx {
-                let (tenant, user) = (tx.tenant.clone(), tx.user.clone());
-                tx.changes.push((change, tenant, user));
+                let context = tx.context.clone();
+                tx.changes.push(Change {
+                    rel,
+                    operation,
+                    before,
+                    after,
+                    context,
+                });
             }
         };
         match message {
@@ -318,15 +311,16 @@ impl WalRelay {
                     relation.id,
                     Arc::new(Rel {
                         relation,
-                        type_name,
                         capture,
+                        insert_typed: insert_sql(Some(&type_name)),
+                        insert_text: insert_sql(None),
                     }),
                 );
             }
             Message::Insert { relation, new } => {
                 let rel = rel_of(rels, relation)?;
                 let after = Some(row_json(&rel.relation, &new, None));
-                push(tx, change(rel, "insert", None, after));
+                push(tx, rel, "insert", None, after);
             }
             Message::Update { relation, old, new } => {
                 let rel = rel_of(rels, relation)?;
@@ -335,20 +329,18 @@ impl WalRelay {
                     .filter(|_| rel.relation.replica_identity == b'f')
                     .map(|o| row_json(&rel.relation, o, None));
                 let after = Some(row_json(&rel.relation, &new, old.as_deref()));
-                push(tx, change(rel, "update", before, after));
+                push(tx, rel, "update", before, after);
             }
             Message::Delete { relation, old } => {
                 let rel = rel_of(rels, relation)?;
                 let before = Some(row_json(&rel.relation, &old, None));
-                push(tx, change(rel, "delete", before, None));
+                push(tx, rel, "delete", before, None);
             }
             Message::Truncate { relations } => {
                 if let Some(tx) = tx {
                     for id in relations {
                         let rel = rel_of(rels, id)?;
-                        let (tenant, user) = (tx.tenant.clone(), tx.user.clone());
-                        tx.changes
-                            .push((change(rel, "truncate", None, None), tenant, user));
+                        push(Some(&mut *tx), rel, "truncate", None, None);
                     }
                 }
             }
@@ -359,15 +351,10 @@ impl WalRelay {
 
     /// The end LSN of the last source transaction copied (creating the row at 0/0).
     async fn progress(&self) -> Result<Lsn, PgError> {
-        sqlx::query(
-            "INSERT INTO observer_wal_progress (slot_name, commit_lsn) VALUES ($1, '0/0')
-             ON CONFLICT (slot_name) DO NOTHING",
-        )
-        .bind(&self.settings.slot)
-        .execute(&self.pool)
-        .await?;
         let lsn: String = sqlx::query_scalar(
-            "SELECT commit_lsn::text FROM observer_wal_progress WHERE slot_name = $1",
+            "INSERT INTO observer_wal_progress (slot_name, commit_lsn) VALUES ($1, '0/0')
+             ON CONFLICT (slot_name) DO UPDATE SET slot_name = EXCLUDED.slot_name
+             RETURNING commit_lsn::text",
         )
         .bind(&self.settings.slot)
         .fetch_one(&self.pool)
@@ -394,23 +381,17 @@ impl WalRelay {
                 self.write(pending, true).await
             }
         };
-        let (last, written, transactions) = result?;
+        let (last, written) = result?;
         pending.clear();
         client.update_applied_lsn(last);
-        self.stats
-            .confirmed_lsn
-            .fetch_max(last.as_u64(), Ordering::Relaxed);
-        self.stats.changes.fetch_add(written, Ordering::Relaxed);
-        self.stats
-            .transactions
-            .fetch_add(transactions, Ordering::Relaxed);
+        self.relayed.fetch_add(written, Ordering::Relaxed);
         Ok(())
     }
 
     /// One relay transaction. With `careful`, each table's run is tried in a savepoint and
     /// written with its text values (and a row in `observer_capture_errors`) when the server
     /// cannot read them into the table's current row type (a table dropped or altered since).
-    async fn write(&self, pending: &[Tx], careful: bool) -> Result<(Lsn, u64, u64), PgError> {
+    async fn write(&self, pending: &[Tx], careful: bool) -> Result<(Lsn, u64), PgError> {
         let mut db = self.pool.begin().await?;
         let done: String = sqlx::query_scalar(
             "SELECT commit_lsn::text FROM observer_wal_progress WHERE slot_name = $1 FOR UPDATE",
@@ -423,16 +404,12 @@ impl WalRelay {
         let Some(last) = todo.last().map(|t| t.end_lsn) else {
             // Copied before (a restart re-sent them): confirm and move on.
             db.rollback().await?;
-            return Ok((pending.last().map_or(done, |t| t.end_lsn), 0, 0));
+            return Ok((pending.last().map_or(done, |t| t.end_lsn), 0));
         };
         let rows: Vec<Row<'_>> = todo
             .iter()
-            .flat_map(|t| {
-                t.changes
-                    .iter()
-                    .map(move |(c, tenant, user)| (c, tenant, user, t.commit_time))
-            })
-            .filter(|(c, ..)| c.rel.capture.is_some())
+            .flat_map(|t| t.changes.iter().map(move |c| (c, t.commit_time)))
+            .filter(|(c, _)| c.rel.capture.is_some())
             .collect();
         let mut written = 0u64;
         for run in rows.chunk_by(|a, b| Arc::ptr_eq(&a.0.rel, &b.0.rel)) {
@@ -483,37 +460,25 @@ impl WalRelay {
         .execute(&mut *db)
         .await?;
         db.commit().await?;
-        Ok((last, written, todo.len() as u64))
+        Ok((last, written))
     }
 }
 
-type Row<'a> = (
-    &'a Change,
-    &'a Option<String>,
-    &'a Option<String>,
-    DateTime<Utc>,
-);
+/// A change and its transaction's commit time.
+type Row<'a> = (&'a Change, DateTime<Utc>);
 
-/// One statement for a run of changes to one table, in order (ids follow `ORDER BY x.n`).
-async fn insert_run(
-    db: &mut sqlx::PgConnection,
-    rel: &Rel,
-    capture: &Capture,
-    run: &[Row<'_>],
-    typed: bool,
-) -> Result<(), sqlx::Error> {
-    let convert = |col: &str| {
-        if typed {
-            format!(
-                "CASE WHEN u.{col} IS NULL THEN NULL \
-                      ELSE to_jsonb(jsonb_populate_record(NULL::{}, u.{col}::jsonb)) END",
-                rel.type_name
-            )
-        } else {
-            format!("u.{col}::jsonb")
-        }
+/// The insert of a run of changes to one table, in order (ids follow `ORDER BY x.n`). With the
+/// table's quoted row type, the server reads the values into it and renders them with
+/// `to_jsonb`; without, the text values are kept.
+fn insert_sql(type_name: Option<&str>) -> String {
+    let convert = |col: &str| match type_name {
+        Some(t) => format!(
+            "CASE WHEN u.{col} IS NULL THEN NULL \
+                  ELSE to_jsonb(jsonb_populate_record(NULL::{t}, u.{col}::jsonb)) END"
+        ),
+        None => format!("u.{col}::jsonb"),
     };
-    let sql = format!(
+    format!(
         "INSERT INTO observer_change_log
              (entity_type, entity_id, operation, tenant_id, user_id, before, after, created_at)
          SELECT $1, coalesce(coalesce(x.a, x.b) ->> $2, ''), x.op,
@@ -525,44 +490,46 @@ async fn insert_run(
           ORDER BY x.n",
         convert("b"),
         convert("a"),
-    );
-    let col = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> Vec<Option<String>> {
-        run.iter().map(f).collect()
+    )
+}
+
+/// One statement for a run of changes to one table; the row images are bound, not copied.
+async fn insert_run(
+    db: &mut sqlx::PgConnection,
+    rel: &Rel,
+    capture: &Capture,
+    run: &[Row<'_>],
+    typed: bool,
+) -> Result<(), sqlx::Error> {
+    let sql = if typed {
+        &rel.insert_typed
+    } else {
+        &rel.insert_text
     };
-    sqlx::query(AssertSqlSafe(sql))
+    let col = |f: &dyn Fn(&Change) -> Option<&str>| -> Vec<Option<&str>> {
+        run.iter().map(|r| f(r.0)).collect()
+    };
+    sqlx::query(AssertSqlSafe(sql.as_str()))
         .bind(&capture.entity)
         .bind(&capture.id_column)
         .bind(capture.tenant_column.as_deref())
-        .bind(col(&|r| Some(r.0.operation.to_owned())))
-        .bind(col(&|r| r.0.before.clone()))
-        .bind(col(&|r| r.0.after.clone()))
-        .bind(col(&|r| r.1.clone()))
-        .bind(col(&|r| r.2.clone()))
-        .bind(run.iter().map(|r| r.3).collect::<Vec<_>>())
+        .bind(col(&|c| Some(c.operation)))
+        .bind(col(&|c| c.before.as_deref()))
+        .bind(col(&|c| c.after.as_deref()))
+        .bind(col(&|c| c.context.tenant.as_deref()))
+        .bind(col(&|c| c.context.user.as_deref()))
+        .bind(run.iter().map(|r| r.1).collect::<Vec<_>>())
         .execute(db)
         .await?;
     Ok(())
-}
-
-fn change(
-    rel: Arc<Rel>,
-    operation: &'static str,
-    before: Option<String>,
-    after: Option<String>,
-) -> Change {
-    Change {
-        rel,
-        operation,
-        before,
-        after,
-    }
 }
 
 /// A tuple as a JSON object of the columns' text values (json and jsonb columns as JSON), the
 /// input of `jsonb_populate_record`. An unchanged TOAST value is taken from `old` (the whole old
 /// row under `REPLICA IDENTITY FULL`); without it, the column is left out (and reads as NULL).
 fn row_json(relation: &Relation, values: &[Value], old: Option<&[Value]>) -> String {
-    let mut object = serde_json::Map::with_capacity(values.len());
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
     for (i, (column, value)) in relation.columns.iter().zip(values).enumerate() {
         let value = match value {
             Value::Unchanged => match old.and_then(|o| o.get(i)) {
@@ -571,31 +538,48 @@ fn row_json(relation: &Relation, values: &[Value], old: Option<&[Value]>) -> Str
             },
             v => v,
         };
-        let json = match value {
-            Value::Null | Value::Unchanged => serde_json::Value::Null,
-            Value::Text(text) if column.type_oid == JSON_OID || column.type_oid == JSONB_OID => {
-                serde_json::from_str(text)
-                    .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        json_string(&mut out, &column.name);
+        out.push(b':');
+        match value {
+            Value::Null | Value::Unchanged => out.extend_from_slice(b"null"),
+            // json and jsonb text is JSON already (checked, so a bad one stays a string).
+            Value::Text(text)
+                if (column.type_oid == JSON_OID || column.type_oid == JSONB_OID)
+                    && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() =>
+            {
+                out.extend_from_slice(text.as_bytes());
             }
-            Value::Text(text) => serde_json::Value::String(text.clone()),
-        };
-        object.insert(column.name.clone(), json);
+            Value::Text(text) => json_string(&mut out, text),
+        }
     }
-    serde_json::Value::Object(object).to_string()
+    out.push(b'}');
+    // Every piece written is UTF-8 (JSON string literals and text that was a `&str`).
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `text` as a JSON string literal.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a `&str` into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, text);
 }
 
 /// `{"tenant_id": "...", "user_id": "..."}` from a transactional `observers` message: applies to
 /// the changes that follow it in its transaction.
 fn apply_context(tx: &mut Tx, content: &[u8]) {
     #[derive(serde::Deserialize)]
-    struct Context {
+    struct Message {
         tenant_id: Option<String>,
         user_id: Option<String>,
     }
-    match serde_json::from_slice::<Context>(content) {
+    match serde_json::from_slice::<Message>(content) {
         Ok(c) => {
-            tx.tenant = c.tenant_id.filter(|t| !t.is_empty());
-            tx.user = c.user_id.filter(|u| !u.is_empty());
+            tx.context = Arc::new(Context {
+                tenant: c.tenant_id.filter(|t| !t.is_empty()),
+                user: c.user_id.filter(|u| !u.is_empty()),
+            });
         }
         Err(e) => tracing::warn!(error = %e,
             "an `observers` logical message is not {{\"tenant_id\":..,\"user_id\":..}}; ignored"),
