@@ -108,13 +108,7 @@ impl Backfill {
                  <Entity>` first, so changes made during the backfill are captured too"
             )));
         };
-        // A `wal` capture has no trigger: its changes come from the publication.
-        let capturing = if info.kind == "wal" {
-            info.published
-        } else {
-            info.trigger_enabled
-        };
-        if !capturing {
+        if !info.is_capturing() {
             return Err(PgError::Invalid(format!(
                 "the capture of {shown} is not in force (its trigger is missing or disabled, or \
                  it left its publication), so changes made during the backfill would be lost: {}",

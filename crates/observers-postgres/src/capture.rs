@@ -141,6 +141,16 @@ impl CaptureInfo {
         )
     }
 
+    /// Whether the table's changes reach the change log now: its trigger fires (kind
+    /// `trigger`), or it is in its publication (kind `wal`).
+    pub fn is_capturing(&self) -> bool {
+        if self.kind == "wal" {
+            self.published
+        } else {
+            self.trigger_enabled
+        }
+    }
+
     /// Whether everything is as `capture enable` left it.
     pub fn is_healthy(&self) -> bool {
         self.drift.is_empty()
