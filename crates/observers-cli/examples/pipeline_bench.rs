@@ -285,12 +285,7 @@ impl Consumer {
     }
 
     async fn wal(pool: &PgPool) -> Self {
-        let relay = observers_postgres::wal::WalRelay::new(
-            pool.clone(),
-            &db_url(),
-            observers_postgres::wal::WalSettings::default(),
-        )
-        .unwrap();
+        let relay = relay(pool);
         // The relay's own progress and the slot both start at the current position.
         advance(pool, "observers").await;
         let (stop, rx) = watch::channel(false);
@@ -330,7 +325,13 @@ impl Consumer {
 /// A listener that runs every event through a no-op action (counted in `count`).
 fn noop_listener(pool: &PgPool, id: &str, count: Arc<AtomicUsize>) -> ChangeLogListener {
     let slot = ActionSlot::new(Arc::new(Noop(count)), "noop");
-    let observer = CompiledObserver::new("bench", "*", EventKind::ALL.to_vec()).with_action(slot);
+    listener(pool, id, "*", slot)
+}
+
+/// A listener running every change of `entity` through `slot`.
+fn listener(pool: &PgPool, id: &str, entity: &str, slot: ActionSlot) -> ChangeLogListener {
+    let observer =
+        CompiledObserver::new("bench", entity, EventKind::ALL.to_vec()).with_action(slot);
     let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(10));
     let executor = Arc::new(
         ObserverExecutor::builder(set)
@@ -367,21 +368,8 @@ fn listener_config(id: &str) -> observers_core::listener::ListenerConfig {
 
 /// Runs a listener over the current backlog until its checkpoint reaches `end`; rows/s.
 async fn drain(pool: &PgPool, id: &str, slot: ActionSlot, rows: usize, end: Cursor) -> f64 {
-    let observer =
-        CompiledObserver::new("bench", "Order", EventKind::ALL.to_vec()).with_action(slot);
-    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(10));
-    let executor = Arc::new(
-        ObserverExecutor::builder(set)
-            .max_concurrent_actions(128)
-            .build(),
-    );
-    let checkpoints = Arc::new(PostgresCheckpointStore::new(pool.clone()));
-    let listener = ChangeLogListener::new(
-        pool.clone(),
-        checkpoints.clone(),
-        executor,
-        listener_config(id),
-    );
+    let listener = listener(pool, id, "Order", slot);
+    let checkpoints = PostgresCheckpointStore::new(pool.clone());
     let (tx, rx) = watch::channel(false);
     let started = Instant::now();
     let task = tokio::spawn(async move { listener.run(rx).await });
@@ -656,46 +644,41 @@ async fn wal_source(
         .execute(pool)
         .await
         .unwrap();
-    let relay = observers_postgres::wal::WalRelay::new(
-        pool.clone(),
-        &db_url(),
-        observers_postgres::wal::WalSettings::default(),
-    )
-    .unwrap();
-    let (stop, rx) = watch::channel(false);
-    let relay_rx = rx.clone();
+    // The relay streams through the drain and the latency run; the drain's listener stops after.
+    let relay = relay(pool);
+    let (stop_relay, relay_rx) = watch::channel(false);
     let started = Instant::now();
     let relay_task = tokio::spawn(async move { relay.run(relay_rx).await });
     let count = Arc::new(AtomicUsize::new(0));
     let listener = noop_listener(pool, "drain-wal", count.clone());
-    let listener_rx = rx.clone();
+    let (stop_listener, listener_rx) = watch::channel(false);
     let listener_task = tokio::spawn(async move { listener.run(listener_rx).await });
     while count.load(Ordering::Relaxed) < rows {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drain = rows as f64 / started.elapsed().as_secs_f64();
-    stop.send(true).unwrap();
+    stop_listener.send(true).unwrap();
     listener_task.await.unwrap().unwrap();
     println!(
         "WAL source backlog drain (relay + listener), no-op action: {drain:.0} events/s = {:.2}x the trigger source's",
         drain / trigger_drain
     );
 
-    // Latency with the relay streaming.
-    let (stop, rx) = watch::channel(false);
-    let relay_again = observers_postgres::wal::WalRelay::new(
-        pool.clone(),
-        &db_url(),
-        observers_postgres::wal::WalSettings::default(),
-    )
-    .unwrap();
-    relay_task.await.unwrap();
-    let relay_task = tokio::spawn(async move { relay_again.run(rx).await });
     let (p50, p99, delivered) = latency_at(pool, url, arrivals, 1000, 10).await;
     println!(
         "WAL source commit-to-webhook latency at 1,000 changes/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({:.1}% delivered; trigger p99 {trigger_p99:.1} ms)",
         delivered * 100.0
     );
-    stop.send(true).unwrap();
+    stop_relay.send(true).unwrap();
     relay_task.await.unwrap();
+}
+
+/// The WAL source's relay on the default slot and publication.
+fn relay(pool: &PgPool) -> observers_postgres::wal::WalRelay {
+    observers_postgres::wal::WalRelay::new(
+        pool.clone(),
+        &db_url(),
+        observers_postgres::wal::WalSettings::default(),
+    )
+    .unwrap()
 }
