@@ -470,3 +470,98 @@ async fn backfill_of_a_wal_captured_table() {
     assert_eq!(last.after.as_ref().unwrap()["v"], "new");
     db.drop().await;
 }
+
+/// The server ends the relay's replication connection (`pg_terminate_backend` of its
+/// walsender) again and again while a writer commits: the relay reconnects from its progress
+/// row and every change is copied exactly once, in commit order.
+#[tokio::test]
+async fn walsender_terminated_mid_stream_loses_and_repeats_nothing() {
+    let Some(db) = WalDb::new("term").await else {
+        return;
+    };
+    db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+        .await;
+    db.capture("counters", "Counter").await;
+    let relay = db.relay();
+    let writer = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            for n in 0..200 {
+                sqlx::query(
+                    "INSERT INTO counters VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
+                )
+                .bind(n % 3)
+                .bind(n)
+                .execute(&pool)
+                .await
+                .unwrap();
+                if n % 25 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    let mut terminated = 0;
+    while !writer.is_finished() {
+        let killed: Option<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+              WHERE slot_name = $1 AND active_pid IS NOT NULL",
+        )
+        .bind(&db.settings.slot)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        terminated += usize::from(killed == Some(true));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    writer.await.unwrap();
+    let events = db.events(200).await;
+    stop(relay).await;
+    assert!(terminated >= 1, "the walsender was never terminated");
+    let values: Vec<i64> = events
+        .iter()
+        .map(|e| e.after.as_ref().unwrap()["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        (0..200).collect::<Vec<_>>(),
+        "exactly once, in commit order"
+    );
+    db.drop().await;
+}
+
+/// A change whose values no longer read into the table's row type (a column's type changed
+/// before the relay caught up) is kept with its text values and an `observer_capture_errors`
+/// row; the changes around it are converted as usual and nothing is lost.
+#[tokio::test]
+async fn values_that_no_longer_fit_the_row_type_are_kept_as_text() {
+    let Some(db) = WalDb::new("retyped").await else {
+        return;
+    };
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    db.capture("t", "T").await;
+    db.exec("INSERT INTO t VALUES (1, 'abc')").await;
+    db.exec("ALTER TABLE t ALTER COLUMN v TYPE int USING 0")
+        .await;
+    db.exec("INSERT INTO t VALUES (2, 5)").await;
+    let relay = db.relay();
+    let events = db.events(2).await;
+    stop(relay).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[0].after.as_ref().unwrap()["v"],
+        "abc",
+        "kept as text"
+    );
+    assert_eq!(events[0].after.as_ref().unwrap()["id"], "1");
+    assert_eq!(events[1].after.as_ref().unwrap()["v"], 5, "converted");
+    let errors: Vec<String> =
+        sqlx::query_scalar("SELECT error FROM observer_capture_errors WHERE table_name = 't'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("kept 1 change(s) as text"), "{errors:?}");
+    db.drop().await;
+}
