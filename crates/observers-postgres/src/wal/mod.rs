@@ -630,7 +630,7 @@ pub fn replication_config(url: &str, settings: &WalSettings) -> Result<Replicati
     let parsed = url::Url::parse(url).map_err(|e| {
         PgError::Invalid(format!(
             "the WAL source needs a postgres:// URL ({e}): {}",
-            observers_core::redact::text(url)
+            observers_core::redact::url(url)
         ))
     })?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
@@ -639,11 +639,11 @@ pub fn replication_config(url: &str, settings: &WalSettings) -> Result<Replicati
             parsed.scheme()
         )));
     }
+    // Userinfo and path are percent-encoded (a `+` is a plus, not a space).
     let decode = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
     };
     let mut host = parsed.host_str().unwrap_or("").to_owned();
     let mut port = parsed.port().unwrap_or(5432);
@@ -700,7 +700,17 @@ mod tests {
     #[test]
     fn urls_become_replication_settings() {
         let s = WalSettings::default();
-        assert!(replication_config("postgres://u:p%40ss@db:5433/app", &s).is_ok());
+        let c = replication_config("postgres://us%20er:p%40s+s@db:5433/my%2Bapp", &s).unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.password.as_str(), c.database.as_str()),
+            ("us er", "p@s+s", "my+app")
+        );
+        assert_eq!((c.host.as_str(), c.port), ("db", 5433));
+        let c = replication_config("postgres:///app?host=/run/postgresql&port=6000", &s).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str()),
+            ("/run/postgresql", 6000, "postgres")
+        );
         let e = replication_config("postgres://u@db/app?sslmode=require", &s).unwrap_err();
         assert!(e.to_string().contains("sslmode=require"), "{e}");
         assert!(replication_config("mysql://db/app", &s).is_err());
