@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::Criterion;
-use observers_core::condition::{Condition, ConditionContext};
+use observers_core::condition::{Condition, ConditionContext, Variables};
 use serde_json::Value;
 
 use crate::{CONDITION, order_event};
@@ -33,6 +33,17 @@ pub fn bench(c: &mut Criterion) {
     // of the row, the least any owned context must do.
     group.bench_function("context_new", |b| {
         b.iter(|| ConditionContext::new(black_box(&event)));
+    });
+    // What the executor builds: only the variables its conditions read (here `total` and
+    // `status`), against the same baseline.
+    let variables = Variables::of([&condition]);
+    assert!(
+        condition
+            .evaluate(&ConditionContext::for_variables(&event, &variables))
+            .expect("the condition evaluates")
+    );
+    group.bench_function("context_for_variables", |b| {
+        b.iter(|| ConditionContext::for_variables(black_box(&event), &variables));
     });
     group.bench_function("context_new_baseline_clone_row", |b| {
         b.iter(|| black_box(&event).after.clone());

@@ -1,6 +1,7 @@
 //! Observer conditions: CEL expressions compiled once at config load and evaluated per event.
 //!
-//! An expression sees these variables (built once per event by [`ConditionContext::new`]):
+//! An expression sees these variables (built once per event by [`ConditionContext::new`], or
+//! only those the event's conditions read by [`ConditionContext::for_variables`]):
 //!
 //! | name | value |
 //! |---|---|
@@ -347,6 +348,8 @@ pub struct ConditionContext {
 }
 
 impl ConditionContext {
+    /// Every variable of the table above: for explaining a decision (`debug-event`), where any
+    /// condition may be asked about the event.
     pub fn new(event: &EntityEvent) -> ConditionContext {
         let mut inner = Context::with_env(Arc::clone(&ENV));
         if let Some(Json::Object(columns)) = event.current_row() {
@@ -356,16 +359,69 @@ impl ConditionContext {
                 }
             }
         }
-        inner.add_variable_as_val("new", row_to_val(event.after.as_ref()));
-        inner.add_variable_as_val("old", row_to_val(event.before.as_ref()));
-        let changed: Vec<Box<dyn Val>> = event
-            .changes
-            .iter()
-            .map(|change| Box::new(CelString::from(change.field.clone())) as Box<dyn Val>)
-            .collect();
-        inner.add_variable_as_val("changed", Box::new(CelList::from(changed)));
-        inner.add_variable_as_val("event", event_to_val(event));
+        for name in RESERVED {
+            bind_reserved(&mut inner, name, event);
+        }
         ConditionContext { inner }
+    }
+
+    /// Only the variables `variables` names (what a set of conditions reads), each converted
+    /// once: a condition on two columns of a wide row converts two values, not the row three
+    /// times over (as columns, `new` and `old`). A condition evaluates the same against this
+    /// context as against [`ConditionContext::new`]'s, provided `variables` covers it.
+    pub fn for_variables(event: &EntityEvent, variables: &Variables) -> ConditionContext {
+        let mut inner = Context::with_env(Arc::clone(&ENV));
+        let row = match event.current_row() {
+            Some(Json::Object(columns)) => Some(columns),
+            _ => None,
+        };
+        for name in variables.names.iter() {
+            if RESERVED.contains(&name.as_str()) {
+                bind_reserved(&mut inner, name, event);
+            } else if let Some(value) = row.and_then(|r| r.get(name.as_str())) {
+                inner.add_variable_as_val(name.clone(), json_to_val(value));
+            }
+        }
+        ConditionContext { inner }
+    }
+}
+
+/// Binds one of [`RESERVED`] for `event`.
+fn bind_reserved(inner: &mut Context<'static, 'static>, name: &str, event: &EntityEvent) {
+    let value = match name {
+        "new" => row_to_val(event.after.as_ref()),
+        "old" => row_to_val(event.before.as_ref()),
+        "changed" => {
+            let changed: Vec<Box<dyn Val>> = event
+                .changes
+                .iter()
+                .map(|change| Box::new(CelString::from(change.field.clone())) as Box<dyn Val>)
+                .collect();
+            Box::new(CelList::from(changed))
+        }
+        _ => event_to_val(event),
+    };
+    inner.add_variable_as_val(name.to_owned(), value);
+}
+
+/// The top-level variables a set of conditions reads (the union of their
+/// [`Condition::variables`]): what [`ConditionContext::for_variables`] binds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Variables {
+    names: Arc<[String]>,
+}
+
+impl Variables {
+    pub fn of<'c>(conditions: impl IntoIterator<Item = &'c Condition>) -> Variables {
+        let mut names: Vec<String> = conditions
+            .into_iter()
+            .flat_map(|c| c.variables.iter().cloned())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Variables {
+            names: names.into(),
+        }
     }
 }
 
@@ -668,6 +724,15 @@ mod tests {
         let condition =
             Condition::compile(expr).unwrap_or_else(|e| panic!("`{expr}` should compile: {e}"));
         let actual = condition.evaluate(&ConditionContext::new(event));
+        // The executor's context binds only what the conditions read (here this one and an
+        // unrelated one): it must decide, and fail, exactly as the full context does.
+        let other = Condition::compile("status == 'x' && size(changed) > 0").unwrap();
+        let only = ConditionContext::for_variables(event, &Variables::of([&condition, &other]));
+        assert_eq!(
+            condition.evaluate(&only).map_err(|e| e.to_string()),
+            actual.as_ref().map(|b| *b).map_err(ToString::to_string),
+            "`{expr}`: the executor's context disagrees with the full one"
+        );
         match (&actual, expected) {
             (Ok(got), Ok(want)) => assert_eq!(*got, want, "`{expr}` on {event:?}"),
             (Err(err), Err(want)) => assert!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::actions::{Action, ActionFactory};
-use crate::condition::{Condition, ConditionContext};
+use crate::condition::{Condition, ConditionContext, Variables};
 use crate::config::{ActionMode, Config};
 use crate::error::Result;
 use crate::event::{EntityEvent, EventKind};
@@ -137,6 +137,9 @@ pub struct ObserverSet {
     pub action_timeout: Duration,
     /// Attempts a queued action's job gets (`[queue] max_attempts`).
     pub job_max_attempts: u32,
+    /// What the conditions read, so each event converts only those values (set by `new`,
+    /// like the matcher: the observers are not changed after).
+    variables: Variables,
 }
 
 impl ObserverSet {
@@ -151,9 +154,11 @@ impl ObserverSet {
                 .enumerate()
                 .map(|(i, o)| (i, o.entity.as_str(), o.kinds.clone())),
         );
+        let variables = Variables::of(observers.iter().filter_map(|o| o.condition.as_ref()));
         Self {
             observers,
             matcher,
+            variables,
             retry,
             action_timeout,
             job_max_attempts: crate::stores::jobs::DEFAULT_MAX_ATTEMPTS,
@@ -210,7 +215,9 @@ impl ObserverSet {
             match &o.condition {
                 None => out.push(i),
                 Some(c) => {
-                    let ctx = ctx.get_or_insert_with(|| ConditionContext::new(event));
+                    let ctx = ctx.get_or_insert_with(|| {
+                        ConditionContext::for_variables(event, &self.variables)
+                    });
                     match c.evaluate(ctx) {
                         Ok(true) => out.push(i),
                         Ok(false) => {}
