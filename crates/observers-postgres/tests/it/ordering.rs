@@ -290,10 +290,19 @@ async fn a_large_transaction_takes_one_lock(pool: PgPool) {
 /// of order is a reorder, a repeat a duplicate.
 #[sqlx::test(migrations = "../../migrations")]
 async fn randomized_writers_never_skip_or_reorder_an_entity(pool: PgPool) {
+    captured_table(&pool, "counters", "Counter").await;
+    randomized_writers_against(&pool, &PgEventSource::new(pool.clone())).await;
+}
+
+/// The randomized writers of the test above, on `counters` (`id int PRIMARY KEY, n int`), which
+/// the caller has created and captured (by trigger, or through the WAL with a relay running),
+/// read through `src` while they write. Changes may reach the change log after their commit
+/// (the WAL relay copies them), so the reader waits, with a deadline, until it has seen as many
+/// events as the table's final state implies, then checks each entity's sequence.
+pub(crate) async fn randomized_writers_against(pool: &PgPool, src: &PgEventSource) {
     const ENTITIES: i32 = 12;
     const WRITERS: u64 = 6;
     const TRANSACTIONS: usize = 120;
-    captured_table(&pool, "counters", "Counter").await;
     exec(
         &mut pool.acquire().await.unwrap(),
         "CREATE TABLE noise (n int)",
@@ -301,12 +310,12 @@ async fn randomized_writers_never_skip_or_reorder_an_entity(pool: PgPool) {
     .await;
     sqlx::query("INSERT INTO counters (id, n) SELECT g, 0 FROM generate_series(1, $1) g")
         .bind(ENTITIES)
-        .execute(&pool)
+        .execute(pool)
         .await
         .unwrap();
-    let src = PgEventSource::new(pool.clone());
-    let (start_items, start) = drain(&src, Cursor::START).await;
-    assert_eq!(start_items.len(), usize::try_from(ENTITIES).unwrap());
+    let entities = usize::try_from(ENTITIES).unwrap();
+    let (start_items, start) = drain_at_least(src, Cursor::START, entities).await;
+    assert_eq!(start_items.len(), entities);
 
     let seed: u64 = rand::rng().random();
     let mut writers = Vec::new();
@@ -353,7 +362,7 @@ async fn randomized_writers_never_skip_or_reorder_an_entity(pool: PgPool) {
 
     let mut delivered: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut cursor = start;
-    let mut record = |items: Vec<SourceItem>| {
+    let record = |delivered: &mut BTreeMap<String, Vec<i64>>, items: Vec<SourceItem>| {
         for (entity, n) in values(&items, "n") {
             delivered
                 .entry(entity)
@@ -362,24 +371,44 @@ async fn randomized_writers_never_skip_or_reorder_an_entity(pool: PgPool) {
         }
     };
     while writers.iter().any(|w| !w.is_finished()) {
-        let (items, next) = drain(&src, cursor).await;
+        let (items, next) = drain(src, cursor).await;
         cursor = next;
-        record(items);
+        record(&mut delivered, items);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     for w in writers {
         w.await.unwrap();
     }
-    let (items, _) = drain(&src, cursor).await;
-    record(items);
-
     let finals: Vec<(i32, i32)> = sqlx::query_as("SELECT id, n FROM counters ORDER BY id")
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .unwrap();
+    let total: usize = finals.iter().map(|f| usize::try_from(f.1).unwrap()).sum();
+    let seen: usize = delivered.values().map(Vec::len).sum();
+    let (items, _) = drain_at_least(src, cursor, total.saturating_sub(seen)).await;
+    record(&mut delivered, items);
+
     for (id, n) in finals {
         let expected: Vec<i64> = (1..=i64::from(n)).collect();
         let got = delivered.get(&id.to_string()).cloned().unwrap_or_default();
         assert_eq!(got, expected, "entity {id} (seed {seed})");
     }
+}
+
+/// Drains after `cursor` until at least `n` items have come (or 60 s have passed: the caller's
+/// assertions then say what is missing), then whatever else is final.
+async fn drain_at_least(
+    src: &PgEventSource,
+    cursor: Cursor,
+    n: usize,
+) -> (Vec<SourceItem>, Cursor) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut all, mut cursor) = drain(src, cursor).await;
+    while all.len() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (more, next) = drain(src, cursor).await;
+        cursor = next;
+        all.extend(more);
+    }
+    (all, cursor)
 }

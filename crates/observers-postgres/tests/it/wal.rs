@@ -3,7 +3,7 @@
 //! removes it afterwards). Each test makes its own database, slot and publication.
 //!
 //! Checked: values equal the trigger's `to_jsonb` for every common type; per-entity commit
-//! order under interleaved transactions; a relay killed at any point neither loses nor copies
+//! order under interleaved transactions (and the ordering suite's randomized writers); a relay killed at any point neither loses nor copies
 //! twice; a second relay on the same slot waits; changes committed after `capture enable` and
 //! before the relay starts are delivered; TRUNCATE and unchanged TOAST values; the tenant from a
 //! logical message; the slot's status and drop.
@@ -358,6 +358,25 @@ async fn killed_relays_neither_lose_nor_duplicate() {
         .unwrap()
         .expect("the slot exists");
     assert!(slot.lag_bytes.is_some());
+    db.drop().await;
+}
+
+/// The randomized concurrent writers of the ordering suite (interleaved transactions, savepoint
+/// and whole rollbacks, uncaptured writes, pauses) on a table captured through the WAL, with a
+/// relay copying and a reader draining all along: each entity's values arrive exactly once and
+/// in commit order.
+#[tokio::test]
+async fn randomized_writers_never_skip_or_reorder_an_entity_through_the_wal() {
+    let Some(db) = WalDb::new("random").await else {
+        return;
+    };
+    db.exec("CREATE TABLE counters (id int PRIMARY KEY, status text, n int NOT NULL DEFAULT 0)")
+        .await;
+    db.capture("counters", "Counter").await;
+    let relay = db.relay();
+    crate::ordering::randomized_writers_against(&db.pool, &PgEventSource::new(db.pool.clone()))
+        .await;
+    stop(relay).await;
     db.drop().await;
 }
 
