@@ -156,3 +156,24 @@ pub fn render(s: &GroupStatus) -> String {
     }
     out
 }
+
+/// Whether this instance runs the group's single-instance tasks (`what`: retention, the WAL
+/// relay): without HA, always; with HA, when it is the group's leader.
+pub async fn leads(config: &Config, pool: &PgPool, what: &str) -> bool {
+    if !config.ha.enabled {
+        return true;
+    }
+    let Ok(me) = observers_ha::MultiListenerConfig::from_config(config) else {
+        return false;
+    };
+    match super::ha::group_status(config, pool).await {
+        Ok(group) => group
+            .instances
+            .iter()
+            .any(|i| i.instance_id == me.listener_id && i.is_leader),
+        Err(e) => {
+            tracing::debug!(error = %format!("{:#}", e.error), task = what, "reading the HA group failed");
+            false
+        }
+    }
+}

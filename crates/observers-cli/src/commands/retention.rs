@@ -43,32 +43,12 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     while !*stop.borrow() {
-        if leads(&config, &pool).await {
+        if super::ha::leads(&config, &pool, "retention").await {
             pass(&config, &pool, metrics.as_deref()).await;
         }
         tokio::select! {
             () = tokio::time::sleep(config.retention.interval) => {}
             _ = stop.changed() => {}
-        }
-    }
-}
-
-/// Without HA, always; with HA, when this instance is the group's leader.
-async fn leads(config: &Config, pool: &PgPool) -> bool {
-    if !config.ha.enabled {
-        return true;
-    }
-    let Ok(me) = observers_ha::MultiListenerConfig::from_config(config) else {
-        return false;
-    };
-    match super::ha::group_status(config, pool).await {
-        Ok(group) => group
-            .instances
-            .iter()
-            .any(|i| i.instance_id == me.listener_id && i.is_leader),
-        Err(e) => {
-            tracing::debug!(error = %format!("{:#}", e.error), "retention: reading the HA group failed");
-            false
         }
     }
 }

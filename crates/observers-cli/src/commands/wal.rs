@@ -1,6 +1,10 @@
 //! `[source] kind = "wal"` inside `observers run`: the relay that copies the replication slot's
-//! stream into the change log (one instance streams a slot at a time; the others wait for it),
-//! and a monitor that exports the slot's lag and retained WAL every few seconds.
+//! stream into the change log, and a monitor that exports the slot's lag and retained WAL every
+//! few seconds. Under HA only the group's leader runs the relay: it starts when this instance
+//! becomes the leader and stops when it no longer is. (PostgreSQL lets one connection stream a
+//! slot at a time, and each relay transaction checks and advances the slot's progress row under
+//! a row lock, so even a paused former leader that wakes up cannot copy a change twice or skip
+//! one.)
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +21,10 @@ use crate::CliResult;
 
 /// How often the slot's state is read for the metrics.
 const MONITOR_EVERY: Duration = Duration::from_secs(5);
+
+/// Under HA, how often the relay's instance checks that it still leads (at most this often; the
+/// group's renew interval when that is shorter).
+const LEADER_CHECK: Duration = Duration::from_secs(1);
 
 /// The relay settings of `config`.
 pub fn settings(config: &Config) -> WalSettings {
@@ -42,7 +50,12 @@ pub fn spawn(
     let relayed_changes = relay.relayed_changes();
     let slot = config.source.slot.clone();
     let relay_stop = stop.clone();
-    let relay_task = tokio::spawn(async move { relay.run(relay_stop).await });
+    let relay_task = if config.ha.enabled {
+        let (config, pool) = (config.clone(), pool.clone());
+        tokio::spawn(async move { relay_while_leading(relay, &config, &pool, relay_stop).await })
+    } else {
+        tokio::spawn(async move { relay.run(relay_stop).await })
+    };
     let monitor_pool = pool.clone();
     let mut monitor_stop = stop;
     let monitor = tokio::spawn(async move {
@@ -69,4 +82,44 @@ pub fn spawn(
         }
     });
     Ok(vec![relay_task, monitor])
+}
+
+/// Runs `relay` while this instance leads its HA group, until `stop`.
+async fn relay_while_leading(
+    relay: WalRelay,
+    config: &Config,
+    pool: &PgPool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let relay = Arc::new(relay);
+    let every = LEADER_CHECK.min(config.ha.renew_interval);
+    while !*stop.borrow() {
+        if super::ha::leads(config, pool, "WAL relay").await {
+            tracing::info!(slot = %config.source.slot, "this instance leads the group: starting the WAL relay");
+            let (session_stop, session_rx) = watch::channel(false);
+            let task = {
+                let relay = relay.clone();
+                tokio::spawn(async move { relay.run(session_rx).await })
+            };
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() || !super::ha::leads(config, pool, "WAL relay").await {
+                    break;
+                }
+            }
+            if !*stop.borrow() {
+                tracing::info!(slot = %config.source.slot, "this instance no longer leads the group: stopping the WAL relay");
+            }
+            let _ = session_stop.send(true);
+            let _ = task.await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! (`OBSERVERS_WAL_DATABASE_URL`, which `cargo xtask test` provides): `capture enable --kind wal`
 //! before `run` starts, deliveries in commit order per entity, `observers run` killed with
 //! SIGKILL mid-stream and started again (nothing lost), `status`, `capture list`, the slot's
-//! metrics, and `capture drop-slot`.
+//! metrics, and `capture drop-slot`; under HA only the leader relays, and a killed leader
+//! loses nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -68,6 +69,46 @@ fn sequences(rx: &Receiver) -> BTreeMap<String, Vec<i64>> {
     out
 }
 
+/// A writer that sets counters 1–5 to 1, 2, … `last`, one update per transaction, pausing `pause`
+/// after each round.
+fn count_up(db: &TestDb, last: i64, pause: Duration) -> tokio::task::JoinHandle<()> {
+    let pool = db.pool.clone();
+    tokio::spawn(async move {
+        for n in 1..=last {
+            for id in 1..=5 {
+                sqlx::query("UPDATE counters SET n = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(n)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    })
+}
+
+/// Nothing lost: each counter's deliveries go 1, 2, … `last` in commit order (a redelivery after a
+/// kill may repeat a suffix).
+fn assert_counted_up_to(rx: &Receiver, last: i64) {
+    for (id, seq) in sequences(rx) {
+        let mut expected = 0;
+        for n in &seq {
+            if *n == expected + 1 {
+                expected = *n;
+            } else {
+                assert!(
+                    *n <= expected,
+                    "counter {id}: {n} after {expected}: {seq:?}"
+                );
+            }
+        }
+        assert_eq!(expected, last, "counter {id} lost an update: {seq:?}");
+    }
+}
+
 /// The WAL source under `observers run`, killed once with SIGKILL; returns a scrape with the
 /// WAL families moved (for the families test), or `None` without a logical server.
 // One scenario, read top to bottom.
@@ -108,21 +149,7 @@ pub async fn wal_instance() -> Option<Scrape> {
     wait_until("the five inserts", LONG, || rx.count() >= 5).await;
 
     // Writers keep updating while `run` is killed and started again.
-    let writer = {
-        let pool = db.pool.clone();
-        tokio::spawn(async move {
-            for n in 1..=40 {
-                for id in 1..=5 {
-                    sqlx::query("UPDATE counters SET n = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(n)
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                }
-            }
-        })
-    };
+    let writer = count_up(&db, 40, Duration::ZERO);
     wait_until("some updates delivered", LONG, || rx.count() >= 30).await;
     signal(&run, "KILL");
     let _ = wait_exit(&mut run, Duration::from_secs(10)).await;
@@ -136,21 +163,7 @@ pub async fn wal_instance() -> Option<Scrape> {
         s.len() == 5 && s.values().all(|v| v.last() == Some(&40))
     })
     .await;
-    // Nothing lost; commit order per entity (a redelivery after the kill may repeat a suffix).
-    for (id, seq) in sequences(&rx) {
-        let mut expected = 0;
-        for n in &seq {
-            if *n == expected + 1 {
-                expected = *n;
-            } else {
-                assert!(
-                    *n <= expected,
-                    "counter {id}: {n} after {expected}: {seq:?}"
-                );
-            }
-        }
-        assert_eq!(expected, 40, "counter {id} lost an update: {seq:?}");
-    }
+    assert_counted_up_to(&rx, 40);
     db.exec("TRUNCATE counters").await;
     wait_until("the truncate", LONG, || {
         rx.deliveries()
@@ -199,4 +212,89 @@ pub async fn wal_instance() -> Option<Scrape> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_source_under_observers_run_survives_sigkill() {
     wal_instance().await;
+}
+
+/// Two instances in an HA group on the WAL source: only the leader runs the relay (the standby
+/// never streams the slot); the leader is killed with SIGKILL while writers commit; the standby
+/// takes over the group, starts the relay from the slot's saved progress, and every update
+/// arrives, in commit order per entity (a redelivery after the kill may repeat a suffix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ha_only_the_leader_relays_and_a_killed_leader_loses_nothing() {
+    const UPDATES: i64 = 30;
+    let Some(db) = TestDb::on_logical("wal_ha").await else {
+        return;
+    };
+    db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+        .await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = |name: &str| {
+        let text = config(&db, &rx)
+            .replace(
+                "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"100ms\"\n",
+                "",
+            )
+            .replace(
+                "[dedup]\nenabled = false\n",
+                &format!(
+                    "[dedup]\nenabled = false\n\n[ha]\nenabled = true\ngroup = \"wal\"\n\
+                     instance_id = \"{name}\"\nlease_ttl = \"2s\"\nrenew_interval = \"300ms\"\n"
+                ),
+            );
+        assert!(text.contains("[ha]"), "{text}");
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        (path, dir.path().join(format!("{name}.log")))
+    };
+    let (a_conf, a_log) = instance("a");
+    let (b_conf, b_log) = instance("b");
+    let out = cli(
+        &db,
+        &[
+            "capture",
+            "enable",
+            "--config",
+            a_conf.to_str().unwrap(),
+            "--table",
+            "counters",
+            "--entity",
+            "Counter",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let relays = |log: &std::path::Path| {
+        crate::ha::log_text(log).contains("this instance leads the group: starting the WAL relay")
+    };
+    let mut a = spawn_run(&a_conf, &a_log);
+    wait_until("a leads and relays", LONG, || relays(&a_log)).await;
+    let mut b = spawn_run(&b_conf, &b_log);
+    db.exec("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g")
+        .await;
+    wait_until("the five inserts", LONG, || rx.count() >= 5).await;
+
+    let writer = count_up(&db, UPDATES, Duration::from_millis(20));
+    wait_until("some updates delivered", LONG, || rx.count() >= 25).await;
+    let b_before = crate::ha::log_text(&b_log);
+    assert!(
+        !b_before.contains("WAL relay streaming")
+            && !b_before.contains("streamed by another instance")
+            && !relays(&b_log),
+        "the standby streamed the slot while a led: {b_before}"
+    );
+    signal(&a, "KILL");
+    let _ = wait_exit(&mut a, Duration::from_secs(10)).await;
+    writer.await.unwrap();
+    wait_until("b takes over the relay", LONG, || relays(&b_log)).await;
+    wait_until("every counter reaches the last update", LONG, || {
+        let s = sequences(&rx);
+        s.len() == 5 && s.values().all(|v| v.last() == Some(&UPDATES))
+    })
+    .await;
+    assert_counted_up_to(&rx, UPDATES);
+    signal(&b, "TERM");
+    assert_eq!(wait_exit(&mut b, Duration::from_secs(15)).await, Some(0));
 }

@@ -112,6 +112,9 @@ struct Tx {
     end_lsn: Lsn,
 }
 
+/// A session that lasted this long resets the reconnect backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 /// The relay. `run` streams until shutdown, reconnecting after errors.
 pub struct WalRelay {
     pool: PgPool,
@@ -143,10 +146,18 @@ impl WalRelay {
     /// Streams until `shutdown` turns true. Errors are logged and retried with backoff (a slot
     /// streamed by another instance is waited for quietly).
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(200);
+        const FIRST: Duration = Duration::from_millis(200);
+        let mut backoff = FIRST;
         let mut quiet = false;
         while !*shutdown.borrow() {
-            match self.session(shutdown.clone()).await {
+            let started = tokio::time::Instant::now();
+            let result = self.session(shutdown.clone()).await;
+            // A session that streamed for a while was healthy: the next failure is a new one
+            // and starts again from the shortest wait.
+            if started.elapsed() >= HEALTHY_SESSION {
+                backoff = FIRST;
+            }
+            match result {
                 Ok(()) => return,
                 Err(e) => {
                     let text = e.to_string();
