@@ -13,6 +13,9 @@
 //!   into `observer_wal_progress`; only after it commits is that LSN confirmed to the slot. A
 //!   crash before the commit re-reads the transactions from the slot; one after it skips what
 //!   the progress row says is copied. Nothing is lost or copied twice.
+//! - A source transaction of more than `MAX_BATCH_ROWS` changes is copied in parts; each part
+//!   records the transaction's commit LSN and how many of its changes are copied, and the slot
+//!   is confirmed only after the last part. A restart skips what the parts copied.
 //! - Only one connection can stream a slot at a time (PostgreSQL refuses a second), and the
 //!   progress row is locked by each relay transaction: two instances never both copy.
 
@@ -40,8 +43,9 @@ pub const DEFAULT_PUBLICATION: &str = "observers";
 /// the WAL source's stand-in for the session settings the trigger reads.
 pub const CONTEXT_MESSAGE_PREFIX: &str = "observers";
 
-/// At most this many changes go into one relay transaction (a bigger source transaction is
-/// still written whole).
+/// At most this many changes go into one relay transaction; a bigger source transaction is
+/// copied in parts of this size (see [`WalRelay::write`]), so the relay never holds more of it in
+/// memory and the listeners deliver its first parts while the rest is decoded.
 const MAX_BATCH_ROWS: usize = 5_000;
 
 /// Type OIDs of `json` and `jsonb`: their text is JSON, passed on as such.
@@ -108,8 +112,46 @@ struct Change {
 struct Tx {
     commit_time: DateTime<Utc>,
     context: Arc<Context>,
+    /// The changes not written yet; earlier ones went out as parts.
     changes: Vec<Change>,
+    /// The position in the transaction's stream of changes of `changes[0]`.
+    first: u64,
+    /// The commit record's LSN (the Begin message's final LSN): the transaction's identity.
+    final_lsn: Lsn,
+    /// The end of the commit record, once the Commit message came (zero before).
     end_lsn: Lsn,
+}
+
+impl Tx {
+    /// The stream position after the changes held.
+    fn next(&self) -> u64 {
+        self.first + self.changes.len() as u64
+    }
+}
+
+/// What the progress row says is copied: every transaction ending at or before `done`, and the
+/// first `partial_changes` changes of the one that commits at `partial_lsn`.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    done: Lsn,
+    partial_lsn: Option<Lsn>,
+    partial_changes: u64,
+}
+
+impl Progress {
+    /// How many of `tx`'s held changes are copied already.
+    fn copied(&self, tx: &Tx) -> usize {
+        if tx.final_lsn < self.done {
+            return tx.changes.len();
+        }
+        if self.partial_lsn == Some(tx.final_lsn) {
+            let n = self.partial_changes.saturating_sub(tx.first);
+            return usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(tx.changes.len());
+        }
+        0
+    }
 }
 
 /// A session that lasted this long resets the reconnect backoff.
@@ -224,12 +266,16 @@ impl WalRelay {
             };
             match event {
                 ReplicationEvent::Begin {
-                    commit_time_micros, ..
+                    commit_time_micros,
+                    final_lsn,
+                    ..
                 } => {
                     current = Some(Tx {
                         commit_time: pg_time(commit_time_micros),
                         context: Arc::default(),
                         changes: Vec::new(),
+                        first: 0,
+                        final_lsn,
                         end_lsn: Lsn::from_u64(0),
                     });
                 }
@@ -238,6 +284,13 @@ impl WalRelay {
                         .map_err(|e| PgError::Invalid(format!("WAL relay: {e}")))?;
                     self.apply(message, &mut rels, &mut captures, current.as_mut())
                         .await?;
+                    if let Some(tx) = current.as_mut()
+                        && tx.changes.len() >= MAX_BATCH_ROWS
+                    {
+                        // A big source transaction: write what came so far as a part.
+                        self.write_part(&mut pending, tx, &client).await?;
+                        pending_rows = 0;
+                    }
                 }
                 ReplicationEvent::Message {
                     transactional: true,
@@ -383,43 +436,80 @@ impl WalRelay {
         if pending.is_empty() {
             return Ok(());
         }
-        let result = match self.write(pending, false).await {
-            Ok(r) => Ok(r),
+        self.write_retrying(pending, None).await?;
+        if let Some(last) = pending.last() {
+            client.update_applied_lsn(last.end_lsn);
+        }
+        pending.clear();
+        Ok(())
+    }
+
+    /// Writes `pending` and the changes of the unfinished `tx` gathered so far, recording how
+    /// far into `tx` the change log now goes; confirms only the finished transactions.
+    async fn write_part(
+        &self,
+        pending: &mut Vec<Tx>,
+        tx: &mut Tx,
+        client: &ReplicationClient,
+    ) -> Result<(), PgError> {
+        self.write_retrying(pending, Some(tx)).await?;
+        if let Some(last) = pending.last() {
+            client.update_applied_lsn(last.end_lsn);
+        }
+        pending.clear();
+        tx.first = tx.next();
+        tx.changes.clear();
+        Ok(())
+    }
+
+    /// [`WalRelay::write`], again with `careful` when the server cannot convert the batch.
+    async fn write_retrying(&self, pending: &[Tx], part: Option<&Tx>) -> Result<(), PgError> {
+        let written = match self.write(pending, part, false).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e,
                     "the WAL relay could not convert a batch with the tables' row types; \
                      writing it again table by table, keeping what fails as text");
-                self.write(pending, true).await
+                self.write(pending, part, true).await?
             }
         };
-        let (last, written) = result?;
-        pending.clear();
-        client.update_applied_lsn(last);
         self.relayed.fetch_add(written, Ordering::Relaxed);
         Ok(())
     }
 
-    /// One relay transaction. With `careful`, each table's run is tried in a savepoint and
-    /// written with its text values (and a row in `observer_capture_errors`) when the server
-    /// cannot read them into the table's current row type (a table dropped or altered since).
-    async fn write(&self, pending: &[Tx], careful: bool) -> Result<(Lsn, u64), PgError> {
+    /// One relay transaction: the changes of `pending` (finished source transactions) and of
+    /// `part` (the unfinished one, when it is copied in parts) that the progress row, read
+    /// under its row lock, does not already count; then the progress row. With `careful`, each
+    /// table's run is tried in a savepoint and written with its text values (and a row in
+    /// `observer_capture_errors`) when the server cannot read them into the table's current row
+    /// type (a table dropped or altered since). Returns the number of changes written.
+    async fn write(
+        &self,
+        pending: &[Tx],
+        part: Option<&Tx>,
+        careful: bool,
+    ) -> Result<u64, PgError> {
         let mut db = self.pool.begin().await?;
-        let done: String = sqlx::query_scalar(
-            "SELECT commit_lsn::text FROM observer_wal_progress WHERE slot_name = $1 FOR UPDATE",
+        let (done, partial_lsn, partial_changes): (String, Option<String>, i64) = sqlx::query_as(
+            "SELECT commit_lsn::text, partial_lsn::text, partial_changes
+               FROM observer_wal_progress WHERE slot_name = $1 FOR UPDATE",
         )
         .bind(&self.settings.slot)
         .fetch_one(&mut *db)
         .await?;
-        let done = parse_lsn(&done)?;
-        let todo: Vec<&Tx> = pending.iter().filter(|t| t.end_lsn > done).collect();
-        let Some(last) = todo.last().map(|t| t.end_lsn) else {
-            // Copied before (a restart re-sent them): confirm and move on.
-            db.rollback().await?;
-            return Ok((pending.last().map_or(done, |t| t.end_lsn), 0));
+        let copied = Progress {
+            done: parse_lsn(&done)?,
+            partial_lsn: partial_lsn.as_deref().map(parse_lsn).transpose()?,
+            partial_changes: u64::try_from(partial_changes).unwrap_or(0),
         };
-        let rows: Vec<Row<'_>> = todo
+        let rows: Vec<Row<'_>> = pending
             .iter()
-            .flat_map(|t| t.changes.iter().map(move |c| (c, t.commit_time)))
+            .chain(part)
+            .flat_map(|t| {
+                t.changes[copied.copied(t)..]
+                    .iter()
+                    .map(move |c| (c, t.commit_time))
+            })
             .filter(|(c, _)| c.rel.capture.is_some())
             .collect();
         let mut written = 0u64;
@@ -462,16 +552,34 @@ impl WalRelay {
             }
             written += run.len() as u64;
         }
+        let done = pending
+            .last()
+            .map_or(copied.done, |t| t.end_lsn.max(copied.done));
+        let (partial_lsn, partial_changes) = match part {
+            Some(t) if t.final_lsn >= done => {
+                let before = if copied.partial_lsn == Some(t.final_lsn) {
+                    copied.partial_changes
+                } else {
+                    0
+                };
+                (Some(t.final_lsn.to_pg_string()), t.next().max(before))
+            }
+            _ => (None, 0),
+        };
         sqlx::query(
-            "UPDATE observer_wal_progress SET commit_lsn = $2::text::pg_lsn, updated_at = now()
+            "UPDATE observer_wal_progress
+                SET commit_lsn = $2::text::pg_lsn, partial_lsn = $3::text::pg_lsn,
+                    partial_changes = $4, updated_at = now()
               WHERE slot_name = $1",
         )
         .bind(&self.settings.slot)
-        .bind(last.to_pg_string())
+        .bind(done.to_pg_string())
+        .bind(partial_lsn)
+        .bind(i64::try_from(partial_changes).unwrap_or(i64::MAX))
         .execute(&mut *db)
         .await?;
         db.commit().await?;
-        Ok((last, written))
+        Ok(written)
     }
 }
 

@@ -380,6 +380,88 @@ async fn randomized_writers_never_skip_or_reorder_an_entity_through_the_wal() {
     db.drop().await;
 }
 
+/// A source transaction bigger than one relay batch is copied in parts, each recorded in the
+/// progress row: the first parts reach the change log before the rest, and a relay killed between
+/// parts is followed by one that skips what the parts copied. Every change once, in order.
+#[tokio::test]
+async fn a_big_transaction_is_copied_in_parts_and_a_kill_between_parts_repeats_nothing() {
+    const INSERTS: i64 = 20_000;
+    const UPDATES: i64 = 3_456;
+    let Some(db) = WalDb::new("big").await else {
+        return;
+    };
+    db.exec("CREATE TABLE big (id int PRIMARY KEY, n int NOT NULL)")
+        .await;
+    db.capture("big", "Big").await;
+    let relay = db.relay();
+    db.exec(&format!(
+        "BEGIN; INSERT INTO big SELECT g, 0 FROM generate_series(1, {INSERTS}) g;
+         UPDATE big SET n = 1 WHERE id <= {UPDATES}; COMMIT"
+    ))
+    .await;
+    let partial = || async {
+        sqlx::query_as::<_, (Option<String>, i64)>(
+            "SELECT partial_lsn::text, partial_changes FROM observer_wal_progress WHERE slot_name = $1",
+        )
+        .bind(&db.settings.slot)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+        .unwrap_or((None, 0))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while partial().await.1 == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no part was recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    relay.1.abort();
+    let _ = relay.1.await;
+    let (lsn, parts) = partial().await;
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM observer_change_log")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(lsn.is_some(), "the relay was killed between parts");
+    assert_eq!(
+        logged, parts,
+        "the parts recorded are the rows in the change log"
+    );
+    assert!(
+        logged < INSERTS + UPDATES,
+        "the first parts came before the rest"
+    );
+
+    let relay = db.relay();
+    let events = db.events(usize::try_from(INSERTS + UPDATES).unwrap()).await;
+    stop(relay).await;
+    let seen: Vec<(String, i64, i64)> = events
+        .iter()
+        .map(|e| {
+            let row = e.after.as_ref().unwrap();
+            (
+                e.kind.as_str().to_owned(),
+                row["id"].as_i64().unwrap(),
+                row["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, i64, i64)> = (1..=INSERTS)
+        .map(|id| ("insert".to_owned(), id, 0))
+        .chain((1..=UPDATES).map(|id| ("update".to_owned(), id, 1)))
+        .collect();
+    assert_eq!(seen.len(), expected.len(), "each change exactly once");
+    assert!(seen == expected, "in the source transaction's order");
+    assert_eq!(
+        partial().await,
+        (None, 0),
+        "the finished transaction clears the part"
+    );
+    db.drop().await;
+}
+
 /// `drop-slot` is refused while a relay streams and works once it stopped; a capture on a
 /// server without logical WAL says what to change.
 #[tokio::test]
