@@ -107,6 +107,8 @@ pub(crate) struct Group {
     pub(crate) hooks: Hooks,
     dir: tempfile::TempDir,
     partitions: u32,
+    /// `[source] kind = "wal"` (on the logical server), with a slot named after the database.
+    wal: bool,
 }
 
 impl Group {
@@ -130,7 +132,28 @@ impl Group {
             hooks: Hooks::start().await,
             dir: tempfile::tempdir().unwrap(),
             partitions,
+            wal: false,
         }
+    }
+
+    /// The same group on the WAL source; `None` (SKIPPED) without a logical server.
+    pub(crate) async fn new_wal(tag: &str, partitions: u32) -> Option<Self> {
+        let db = TestDb::on_logical(tag).await?;
+        db.exec("CREATE TABLE items (id text PRIMARY KEY, version int NOT NULL)")
+            .await;
+        let g = Self {
+            db,
+            hooks: Hooks::start().await,
+            dir: tempfile::tempdir().unwrap(),
+            partitions,
+            wal: true,
+        };
+        let out = g.cli(
+            &["capture", "enable", "--table", "items", "--entity", "Item"],
+            "a",
+        );
+        assert!(out.contains("kind wal"), "{out}");
+        Some(g)
     }
 
     fn config(&self, instance: &str) -> PathBuf {
@@ -142,7 +165,7 @@ listener_id = "ha"
 batch_size = 20
 poll_interval = "100ms"
 partitions = {partitions}
-
+{wal}
 [executor]
 action_timeout = "60s"
 
@@ -170,6 +193,14 @@ entity = "Item"
             url = self.db.url,
             partitions = self.partitions,
             base = self.hooks.base,
+            wal = if self.wal {
+                format!(
+                    "kind = \"wal\"\nslot = \"{0}\"\npublication = \"{0}_pub\"\n",
+                    self.db.name
+                )
+            } else {
+                String::new()
+            },
         );
         let path = self.dir.path().join(format!("{instance}.toml"));
         std::fs::write(&path, text).unwrap();
@@ -216,6 +247,15 @@ entity = "Item"
         .execute(self.pool())
         .await
         .unwrap();
+    }
+
+    /// Versions `versions` of every entity `e0`..: each version of all entities before the next.
+    pub(crate) async fn write_versions(&self, versions: std::ops::RangeInclusive<i64>) {
+        for v in versions {
+            for e in 0..ENTITIES {
+                self.write(&format!("e{e}"), v).await;
+            }
+        }
     }
 
     /// Partition → holder, for live partition leases.
@@ -488,11 +528,7 @@ async fn three_instances_share_six_partitions_and_survive_a_kill() {
     })
     .await;
 
-    for v in 1..=VERSIONS / 2 {
-        for e in 0..ENTITIES {
-            g.write(&format!("e{e}"), v).await;
-        }
-    }
+    g.write_versions(1..=VERSIONS / 2).await;
     until("every instance delivers", async || {
         ["a", "b", "c"].iter().all(|i| !g.hooks.by(i).is_empty())
     })
@@ -507,11 +543,7 @@ async fn three_instances_share_six_partitions_and_survive_a_kill() {
     let mut c = runs.remove("c").unwrap();
     signal(&c, "KILL");
     c.wait().unwrap();
-    for v in VERSIONS / 2 + 1..=VERSIONS {
-        for e in 0..ENTITIES {
-            g.write(&format!("e{e}"), v).await;
-        }
-    }
+    g.write_versions(VERSIONS / 2 + 1..=VERSIONS).await;
     until("c's partitions move to a and b", async || {
         balanced(&["a", "b"]).await
     })
@@ -556,6 +588,56 @@ async fn three_instances_share_six_partitions_and_survive_a_kill() {
         total < i64::try_from(ENTITIES).unwrap() * VERSIONS,
         "prune deleted read rows"
     );
+}
+
+/// The WAL source under HA with partitions: three instances share six partitions, the leader
+/// (the one running the relay) is killed with SIGKILL mid-stream; the survivors take its
+/// partitions, one of them starts the relay from the progress row, and every version of every
+/// entity is delivered, in order per entity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_source_partitions_survive_a_kill_of_the_relaying_leader() {
+    let Some(g) = Group::new_wal("ha_wal", 6).await else {
+        return;
+    };
+    let mut runs: HashMap<&str, Run> = ["a", "b", "c"]
+        .into_iter()
+        .map(|i| (i, g.spawn(i)))
+        .collect();
+    until("six partitions held by three", async || {
+        let h = g.holders().await;
+        h.len() == 6 && ["a", "b", "c"].iter().all(|i| h.values().any(|x| x == i))
+    })
+    .await;
+    g.write_versions(1..=VERSIONS / 2).await;
+    until("every instance delivers", async || {
+        ["a", "b", "c"].iter().all(|i| !g.hooks.by(i).is_empty())
+    })
+    .await;
+    let leader: String = sqlx::query_scalar(
+        "SELECT instance_id FROM observer_listeners WHERE group_name = 'test' AND is_leader",
+    )
+    .fetch_one(g.pool())
+    .await
+    .unwrap();
+    let relaying = |i: &str| log_text(&g.log(i)).contains("starting the WAL relay");
+    assert!(relaying(&leader), "the leader {leader} runs the relay");
+    let mut killed = runs.remove(leader.as_str()).unwrap();
+    signal(&killed, "KILL");
+    killed.wait().unwrap();
+    g.write_versions(VERSIONS / 2 + 1..=VERSIONS).await;
+    until("another instance takes over the relay", async || {
+        runs.keys().any(|i| relaying(i))
+    })
+    .await;
+    until("every version of every entity delivered", async || {
+        (0..ENTITIES).all(|e| (1..=VERSIONS).all(|v| g.hooks.delivered(&format!("e{e}"), v)))
+    })
+    .await;
+    assert_entity_order(&g.hooks.hits());
+    for (_, mut run) in runs {
+        signal(&run, "TERM");
+        assert_eq!(wait_exit(&mut run, Duration::from_secs(15)).await, Some(0));
+    }
 }
 
 /// A fourth instance joins: partitions are rebalanced over three again, it takes its share and
