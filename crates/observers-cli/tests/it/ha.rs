@@ -462,9 +462,16 @@ async fn a_paused_old_leader_is_fenced_and_steps_down() {
 
     let woke = Instant::now();
     signal(&a, "CONT");
-    until("a reports its fenced checkpoint write", async || {
-        log_text(&g.log("a")).contains("not saved: lease")
-    })
+    // a wakes with its in-flight delivery finishing and its renewal overdue. Whichever runs
+    // first decides how a learns it lost the partition: its checkpoint write is fenced, or its
+    // renewal is refused and its listener stops before it writes. Both are the lease's fence.
+    until(
+        "a reports its fenced checkpoint write or its lost lease",
+        async || {
+            let log = log_text(&g.log("a"));
+            log.contains("not saved: lease") || log.contains("partition lease lost")
+        },
+    )
     .await;
     until("a stepped down", async || {
         sqlx::query_scalar::<_, bool>(
