@@ -139,6 +139,34 @@ struct Progress {
 }
 
 impl Progress {
+    /// The progress after also copying up to the finished transaction ending at `last_end` and,
+    /// of the unfinished one committing at `part.0`, its changes before position `part.1`. Never
+    /// moves back, and keeps a later transaction's parts that another relay wrote meanwhile.
+    fn after(self, last_end: Option<Lsn>, part: Option<(Lsn, u64)>) -> Progress {
+        let done = last_end.map_or(self.done, |end| end.max(self.done));
+        let (partial_lsn, partial_changes) = match part {
+            Some((lsn, next)) if lsn >= done => {
+                let before = if self.partial_lsn == Some(lsn) {
+                    self.partial_changes
+                } else {
+                    0
+                };
+                (Some(lsn), next.max(before))
+            }
+            _ => match self.partial_lsn {
+                // Parts of a later transaction, written by a relay that streamed while this
+                // one was paused: kept, or a restart would copy them again.
+                Some(lsn) if lsn >= done => (Some(lsn), self.partial_changes),
+                _ => (None, 0),
+            },
+        };
+        Progress {
+            done,
+            partial_lsn,
+            partial_changes,
+        }
+    }
+
     /// How many of `tx`'s held changes are copied already.
     fn copied(&self, tx: &Tx) -> usize {
         if tx.final_lsn < self.done {
@@ -552,20 +580,13 @@ impl WalRelay {
             }
             written += run.len() as u64;
         }
-        let done = pending
-            .last()
-            .map_or(copied.done, |t| t.end_lsn.max(copied.done));
-        let (partial_lsn, partial_changes) = match part {
-            Some(t) if t.final_lsn >= done => {
-                let before = if copied.partial_lsn == Some(t.final_lsn) {
-                    copied.partial_changes
-                } else {
-                    0
-                };
-                (Some(t.final_lsn.to_pg_string()), t.next().max(before))
-            }
-            _ => (None, 0),
-        };
+        let next = copied.after(
+            pending.last().map(|t| t.end_lsn),
+            part.map(|t| (t.final_lsn, t.next())),
+        );
+        let done = next.done;
+        let partial_lsn = next.partial_lsn.map(Lsn::to_pg_string);
+        let partial_changes = next.partial_changes;
         sqlx::query(
             "UPDATE observer_wal_progress
                 SET commit_lsn = $2::text::pg_lsn, partial_lsn = $3::text::pg_lsn,
@@ -888,6 +909,43 @@ mod tests {
         assert_eq!(json["doc"]["n"].to_string(), "12345678901234567.89");
         let without_old = row_json(&rel, &new, None);
         assert!(!without_old.contains("big"), "{without_old}");
+    }
+
+    #[test]
+    fn progress_moves_forward_and_keeps_later_parts() {
+        let lsn = Lsn::from_u64;
+        let start = Progress {
+            done: lsn(100),
+            partial_lsn: None,
+            partial_changes: 0,
+        };
+        // A part of the transaction committing at 300, after finishing one ending at 200.
+        let p = start.after(Some(lsn(200)), Some((lsn(300), 5_000)));
+        assert_eq!(
+            (p.done, p.partial_lsn, p.partial_changes),
+            (lsn(200), Some(lsn(300)), 5_000)
+        );
+        // The next part.
+        let p = p.after(None, Some((lsn(300), 10_000)));
+        assert_eq!(
+            (p.done, p.partial_lsn, p.partial_changes),
+            (lsn(200), Some(lsn(300)), 10_000)
+        );
+        // A restarted relay re-reading the first part never moves the count back.
+        let q = p.after(None, Some((lsn(300), 5_000)));
+        assert_eq!(q.partial_changes, 10_000);
+        // A paused relay writing older, finished transactions keeps the later parts.
+        let q = p.after(Some(lsn(150)), None);
+        assert_eq!(
+            (q.done, q.partial_lsn, q.partial_changes),
+            (lsn(200), Some(lsn(300)), 10_000)
+        );
+        // Finishing the transaction clears them.
+        let q = p.after(Some(lsn(350)), None);
+        assert_eq!(
+            (q.done, q.partial_lsn, q.partial_changes),
+            (lsn(350), None, 0)
+        );
     }
 
     #[test]
