@@ -96,6 +96,15 @@ async fn relay_while_leading(
     while !*stop.borrow() {
         if super::ha::leads(config, pool, "WAL relay").await {
             tracing::info!(slot = %config.source.slot, "this instance leads the group: starting the WAL relay");
+            // A former leader's stream (paused, or cut off from the group) would hold the slot
+            // until the server's wal_sender_timeout; its writes are fenced by the progress row.
+            match wal::slot::end_stream(pool, &config.source.slot).await {
+                Ok(Some(pid)) => tracing::warn!(slot = %config.source.slot, pid,
+                    "ended the replication connection of a former leader's relay"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(slot = %config.source.slot, error = %e,
+                    "could not end the slot's current stream; waiting for it instead"),
+            }
             let (session_stop, session_rx) = watch::channel(false);
             let task = {
                 let relay = relay.clone();

@@ -121,18 +121,7 @@ pub async fn wal_instance() -> Option<Scrape> {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, &config(&db, &rx));
     let conf = path.to_str().unwrap();
-    let out = cli(
-        &db,
-        &[
-            "capture", "enable", "--config", conf, "--table", "counters", "--entity", "Counter",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("kind wal"));
+    capture_counters(&db, &path);
     let out = cli(&db, &["capture", "list"]);
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -214,6 +203,60 @@ async fn wal_source_under_observers_run_survives_sigkill() {
     wal_instance().await;
 }
 
+/// The config of instance `name` in an HA group on the WAL source: `config` plus `[ha]`, without
+/// the metrics server. Returns its path and the path of its log.
+fn ha_instance(
+    db: &TestDb,
+    rx: &Receiver,
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let text = config(db, rx)
+        .replace(
+            "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"100ms\"\n",
+            "",
+        )
+        .replace(
+            "[dedup]\nenabled = false\n",
+            &format!(
+                "[dedup]\nenabled = false\n\n[ha]\nenabled = true\ngroup = \"wal\"\n\
+                 instance_id = \"{name}\"\nlease_ttl = \"2s\"\nrenew_interval = \"300ms\"\n"
+            ),
+        );
+    assert!(text.contains("[ha]"), "{text}");
+    let path = dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    (path, dir.path().join(format!("{name}.log")))
+}
+
+/// `observers capture enable --config CONF` of `counters` as entity `Counter`, through the WAL.
+fn capture_counters(db: &TestDb, conf: &std::path::Path) {
+    let out = cli(
+        db,
+        &[
+            "capture",
+            "enable",
+            "--config",
+            conf.to_str().unwrap(),
+            "--table",
+            "counters",
+            "--entity",
+            "Counter",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kind wal"));
+}
+
+/// Whether the instance logging to `log` has started the WAL relay as the group's leader.
+fn relays(log: &std::path::Path) -> bool {
+    crate::ha::log_text(log).contains("this instance leads the group: starting the WAL relay")
+}
+
 /// Two instances in an HA group on the WAL source: only the leader runs the relay (the standby
 /// never streams the slot); the leader is killed with SIGKILL while writers commit; the standby
 /// takes over the group, starts the relay from the slot's saved progress, and every update
@@ -228,47 +271,10 @@ async fn under_ha_only_the_leader_relays_and_a_killed_leader_loses_nothing() {
         .await;
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let instance = |name: &str| {
-        let text = config(&db, &rx)
-            .replace(
-                "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"100ms\"\n",
-                "",
-            )
-            .replace(
-                "[dedup]\nenabled = false\n",
-                &format!(
-                    "[dedup]\nenabled = false\n\n[ha]\nenabled = true\ngroup = \"wal\"\n\
-                     instance_id = \"{name}\"\nlease_ttl = \"2s\"\nrenew_interval = \"300ms\"\n"
-                ),
-            );
-        assert!(text.contains("[ha]"), "{text}");
-        let path = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        (path, dir.path().join(format!("{name}.log")))
-    };
+    let instance = |name: &str| ha_instance(&db, &rx, &dir, name);
     let (a_conf, a_log) = instance("a");
     let (b_conf, b_log) = instance("b");
-    let out = cli(
-        &db,
-        &[
-            "capture",
-            "enable",
-            "--config",
-            a_conf.to_str().unwrap(),
-            "--table",
-            "counters",
-            "--entity",
-            "Counter",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let relays = |log: &std::path::Path| {
-        crate::ha::log_text(log).contains("this instance leads the group: starting the WAL relay")
-    };
+    capture_counters(&db, &a_conf);
     let mut a = spawn_run(&a_conf, &a_log);
     wait_until("a leads and relays", LONG, || relays(&a_log)).await;
     let mut b = spawn_run(&b_conf, &b_log);
@@ -297,4 +303,64 @@ async fn under_ha_only_the_leader_relays_and_a_killed_leader_loses_nothing() {
     assert_counted_up_to(&rx, UPDATES);
     signal(&b, "TERM");
     assert_eq!(wait_exit(&mut b, Duration::from_secs(15)).await, Some(0));
+}
+
+/// The HA leader paused (SIGSTOP) while its relay streams: its replication connection would hold
+/// the slot until the server's `wal_sender_timeout` (60 s here). The new leader ends that
+/// connection and relays at once; the woken old leader stops its relay; nothing is lost, commit
+/// order per entity holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ha_a_paused_leaders_stream_is_ended_and_the_new_leader_relays() {
+    const UPDATES: i64 = 20;
+    // Well under wal_sender_timeout: a takeover that waited for the server would miss it.
+    const TAKEOVER: Duration = Duration::from_secs(30);
+    let Some(db) = TestDb::on_logical("wal_pause").await else {
+        return;
+    };
+    db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+        .await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a_conf, a_log) = ha_instance(&db, &rx, &dir, "a");
+    let (b_conf, b_log) = ha_instance(&db, &rx, &dir, "b");
+    capture_counters(&db, &a_conf);
+    let a = spawn_run(&a_conf, &a_log);
+    wait_until("a leads and relays", LONG, || relays(&a_log)).await;
+    let mut b = spawn_run(&b_conf, &b_log);
+    db.exec("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g")
+        .await;
+    wait_until("the five inserts", LONG, || rx.count() >= 5).await;
+
+    signal(&a, "STOP");
+    let writer = count_up(&db, UPDATES, Duration::from_millis(20));
+    wait_until("b ends a's stream and relays", TAKEOVER, || {
+        relays(&b_log)
+            && crate::ha::log_text(&b_log)
+                .contains("ended the replication connection of a former leader's relay")
+    })
+    .await;
+    writer.await.unwrap();
+    wait_until("every counter reaches the last update", TAKEOVER, || {
+        let s = sequences(&rx);
+        s.len() == 5 && s.values().all(|v| v.last() == Some(&UPDATES))
+    })
+    .await;
+
+    signal(&a, "CONT");
+    wait_until("a, awake, stops its relay", LONG, || {
+        crate::ha::log_text(&a_log).contains("no longer leads the group: stopping the WAL relay")
+    })
+    .await;
+    db.exec(&format!("UPDATE counters SET n = {}", UPDATES + 1))
+        .await;
+    wait_until("the update after a woke", LONG, || {
+        sequences(&rx)
+            .values()
+            .all(|v| v.last() == Some(&(UPDATES + 1)))
+    })
+    .await;
+    assert_counted_up_to(&rx, UPDATES + 1);
+    signal(&b, "TERM");
+    assert_eq!(wait_exit(&mut b, Duration::from_secs(15)).await, Some(0));
+    drop(a);
 }

@@ -129,3 +129,20 @@ pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<bool, PgError> {
         .await?;
     Ok(true)
 }
+
+/// Ends the connection streaming `slot`, if one does: a former HA leader's relay, paused or cut
+/// off, that the server would otherwise keep until `wal_sender_timeout` (60 s by default).
+/// Returns the process id ended. Needs the right to signal that backend (the same role, or
+/// `pg_signal_backend`).
+pub async fn end_stream(pool: &PgPool, slot: &str) -> Result<Option<i32>, PgError> {
+    Ok(sqlx::query_scalar(
+        // The CASE keeps the signal behind the slot's own conditions, whatever order the
+        // planner gives the filters.
+        "SELECT active_pid FROM pg_replication_slots
+          WHERE CASE WHEN slot_name = $1 AND active THEN pg_terminate_backend(active_pid)
+                     ELSE false END",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await?)
+}
