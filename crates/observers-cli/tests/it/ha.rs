@@ -102,6 +102,12 @@ impl Hooks {
     }
 }
 
+/// One HA group at a time on the shared server: each runs several `observers run` processes with
+/// pools of their own (up to 20 connections each), and a paused holder keeps its connections.
+/// Two groups side by side could take the server's last connection slots from each other and
+/// starve the instance a test waits on.
+static ONE_GROUP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub(crate) struct Group {
     pub(crate) db: TestDb,
     pub(crate) hooks: Hooks,
@@ -109,10 +115,15 @@ pub(crate) struct Group {
     partitions: u32,
     /// `[source] kind = "wal"` (on the logical server), with a slot named after the database.
     wal: bool,
+    /// Held for the group's life (see [`ONE_GROUP_AT_A_TIME`]); the last field, so it is
+    /// released after the database is dropped. Tests declare the group before the instances
+    /// they spawn, so those are stopped before it too.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Group {
     pub(crate) async fn new(tag: &str, partitions: u32) -> Self {
+        let turn = ONE_GROUP_AT_A_TIME.lock().await;
         let db = TestDb::new(tag).await;
         db.exec("CREATE TABLE items (id text PRIMARY KEY, version int NOT NULL)")
             .await;
@@ -128,6 +139,7 @@ impl Group {
             String::from_utf8_lossy(&out.stderr)
         );
         Self {
+            _turn: turn,
             db,
             hooks: Hooks::start().await,
             dir: tempfile::tempdir().unwrap(),
@@ -138,10 +150,12 @@ impl Group {
 
     /// The same group on the WAL source; `None` (SKIPPED) without a logical server.
     pub(crate) async fn new_wal(tag: &str, partitions: u32) -> Option<Self> {
+        let turn = ONE_GROUP_AT_A_TIME.lock().await;
         let db = TestDb::on_logical(tag).await?;
         db.exec("CREATE TABLE items (id text PRIMARY KEY, version int NOT NULL)")
             .await;
         let g = Self {
+            _turn: turn,
             db,
             hooks: Hooks::start().await,
             dir: tempfile::tempdir().unwrap(),
