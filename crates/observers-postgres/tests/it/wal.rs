@@ -462,6 +462,63 @@ async fn a_big_transaction_is_copied_in_parts_and_a_kill_between_parts_repeats_n
     db.drop().await;
 }
 
+/// `end_stream` (a new HA leader taking the slot from a former one) ends only the walsender of
+/// its own slot: with two relays streaming two slots of the same server, the other keeps
+/// streaming through it, and the relay whose stream was ended reconnects and copies on.
+#[tokio::test]
+async fn ending_a_slots_stream_leaves_every_other_slot_streaming() {
+    let (Some(one), Some(two)) = (WalDb::new("end_one").await, WalDb::new("end_two").await) else {
+        return;
+    };
+    for db in [&one, &two] {
+        db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+        db.capture("t", "T").await;
+    }
+    let (relay_one, relay_two) = (one.relay(), two.relay());
+    let active = async |db: &WalDb| {
+        wal::slot::status(&db.pool, &db.settings.slot)
+            .await
+            .unwrap()
+            .is_some_and(|s| s.active)
+    };
+    let pid_of = async |db: &WalDb| -> Option<i32> {
+        sqlx::query_scalar("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(&db.settings.slot)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(active(&one).await && active(&two).await) {
+        assert!(tokio::time::Instant::now() < deadline, "both relays stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (one_pid, two_pid) = (pid_of(&one).await, pid_of(&two).await);
+
+    let ended = wal::slot::end_stream(&one.pool, &one.settings.slot)
+        .await
+        .unwrap();
+    assert_eq!(ended, one_pid, "the slot's own walsender is ended");
+    assert_eq!(
+        pid_of(&two).await,
+        two_pid,
+        "the other slot keeps its walsender"
+    );
+    for db in [&one, &two] {
+        db.exec("INSERT INTO t VALUES (1)").await;
+        assert_eq!(
+            db.events(1).await.len(),
+            1,
+            "{} copies on",
+            db.settings.slot
+        );
+    }
+    stop(relay_one).await;
+    stop(relay_two).await;
+    one.drop().await;
+    two.drop().await;
+}
+
 /// `drop-slot` is refused while a relay streams and works once it stopped; a capture on a
 /// server without logical WAL says what to change.
 #[tokio::test]
