@@ -387,7 +387,8 @@ impl Listener {
     }
 }
 
-async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {
+/// Sleeps `d`, or less when `shutdown` changes: the wait of every background loop.
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {
     tokio::select! {
         () = tokio::time::sleep(d) => {}
         _ = shutdown.changed() => {}

@@ -166,7 +166,7 @@ pub async fn leads(config: &Config, pool: &PgPool, what: &str) -> bool {
     let Ok(me) = observers_ha::MultiListenerConfig::from_config(config) else {
         return false;
     };
-    match super::ha::group_status(config, pool).await {
+    match group_status(config, pool).await {
         Ok(group) => group
             .instances
             .iter()

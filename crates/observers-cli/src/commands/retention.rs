@@ -46,10 +46,7 @@ async fn run(
         if super::ha::leads(&config, &pool, "retention").await {
             pass(&config, &pool, metrics.as_deref()).await;
         }
-        tokio::select! {
-            () = tokio::time::sleep(config.retention.interval) => {}
-            _ = stop.changed() => {}
-        }
+        observers_core::listener::sleep_or_shutdown(config.retention.interval, &mut stop).await;
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use observers_core::config::{Config, SourceKind};
+use observers_core::listener::sleep_or_shutdown;
 use observers_metrics::ObserverMetrics;
 use observers_postgres::PgPool;
 use observers_postgres::wal::{self, WalRelay, WalSettings};
@@ -75,10 +76,7 @@ pub fn spawn(
                     Err(e) => tracing::debug!(error = %e, "reading the replication slot failed"),
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(MONITOR_EVERY) => {}
-                _ = monitor_stop.changed() => {}
-            }
+            sleep_or_shutdown(MONITOR_EVERY, &mut monitor_stop).await;
         }
     });
     Ok(vec![relay_task, monitor])
@@ -111,10 +109,7 @@ async fn relay_while_leading(
                 tokio::spawn(async move { relay.run(session_rx).await })
             };
             loop {
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    _ = stop.changed() => {}
-                }
+                sleep_or_shutdown(every, &mut stop).await;
                 if *stop.borrow() || !super::ha::leads(config, pool, "WAL relay").await {
                     break;
                 }
@@ -125,10 +120,7 @@ async fn relay_while_leading(
             let _ = session_stop.send(true);
             let _ = task.await;
         } else {
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                _ = stop.changed() => {}
-            }
+            sleep_or_shutdown(every, &mut stop).await;
         }
     }
 }

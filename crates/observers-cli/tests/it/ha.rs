@@ -124,50 +124,40 @@ pub(crate) struct Group {
 impl Group {
     pub(crate) async fn new(tag: &str, partitions: u32) -> Self {
         let turn = ONE_GROUP_AT_A_TIME.lock().await;
-        let db = TestDb::new(tag).await;
-        db.exec("CREATE TABLE items (id text PRIMARY KEY, version int NOT NULL)")
-            .await;
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_observers"))
-            .args(["capture", "enable", "--table", "items", "--entity", "Item"])
-            .env("DATABASE_URL", &db.url)
-            .env_remove("OBSERVERS_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self {
-            _turn: turn,
-            db,
-            hooks: Hooks::start().await,
-            dir: tempfile::tempdir().unwrap(),
-            partitions,
-            wal: false,
-        }
+        Self::start(turn, TestDb::new(tag).await, partitions, false).await
     }
 
     /// The same group on the WAL source; `None` (SKIPPED) without a logical server.
     pub(crate) async fn new_wal(tag: &str, partitions: u32) -> Option<Self> {
         let turn = ONE_GROUP_AT_A_TIME.lock().await;
         let db = TestDb::on_logical(tag).await?;
+        Some(Self::start(turn, db, partitions, true).await)
+    }
+
+    /// `items` in `db`, captured with the group's config (the kind it names).
+    async fn start(
+        turn: tokio::sync::MutexGuard<'static, ()>,
+        db: TestDb,
+        partitions: u32,
+        wal: bool,
+    ) -> Self {
         db.exec("CREATE TABLE items (id text PRIMARY KEY, version int NOT NULL)")
             .await;
         let g = Self {
-            _turn: turn,
             db,
             hooks: Hooks::start().await,
             dir: tempfile::tempdir().unwrap(),
             partitions,
-            wal: true,
+            wal,
+            _turn: turn,
         };
         let out = g.cli(
             &["capture", "enable", "--table", "items", "--entity", "Item"],
             "a",
         );
-        assert!(out.contains("kind wal"), "{out}");
-        Some(g)
+        let kind = if wal { "kind wal" } else { "by trigger" };
+        assert!(out.contains(kind), "{out}");
+        g
     }
 
     fn config(&self, instance: &str) -> PathBuf {

@@ -257,6 +257,47 @@ fn relays(log: &std::path::Path) -> bool {
     crate::ha::log_text(log).contains("this instance leads the group: starting the WAL relay")
 }
 
+/// Two instances, `a` and `b`, in an HA group on the WAL source with `counters` captured: `a`
+/// leads and relays, `b` stands by, and the five rows inserted have been delivered.
+struct HaPair {
+    db: TestDb,
+    rx: Receiver,
+    a: crate::support::Run,
+    b: crate::support::Run,
+    a_log: std::path::PathBuf,
+    b_log: std::path::PathBuf,
+    /// Holds the configs and logs.
+    _dir: tempfile::TempDir,
+}
+
+impl HaPair {
+    async fn start(tag: &str) -> Option<Self> {
+        let db = TestDb::on_logical(tag).await?;
+        db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+            .await;
+        let rx = Receiver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (a_conf, a_log) = ha_instance(&db, &rx, &dir, "a");
+        let (b_conf, b_log) = ha_instance(&db, &rx, &dir, "b");
+        capture_counters(&db, &a_conf);
+        let a = spawn_run(&a_conf, &a_log);
+        wait_until("a leads and relays", LONG, || relays(&a_log)).await;
+        let b = spawn_run(&b_conf, &b_log);
+        db.exec("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g")
+            .await;
+        wait_until("the five inserts", LONG, || rx.count() >= 5).await;
+        Some(Self {
+            db,
+            rx,
+            a,
+            b,
+            a_log,
+            b_log,
+            _dir: dir,
+        })
+    }
+}
+
 /// Two instances in an HA group on the WAL source: only the leader runs the relay (the standby
 /// never streams the slot); the leader is killed with SIGKILL while writers commit; the standby
 /// takes over the group, starts the relay from the slot's saved progress, and every update
@@ -264,23 +305,19 @@ fn relays(log: &std::path::Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_ha_only_the_leader_relays_and_a_killed_leader_loses_nothing() {
     const UPDATES: i64 = 30;
-    let Some(db) = TestDb::on_logical("wal_ha").await else {
+    // Bound by name, `_dir` lives to the end of the test, and with it the logs read below.
+    let Some(HaPair {
+        db,
+        rx,
+        mut a,
+        mut b,
+        b_log,
+        _dir,
+        ..
+    }) = HaPair::start("wal_ha").await
+    else {
         return;
     };
-    db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
-        .await;
-    let rx = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let instance = |name: &str| ha_instance(&db, &rx, &dir, name);
-    let (a_conf, a_log) = instance("a");
-    let (b_conf, b_log) = instance("b");
-    capture_counters(&db, &a_conf);
-    let mut a = spawn_run(&a_conf, &a_log);
-    wait_until("a leads and relays", LONG, || relays(&a_log)).await;
-    let mut b = spawn_run(&b_conf, &b_log);
-    db.exec("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g")
-        .await;
-    wait_until("the five inserts", LONG, || rx.count() >= 5).await;
 
     let writer = count_up(&db, UPDATES, Duration::from_millis(20));
     wait_until("some updates delivered", LONG, || rx.count() >= 25).await;
@@ -314,22 +351,18 @@ async fn under_ha_a_paused_leaders_stream_is_ended_and_the_new_leader_relays() {
     const UPDATES: i64 = 20;
     // Well under wal_sender_timeout: a takeover that waited for the server would miss it.
     const TAKEOVER: Duration = Duration::from_secs(30);
-    let Some(db) = TestDb::on_logical("wal_pause").await else {
+    let Some(HaPair {
+        db,
+        rx,
+        a,
+        mut b,
+        a_log,
+        b_log,
+        _dir,
+    }) = HaPair::start("wal_pause").await
+    else {
         return;
     };
-    db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
-        .await;
-    let rx = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (a_conf, a_log) = ha_instance(&db, &rx, &dir, "a");
-    let (b_conf, b_log) = ha_instance(&db, &rx, &dir, "b");
-    capture_counters(&db, &a_conf);
-    let a = spawn_run(&a_conf, &a_log);
-    wait_until("a leads and relays", LONG, || relays(&a_log)).await;
-    let mut b = spawn_run(&b_conf, &b_log);
-    db.exec("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g")
-        .await;
-    wait_until("the five inserts", LONG, || rx.count() >= 5).await;
 
     signal(&a, "STOP");
     let writer = count_up(&db, UPDATES, Duration::from_millis(20));

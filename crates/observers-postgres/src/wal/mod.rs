@@ -281,14 +281,14 @@ impl WalRelay {
                 if let Ok(event) = tokio::time::timeout(Duration::ZERO, client.recv()).await {
                     event.map_err(wire)?
                 } else {
-                    self.flush(&mut pending, &client).await?;
+                    self.flush(&mut pending, None, &client).await?;
                     pending_rows = 0;
                     continue;
                 }
             };
             let Some(event) = event else {
                 // Shutdown (or the stream ended): write what is complete, then stop.
-                self.flush(&mut pending, &client).await?;
+                self.flush(&mut pending, None, &client).await?;
                 client.stop();
                 return Ok(());
             };
@@ -316,7 +316,7 @@ impl WalRelay {
                         && tx.changes.len() >= MAX_BATCH_ROWS
                     {
                         // A big source transaction: write what came so far as a part.
-                        self.write_part(&mut pending, tx, &client).await?;
+                        self.flush(&mut pending, Some(tx), &client).await?;
                         pending_rows = 0;
                     }
                 }
@@ -336,7 +336,7 @@ impl WalRelay {
                         pending_rows += tx.changes.len();
                         pending.push(tx);
                         if pending_rows >= MAX_BATCH_ROWS {
-                            self.flush(&mut pending, &client).await?;
+                            self.flush(&mut pending, None, &client).await?;
                             pending_rows = 0;
                         }
                     }
@@ -349,7 +349,7 @@ impl WalRelay {
                     }
                 }
                 ReplicationEvent::StoppedAt { .. } => {
-                    self.flush(&mut pending, &client).await?;
+                    self.flush(&mut pending, None, &client).await?;
                     return Ok(());
                 }
                 ReplicationEvent::Message { .. } => {}
@@ -454,39 +454,27 @@ impl WalRelay {
         parse_lsn(&lsn)
     }
 
-    /// Writes `pending` (whole source transactions, in commit order) and the progress row in one
-    /// transaction, then confirms the last end LSN to the slot.
+    /// Writes `pending` (whole source transactions, in commit order), and with `part` the
+    /// changes of the unfinished transaction gathered so far, and the progress row in one
+    /// transaction; then confirms the last finished transaction's end LSN to the slot.
     async fn flush(
         &self,
         pending: &mut Vec<Tx>,
+        part: Option<&mut Tx>,
         client: &ReplicationClient,
     ) -> Result<(), PgError> {
-        if pending.is_empty() {
+        if pending.is_empty() && part.is_none() {
             return Ok(());
         }
-        self.write_retrying(pending, None).await?;
+        self.write_retrying(pending, part.as_deref()).await?;
         if let Some(last) = pending.last() {
             client.update_applied_lsn(last.end_lsn);
         }
         pending.clear();
-        Ok(())
-    }
-
-    /// Writes `pending` and the changes of the unfinished `tx` gathered so far, recording how
-    /// far into `tx` the change log now goes; confirms only the finished transactions.
-    async fn write_part(
-        &self,
-        pending: &mut Vec<Tx>,
-        tx: &mut Tx,
-        client: &ReplicationClient,
-    ) -> Result<(), PgError> {
-        self.write_retrying(pending, Some(tx)).await?;
-        if let Some(last) = pending.last() {
-            client.update_applied_lsn(last.end_lsn);
+        if let Some(tx) = part {
+            tx.first = tx.next();
+            tx.changes.clear();
         }
-        pending.clear();
-        tx.first = tx.next();
-        tx.changes.clear();
         Ok(())
     }
 
@@ -584,9 +572,6 @@ impl WalRelay {
             pending.last().map(|t| t.end_lsn),
             part.map(|t| (t.final_lsn, t.next())),
         );
-        let done = next.done;
-        let partial_lsn = next.partial_lsn.map(Lsn::to_pg_string);
-        let partial_changes = next.partial_changes;
         sqlx::query(
             "UPDATE observer_wal_progress
                 SET commit_lsn = $2::text::pg_lsn, partial_lsn = $3::text::pg_lsn,
@@ -594,9 +579,9 @@ impl WalRelay {
               WHERE slot_name = $1",
         )
         .bind(&self.settings.slot)
-        .bind(done.to_pg_string())
-        .bind(partial_lsn)
-        .bind(i64::try_from(partial_changes).unwrap_or(i64::MAX))
+        .bind(next.done.to_pg_string())
+        .bind(next.partial_lsn.map(Lsn::to_pg_string))
+        .bind(i64::try_from(next.partial_changes).unwrap_or(i64::MAX))
         .execute(&mut *db)
         .await?;
         db.commit().await?;
