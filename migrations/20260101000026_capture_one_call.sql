@@ -6,6 +6,7 @@
 --    was meant to spare (about 33,000 instructions per statement against 13,000).
 -- 2. The read-horizon lock is taken by that statement trigger alone (as migration 0017 had it),
 --    so the capture function no longer checks for it: one place takes the lock, for every writer.
+--    It takes the lock and records it in one statement (10,000 instructions fewer than three).
 -- 3. The capture function evaluates fewer plpgsql expressions: `to_jsonb(OLD)` and
 --    `to_jsonb(NEW)` are NULL when there is no such row, so no branch on the operation, and the
 --    insert returns nothing (the rare path that records a key error reads the id with currval).
@@ -25,20 +26,18 @@ BEGIN
     EXECUTE format($function$
 CREATE OR REPLACE FUNCTION %1$I.observers_change_log_lock() RETURNS trigger
 LANGUAGE plpgsql AS $body$
-DECLARE
-    low pg_catalog.int8;
 BEGIN
     -- Once per transaction: the setting is transaction-local, and so is the lock (both are undone
-    -- together when a subtransaction rolls back).
+    -- together when a subtransaction rolls back). One statement takes both; the key is the
+    -- sequence's last value mod 2^32 as a signed int4 (flipping bit 31, then subtracting 2^31).
     IF coalesce(pg_catalog.current_setting('observers.change_log_lock', true)
                     OPERATOR(pg_catalog.<>) 'held', true) THEN
-        low := coalesce(pg_catalog.pg_sequence_last_value(%2$L::pg_catalog.regclass), 0)
-                   OPERATOR(pg_catalog.&) 4294967295;
         PERFORM pg_catalog.pg_advisory_xact_lock_shared(
-            1329746774,
-            (CASE WHEN low OPERATOR(pg_catalog.>=) 2147483648
-                  THEN low OPERATOR(pg_catalog.-) 4294967296 ELSE low END)::pg_catalog.int4);
-        PERFORM pg_catalog.set_config('observers.change_log_lock', 'held', true);
+                    1329746774,
+                    (((coalesce(pg_catalog.pg_sequence_last_value(%2$L::pg_catalog.regclass), 0)
+                       OPERATOR(pg_catalog.&) 4294967295) OPERATOR(pg_catalog.#) 2147483648)
+                     OPERATOR(pg_catalog.-) 2147483648)::pg_catalog.int4),
+                pg_catalog.set_config('observers.change_log_lock', 'held', true);
     END IF;
     RETURN NULL;
 END;

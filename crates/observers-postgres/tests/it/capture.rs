@@ -1011,7 +1011,7 @@ async fn a_writers_search_path_cannot_reach_into_the_capture_functions(pool: PgP
         ("?", "jsonb", "text", "bool"),
         ("&", "bigint", "bigint", "bigint"),
         ("-", "bigint", "bigint", "bigint"),
-        (">=", "bigint", "bigint", "bool"),
+        ("#", "bigint", "bigint", "bigint"),
     ] {
         let f = format!("op_{}", hostile.len());
         write!(

@@ -282,6 +282,74 @@ async fn a_large_transaction_takes_one_lock(pool: PgPool) {
     assert_eq!(items.len(), 20_200);
 }
 
+/// The lock key carries the sequence's last value mod 2^32 as a signed int4, and the horizon
+/// reads it back from `pg_locks` (where it shows unsigned). Around every boundary of that
+/// mapping (ids near 2^31, where the key turns negative, and near 2^32 and 2^33, where it wraps)
+/// an open writer holds back exactly what it must: the horizon stops just below its id while it
+/// is open, and a later writer's committed row waits for it.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_horizon_holds_where_the_lock_key_turns_negative_and_wraps(pool: PgPool) {
+    captured_table(&pool, "orders", "Order").await;
+    let src = PgEventSource::new(pool.clone());
+    let horizon = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT observers_change_horizon()")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let mut cursor = Cursor::START;
+    let mut next_key = 0;
+    for last in [
+        // Each round draws two ids after `last`.
+        (1_i64 << 31) - 1,
+        (1 << 31) + 2,
+        (1 << 32) - 1,
+        (1 << 32) + 2,
+        (1 << 32) + (1 << 31),
+        (1 << 33) + 5,
+    ] {
+        exec(
+            &mut pool.acquire().await.unwrap(),
+            &format!("SELECT setval(pg_get_serial_sequence('observer_change_log', 'id'), {last})"),
+        )
+        .await;
+        let mut open = connect(&pool).await;
+        exec(&mut open, "BEGIN").await;
+        next_key += 1;
+        exec(
+            &mut open,
+            &format!("INSERT INTO orders (id, status) VALUES ({next_key}, 'open')"),
+        )
+        .await;
+        next_key += 1;
+        exec(
+            &mut pool.acquire().await.unwrap(),
+            &format!("INSERT INTO orders (id, status) VALUES ({next_key}, 'later')"),
+        )
+        .await;
+        assert_eq!(
+            horizon(pool.clone()).await,
+            last,
+            "the open writer (id {}) holds the horizon at {last}",
+            last + 1
+        );
+        let (items, at) = drain(&src, cursor).await;
+        assert!(items.is_empty(), "nothing passes the open writer at {last}");
+        exec(&mut open, "COMMIT").await;
+        let (items, at) = drain(&src, at).await;
+        assert_eq!(
+            values(&items, "status"),
+            [
+                ((next_key - 1).to_string(), "\"open\"".to_owned()),
+                (next_key.to_string(), "\"later\"".to_owned())
+            ],
+            "both delivered, in id order, once the writer at {last} commits"
+        );
+        assert_eq!(items[0].cursor().id, last + 1);
+        cursor = at;
+    }
+}
+
 /// Randomized concurrent writers: each transaction increments counters of random entities (in
 /// key order, so writers wait on each other's row locks rather than deadlock), sometimes writes
 /// an uncaptured table first, sometimes rolls back a savepoint or the whole transaction, and
