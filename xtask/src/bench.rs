@@ -39,7 +39,8 @@ const AREAS: &[Area] = &[
     Area {
         flag: "--capture",
         what: "capture kinds side by side on a private wal_level = logical PostgreSQL: writer rate \
-               (none, minimal trigger, previous, trigger, bare pgoutput, WAL source), drain, latency",
+               (none, minimal trigger, previous, trigger, bare pgoutput, WAL source), drain, latency; \
+               then server instructions per captured insert (callgrind)",
         run: |_, _| {
             let Some(pg) = services::PrivatePostgres::start(&[
                 "wal_level=logical",
@@ -53,7 +54,9 @@ const AREAS: &[Area] = &[
                 "pipeline_bench",
                 &pg.url,
                 &[("BENCH_CAPTURE", "1")],
-            )
+            )?;
+            capture_instructions(&pg);
+            Ok(())
         },
     },
     Area {
@@ -136,6 +139,50 @@ pub fn run(args: &[String]) -> Result<()> {
         (area.run)(&filter, &postgres.url)?;
     }
     Ok(())
+}
+
+/// The writer tables `pipeline_bench` leaves in its database, and what each captures with.
+const WRITER_TABLES: [(&str, &str); 4] = [
+    ("orders_none", "no capture"),
+    ("orders_min", "minimal trigger"),
+    ("orders_old", "previous trigger"),
+    ("orders_trigger", "capture (today)"),
+];
+
+/// Server instructions per single-row insert transaction into each writer table: callgrind
+/// counts a single-user backend (the private server stopped) running 200 inserts, then 200 and
+/// 2,000 more; the difference over 2,000. Repeatable to a fraction of a percent, unlike writer
+/// rates on a shared 2-core machine; it counts CPU only (not fsync waits, locks or the client).
+fn capture_instructions(pg: &services::PrivatePostgres) {
+    if !pg.stop() {
+        eprintln!("xtask: the private PostgreSQL did not stop; no instruction counts");
+        return;
+    }
+    let inserts = |table: &str, n: usize| {
+        format!("INSERT INTO {table} (total, status) VALUES (random() * 200, 'paid');\n").repeat(n)
+    };
+    let mut counts = Vec::new();
+    for (table, _) in WRITER_TABLES {
+        let warm = inserts(table, 200);
+        let base = pg.single_user_instructions("observers_bench", &warm);
+        let more = pg.single_user_instructions("observers_bench", &(warm + &inserts(table, 2000)));
+        let (Some(base), Some(more)) = (base, more) else {
+            eprintln!("xtask: valgrind --tool=callgrind did not run; no instruction counts");
+            return;
+        };
+        counts.push(u32::try_from(more.saturating_sub(base) / 2000).unwrap_or(u32::MAX));
+    }
+    println!(
+        "\nserver instructions per single-row insert transaction (callgrind, single-user server)"
+    );
+    let (none, min) = (counts[0], counts[1]);
+    for ((_, what), n) in WRITER_TABLES.iter().zip(&counts) {
+        let over = n.saturating_sub(none);
+        println!(
+            "  {what:<18} {n:>9}  {over:>7} above no capture  {:.2}x the minimal trigger's total",
+            f64::from(*n) / f64::from(min)
+        );
+    }
 }
 
 /// One criterion bench of observers-benches, with an optional filter.

@@ -259,6 +259,8 @@ pub struct PrivatePostgres {
     bindir: String,
     data: std::path::PathBuf,
     as_postgres: bool,
+    /// The `settings` it was started with, for a single-user backend on the same cluster.
+    settings: Vec<String>,
     pub url: String,
 }
 
@@ -289,6 +291,7 @@ impl PrivatePostgres {
             bindir,
             data,
             as_postgres,
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         };
         std::fs::create_dir_all(&pg.data).ok()?;
@@ -333,6 +336,75 @@ impl PrivatePostgres {
         Some(pg)
     }
 
+    /// Stops the server (it stays on disk, for [`PrivatePostgres::single_user_instructions`]).
+    pub fn stop(&self) -> bool {
+        let cluster = self.data.join("cluster");
+        self.as_server(&[
+            "pg_ctl",
+            "-D",
+            &cluster.to_string_lossy(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ])
+    }
+
+    /// The instructions a stopped cluster's single-user backend executes to run `script` (one
+    /// statement per line, each its own transaction) in `database`, counted by valgrind's
+    /// callgrind: the same count for the same binary and input, whatever else the machine does.
+    /// `None` when valgrind is missing or the run fails.
+    pub fn single_user_instructions(&self, database: &str, script: &str) -> Option<u64> {
+        use std::io::Write as _;
+        let out = self.data.join("callgrind.out");
+        let postgres = format!("{}/postgres", self.bindir);
+        let cluster = self.data.join("cluster");
+        // The server's settings again (a logical slot refuses to load under a lower wal_level).
+        let mut valgrind: Vec<String> = [
+            "valgrind",
+            "--tool=callgrind",
+            &format!("--callgrind-out-file={}", out.display()),
+            &postgres,
+            "--single",
+            "-D",
+            &cluster.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for s in &self.settings {
+            valgrind.extend(["-c".to_owned(), s.clone()]);
+        }
+        valgrind.push(database.to_owned());
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]);
+            c.args(&valgrind);
+            c
+        } else {
+            let mut c = Command::new(&valgrind[0]);
+            c.args(&valgrind[1..]);
+            c
+        };
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        child.stdin.take()?.write_all(script.as_bytes()).ok()?;
+        if !child.wait().ok()?.success() {
+            return None;
+        }
+        let text = std::fs::read_to_string(&out).ok()?;
+        let _ = std::fs::remove_file(&out);
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
+            .and_then(|n| n.trim().parse().ok())
+    }
+
     /// Runs one of the server's programs, as `postgres` when we are root; quietly.
     fn as_server(&self, args: &[&str]) -> bool {
         let Some((program, rest)) = args.split_first() else {
@@ -356,15 +428,10 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let cluster = self.data.join("cluster");
-        self.as_server(&[
-            "pg_ctl",
-            "-D",
-            &cluster.to_string_lossy(),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        ]);
+        // Already stopped (for a single-user backend): nothing to stop.
+        if cluster.join("postmaster.pid").exists() {
+            self.stop();
+        }
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }

@@ -162,6 +162,15 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
     capture(pool).await;
     let mut tables = vec!["orders_none", "orders_min", "orders_old", "orders"];
     if wal {
+        // A trigger-captured copy that stays so after the run (the WAL part below moves
+        // `orders` to the WAL source): `cargo xtask bench --capture` counts its instructions.
+        pool.execute("CREATE TABLE orders_trigger (LIKE orders INCLUDING ALL)")
+            .await
+            .unwrap();
+        let spec = observers_postgres::capture::CaptureSpec::new("orders_trigger", "Order");
+        observers_postgres::capture::enable(pool, &spec)
+            .await
+            .unwrap();
         pool.execute(WAL_BASELINES).await.unwrap();
         // A slot cannot be created in a transaction that wrote (the batch above is one).
         pool.execute("SELECT pg_create_logical_replication_slot('bench_bare', 'pgoutput')")
