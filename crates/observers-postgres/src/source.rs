@@ -12,7 +12,7 @@
 //! below the horizon is then committed and visible, or rolled back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -96,10 +96,25 @@ const FETCH_PARTITION: &str = within_budget!(fetch_partition_sql!(), "$6");
 pub struct PgEventSource {
     pool: PgPool,
     max_batch_bytes: usize,
-    notify: Arc<Notify>,
+    wake: Arc<Wake>,
     /// `[source] poll_interval` in microseconds: the poller's longest wait.
     poll_interval_us: Arc<AtomicU64>,
     poll_task: JoinHandle<()>,
+}
+
+/// What the reader and the wake-up poller share.
+#[derive(Default)]
+struct Wake {
+    /// Wakes the reader: the horizon moved.
+    notify: Notify,
+    /// Readers in [`EventSource::wait_for_changes`] now; the poller polls only while there is one.
+    waiters: AtomicUsize,
+    /// A reader began to wait.
+    waiter_arrived: Notify,
+    /// The highest horizon a read saw (so the poller does not wake a reader for rows it read).
+    seen: AtomicI64,
+    /// Horizon queries the poller has made.
+    polls: AtomicU64,
 }
 
 impl Drop for PgEventSource {
@@ -113,20 +128,26 @@ impl PgEventSource {
     /// [`DEFAULT_POLL_INTERVAL`] when idle). Connection trouble wakes the reader, which reports
     /// it and retries.
     pub fn new(pool: PgPool) -> Self {
-        let notify = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         let poll_interval_us = Arc::new(AtomicU64::new(micros(DEFAULT_POLL_INTERVAL)));
         let poll_task = tokio::spawn(poll_loop(
             pool.clone(),
-            notify.clone(),
+            wake.clone(),
             poll_interval_us.clone(),
         ));
         Self {
             pool,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
-            notify,
+            wake,
             poll_interval_us,
             poll_task,
         }
+    }
+
+    /// How many horizon queries the wake-up poller has made (it makes none while the reader is
+    /// reading rather than waiting).
+    pub fn horizon_polls(&self) -> u64 {
+        self.wake.polls.load(Ordering::Relaxed)
     }
 
     /// The longest wait between polls when no change arrives (`[source] poll_interval`).
@@ -154,13 +175,21 @@ impl PgEventSource {
         Ok(sqlx::query_scalar(HORIZON).fetch_one(&self.pool).await?)
     }
 
+    /// [`horizon`](Self::horizon) for a read, recorded for the poller: a reader that finds
+    /// nothing up to it has everything up to it.
+    async fn read_horizon(&self) -> Result<i64, PgError> {
+        let horizon = self.horizon().await?;
+        self.wake.seen.fetch_max(horizon, Ordering::Relaxed);
+        Ok(horizon)
+    }
+
     /// Reads up to `limit` final rows after `after`, within the byte budget.
     pub async fn fetch_rows(
         &self,
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<SourceItem>, PgError> {
-        let horizon = self.horizon().await?;
+        let horizon = self.read_horizon().await?;
         if horizon <= after.id {
             return Ok(Vec::new());
         }
@@ -183,7 +212,7 @@ impl PgEventSource {
         if partitions <= 1 {
             return self.fetch_rows(after, limit).await;
         }
-        let horizon = self.horizon().await?;
+        let horizon = self.read_horizon().await?;
         if horizon <= after.id {
             return Ok(Vec::new());
         }
@@ -229,20 +258,47 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// Wakes the reader whenever the horizon moves (new rows are final, or a transaction holding
-/// them back ended). Polls every [`MIN_POLL`] while it moves; once it stands still, waits an
-/// eighth of the time since it last moved (so a short lull costs a short delay, never a long
-/// one), up to the poll interval, so an idle instance costs one cheap query per interval.
-async fn poll_loop(pool: PgPool, notify: Arc<Notify>, poll_interval_us: Arc<AtomicU64>) {
-    let mut last: Option<i64> = None;
+/// them back ended), while it waits: a reader that is reading asks for the horizon itself with
+/// every read, so the poller then stays quiet (under a steady stream it made most of the horizon
+/// queries, each a scan of `pg_locks`, for nothing). While the reader waits, the poller looks
+/// every [`MIN_POLL`] while the horizon moves; once it stands still, it waits an eighth of the
+/// time since it last moved (so a short lull costs a short delay, never a long one), up to the
+/// poll interval, so an idle instance costs one cheap query per interval.
+async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU64>) {
     let mut moved = tokio::time::Instant::now();
+    wake.polls.fetch_add(1, Ordering::Relaxed);
+    let mut last: Option<i64> = sqlx::query_scalar(HORIZON).fetch_one(&pool).await.ok();
     // The first wake-up makes the reader read from its cursor.
-    notify.notify_one();
+    wake.notify.notify_one();
+    let mut wait = MIN_POLL;
     loop {
+        if wake.waiters.load(Ordering::Acquire) == 0 {
+            wake.waiter_arrived.notified().await;
+            // A reader that found rows since the last look saw changes flowing: look again soon.
+            // One that only timed out and read nothing keeps the idle back-off.
+            if last.is_none_or(|l| l < wake.seen.load(Ordering::Relaxed)) {
+                moved = tokio::time::Instant::now();
+            }
+            let longest = Duration::from_micros(poll_interval_us.load(Ordering::Relaxed));
+            wait = (moved.elapsed() / 8).clamp(MIN_POLL, longest.max(MIN_POLL));
+        }
+        tokio::time::sleep(wait).await;
+        if wake.waiters.load(Ordering::Acquire) == 0 {
+            // It stopped waiting meanwhile (or the wake-up was an old one).
+            continue;
+        }
+        // A reader waits only after a read that found nothing: it has everything up to the
+        // horizon that read saw.
+        let seen = wake.seen.load(Ordering::Relaxed);
+        if seen > 0 && last.is_none_or(|l| l < seen) {
+            last = Some(seen);
+        }
         let longest = Duration::from_micros(poll_interval_us.load(Ordering::Relaxed));
-        let wait = match sqlx::query_scalar::<_, i64>(HORIZON).fetch_one(&pool).await {
+        wake.polls.fetch_add(1, Ordering::Relaxed);
+        wait = match sqlx::query_scalar::<_, i64>(HORIZON).fetch_one(&pool).await {
             Ok(horizon) if last != Some(horizon) => {
                 if last.is_some() {
-                    notify.notify_one();
+                    wake.notify.notify_one();
                 }
                 last = Some(horizon);
                 moved = tokio::time::Instant::now();
@@ -252,12 +308,28 @@ async fn poll_loop(pool: PgPool, notify: Arc<Notify>, poll_interval_us: Arc<Atom
             Err(e) => {
                 // The reader's own read reports the problem and backs off; wake it so it does.
                 tracing::debug!(error = %e, "polling the change-log horizon failed");
-                notify.notify_one();
+                wake.notify.notify_one();
                 last = None;
                 longest
             }
         };
-        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Counts a reader as waiting for as long as it lives (also when its wait is cancelled).
+struct Waiting<'a>(&'a Wake);
+
+impl<'a> Waiting<'a> {
+    fn new(wake: &'a Wake) -> Self {
+        wake.waiters.fetch_add(1, Ordering::AcqRel);
+        wake.waiter_arrived.notify_one();
+        Self(wake)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -270,7 +342,8 @@ impl EventSource for PgEventSource {
     }
 
     async fn wait_for_changes(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.notify.notified())
+        let _waiting = Waiting::new(&self.wake);
+        tokio::time::timeout(timeout, self.wake.notify.notified())
             .await
             .is_ok()
     }

@@ -165,6 +165,74 @@ async fn a_commit_wakes_a_waiting_reader_without_notify(pool: PgPool) {
     );
 }
 
+/// The wake-up poller asks for the horizon (a scan of `pg_locks`) only while the reader waits:
+/// a reader working through a backlog reads the horizon itself with every batch, and under a
+/// steady stream the poller's queries were most of the horizon reads, all for nothing. Once the
+/// reader waits again, a commit still wakes it.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_poller_is_quiet_while_the_reader_reads(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         SELECT 'T', g::text, 'insert', '{}' FROM generate_series(1, 300) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let src = PgEventSource::new(pool.clone());
+    assert!(src.wait_for_changes(Duration::from_secs(30)).await);
+    let before = src.horizon_polls();
+    // 30 batches, 10 ms apart: the old poller looked every few milliseconds meanwhile.
+    let mut cursor = Cursor::START;
+    let mut read = 0;
+    loop {
+        let batch = src.fetch(cursor, 10).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        cursor = last.cursor();
+        read += batch.len();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(read, 300);
+    assert_eq!(
+        src.horizon_polls() - before,
+        0,
+        "no poll while the reader was reading"
+    );
+
+    let writer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log_row(&pool, "301", "insert").await;
+        })
+    };
+    assert!(
+        src.wait_for_changes(Duration::from_secs(30)).await,
+        "a waiting reader is woken by the poller"
+    );
+    writer.await.unwrap();
+    assert!(
+        src.horizon_polls() > before,
+        "it polled while the reader waited"
+    );
+    let batch = src.fetch(cursor, 10).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    cursor = batch[0].cursor();
+
+    // Idle: a reader that waits, times out and reads nothing, again and again, keeps the
+    // poller's back-off (it does not start over at every wait).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = src.horizon_polls();
+    for _ in 0..8 {
+        assert!(!src.wait_for_changes(Duration::from_millis(125)).await);
+        assert!(src.fetch(cursor, 10).await.unwrap().is_empty());
+    }
+    let polls = src.horizon_polls() - idle;
+    assert!(
+        polls <= 20,
+        "an idle second costs a few polls, not one every 2 ms: {polls}"
+    );
+}
+
 /// Records the entity ids it is run for.
 struct Recorder(Arc<Mutex<Vec<String>>>);
 
