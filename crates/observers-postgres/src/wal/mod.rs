@@ -13,6 +13,8 @@
 //!   into `observer_wal_progress`; only after it commits is that LSN confirmed to the slot. A
 //!   crash before the commit re-reads the transactions from the slot; one after it skips what
 //!   the progress row says is copied. Nothing is lost or copied twice.
+//! - One relay transaction is in flight at a time; the stream is read on while it commits, and
+//!   what arrives meanwhile goes out in the next one, so transactions are written in order.
 //! - A source transaction of more than `MAX_BATCH_ROWS` changes is copied in parts; each part
 //!   records the transaction's commit LSN and how many of its changes are copied, and the slot
 //!   is confirmed only after the last part. A restart skips what the parts copied.
@@ -126,6 +128,85 @@ impl Tx {
     /// The stream position after the changes held.
     fn next(&self) -> u64 {
         self.first + self.changes.len() as u64
+    }
+
+    /// The changes held so far, as a part to write; this transaction goes on after them.
+    fn take_part(&mut self) -> Tx {
+        let part = Tx {
+            commit_time: self.commit_time,
+            context: self.context.clone(),
+            changes: std::mem::take(&mut self.changes),
+            first: self.first,
+            final_lsn: self.final_lsn,
+            end_lsn: self.end_lsn,
+        };
+        self.first = part.next();
+        part
+    }
+}
+
+/// What the relay holds between writes: the transaction being received, and finished ones not
+/// written yet.
+#[derive(Default)]
+struct Held {
+    current: Option<Tx>,
+    pending: Vec<Tx>,
+    /// The changes in `pending`.
+    rows: usize,
+}
+
+impl Held {
+    fn begin(&mut self, commit_time: DateTime<Utc>, final_lsn: Lsn) {
+        self.current = Some(Tx {
+            commit_time,
+            context: Arc::default(),
+            changes: Vec::new(),
+            first: 0,
+            final_lsn,
+            end_lsn: Lsn::from_u64(0),
+        });
+    }
+
+    fn commit(&mut self, end_lsn: Lsn) {
+        if let Some(mut tx) = self.current.take() {
+            tx.end_lsn = end_lsn;
+            self.rows += tx.changes.len();
+            self.pending.push(tx);
+        }
+    }
+
+    /// The unfinished transaction's changes as a part, once there are enough.
+    fn part_due(&mut self) -> Option<Tx> {
+        let tx = self.current.as_mut()?;
+        (tx.changes.len() >= MAX_BATCH_ROWS).then(|| tx.take_part())
+    }
+
+    fn take_pending(&mut self) -> Vec<Tx> {
+        self.rows = 0;
+        std::mem::take(&mut self.pending)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.current.is_none() && self.pending.is_empty()
+    }
+}
+
+/// A relay transaction being written: the end LSN to confirm once it committed.
+type Write<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Lsn>, PgError>> + Send + 'a>>;
+
+/// The write in flight's outcome; never resolves when there is none.
+async fn finish(writing: &mut Option<Write<'_>>) -> Result<Option<Lsn>, PgError> {
+    match writing {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Confirms to the slot what a committed relay transaction copied.
+fn confirm(client: &ReplicationClient, end: Option<Lsn>) {
+    if let Some(lsn) = end {
+        client.update_applied_lsn(lsn);
     }
 }
 
@@ -267,28 +348,47 @@ impl WalRelay {
 
         let mut captures = load_captures(&self.pool).await?;
         let mut rels: HashMap<u32, Arc<Rel>> = HashMap::new();
-        let mut current: Option<Tx> = None;
-        let mut pending: Vec<Tx> = Vec::new();
-        let mut pending_rows = 0usize;
+        let mut held = Held::default();
+        // At most one relay transaction in flight: the stream is read on while it writes, and
+        // what arrives meanwhile goes out in the next one, in order.
+        let mut writing: Option<Write<'_>> = None;
         loop {
-            let event = if pending.is_empty() {
-                tokio::select! {
-                    event = client.recv() => event.map_err(wire)?,
-                    _ = shutdown.changed() => None,
+            if held.rows >= MAX_BATCH_ROWS {
+                // Enough for a write: after the one in flight, before reading more.
+                if let Some(w) = writing.take() {
+                    confirm(&client, w.await?);
                 }
-            } else {
-                // Take what is already there; when nothing is, write what was gathered.
-                if let Ok(event) = tokio::time::timeout(Duration::ZERO, client.recv()).await {
-                    event.map_err(wire)?
-                } else {
-                    self.flush(&mut pending, None, &client).await?;
-                    pending_rows = 0;
+                writing = Some(self.write_batch(held.take_pending(), None));
+                continue;
+            }
+            // With changes held and no write running, only what is already there is taken.
+            let wait = held.pending.is_empty() || writing.is_some();
+            let event = tokio::select! {
+                biased;
+                done = finish(&mut writing) => {
+                    writing = None;
+                    confirm(&client, done?);
                     continue;
                 }
+                event = async {
+                    if wait {
+                        Some(client.recv().await)
+                    } else {
+                        tokio::time::timeout(Duration::ZERO, client.recv()).await.ok()
+                    }
+                } => {
+                    let Some(event) = event else {
+                        // Nothing more is there yet: write what was gathered.
+                        writing = Some(self.write_batch(held.take_pending(), None));
+                        continue;
+                    };
+                    event.map_err(wire)?
+                }
+                _ = shutdown.changed() => None,
             };
             let Some(event) = event else {
                 // Shutdown (or the stream ended): write what is complete, then stop.
-                self.flush(&mut pending, None, &client).await?;
+                self.finish_writes(&client, writing, held).await?;
                 client.stop();
                 return Ok(());
             };
@@ -297,27 +397,19 @@ impl WalRelay {
                     commit_time_micros,
                     final_lsn,
                     ..
-                } => {
-                    current = Some(Tx {
-                        commit_time: pg_time(commit_time_micros),
-                        context: Arc::default(),
-                        changes: Vec::new(),
-                        first: 0,
-                        final_lsn,
-                        end_lsn: Lsn::from_u64(0),
-                    });
-                }
+                } => held.begin(pg_time(commit_time_micros), final_lsn),
                 ReplicationEvent::XLogData { data, .. } => {
                     let message = pgoutput::decode(&data)
                         .map_err(|e| PgError::Invalid(format!("WAL relay: {e}")))?;
-                    self.apply(message, &mut rels, &mut captures, current.as_mut())
+                    self.apply(message, &mut rels, &mut captures, held.current.as_mut())
                         .await?;
-                    if let Some(tx) = current.as_mut()
-                        && tx.changes.len() >= MAX_BATCH_ROWS
-                    {
-                        // A big source transaction: write what came so far as a part.
-                        self.flush(&mut pending, Some(tx), &client).await?;
-                        pending_rows = 0;
+                    if let Some(part) = held.part_due() {
+                        // A big source transaction: what came so far goes out as a part, after
+                        // the write in flight.
+                        if let Some(w) = writing.take() {
+                            confirm(&client, w.await?);
+                        }
+                        writing = Some(self.write_batch(held.take_pending(), Some(part)));
                     }
                 }
                 ReplicationEvent::Message {
@@ -326,35 +418,39 @@ impl WalRelay {
                     content,
                     ..
                 } if prefix == CONTEXT_MESSAGE_PREFIX => {
-                    if let Some(tx) = current.as_mut() {
+                    if let Some(tx) = held.current.as_mut() {
                         apply_context(tx, &content);
                     }
                 }
-                ReplicationEvent::Commit { end_lsn, .. } => {
-                    if let Some(mut tx) = current.take() {
-                        tx.end_lsn = end_lsn;
-                        pending_rows += tx.changes.len();
-                        pending.push(tx);
-                        if pending_rows >= MAX_BATCH_ROWS {
-                            self.flush(&mut pending, None, &client).await?;
-                            pending_rows = 0;
-                        }
-                    }
-                }
+                ReplicationEvent::Commit { end_lsn, .. } => held.commit(end_lsn),
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     // Everything committed before `wal_end` has been sent; with nothing held
-                    // here, confirming it lets the server free WAL that held no captured change.
-                    if current.is_none() && pending.is_empty() && !wal_end.is_zero() {
+                    // here or being written, confirming it lets the server free WAL that held
+                    // no captured change.
+                    if held.is_empty() && writing.is_none() && !wal_end.is_zero() {
                         client.update_applied_lsn(wal_end);
                     }
                 }
                 ReplicationEvent::StoppedAt { .. } => {
-                    self.flush(&mut pending, None, &client).await?;
-                    return Ok(());
+                    return self.finish_writes(&client, writing, held).await;
                 }
                 ReplicationEvent::Message { .. } => {}
             }
         }
+    }
+
+    /// At the end of a session: the write in flight, then the finished transactions held.
+    async fn finish_writes(
+        &self,
+        client: &ReplicationClient,
+        writing: Option<Write<'_>>,
+        mut held: Held,
+    ) -> Result<(), PgError> {
+        if let Some(w) = writing {
+            confirm(client, w.await?);
+        }
+        confirm(client, self.write_batch(held.take_pending(), None).await?);
+        Ok(())
     }
 
     async fn apply(
@@ -454,28 +550,17 @@ impl WalRelay {
         parse_lsn(&lsn)
     }
 
-    /// Writes `pending` (whole source transactions, in commit order), and with `part` the
-    /// changes of the unfinished transaction gathered so far, and the progress row in one
-    /// transaction; then confirms the last finished transaction's end LSN to the slot.
-    async fn flush(
-        &self,
-        pending: &mut Vec<Tx>,
-        part: Option<&mut Tx>,
-        client: &ReplicationClient,
-    ) -> Result<(), PgError> {
-        if pending.is_empty() && part.is_none() {
-            return Ok(());
-        }
-        self.write_retrying(pending, part.as_deref()).await?;
-        if let Some(last) = pending.last() {
-            client.update_applied_lsn(last.end_lsn);
-        }
-        pending.clear();
-        if let Some(tx) = part {
-            tx.first = tx.next();
-            tx.changes.clear();
-        }
-        Ok(())
+    /// One relay transaction of `pending` (whole source transactions, in commit order) and, with
+    /// `part`, changes of the unfinished transaction gathered so far; resolves to the end LSN of
+    /// the last finished transaction written, to confirm to the slot once it committed.
+    fn write_batch(&self, pending: Vec<Tx>, part: Option<Tx>) -> Write<'_> {
+        Box::pin(async move {
+            if pending.is_empty() && part.is_none() {
+                return Ok(None);
+            }
+            self.write_retrying(&pending, part.as_ref()).await?;
+            Ok(pending.last().map(|t| t.end_lsn))
+        })
     }
 
     /// [`WalRelay::write`], again with `careful` when the server cannot convert the batch.
@@ -931,6 +1016,63 @@ mod tests {
             (q.done, q.partial_lsn, q.partial_changes),
             (lsn(350), None, 0)
         );
+    }
+
+    /// A big transaction leaves in parts: each part carries the stream positions it covers,
+    /// the transaction goes on after it, and at its commit only what came after the last part
+    /// is held; what a part wrote counts as copied.
+    #[test]
+    fn parts_split_a_big_transaction_and_the_rest_follows_at_commit() {
+        let lsn = Lsn::from_u64;
+        let rel = Arc::new(Rel {
+            relation: Relation {
+                id: 1,
+                schema: "public".into(),
+                name: "t".into(),
+                replica_identity: b'f',
+                columns: Vec::new(),
+            },
+            capture: None,
+            insert_typed: String::new(),
+            insert_text: String::new(),
+        });
+        let change = || Change {
+            rel: rel.clone(),
+            operation: "insert",
+            before: None,
+            after: Some("{}".into()),
+            context: Arc::default(),
+        };
+        let mut held = Held::default();
+        held.begin(pg_time(0), lsn(300));
+        let tx = held.current.as_mut().unwrap();
+        tx.changes.extend((0..MAX_BATCH_ROWS - 1).map(|_| change()));
+        assert!(held.part_due().is_none(), "not yet");
+        held.current.as_mut().unwrap().changes.push(change());
+        let part = held.part_due().expect("a part at MAX_BATCH_ROWS");
+        assert_eq!((part.first, part.next()), (0, MAX_BATCH_ROWS as u64));
+        assert_eq!(part.final_lsn, lsn(300));
+        let tx = held.current.as_mut().unwrap();
+        assert_eq!((tx.first, tx.changes.len()), (MAX_BATCH_ROWS as u64, 0));
+        tx.changes.extend((0..7).map(|_| change()));
+        held.commit(lsn(310));
+        assert!(held.current.is_none());
+        assert_eq!(held.rows, 7);
+        let pending = held.take_pending();
+        assert_eq!((held.rows, held.is_empty()), (0, true));
+        assert_eq!(
+            (pending[0].first, pending[0].next(), pending[0].end_lsn),
+            (MAX_BATCH_ROWS as u64, MAX_BATCH_ROWS as u64 + 7, lsn(310))
+        );
+        // After the part was written, the progress row counts it: the rest is all new.
+        let written = Progress {
+            done: lsn(200),
+            partial_lsn: None,
+            partial_changes: 0,
+        }
+        .after(None, Some((part.final_lsn, part.next())));
+        assert_eq!(written.copied(&part), MAX_BATCH_ROWS);
+        assert_eq!(written.copied(&pending[0]), 0);
     }
 
     #[test]
