@@ -24,8 +24,8 @@ use crate::metrics::{get, ops_url, scrape, scrape_until};
 use crate::redis_fault::RedisServer;
 use crate::root;
 use crate::support::{
-    Receiver, TestDb, capture, cli, free_port, signal, spawn_run, wait_exit, wait_until,
-    write_config,
+    Receiver, TestDb, capture, cli, free_port, signal, spawn_run, wait_exit, wait_stopped,
+    wait_until, write_config,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -567,6 +567,7 @@ async fn ha_takeover() -> Vec<Scrape> {
     })
     .await;
     signal(&a, "STOP");
+    wait_stopped(&a).await;
     g.hooks.hold(None);
     until("b takes the partition over", async || {
         g.holders().await.get(&0).map(String::as_str) == Some("b")

@@ -275,6 +275,33 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
+/// Waits until every thread of a child that was sent SIGSTOP has stopped: `kill` returns once
+/// the signal is queued, and a thread can still run (finish a request, write a checkpoint) for a
+/// moment after. A test that pauses a process to hold its work in flight waits for this.
+pub async fn wait_stopped(child: &Child) {
+    let tasks = format!("/proc/{}/task", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states: Vec<char> = std::fs::read_dir(&tasks)
+            .map(|dir| {
+                dir.filter_map(|t| {
+                    let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                    stat.rsplit(')').next()?.trim().chars().next()
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|s| matches!(s, 'T' | 't')) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tasks} did not stop: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits for a child to exit and returns its exit code.
 pub async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
     let deadline = Instant::now() + timeout;
