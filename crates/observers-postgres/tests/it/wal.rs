@@ -151,6 +151,109 @@ async fn stop(relay: (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
         .unwrap();
 }
 
+/// A relay write that cannot commit (another session holds its progress row) confirms nothing
+/// past what is committed, although the server keeps sending keep-alives for WAL beyond it while
+/// the write waits: a relay killed then would lose nothing. Released, the write commits and the
+/// slot moves on.
+#[tokio::test]
+async fn a_stalled_relay_write_lets_no_keep_alive_confirm_past_it() {
+    let Some(db) = WalDb::new("stall").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .await;
+    db.capture("items", "Item").await;
+    let relay = db.relay();
+    db.exec("INSERT INTO items VALUES (1, 1)").await;
+    assert_eq!(db.events(1).await.len(), 1);
+
+    let mut blocker = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM observer_wal_progress FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO items VALUES (2, 1)").await;
+    let after_item: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // WAL with no captured change after it, which the walsender sends on and asks the relay to
+    // confirm with keep-alives.
+    db.exec("CREATE TABLE other (x int); INSERT INTO other SELECT generate_series(1, 1000)")
+        .await;
+    let end: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // Until the walsender has sent all of it and the relay has answered twice since (its
+    // status interval is 500 ms).
+    let answered = |pool: PgPool, slot: String, end: String| async move {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT coalesce(bool_and(r.sent_lsn >= $2::pg_lsn
+                                      AND r.reply_time > now() - interval '100 ms'), false)
+               FROM pg_stat_replication r
+               JOIN pg_replication_slots s ON s.active_pid = r.pid
+              WHERE s.slot_name = $1",
+        )
+        .bind(slot)
+        .bind(end)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut answers = 0;
+    while answers < 2 {
+        if answered(db.pool.clone(), db.settings.slot.clone(), end.clone()).await {
+            answers += 1;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        } else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the walsender sent WAL up to {end}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let confirmed_before_item: bool = sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn < $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(&db.settings.slot)
+    .bind(&after_item)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        confirmed_before_item,
+        "the slot was confirmed past a change whose relay write has not committed"
+    );
+
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+    assert_eq!(db.events(2).await.len(), 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let past: bool = sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots
+              WHERE slot_name = $1",
+        )
+        .bind(&db.settings.slot)
+        .bind(&after_item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if past {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot moves on once the write commits"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(relay).await;
+    db.drop().await;
+}
+
 const EVERY_TYPE: &str = "
     CREATE TYPE mood AS ENUM ('ok', 'sad');
     CREATE TABLE {t} (
