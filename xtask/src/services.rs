@@ -359,33 +359,21 @@ impl PrivatePostgres {
         let out = self.data.join("callgrind.out");
         let postgres = format!("{}/postgres", self.bindir);
         let cluster = self.data.join("cluster");
-        // The server's settings again (a logical slot refuses to load under a lower wal_level).
-        let mut valgrind: Vec<String> = [
-            "valgrind",
+        let mut cmd = self.command("valgrind");
+        cmd.args([
             "--tool=callgrind",
             &format!("--callgrind-out-file={}", out.display()),
             &postgres,
             "--single",
             "-D",
             &cluster.to_string_lossy(),
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        ]);
+        // The server's settings again (a logical slot refuses to load under a lower wal_level).
         for s in &self.settings {
-            valgrind.extend(["-c".to_owned(), s.clone()]);
+            cmd.args(["-c", s]);
         }
-        valgrind.push(database.to_owned());
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]);
-            c.args(&valgrind);
-            c
-        } else {
-            let mut c = Command::new(&valgrind[0]);
-            c.args(&valgrind[1..]);
-            c
-        };
         let mut child = cmd
+            .arg(database)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -410,18 +398,22 @@ impl PrivatePostgres {
         let Some((program, rest)) = args.split_first() else {
             return false;
         };
-        let program = format!("{}/{program}", self.bindir);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", &program]);
-            c
-        } else {
-            Command::new(&program)
-        };
-        cmd.args(rest)
+        self.command(&format!("{}/{program}", self.bindir))
+            .args(rest)
             .stdout(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    /// `program`, run as `postgres` when we are root (the server refuses root).
+    fn command(&self, program: &str) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", program]);
+            c
+        } else {
+            Command::new(program)
+        }
     }
 }
 

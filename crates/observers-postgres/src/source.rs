@@ -266,36 +266,28 @@ fn micros(d: Duration) -> u64 {
 /// poll interval, so an idle instance costs one cheap query per interval.
 async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU64>) {
     let mut moved = tokio::time::Instant::now();
-    wake.polls.fetch_add(1, Ordering::Relaxed);
-    let mut last: Option<i64> = sqlx::query_scalar(HORIZON).fetch_one(&pool).await.ok();
+    let mut last: Option<i64> = wake.poll(&pool).await.ok();
     // The first wake-up makes the reader read from its cursor.
     wake.notify.notify_one();
     let mut wait = MIN_POLL;
     loop {
+        let longest = Duration::from_micros(poll_interval_us.load(Ordering::Relaxed)).max(MIN_POLL);
         if wake.waiters.load(Ordering::Acquire) == 0 {
             wake.waiter_arrived.notified().await;
             // A reader that found rows since the last look saw changes flowing: look again soon.
             // One that only timed out and read nothing keeps the idle back-off.
-            if last.is_none_or(|l| l < wake.seen.load(Ordering::Relaxed)) {
+            if wake.fold_seen(&mut last) {
                 moved = tokio::time::Instant::now();
             }
-            let longest = Duration::from_micros(poll_interval_us.load(Ordering::Relaxed));
-            wait = (moved.elapsed() / 8).clamp(MIN_POLL, longest.max(MIN_POLL));
+            wait = (moved.elapsed() / 8).clamp(MIN_POLL, longest);
         }
         tokio::time::sleep(wait).await;
         if wake.waiters.load(Ordering::Acquire) == 0 {
             // It stopped waiting meanwhile (or the wake-up was an old one).
             continue;
         }
-        // A reader waits only after a read that found nothing: it has everything up to the
-        // horizon that read saw.
-        let seen = wake.seen.load(Ordering::Relaxed);
-        if seen > 0 && last.is_none_or(|l| l < seen) {
-            last = Some(seen);
-        }
-        let longest = Duration::from_micros(poll_interval_us.load(Ordering::Relaxed));
-        wake.polls.fetch_add(1, Ordering::Relaxed);
-        wait = match sqlx::query_scalar::<_, i64>(HORIZON).fetch_one(&pool).await {
+        wake.fold_seen(&mut last);
+        wait = match wake.poll(&pool).await {
             Ok(horizon) if last != Some(horizon) => {
                 if last.is_some() {
                     wake.notify.notify_one();
@@ -304,7 +296,7 @@ async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU6
                 moved = tokio::time::Instant::now();
                 MIN_POLL
             }
-            Ok(_) => (moved.elapsed() / 8).clamp(MIN_POLL, longest.max(MIN_POLL)),
+            Ok(_) => (moved.elapsed() / 8).clamp(MIN_POLL, longest),
             Err(e) => {
                 // The reader's own read reports the problem and backs off; wake it so it does.
                 tracing::debug!(error = %e, "polling the change-log horizon failed");
@@ -313,6 +305,26 @@ async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU6
                 longest
             }
         };
+    }
+}
+
+impl Wake {
+    /// One horizon query of the poller's, counted.
+    async fn poll(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        sqlx::query_scalar(HORIZON).fetch_one(pool).await
+    }
+
+    /// Takes the horizon the reader's reads saw into `last` when it is further: a reader waits
+    /// only after a read that found nothing, so it has everything up to it. Returns whether it
+    /// was further.
+    fn fold_seen(&self, last: &mut Option<i64>) -> bool {
+        let seen = self.seen.load(Ordering::Relaxed);
+        let further = seen > 0 && last.is_none_or(|l| l < seen);
+        if further {
+            *last = Some(seen);
+        }
+        further
     }
 }
 

@@ -24,8 +24,8 @@ use crate::metrics::{get, ops_url, scrape, scrape_until};
 use crate::redis_fault::RedisServer;
 use crate::root;
 use crate::support::{
-    Receiver, TestDb, capture, cli, free_port, signal, spawn_run, wait_exit, wait_stopped,
-    wait_until, write_config,
+    Receiver, TestDb, capture, cli, free_port, pause, signal, spawn_run, wait_exit, wait_until,
+    write_config,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -566,8 +566,7 @@ async fn ha_takeover() -> Vec<Scrape> {
         g.hooks.by("a").iter().any(|h| h.entity_id == "x")
     })
     .await;
-    signal(&a, "STOP");
-    wait_stopped(&a).await;
+    pause(&a).await;
     g.hooks.hold(None);
     until("b takes the partition over", async || {
         g.holders().await.get(&0).map(String::as_str) == Some("b")

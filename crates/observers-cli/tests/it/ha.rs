@@ -14,7 +14,7 @@ use axum::routing::post;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::support::{Run, TestDb, signal, spawn_run, wait_exit, wait_stopped};
+use crate::support::{Run, TestDb, pause, signal, spawn_run, wait_exit};
 
 const LONG: Duration = Duration::from_secs(60);
 const TTL_SECS: u64 = 2;
@@ -440,8 +440,7 @@ async fn a_paused_old_leader_is_fenced_and_steps_down() {
         g.hooks.by("a").iter().any(|h| h.entity_id == "x")
     })
     .await;
-    signal(&a, "STOP");
-    wait_stopped(&a).await;
+    pause(&a).await;
     g.hooks.hold(None);
     let a_before = g.hooks.by("a").len();
     until("b takes the partition over", async || {

@@ -275,10 +275,11 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
-/// Waits until every thread of a child that was sent SIGSTOP has stopped: `kill` returns once
-/// the signal is queued, and a thread can still run (finish a request, write a checkpoint) for a
-/// moment after. A test that pauses a process to hold its work in flight waits for this.
-pub async fn wait_stopped(child: &Child) {
+/// SIGSTOP, then waits until every thread of the child has stopped: `kill` returns once the
+/// signal is queued, and a thread can still run (finish a request, write a checkpoint) for a
+/// moment after, which a test that pauses a process to hold its work in flight cannot have.
+pub async fn pause(child: &Child) {
+    signal(child, "STOP");
     let tasks = format!("/proc/{}/task", child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -12,7 +12,7 @@ use observers_metrics::Scrape;
 
 use crate::metrics::{ops_url, scrape_until};
 use crate::support::{
-    Receiver, TestDb, cli, signal, spawn_run, wait_exit, wait_stopped, wait_until, write_config,
+    Receiver, TestDb, cli, pause, signal, spawn_run, wait_exit, wait_until, write_config,
 };
 
 const LONG: Duration = Duration::from_secs(90);
@@ -364,8 +364,7 @@ async fn under_ha_a_paused_leaders_stream_is_ended_and_the_new_leader_relays() {
         return;
     };
 
-    signal(&a, "STOP");
-    wait_stopped(&a).await;
+    pause(&a).await;
     let writer = count_up(&db, UPDATES, Duration::from_millis(20));
     wait_until("b ends a's stream and relays", TAKEOVER, || {
         relays(&b_log)

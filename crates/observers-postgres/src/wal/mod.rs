@@ -355,10 +355,8 @@ impl WalRelay {
         loop {
             if held.rows >= MAX_BATCH_ROWS {
                 // Enough for a write: after the one in flight, before reading more.
-                if let Some(w) = writing.take() {
-                    confirm(&client, w.await?);
-                }
-                writing = Some(self.write_batch(held.take_pending(), None));
+                self.write_next(&client, &mut writing, held.take_pending(), None)
+                    .await?;
                 continue;
             }
             // With changes held and no write running, only what is already there is taken.
@@ -378,8 +376,9 @@ impl WalRelay {
                     }
                 } => {
                     let Some(event) = event else {
-                        // Nothing more is there yet: write what was gathered.
-                        writing = Some(self.write_batch(held.take_pending(), None));
+                        // Nothing more is there yet (and no write runs): write what was gathered.
+                        self.write_next(&client, &mut writing, held.take_pending(), None)
+                            .await?;
                         continue;
                     };
                     event.map_err(wire)?
@@ -406,10 +405,8 @@ impl WalRelay {
                     if let Some(part) = held.part_due() {
                         // A big source transaction: what came so far goes out as a part, after
                         // the write in flight.
-                        if let Some(w) = writing.take() {
-                            confirm(&client, w.await?);
-                        }
-                        writing = Some(self.write_batch(held.take_pending(), Some(part)));
+                        self.write_next(&client, &mut writing, held.take_pending(), Some(part))
+                            .await?;
                     }
                 }
                 ReplicationEvent::Message {
@@ -439,17 +436,32 @@ impl WalRelay {
         }
     }
 
-    /// At the end of a session: the write in flight, then the finished transactions held.
-    async fn finish_writes(
-        &self,
+    /// Starts the relay transaction of `pending` (and `part`) once the one in flight, if any,
+    /// has committed and what it copied is confirmed: writes stay in commit order.
+    async fn write_next<'a>(
+        &'a self,
         client: &ReplicationClient,
-        writing: Option<Write<'_>>,
-        mut held: Held,
+        writing: &mut Option<Write<'a>>,
+        pending: Vec<Tx>,
+        part: Option<Tx>,
     ) -> Result<(), PgError> {
-        if let Some(w) = writing {
+        if let Some(w) = writing.take() {
             confirm(client, w.await?);
         }
-        confirm(client, self.write_batch(held.take_pending(), None).await?);
+        *writing = Some(self.write_batch(pending, part));
+        Ok(())
+    }
+
+    /// At the end of a session: the write in flight, then the finished transactions held.
+    async fn finish_writes<'a>(
+        &'a self,
+        client: &ReplicationClient,
+        mut writing: Option<Write<'a>>,
+        mut held: Held,
+    ) -> Result<(), PgError> {
+        self.write_next(client, &mut writing, held.take_pending(), None)
+            .await?;
+        confirm(client, finish(&mut writing).await?);
         Ok(())
     }
 

@@ -28,6 +28,15 @@ async fn log_row(pool: &PgPool, entity_id: &str, op: &str) {
 
 /// Reads until `want` items are final, with a deadline (a row is delivered only once its
 /// transaction is over).
+/// Logs an insert of `entity_id` 100 ms from now, from a task of its own.
+fn log_row_later(pool: &PgPool, entity_id: &'static str) -> tokio::task::JoinHandle<()> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log_row(&pool, entity_id, "insert").await;
+    })
+}
+
 async fn fetch_final(
     src: &PgEventSource,
     after: Cursor,
@@ -147,13 +156,7 @@ async fn a_commit_wakes_a_waiting_reader_without_notify(pool: PgPool) {
     assert!(src.wait_for_changes(Duration::from_secs(30)).await);
     // Let the poller back off to idle before the write.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let writer = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            log_row(&pool, "1", "insert").await;
-        })
-    };
+    let writer = log_row_later(&pool, "1");
     assert!(
         src.wait_for_changes(Duration::from_secs(30)).await,
         "woken by the poller, not by the timeout"
@@ -198,13 +201,7 @@ async fn the_poller_is_quiet_while_the_reader_reads(pool: PgPool) {
         "no poll while the reader was reading"
     );
 
-    let writer = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            log_row(&pool, "301", "insert").await;
-        })
-    };
+    let writer = log_row_later(&pool, "301");
     assert!(
         src.wait_for_changes(Duration::from_secs(30)).await,
         "a waiting reader is woken by the poller"
