@@ -4,8 +4,8 @@
 //! client; `Type` and `Origin` carry nothing a change needs and decode to [`Message::Other`].
 //!
 //! Values arrive in PostgreSQL's text output format (the stream is started without `binary`),
-//! which the relay turns into the same JSON as the trigger's `to_jsonb` by letting the server
-//! read them back with each column's input function.
+//! which the relay turns into the same JSON as the trigger's `to_jsonb` (see `render`, and the
+//! server's conversion for the other types).
 
 use std::fmt;
 

@@ -123,6 +123,39 @@ impl WalDb {
         all
     }
 
+    /// Captures `by_wal` through the WAL (entity `Wal`) and `by_trigger` by trigger (entity
+    /// `Trigger`), starts a relay and runs `values` (SQL with `{t}` for the table) on both.
+    async fn write_both_kinds(
+        &self,
+        values: &str,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        self.capture("by_wal", "Wal").await;
+        capture::enable(&self.pool, &CaptureSpec::new("by_trigger", "Trigger"))
+            .await
+            .unwrap();
+        let relay = self.relay();
+        for t in ["by_trigger", "by_wal"] {
+            self.exec(&values.replace("{t}", t)).await;
+        }
+        relay
+    }
+
+    /// Waits (with a deadline) until the boolean query `sql`, with `binds`, says true.
+    async fn eventually(&self, what: &str, sql: &str, binds: &[&str]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut query = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql.to_owned()));
+            for b in binds {
+                query = query.bind(*b);
+            }
+            if query.fetch_one(&self.pool).await.unwrap() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn drop(self) {
         self.pool.close().await;
         let mut admin = PgConnection::connect(&self.admin).await.unwrap();
@@ -151,15 +184,16 @@ async fn stop(relay: (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
         .unwrap();
 }
 
-/// A relay write that cannot commit (another session holds its progress row) confirms nothing
-/// past what is committed, although the server keeps sending keep-alives for WAL beyond it while
-/// the write waits: a relay killed then would lose nothing. Released, the write commits and the
-/// slot moves on.
-#[tokio::test]
-async fn a_stalled_relay_write_lets_no_keep_alive_confirm_past_it() {
-    let Some(db) = WalDb::new("stall").await else {
-        return;
-    };
+/// A relay that copied item 1, and item 2 written while another session (returned, in its
+/// transaction) holds the progress row, so the relay's write of item 2 cannot commit; with the
+/// WAL position just after item 2.
+async fn item_behind_a_held_progress_row(
+    db: &WalDb,
+) -> (
+    (watch::Sender<bool>, tokio::task::JoinHandle<()>),
+    PgConnection,
+    String,
+) {
     db.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
         .await;
     db.capture("items", "Item").await;
@@ -177,6 +211,19 @@ async fn a_stalled_relay_write_lets_no_keep_alive_confirm_past_it() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
+    (relay, blocker, after_item)
+}
+
+/// A relay write that cannot commit (another session holds its progress row) confirms nothing
+/// past what is committed, although the server keeps sending keep-alives for WAL beyond it while
+/// the write waits: a relay killed then would lose nothing. Released, the write commits and the
+/// slot moves on.
+#[tokio::test]
+async fn a_stalled_relay_write_lets_no_keep_alive_confirm_past_it() {
+    let Some(db) = WalDb::new("stall").await else {
+        return;
+    };
+    let (relay, mut blocker, after_item) = item_behind_a_held_progress_row(&db).await;
     // WAL with no captured change after it, which the walsender sends on and asks the relay to
     // confirm with keep-alives.
     db.exec("CREATE TABLE other (x int); INSERT INTO other SELECT generate_series(1, 1000)")
@@ -230,27 +277,54 @@ async fn a_stalled_relay_write_lets_no_keep_alive_confirm_past_it() {
 
     sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
     assert_eq!(db.events(2).await.len(), 2);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let past: bool = sqlx::query_scalar(
-            "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots
-              WHERE slot_name = $1",
-        )
-        .bind(&db.settings.slot)
-        .bind(&after_item)
-        .fetch_one(&db.pool)
+    db.eventually(
+        "the slot moves on once the write commits",
+        "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+        &[&db.settings.slot, &after_item],
+    )
+    .await;
+    stop(relay).await;
+    db.drop().await;
+}
+
+/// A relay writes a batch in one statement only while the progress row says what its own last
+/// write left there. Here another relay (played by the test) copies a transaction while this
+/// relay's write of the same transaction waits for the progress row: the waiting write finds
+/// the row moved, writes nothing, and the transaction is in the change log once.
+#[tokio::test]
+async fn a_write_that_finds_the_progress_row_moved_copies_nothing_twice() {
+    let Some(db) = WalDb::new("moved").await else {
+        return;
+    };
+    let (relay, mut other, past_item) = item_behind_a_held_progress_row(&db).await;
+    // Until the relay's write of item 2 waits for the progress row.
+    db.eventually(
+        "the relay's write waits",
+        "SELECT count(*) > 0 FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'
+            AND query LIKE '%observer_wal_progress%'",
+        &[],
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('Item', '2', 'insert', '{\"id\": 2, \"v\": 1}')",
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE observer_wal_progress SET commit_lsn = $1::text::pg_lsn")
+        .bind(&past_item)
+        .execute(&mut other)
         .await
         .unwrap();
-        if past {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot moves on once the write commits"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+
+    db.exec("INSERT INTO items VALUES (3, 1)").await;
+    let events = db.events(3).await;
     stop(relay).await;
+    let ids: Vec<&str> = events.iter().map(|e| e.entity_id.as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3"], "item 2 is copied once");
     db.drop().await;
 }
 
@@ -289,14 +363,7 @@ async fn wal_values_equal_the_triggers_to_jsonb_for_every_type() {
             .replace("{t}", "by_trigger"),
     )
     .await;
-    db.capture("by_wal", "Wal").await;
-    capture::enable(&db.pool, &CaptureSpec::new("by_trigger", "Trigger"))
-        .await
-        .unwrap();
-    let relay = db.relay();
-    for t in ["by_trigger", "by_wal"] {
-        db.exec(&EVERY_VALUE.replace("{t}", t)).await;
-    }
+    let relay = db.write_both_kinds(EVERY_VALUE).await;
     // An update that leaves the 100 kB TOASTed text alone: pgoutput does not send it.
     db.exec("UPDATE by_wal SET b = true WHERE id = 3; UPDATE by_trigger SET b = true WHERE id = 3")
         .await;
@@ -329,6 +396,85 @@ async fn wal_values_equal_the_triggers_to_jsonb_for_every_type() {
         wal[3].2.as_ref().unwrap()["t"].as_str().unwrap().len(),
         100_000
     );
+    db.drop().await;
+}
+
+const RENDERED_TYPE: &str = r#"
+    CREATE TABLE {t} (
+        id bigint PRIMARY KEY, n numeric, i2 smallint, i4 int, f8 float8, f4 real, b boolean,
+        t text, vc varchar(10), bc char(6), nm name, c "char", o oid, tz timestamptz,
+        ts timestamp, d date, tm time, u uuid, ip inet, cn cidr, mac macaddr, bits bit(3),
+        vb varbit, j json, jb jsonb);
+"#;
+
+const RENDERED_VALUE: &str = r#"
+    INSERT INTO {t} VALUES
+      (1, 12345678901234567890123456789.000100, -32768, 2147483647, 1e20, -0.0, true,
+       E'back \\ "quoted" \u00e9 \U0001F600 tab\t nl\n ctl\x01', 'ten chars!', 'ab', 'a name',
+       'x', 4294967295, '2026-12-03 10:11:12.123456+02', '12026-12-03 10:11:12', '0044-03-15 BC',
+       '00:00:00.000001', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '::ffff:10.0.0.1/96',
+       '10.0.0.0/8', '08:00:2b:01:02:03', B'101', B'',
+       '{"n": 1e400, "n": 2, "deep": [[[1.000000000000000000001]]]}',
+       '{"b": 1, "a": [0.10, -0]}'),
+      (2, 'NaN', 0, 0, 'NaN', 'Infinity', false, '', '', '', '', '', 0,
+       '0044-03-15 12:00:00+00 BC', 'infinity', '-infinity', '24:00:00',
+       NULL, NULL, NULL, NULL, NULL, NULL, 'null', '"s"'),
+      (3, 1e-30, NULL, NULL, '-Infinity', 1.17549435e-38, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, '-infinity', '1999-12-31 23:59:59.999999', 'infinity', NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, '[]', '{}');
+    UPDATE {t} SET t = 'updated', tz = tz + interval '1 microsecond' WHERE id = 1;
+    DELETE FROM {t} WHERE id = 3;
+"#;
+
+/// The types the relay renders itself (no conversion on the server) give what the trigger's
+/// `to_jsonb` gives, for odd values too (numbers beyond a double, NaN and infinities, BC and
+/// five-digit years, padding, escapes, duplicate JSON keys); also when the database's own
+/// `DateStyle` would print dates day-first (the relay pins ISO on its replication connection).
+#[tokio::test]
+async fn relay_rendered_values_equal_the_triggers_to_jsonb() {
+    let Some(db) = WalDb::new("rendered").await else {
+        return;
+    };
+    db.exec(&format!(
+        "ALTER DATABASE {} SET DateStyle = 'SQL, DMY'; ALTER DATABASE {} SET extra_float_digits = -3",
+        db.name, db.name
+    ))
+    .await;
+    for t in ["by_wal", "by_trigger"] {
+        db.exec(&RENDERED_TYPE.replace("{t}", t)).await;
+    }
+    let relay = db.write_both_kinds(RENDERED_VALUE).await;
+    let events = db.events(10).await;
+    stop(relay).await;
+    let of = |entity: &str| -> Vec<(String, String, Option<Value>, Option<Value>)> {
+        events
+            .iter()
+            .filter(|e| e.entity_type == entity)
+            .map(|e| {
+                let op = format!("{:?}", e.kind);
+                (e.entity_id.clone(), op, e.before.clone(), e.after.clone())
+            })
+            .collect()
+    };
+    let (wal, trigger) = (of("Wal"), of("Trigger"));
+    assert_eq!(wal.len(), 5, "{wal:?}");
+    assert_eq!(wal, trigger, "both kinds give the same events");
+    let first = wal[0].3.as_ref().unwrap();
+    assert_eq!(
+        first["n"].to_string(),
+        "12345678901234567890123456789.000100"
+    );
+    assert_eq!(first["f8"].to_string(), "100000000000000000000");
+    assert_eq!(first["bc"], "ab    ");
+    assert_eq!(first["d"], "0044-03-15 BC");
+    assert_eq!(first["tz"], "2026-12-03T08:11:12.123456+00:00");
+    // The relay rendered these rows itself: the WAL source's write path for them converts
+    // nothing on the server, and no capture error was recorded.
+    let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM observer_capture_errors")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, 0);
     db.drop().await;
 }
 
@@ -792,33 +938,48 @@ async fn walsender_terminated_mid_stream_loses_and_repeats_nothing() {
     db.drop().await;
 }
 
-/// A change whose values no longer read into the table's row type (a column's type changed
-/// before the relay caught up) is kept with its text values and an `observer_capture_errors`
-/// row; the changes around it are converted as usual and nothing is lost.
+/// A change whose values the server must convert (here an interval) and that no longer read
+/// into the table's row type (the column's type changed before the relay caught up) is kept
+/// with its text values and an `observer_capture_errors` row; the changes around it are
+/// converted as usual and nothing is lost. Values the relay renders itself are rendered as the
+/// stream describes the table at that change, so a retyped text column loses nothing either.
 #[tokio::test]
 async fn values_that_no_longer_fit_the_row_type_are_kept_as_text() {
     let Some(db) = WalDb::new("retyped").await else {
         return;
     };
-    db.exec("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
-    db.capture("t", "T").await;
-    db.exec("INSERT INTO t VALUES (1, 'abc')").await;
-    db.exec("ALTER TABLE t ALTER COLUMN v TYPE int USING 0")
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v interval, w text)")
         .await;
-    db.exec("INSERT INTO t VALUES (2, 5)").await;
+    db.exec("CREATE TABLE u (id int PRIMARY KEY, v text)").await;
+    db.capture("t", "T").await;
+    db.capture("u", "U").await;
+    db.exec("INSERT INTO t VALUES (1, '1 day', 'abc'); INSERT INTO u VALUES (1, 'abc')")
+        .await;
+    db.exec(
+        "ALTER TABLE t ALTER COLUMN v TYPE int USING 0;
+         ALTER TABLE u ALTER COLUMN v TYPE int USING 0",
+    )
+    .await;
+    db.exec("INSERT INTO t VALUES (2, 5, 'x'); INSERT INTO u VALUES (2, 5)")
+        .await;
     let relay = db.relay();
-    let events = db.events(2).await;
+    let events = db.events(4).await;
     stop(relay).await;
-    assert_eq!(events.len(), 2);
-    assert_eq!(
-        events[0].after.as_ref().unwrap()["v"],
-        "abc",
-        "kept as text"
-    );
-    assert_eq!(events[0].after.as_ref().unwrap()["id"], "1");
-    assert_eq!(events[1].after.as_ref().unwrap()["v"], 5, "converted");
+    let after = |entity: &str, i: usize| {
+        events
+            .iter()
+            .filter(|e| e.entity_type == entity)
+            .nth(i)
+            .and_then(|e| e.after.clone())
+            .unwrap()
+    };
+    assert_eq!(after("T", 0)["v"], "1 day", "kept as text");
+    assert_eq!(after("T", 0)["id"], "1");
+    assert_eq!(after("T", 1)["v"], 5, "converted");
+    assert_eq!(after("U", 0), serde_json::json!({"id": 1, "v": "abc"}));
+    assert_eq!(after("U", 1), serde_json::json!({"id": 2, "v": 5}));
     let errors: Vec<String> =
-        sqlx::query_scalar("SELECT error FROM observer_capture_errors WHERE table_name = 't'")
+        sqlx::query_scalar("SELECT error FROM observer_capture_errors ORDER BY id")
             .fetch_all(&db.pool)
             .await
             .unwrap();
