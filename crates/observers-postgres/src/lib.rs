@@ -46,6 +46,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, PgError>
         })
 }
 
+/// A connection kept for a hot path (taken from `pool` when `conn` holds none). sqlx checks a
+/// pooled connection with a round trip each time it goes back to the pool; a reader or relay
+/// that keeps its connection saves that round trip on every query. The caller drops it after an
+/// error, so the next query takes a fresh one.
+pub(crate) async fn held<'a>(
+    pool: &PgPool,
+    conn: &'a mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+) -> Result<&'a mut sqlx::PgConnection, sqlx::Error> {
+    if conn.is_none() {
+        *conn = Some(pool.acquire().await?);
+    }
+    match conn {
+        Some(c) => Ok(&mut **c),
+        None => unreachable!("set above"),
+    }
+}
+
 /// Applies every pending migration (idempotent; concurrent callers are serialized by an
 /// advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), PgError> {

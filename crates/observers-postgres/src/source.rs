@@ -23,7 +23,8 @@ use observers_core::stores::checkpoint::CheckpointStore;
 use observers_core::stores::source::{EventSource, SourceItem};
 use observers_core::{Cursor, ObserverError};
 use sqlx::PgPool;
-use tokio::sync::{Notify, watch};
+use sqlx::pool::PoolConnection;
+use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::change_row::{self, change_columns};
@@ -115,6 +116,11 @@ struct Wake {
     seen: AtomicI64,
     /// Horizon queries the poller has made.
     polls: AtomicU64,
+    /// The connection the reader and the poller query on, kept rather than taken from the pool
+    /// for each query: sqlx checks a connection with a round trip each time it goes back, which
+    /// was half the round trips of a busy reader. The poller asks only while the reader waits,
+    /// so they seldom queue for it. Dropped after an error (the next query takes a fresh one).
+    conn: Mutex<Option<PoolConnection<sqlx::Postgres>>>,
 }
 
 impl Drop for PgEventSource {
@@ -175,12 +181,29 @@ impl PgEventSource {
         Ok(sqlx::query_scalar(HORIZON).fetch_one(&self.pool).await?)
     }
 
-    /// [`horizon`](Self::horizon) for a read, recorded for the poller: a reader that finds
-    /// nothing up to it has everything up to it.
-    async fn read_horizon(&self) -> Result<i64, PgError> {
-        let horizon = self.horizon().await?;
-        self.wake.seen.fetch_max(horizon, Ordering::Relaxed);
-        Ok(horizon)
+    /// The horizon, then (in a later statement, on the same connection) the rows of
+    /// `query(horizon)` when it is past `after`. The horizon is recorded for the poller: a reader
+    /// that finds nothing up to it has everything up to it.
+    async fn read<'q>(
+        &self,
+        after: Cursor,
+        query: impl FnOnce(i64) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<SourceItem>, PgError> {
+        let mut guard = self.wake.conn.lock().await;
+        let result = async {
+            let conn = crate::held(&self.pool, &mut guard).await?;
+            let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *conn).await?;
+            self.wake.seen.fetch_max(horizon, Ordering::Relaxed);
+            if horizon <= after.id {
+                return Ok(Vec::new());
+            }
+            self.fetch_with(conn, query(horizon)).await
+        }
+        .await;
+        if result.is_err() {
+            *guard = None;
+        }
+        result
     }
 
     /// Reads up to `limit` final rows after `after`, within the byte budget.
@@ -189,16 +212,14 @@ impl PgEventSource {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<SourceItem>, PgError> {
-        let horizon = self.read_horizon().await?;
-        if horizon <= after.id {
-            return Ok(Vec::new());
-        }
-        let query = sqlx::query(FETCH)
-            .bind(after.id)
-            .bind(horizon)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(self.budget());
-        self.fetch_with(query).await
+        self.read(after, |horizon| {
+            sqlx::query(FETCH)
+                .bind(after.id)
+                .bind(horizon)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(self.budget())
+        })
+        .await
     }
 
     /// Like [`fetch_rows`](Self::fetch_rows), only the rows of `partition` (of `partitions`).
@@ -212,18 +233,16 @@ impl PgEventSource {
         if partitions <= 1 {
             return self.fetch_rows(after, limit).await;
         }
-        let horizon = self.read_horizon().await?;
-        if horizon <= after.id {
-            return Ok(Vec::new());
-        }
-        let query = sqlx::query(FETCH_PARTITION)
-            .bind(after.id)
-            .bind(horizon)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(i64::from(partitions))
-            .bind(i64::from(partition))
-            .bind(self.budget());
-        self.fetch_with(query).await
+        self.read(after, |horizon| {
+            sqlx::query(FETCH_PARTITION)
+                .bind(after.id)
+                .bind(horizon)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(i64::from(partitions))
+                .bind(i64::from(partition))
+                .bind(self.budget())
+        })
+        .await
     }
 
     fn budget(&self) -> i64 {
@@ -236,9 +255,10 @@ impl PgEventSource {
     /// the exact bound on what a batch holds.
     async fn fetch_with(
         &self,
+        conn: &mut sqlx::PgConnection,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<SourceItem>, PgError> {
-        let mut rows = query.fetch(&self.pool);
+        let mut rows = query.fetch(conn);
         let mut items = Vec::new();
         let mut bytes = 0usize;
         while let Some(row) = rows.try_next().await? {
@@ -312,7 +332,16 @@ impl Wake {
     /// One horizon query of the poller's, counted.
     async fn poll(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
         self.polls.fetch_add(1, Ordering::Relaxed);
-        sqlx::query_scalar(HORIZON).fetch_one(pool).await
+        let mut guard = self.conn.lock().await;
+        let result = async {
+            let conn = crate::held(pool, &mut guard).await?;
+            sqlx::query_scalar(HORIZON).fetch_one(conn).await
+        }
+        .await;
+        if result.is_err() {
+            *guard = None;
+        }
+        result
     }
 
     /// Takes the horizon the reader's reads saw into `last` when it is further: a reader waits

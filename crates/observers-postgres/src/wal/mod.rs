@@ -310,6 +310,8 @@ pub struct WalRelay {
     /// (unknown at the start of a session and after a failed write): a write that finds it so
     /// can go out as one statement (see [`WalRelay::write_fast`]).
     expected: std::sync::Mutex<Option<Progress>>,
+    /// The connection one-statement writes go out on, kept (see [`crate::held`]).
+    conn: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
 }
 
 impl WalRelay {
@@ -325,6 +327,7 @@ impl WalRelay {
             settings,
             relayed: Arc::default(),
             expected: std::sync::Mutex::default(),
+            conn: tokio::sync::Mutex::default(),
         })
     }
 
@@ -687,7 +690,7 @@ impl WalRelay {
         let col = |f: &dyn Fn(&Change) -> Option<&str>| -> Vec<Option<&str>> {
             rows.iter().map(|r| f(r.0)).collect()
         };
-        let moved: bool = sqlx::query_scalar(FAST_WRITE)
+        let query = sqlx::query_scalar(FAST_WRITE)
             .bind(&self.settings.slot)
             .bind(copied.done.to_pg_string())
             .bind(copied.partial_lsn.map(Lsn::to_pg_string))
@@ -710,9 +713,18 @@ impl WalRelay {
             .bind(col(&|c| c.after.as_deref()))
             .bind(col(&|c| c.context.tenant.as_deref()))
             .bind(col(&|c| c.context.user.as_deref()))
-            .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-            .fetch_one(&self.pool)
-            .await?;
+            .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let mut conn = self.conn.lock().await;
+        let moved: Result<bool, sqlx::Error> = async {
+            query
+                .fetch_one(crate::held(&self.pool, &mut conn).await?)
+                .await
+        }
+        .await;
+        if moved.is_err() {
+            *conn = None;
+        }
+        let moved = moved?;
         self.set_expected(moved.then_some(next));
         Ok(moved)
     }
