@@ -41,6 +41,36 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// (`'OBSV'`); the second is the low 32 bits of a lower bound of the transaction's ids.
 pub const CHANGE_LOG_LOCK_CLASS: i32 = 0x4F42_5356;
 
+/// The signal a write into the change log of `pool`'s database by this process (the WAL
+/// relay's) gives once it committed: the waiting readers of this process that read the same
+/// database are woken at once, not at their poller's next look. A reader that was not waiting at
+/// that moment misses it and is woken by its poller as before.
+pub(crate) fn written_signal(pool: &PgPool) -> Arc<Notify> {
+    static SIGNALS: std::sync::Mutex<Vec<(String, std::sync::Weak<Notify>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let options = pool.connect_options();
+    let database = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    let mut signals = SIGNALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    signals.retain(|(_, s)| s.strong_count() > 0);
+    if let Some(signal) = signals
+        .iter()
+        .find(|(d, _)| *d == database)
+        .and_then(|(_, s)| s.upgrade())
+    {
+        return signal;
+    }
+    let signal = Arc::new(Notify::new());
+    signals.push((database, Arc::downgrade(&signal)));
+    signal
+}
+
 /// The horizon: every change-log id at or below it is final. Must run in a statement before the
 /// read, never in the same one (a statement's snapshot is taken before it runs).
 const HORIZON: &str = "SELECT observers_change_horizon()";
@@ -101,6 +131,8 @@ pub struct PgEventSource {
     /// `[source] poll_interval` in microseconds: the poller's longest wait.
     poll_interval_us: Arc<AtomicU64>,
     poll_task: JoinHandle<()>,
+    /// Rung when this process's WAL relay committed a write into the same database's change log.
+    written: Arc<Notify>,
 }
 
 /// What the reader and the wake-up poller share.
@@ -116,6 +148,8 @@ struct Wake {
     seen: AtomicI64,
     /// Horizon queries the poller has made.
     polls: AtomicU64,
+    /// Wake-ups by this process's WAL relay (see [`written_signal`]).
+    write_wakes: AtomicU64,
     /// The connection the reader and the poller query on, kept rather than taken from the pool
     /// for each query: sqlx checks a connection with a round trip each time it goes back, which
     /// was half the round trips of a busy reader. The poller asks only while the reader waits,
@@ -142,6 +176,7 @@ impl PgEventSource {
             poll_interval_us.clone(),
         ));
         Self {
+            written: written_signal(&pool),
             pool,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             wake,
@@ -154,6 +189,12 @@ impl PgEventSource {
     /// reading rather than waiting).
     pub fn horizon_polls(&self) -> u64 {
         self.wake.polls.load(Ordering::Relaxed)
+    }
+
+    /// How often a waiting reader was woken by this process's WAL relay committing a write,
+    /// rather than by the poller.
+    pub fn write_wakes(&self) -> u64 {
+        self.wake.write_wakes.load(Ordering::Relaxed)
     }
 
     /// The longest wait between polls when no change arrives (`[source] poll_interval`).
@@ -384,9 +425,15 @@ impl EventSource for PgEventSource {
 
     async fn wait_for_changes(&self, timeout: Duration) -> bool {
         let _waiting = Waiting::new(&self.wake);
-        tokio::time::timeout(timeout, self.wake.notify.notified())
-            .await
-            .is_ok()
+        let woken = async {
+            tokio::select! {
+                () = self.wake.notify.notified() => {}
+                () = self.written.notified() => {
+                    self.wake.write_wakes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, woken).await.is_ok()
     }
 }
 
@@ -418,5 +465,26 @@ impl ChangeLogListener {
         shutdown: watch::Receiver<bool>,
     ) -> observers_core::Result<ListenerStats> {
         self.inner.run(shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Readers and relays of one database share a signal; another database has its own.
+    #[tokio::test]
+    async fn the_write_signal_is_per_database() {
+        let pool = |url: &str| {
+            sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy(url)
+                .unwrap()
+        };
+        let a = pool("postgres://u@127.0.0.1:5432/shop");
+        let a2 = pool("postgres://other@127.0.0.1:5432/shop");
+        let b = pool("postgres://u@127.0.0.1:5432/crm");
+        let signal = written_signal(&a);
+        assert!(Arc::ptr_eq(&signal, &written_signal(&a2)));
+        assert!(!Arc::ptr_eq(&signal, &written_signal(&b)));
     }
 }

@@ -312,6 +312,8 @@ pub struct WalRelay {
     expected: std::sync::Mutex<Option<Progress>>,
     /// The connection one-statement writes go out on, kept (see [`crate::held`]).
     conn: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
+    /// Wakes the waiting listeners of this process on the same database after each write.
+    written: Arc<tokio::sync::Notify>,
 }
 
 impl WalRelay {
@@ -322,12 +324,13 @@ impl WalRelay {
         validate_name("publication", &settings.publication).map_err(PgError::Invalid)?;
         let replication = replication_config(database_url, &settings)?;
         Ok(Self {
-            pool,
             replication,
             settings,
             relayed: Arc::default(),
             expected: std::sync::Mutex::default(),
             conn: tokio::sync::Mutex::default(),
+            written: crate::source::written_signal(&pool),
+            pool,
         })
     }
 
@@ -623,6 +626,8 @@ impl WalRelay {
                 return Ok(None);
             }
             self.write_retrying(&pending, part.as_ref()).await?;
+            // The listeners of this process read it now, not at their poller's next look.
+            self.written.notify_waiters();
             Ok(pending.last().map(|t| t.end_lsn))
         })
     }

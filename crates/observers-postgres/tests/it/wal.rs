@@ -328,6 +328,45 @@ async fn a_write_that_finds_the_progress_row_moved_copies_nothing_twice() {
     db.drop().await;
 }
 
+/// A reader in the relay's process is woken by the relay's write itself, not only by its
+/// poller: of 20 changes, each written after the previous one was read, the relay's signal woke
+/// the waiting reader at least once (the poller, looking every 2 ms while changes flow, wins
+/// some of the races).
+#[tokio::test]
+async fn a_relay_write_wakes_the_waiting_readers_of_its_process() {
+    let Some(db) = WalDb::new("wake").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .await;
+    db.capture("items", "Item").await;
+    let relay = db.relay();
+    let src = PgEventSource::new(db.pool.clone());
+    let mut cursor = Cursor::START;
+    for i in 1..=20 {
+        db.exec(&format!("INSERT INTO items VALUES ({i}, {i})"))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let batch = src.fetch(cursor, 10).await.unwrap();
+            if let Some(last) = batch.last() {
+                cursor = last.cursor();
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "change {i} arrives");
+            src.wait_for_changes(Duration::from_secs(30)).await;
+        }
+    }
+    stop(relay).await;
+    assert!(
+        src.write_wakes() > 0,
+        "no wake-up came from the relay's writes"
+    );
+    // The source keeps a connection of the pool until it is dropped (closing waits for it).
+    drop(src);
+    db.drop().await;
+}
+
 const EVERY_TYPE: &str = "
     CREATE TYPE mood AS ENUM ('ok', 'sad');
     CREATE TABLE {t} (
