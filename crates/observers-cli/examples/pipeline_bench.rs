@@ -180,6 +180,7 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
         tables.extend(["orders_pub", "orders_wal"]);
     }
     let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
+    let mut cpu: Vec<Cpu> = vec![Cpu::default(); tables.len()];
     for _ in 0..3 {
         for (i, t) in tables.iter().enumerate() {
             // Each logical consumer streams during its own rounds only, from the current WAL
@@ -189,7 +190,14 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
                 "orders_wal" => Some(Consumer::wal(pool).await),
                 _ => None,
             };
-            rounds[i].push(pgbench_insert_tps(t, 8, 6));
+            let before = Cpu::now();
+            // pgbench runs off the runtime's threads, which the relay and listener need.
+            let table = (*t).to_owned();
+            let tps = tokio::task::spawn_blocking(move || pgbench_insert_tps(&table, 8, 6))
+                .await
+                .unwrap();
+            cpu[i].add(&Cpu::now(), &before);
+            rounds[i].push(tps);
             if let Some(c) = consumer {
                 c.stop().await;
             }
@@ -225,12 +233,97 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
             bare / none
         );
         println!(
-            "  WAL source            {source:>8.0} tx/s  {:.2}x uncaptured, {:.2}x the bare pgoutput consumer (relay and listener running)\n",
+            "  WAL source            {source:>8.0} tx/s  {:.2}x uncaptured, {:.2}x the bare pgoutput consumer (relay and listener running)",
             source / none,
             source / bare
         );
+        println!(
+            "  CPU during the rounds (share of one core, /proc): bare consumer {}; WAL source {}\n",
+            cpu[4].report("pg_recvlogical"),
+            cpu[5].report("relay + listener")
+        );
     }
     new
+}
+
+/// CPU time (clock ticks, from `/proc`) of the processes a logical consumer adds: walsenders,
+/// the consumer (pg_recvlogical, or this process: the relay and the listener), and this
+/// process's server backends (pgbench's end with their round and are not counted).
+#[derive(Debug, Clone, Default)]
+struct Cpu {
+    /// Ticks per pid, by group: walsender, consumer, backend.
+    ticks: std::collections::HashMap<(u8, u32), u64>,
+    /// Summed differences over the rounds, by group, and the seconds they cover.
+    total: [u64; 3],
+    seconds: f64,
+    at: Option<Instant>,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let me = std::process::id();
+        let mut ticks = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let (Ok(stat), Ok(cmd)) = (
+                std::fs::read_to_string(entry.path().join("stat")),
+                std::fs::read_to_string(entry.path().join("cmdline")),
+            ) else {
+                continue;
+            };
+            let cmd = cmd.replace('\0', " ");
+            let group = if cmd.contains("walsender") {
+                0
+            } else if pid == me || cmd.contains("pg_recvlogical") {
+                1
+            } else if cmd.starts_with("postgres: ") && cmd.contains(DB) {
+                2
+            } else {
+                continue;
+            };
+            // utime and stime: fields 14 and 15, counted after the parenthesized name.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+                .split(' ')
+                .collect();
+            let t = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            ticks.insert((group, pid), t(11) + t(12));
+        }
+        Self {
+            ticks,
+            at: Some(Instant::now()),
+            ..Self::default()
+        }
+    }
+
+    /// Adds what the processes alive at both samples used between them.
+    fn add(&mut self, after: &Cpu, before: &Cpu) {
+        for (key, t) in &after.ticks {
+            if let Some(b) = before.ticks.get(key) {
+                self.total[usize::from(key.0)] += t.saturating_sub(*b);
+            }
+        }
+        if let (Some(a), Some(b)) = (after.at, before.at) {
+            self.seconds += (a - b).as_secs_f64();
+        }
+    }
+
+    fn report(&self, consumer: &str) -> String {
+        let share =
+            |g: usize| self.total[g] as f64 / 100.0 / self.seconds.max(f64::MIN_POSITIVE) * 100.0;
+        format!(
+            "walsender {:.0}%, {consumer} {:.0}%, its server backends {:.0}%",
+            share(0),
+            share(1),
+            share(2)
+        )
+    }
 }
 
 /// The bare logical consumer's table and publication, and the WAL source's table.
