@@ -74,7 +74,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` (the `cargo xtask` alias) says where xtask's manifest is at run time. The path
+    // compiled in is a fallback only: a binary built in another checkout that shares the target
+    // directory (and is not rebuilt, its sources being no newer) would work on that checkout.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    );
+    manifest
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default()
