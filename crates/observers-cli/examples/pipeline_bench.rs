@@ -249,6 +249,7 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
 /// CPU time (clock ticks, from `/proc`) of the processes a logical consumer adds: walsenders,
 /// the consumer (pg_recvlogical, or this process: the relay and the listener), and this
 /// process's server backends (pgbench's end with their round and are not counted).
+/// Clock ticks are 1/100 s (Linux's `USER_HZ`).
 #[derive(Debug, Clone, Default)]
 struct Cpu {
     /// Ticks per pid, by group: walsender, consumer, backend.
@@ -302,12 +303,12 @@ impl Cpu {
         }
     }
 
-    /// Adds what the processes alive at both samples used between them.
+    /// Adds what the processes alive at the second sample used since the first (all of it for
+    /// one that started in between, as the consumer's walsender does).
     fn add(&mut self, after: &Cpu, before: &Cpu) {
         for (key, t) in &after.ticks {
-            if let Some(b) = before.ticks.get(key) {
-                self.total[usize::from(key.0)] += t.saturating_sub(*b);
-            }
+            let b = before.ticks.get(key).copied().unwrap_or(0);
+            self.total[usize::from(key.0)] += t.saturating_sub(b);
         }
         if let (Some(a), Some(b)) = (after.at, before.at) {
             self.seconds += (a - b).as_secs_f64();
