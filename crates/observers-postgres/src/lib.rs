@@ -46,20 +46,33 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, PgError>
         })
 }
 
-/// A connection kept for a hot path (taken from `pool` when `conn` holds none). sqlx checks a
-/// pooled connection with a round trip each time it goes back to the pool; a reader or relay
-/// that keeps its connection saves that round trip on every query. The caller drops it after an
-/// error, so the next query takes a fresh one.
-pub(crate) async fn held<'a>(
-    pool: &PgPool,
-    conn: &'a mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-) -> Result<&'a mut sqlx::PgConnection, sqlx::Error> {
-    if conn.is_none() {
-        *conn = Some(pool.acquire().await?);
-    }
-    match conn {
-        Some(c) => Ok(&mut **c),
-        None => unreachable!("set above"),
+/// A connection kept for a hot path rather than taken from the pool for each query: sqlx checks
+/// a pooled connection with a round trip each time it goes back, which was half the round trips
+/// of a busy reader or relay. [`Kept::run`] drops it after an error, so the next query takes a
+/// fresh one.
+#[derive(Default)]
+pub(crate) struct Kept(tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>);
+
+impl Kept {
+    /// Runs `f` on the kept connection (taken from `pool` when there is none), one caller at a
+    /// time.
+    pub(crate) async fn run<T, E: From<sqlx::Error>>(
+        &self,
+        pool: &PgPool,
+        f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut kept = self.0.lock().await;
+        if kept.is_none() {
+            *kept = Some(pool.acquire().await?);
+        }
+        let Some(conn) = kept.as_mut() else {
+            unreachable!("set above")
+        };
+        let result = f(conn).await;
+        if result.is_err() {
+            *kept = None;
+        }
+        result
     }
 }
 

@@ -23,8 +23,7 @@ use observers_core::stores::checkpoint::CheckpointStore;
 use observers_core::stores::source::{EventSource, SourceItem};
 use observers_core::{Cursor, ObserverError};
 use sqlx::PgPool;
-use sqlx::pool::PoolConnection;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::change_row::{self, change_columns};
@@ -154,7 +153,7 @@ struct Wake {
     /// for each query: sqlx checks a connection with a round trip each time it goes back, which
     /// was half the round trips of a busy reader. The poller asks only while the reader waits,
     /// so they seldom queue for it. Dropped after an error (the next query takes a fresh one).
-    conn: Mutex<Option<PoolConnection<sqlx::Postgres>>>,
+    conn: crate::Kept,
 }
 
 impl Drop for PgEventSource {
@@ -230,21 +229,17 @@ impl PgEventSource {
         after: Cursor,
         query: impl FnOnce(i64) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<SourceItem>, PgError> {
-        let mut guard = self.wake.conn.lock().await;
-        let result = async {
-            let conn = crate::held(&self.pool, &mut guard).await?;
-            let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *conn).await?;
-            self.wake.seen.fetch_max(horizon, Ordering::Relaxed);
-            if horizon <= after.id {
-                return Ok(Vec::new());
-            }
-            self.fetch_with(conn, query(horizon)).await
-        }
-        .await;
-        if result.is_err() {
-            *guard = None;
-        }
-        result
+        self.wake
+            .conn
+            .run(&self.pool, async |conn| {
+                let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *conn).await?;
+                self.wake.seen.fetch_max(horizon, Ordering::Relaxed);
+                if horizon <= after.id {
+                    return Ok(Vec::new());
+                }
+                self.fetch_with(conn, query(horizon)).await
+            })
+            .await
     }
 
     /// Reads up to `limit` final rows after `after`, within the byte budget.
@@ -373,16 +368,11 @@ impl Wake {
     /// One horizon query of the poller's, counted.
     async fn poll(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
         self.polls.fetch_add(1, Ordering::Relaxed);
-        let mut guard = self.conn.lock().await;
-        let result = async {
-            let conn = crate::held(pool, &mut guard).await?;
-            sqlx::query_scalar(HORIZON).fetch_one(conn).await
-        }
-        .await;
-        if result.is_err() {
-            *guard = None;
-        }
-        result
+        self.conn
+            .run(pool, async |conn| {
+                sqlx::query_scalar(HORIZON).fetch_one(conn).await
+            })
+            .await
     }
 
     /// Takes the horizon the reader's reads saw into `last` when it is further: a reader waits

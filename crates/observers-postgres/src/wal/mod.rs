@@ -310,8 +310,8 @@ pub struct WalRelay {
     /// (unknown at the start of a session and after a failed write): a write that finds it so
     /// can go out as one statement (see [`WalRelay::write_fast`]).
     expected: std::sync::Mutex<Option<Progress>>,
-    /// The connection one-statement writes go out on, kept (see [`crate::held`]).
-    conn: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
+    /// The connection one-statement writes go out on.
+    conn: crate::Kept,
     /// Wakes the waiting listeners of this process on the same database after each write.
     written: Arc<tokio::sync::Notify>,
 }
@@ -328,7 +328,7 @@ impl WalRelay {
             settings,
             relayed: Arc::default(),
             expected: std::sync::Mutex::default(),
-            conn: tokio::sync::Mutex::default(),
+            conn: crate::Kept::default(),
             written: crate::source::written_signal(&pool),
             pool,
         })
@@ -719,17 +719,10 @@ impl WalRelay {
             .bind(col(&|c| c.context.tenant.as_deref()))
             .bind(col(&|c| c.context.user.as_deref()))
             .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>());
-        let mut conn = self.conn.lock().await;
-        let moved: Result<bool, sqlx::Error> = async {
-            query
-                .fetch_one(crate::held(&self.pool, &mut conn).await?)
-                .await
-        }
-        .await;
-        if moved.is_err() {
-            *conn = None;
-        }
-        let moved = moved?;
+        let moved: bool = self
+            .conn
+            .run(&self.pool, async |conn| query.fetch_one(conn).await)
+            .await?;
         self.set_expected(moved.then_some(next));
         Ok(moved)
     }

@@ -140,6 +140,14 @@ impl WalDb {
         relay
     }
 
+    /// A table `items (id, v)` captured as entity `Item`, and a relay streaming it.
+    async fn relayed_items(&self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        self.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
+            .await;
+        self.capture("items", "Item").await;
+        self.relay()
+    }
+
     /// Waits (with a deadline) until the boolean query `sql`, with `binds`, says true.
     async fn eventually(&self, what: &str, sql: &str, binds: &[&str]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -194,10 +202,7 @@ async fn item_behind_a_held_progress_row(
     PgConnection,
     String,
 ) {
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
-        .await;
-    db.capture("items", "Item").await;
-    let relay = db.relay();
+    let relay = db.relayed_items().await;
     db.exec("INSERT INTO items VALUES (1, 1)").await;
     assert_eq!(db.events(1).await.len(), 1);
 
@@ -337,10 +342,7 @@ async fn a_relay_write_wakes_the_waiting_readers_of_its_process() {
     let Some(db) = WalDb::new("wake").await else {
         return;
     };
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
-        .await;
-    db.capture("items", "Item").await;
-    let relay = db.relay();
+    let relay = db.relayed_items().await;
     let src = PgEventSource::new(db.pool.clone());
     let mut cursor = Cursor::START;
     for i in 1..=20 {
