@@ -123,7 +123,8 @@ impl Rel {
         }
     }
 
-    fn image(&self, values: &[Value], old: Option<&[Value]>) -> String {
+    /// A row image, and the `json` columns in it kept as strings (see [`render::row`]).
+    fn image(&self, values: &[Value], old: Option<&[Value]>) -> (String, Vec<String>) {
         render::row(&self.relation, &self.renders, values, old)
     }
 }
@@ -141,6 +142,9 @@ struct Change {
     operation: &'static str,
     before: Option<String>,
     after: Option<String>,
+    /// The `json` columns whose values jsonb cannot hold, kept as strings in the images (each
+    /// such change gets a row in `observer_capture_errors`); empty for nearly every change.
+    unfit: Vec<String>,
     context: Arc<Context>,
 }
 
@@ -531,14 +535,27 @@ impl WalRelay {
                 ))
             })
         };
-        let push = |tx: Option<&mut Tx>, rel, operation, before, after| {
+        let push = |tx: Option<&mut Tx>,
+                    rel,
+                    operation,
+                    before: Option<(String, Vec<String>)>,
+                    after: Option<(String, Vec<String>)>| {
             if let Some(tx) = tx {
                 let context = tx.context.clone();
+                let (before, before_unfit) = before.unzip();
+                let (after, after_unfit) = after.unzip();
+                let mut unfit = before_unfit.unwrap_or_default();
+                for column in after_unfit.into_iter().flatten() {
+                    if !unfit.contains(&column) {
+                        unfit.push(column);
+                    }
+                }
                 tx.changes.push(Change {
                     rel,
                     operation,
                     before,
                     after,
+                    unfit,
                     context,
                 });
             }
@@ -633,7 +650,8 @@ impl WalRelay {
     }
 
     /// The relay transaction of `pending` and `part`: one statement when this relay knows the
-    /// progress row and renders every change itself, else [`WalRelay::write`], again with
+    /// progress row and renders every change itself (and none has a value jsonb cannot hold),
+    /// else [`WalRelay::write`], again with
     /// `careful` when the server cannot convert the batch.
     async fn write_retrying(&self, pending: &[Tx], part: Option<&Tx>) -> Result<(), PgError> {
         let expected = *self
@@ -642,7 +660,7 @@ impl WalRelay {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(expected) = expected {
             let rows = unwritten(pending, part, &expected);
-            if rows.iter().all(|(c, _)| c.rel.exact) {
+            if rows.iter().all(|(c, _)| c.rel.exact && c.unfit.is_empty()) {
                 match self.write_fast(&rows, pending, part, expected).await {
                     Ok(true) => {
                         self.relayed.fetch_add(rows.len() as u64, Ordering::Relaxed);
@@ -763,7 +781,8 @@ impl WalRelay {
             if careful && !rel.exact {
                 sqlx::query("SAVEPOINT relay_run").execute(&mut *db).await?;
                 match insert_run(&mut db, rel, capture, run, true).await {
-                    Ok(()) => {
+                    Ok(ids) => {
+                        record_unfit(&mut db, rel, capture, run, &ids).await?;
                         sqlx::query("RELEASE SAVEPOINT relay_run")
                             .execute(&mut *db)
                             .await?;
@@ -772,7 +791,8 @@ impl WalRelay {
                         sqlx::query("ROLLBACK TO SAVEPOINT relay_run")
                             .execute(&mut *db)
                             .await?;
-                        insert_run(&mut db, rel, capture, run, false).await?;
+                        let ids = insert_run(&mut db, rel, capture, run, false).await?;
+                        record_unfit(&mut db, rel, capture, run, &ids).await?;
                         sqlx::query(
                             "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, error)
                              VALUES ($1, $2, $3, $4)",
@@ -791,7 +811,8 @@ impl WalRelay {
                 }
             } else {
                 // Row images the relay rendered are final; others are read into the row type.
-                insert_run(&mut db, rel, capture, run, !rel.exact).await?;
+                let ids = insert_run(&mut db, rel, capture, run, !rel.exact).await?;
+                record_unfit(&mut db, rel, capture, run, &ids).await?;
             }
             written += run.len() as u64;
         }
@@ -892,13 +913,15 @@ fn insert_sql(type_name: Option<&str>) -> String {
 }
 
 /// One statement for a run of changes to one table; the row images are bound, not copied.
+/// Returns the change log ids of the rows, in order, when a change in the run has a value kept
+/// as a string (for [`record_unfit`]), else nothing.
 async fn insert_run(
     db: &mut sqlx::PgConnection,
     rel: &Rel,
     capture: &Capture,
     run: &[Row<'_>],
     typed: bool,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
     let sql = if typed {
         &rel.insert_typed
     } else {
@@ -907,7 +930,14 @@ async fn insert_run(
     let col = |f: &dyn Fn(&Change) -> Option<&str>| -> Vec<Option<&str>> {
         run.iter().map(|r| f(r.0)).collect()
     };
-    sqlx::query(AssertSqlSafe(sql.as_str()))
+    let returning;
+    let sql = if run.iter().any(|r| !r.0.unfit.is_empty()) {
+        returning = format!("{sql} RETURNING id");
+        &returning
+    } else {
+        sql
+    };
+    let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
         .bind(&capture.entity)
         .bind(&capture.id_column)
         .bind(capture.tenant_column.as_deref())
@@ -917,8 +947,56 @@ async fn insert_run(
         .bind(col(&|c| c.context.tenant.as_deref()))
         .bind(col(&|c| c.context.user.as_deref()))
         .bind(run.iter().map(|r| r.1).collect::<Vec<_>>())
-        .execute(db)
+        .fetch_all(db)
         .await?;
+    // Ids are drawn in the run's order.
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A row in `observer_capture_errors` for each change of `run` with `json` values kept as
+/// strings, naming the change log row (`ids`, as [`insert_run`] returned them) and the columns.
+async fn record_unfit(
+    db: &mut sqlx::PgConnection,
+    rel: &Rel,
+    capture: &Capture,
+    run: &[Row<'_>],
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    let (ids, errors): (Vec<i64>, Vec<String>) = run
+        .iter()
+        .zip(ids)
+        .filter(|(r, _)| !r.0.unfit.is_empty())
+        .map(|(r, id)| {
+            let columns =
+                r.0.unfit
+                    .iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>();
+            let error = format!(
+                "WAL relay kept json column(s) {} of this {} as JSON strings of their text: \
+                 jsonb cannot hold their values (a \\u0000 escape, or a number beyond \
+                 numeric's range)",
+                columns.join(", "),
+                r.0.operation,
+            );
+            (*id, error)
+        })
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, change_id, error)
+         SELECT $1, $2, $3, e.id, e.error FROM unnest($4::int8[], $5::text[]) AS e(id, error)",
+    )
+    .bind(&rel.relation.schema)
+    .bind(&rel.relation.name)
+    .bind(&capture.entity)
+    .bind(ids)
+    .bind(errors)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -1117,14 +1195,14 @@ mod tests {
         ];
         let renders = Render::for_server(&rel);
         let json: serde_json::Value =
-            serde_json::from_str(&render::row(&rel, &renders, &new, Some(&old))).unwrap();
+            serde_json::from_str(&render::row(&rel, &renders, &new, Some(&old)).0).unwrap();
         let expected: serde_json::Value = serde_json::from_str(
             r#"{"id":"1","doc":{"n":12345678901234567.89},"big":"toasted","gone":null}"#,
         )
         .unwrap();
         assert_eq!(json, expected);
         assert_eq!(json["doc"]["n"].to_string(), "12345678901234567.89");
-        let without_old = render::row(&rel, &renders, &new, None);
+        let without_old = render::row(&rel, &renders, &new, None).0;
         assert!(without_old.contains(r#""big":null"#), "{without_old}");
     }
 
@@ -1184,6 +1262,7 @@ mod tests {
             operation: "insert",
             before: None,
             after: Some("{}".into()),
+            unfit: Vec::new(),
             context: Arc::default(),
         };
         let mut held = Held::default();

@@ -24,8 +24,11 @@ pub enum Render {
     Bool,
     /// A JSON number when the text is one, else a string.
     Number,
-    /// Nested as JSON (checked: text that is not JSON stays a string).
+    /// `json`: nested as JSON (checked: text that is not JSON stays a string), unless jsonb
+    /// cannot hold it (see [`fits_jsonb`]): then it is kept as a string of its text.
     Json,
+    /// `jsonb`: nested as JSON (checked as `json`; jsonb's own output always fits jsonb).
+    Jsonb,
     /// ISO 8601 with a `T` between date and time, and `+HH:MM` offsets.
     Timestamp,
     /// The text as a JSON string.
@@ -39,7 +42,8 @@ impl Render {
             16 => Render::Bool,
             // int8, int2, int4, float4, float8, numeric
             20 | 21 | 23 | 700 | 701 | 1700 => Render::Number,
-            114 | 3802 => Render::Json,
+            114 => Render::Json,
+            3802 => Render::Jsonb,
             1114 | 1184 => Render::Timestamp,
             // "char", name, text, oid, cidr, bit, varbit, inet, bpchar, varchar, date, time,
             // uuid, macaddr, macaddr8: their text output is what to_jsonb writes as a string
@@ -57,7 +61,7 @@ impl Render {
             .columns
             .iter()
             .map(|c| match Render::of(c.type_oid) {
-                Some(Render::Json) => Render::Json,
+                Some(r @ (Render::Json | Render::Jsonb)) => r,
                 _ => Render::Text,
             })
             .collect()
@@ -89,14 +93,16 @@ pub fn session_options(time_zone: &str) -> String {
 
 /// A tuple as a JSON object, each column rendered as `renders` says. An unchanged TOAST value is
 /// taken from `old` (the whole old row under `REPLICA IDENTITY FULL`); without it the column is
-/// `null`, as the server's conversion leaves it.
+/// `null`, as the server's conversion leaves it. Also the names of the `json` columns kept as
+/// strings because jsonb cannot hold their values (empty for nearly every row).
 pub fn row(
     relation: &Relation,
     renders: &[Render],
     values: &[Value],
     old: Option<&[Value]>,
-) -> String {
+) -> (String, Vec<String>) {
     let mut out = Vec::with_capacity(128);
+    let mut unfit = Vec::new();
     out.push(b'{');
     for (i, ((column, render), value)) in
         relation.columns.iter().zip(renders).zip(values).enumerate()
@@ -114,25 +120,110 @@ pub fn row(
         string(&mut out, &column.name);
         out.push(b':');
         match value {
-            Value::Text(text) => value_json(&mut out, *render, text),
+            Value::Text(text) => {
+                if !value_json(&mut out, *render, text) {
+                    unfit.push(column.name.clone());
+                }
+            }
             Value::Null | Value::Unchanged => out.extend_from_slice(b"null"),
         }
     }
     out.push(b'}');
     // Every piece written is UTF-8 (JSON literals and text that was a `&str`).
-    String::from_utf8(out).unwrap_or_default()
+    (String::from_utf8(out).unwrap_or_default(), unfit)
 }
 
-/// One value's JSON.
-pub fn value_json(out: &mut Vec<u8>, render: Render, text: &str) {
+/// One value's JSON; false when it is a `json` value that jsonb cannot hold, written as a
+/// string of its text instead.
+pub fn value_json(out: &mut Vec<u8>, render: Render, text: &str) -> bool {
     match render {
         Render::Bool => out.extend_from_slice(if text == "t" { b"true" } else { b"false" }),
         Render::Number if is_json_number(text) => out.extend_from_slice(text.as_bytes()),
-        Render::Json if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+        Render::Json | Render::Jsonb
+            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() =>
+        {
+            if render == Render::Json && !fits_jsonb(text) {
+                string(out, text);
+                return false;
+            }
             out.extend_from_slice(text.as_bytes());
         }
         Render::Timestamp => string(out, &iso_8601(text)),
-        Render::Number | Render::Json | Render::Text => string(out, text),
+        Render::Number | Render::Json | Render::Jsonb | Render::Text => string(out, text),
+    }
+    true
+}
+
+/// Whether JSON `text` (valid JSON) also reads as `jsonb`. A `json` value can hold what jsonb
+/// refuses: the escape `\u0000` (jsonb's strings are text, which holds no NUL) and numbers
+/// beyond `numeric`'s range (see [`numeric_fits`]).
+pub fn fits_jsonb(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return true,
+                        Some(b'"') => break,
+                        Some(b'\\') if b.get(i + 1) == Some(&b'u') => {
+                            if b.get(i + 2..i + 6) == Some(b"0000") {
+                                return false;
+                            }
+                            i += 6;
+                        }
+                        Some(b'\\') => i += 2,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                {
+                    i += 1;
+                }
+                if !numeric_fits(&text[start..i]) {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+/// Whether a JSON number reads as `numeric`, as PostgreSQL's `numeric_in` decides: at most
+/// 16,383 digits after the decimal point once the exponent is applied, a leading digit at most
+/// 10^131071 (a weight of 32,767 base-10,000 digits), and an exponent below 2^30 in size.
+fn numeric_fits(number: &str) -> bool {
+    let unsigned = number.strip_prefix('-').unwrap_or(number);
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(e) => (&unsigned[..e], unsigned[e + 1..].parse::<i64>()),
+        None => (unsigned, Ok(0)),
+    };
+    let Ok(exponent) = exponent else {
+        return false;
+    };
+    if exponent.abs() >= i64::from(i32::MAX / 2) {
+        return false;
+    }
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let len = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let scale = (len(frac.len()) - exponent).max(0);
+    if scale > 16_383 {
+        return false;
+    }
+    match int.bytes().chain(frac.bytes()).position(|d| d != b'0') {
+        // Zero: only its scale counts.
+        None => true,
+        // The leading digit's power of ten.
+        Some(first) => len(int.len()) - 1 - len(first) + exponent <= 131_071,
     }
 }
 
@@ -300,11 +391,11 @@ mod tests {
             text("kept"),
         ];
         assert_eq!(
-            row(&relation, &renders, &new, Some(&old)),
+            row(&relation, &renders, &new, Some(&old)).0,
             r#"{"id":7,"n":"NaN","b":false,"j":{"a": [1, 2.50]},"at":"2026-12-03T08:11:12+00:00","s":"say \"hi\"\n","big":"kept"}"#
         );
         assert_eq!(
-            row(&relation, &renders, &new, None),
+            row(&relation, &renders, &new, None).0,
             r#"{"id":7,"n":"NaN","b":false,"j":{"a": [1, 2.50]},"at":"2026-12-03T08:11:12+00:00","s":"say \"hi\"\n","big":null}"#
         );
         assert!(

@@ -1028,3 +1028,166 @@ async fn values_that_no_longer_fit_the_row_type_are_kept_as_text() {
     assert!(errors[0].contains("kept 1 change(s) as text"), "{errors:?}");
     db.drop().await;
 }
+
+/// A `json` column holds what jsonb cannot: a `\u0000` escape, or a number beyond `numeric`'s
+/// range. The relay keeps such a value as a JSON string of its text, names the change in
+/// `observer_capture_errors`, and carries on: it does not retry the write forever, nothing is
+/// lost or reordered, and the values around it stay exact, an escaped backslash before `u0000`
+/// and the largest numbers numeric holds among them. Both write paths: a table the relay
+/// renders itself (`docs`) and one the server converts (`spans`, with an interval).
+#[tokio::test]
+async fn json_values_jsonb_cannot_hold_are_kept_as_strings_and_the_relay_carries_on() {
+    let Some(db) = WalDb::new("unfit").await else {
+        return;
+    };
+    db.exec("CREATE TABLE docs (id int PRIMARY KEY, doc json)")
+        .await;
+    db.exec("CREATE TABLE spans (id int PRIMARY KEY, doc json, span interval)")
+        .await;
+    db.capture("docs", "Doc").await;
+    db.capture("spans", "Span").await;
+    let relay = db.relay();
+    let nul = r#"{"a": ["x", "\u0000"]}"#;
+    let huge = "[1e131072]";
+    let tiny = r#"{"z": 0e-16384}"#;
+    let fine = r#"{"a": "\\u0000", "n": [1e131071, -1e-16383, 0e-16383]}"#;
+    db.exec(&format!(
+        "INSERT INTO docs VALUES (1, '{fine}'), (2, '{nul}'), (3, '{huge}');
+         INSERT INTO spans VALUES (1, '{tiny}', '1 day'), (2, '{fine}', '2 days');
+         BEGIN; UPDATE docs SET doc = '[1]' WHERE id = 2; UPDATE spans SET doc = '{nul}'; COMMIT;"
+    ))
+    .await;
+    let events = db.events(8).await;
+    stop(relay).await;
+    let after = |entity: &str, id: &str, nth: usize| {
+        events
+            .iter()
+            .filter(|e| e.entity_type == entity && e.entity_id == id)
+            .nth(nth)
+            .and_then(|e| e.after.clone())
+            .unwrap_or_else(|| panic!("no change {nth} of {entity} {id}: {events:?}"))
+    };
+    // Values that fit are the trigger's `to_jsonb`, digit for digit.
+    let fits: Value = sqlx::query_scalar("SELECT $1::text::jsonb")
+        .bind(fine)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(after("Doc", "1", 0)["doc"], fits);
+    assert_eq!(after("Span", "2", 0)["doc"], fits);
+    assert_eq!(after("Doc", "2", 1)["doc"], serde_json::json!([1]));
+    let update = events
+        .iter()
+        .filter(|e| e.entity_type == "Doc" && e.entity_id == "2")
+        .nth(1)
+        .unwrap();
+    assert_eq!(update.before.as_ref().unwrap()["doc"], nul, "{update:?}");
+    // The others are their text, as json printed it.
+    assert_eq!(after("Doc", "2", 0)["doc"], nul);
+    assert_eq!(after("Doc", "3", 0)["doc"], huge);
+    assert_eq!(after("Span", "1", 0)["doc"], tiny);
+    assert_eq!(after("Span", "1", 1)["doc"], nul);
+    assert_eq!(after("Span", "1", 0)["span"], "1 day", "converted as usual");
+    let order: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.entity_type.clone(), e.entity_id.clone()))
+        .collect();
+    let pair = |t: &str, i: &str| (t.to_owned(), i.to_owned());
+    assert_eq!(
+        order,
+        [
+            pair("Doc", "1"),
+            pair("Doc", "2"),
+            pair("Doc", "3"),
+            pair("Span", "1"),
+            pair("Span", "2"),
+            pair("Doc", "2"),
+            pair("Span", "1"),
+            pair("Span", "2"),
+        ],
+        "commit order"
+    );
+    let errors: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT l.entity_type, l.entity_id, e.error
+           FROM observer_capture_errors e JOIN observer_change_log l ON l.id = e.change_id
+          ORDER BY l.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let named: Vec<(&str, &str)> = errors
+        .iter()
+        .map(|(t, i, _)| (t.as_str(), i.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("Doc", "2"),
+            ("Doc", "3"),
+            ("Span", "1"),
+            // Its before image (the capture set REPLICA IDENTITY FULL).
+            ("Doc", "2"),
+            ("Span", "1"),
+            ("Span", "2")
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[0]
+            .2
+            .contains(r#"json column(s) "doc" of this insert"#),
+        "{errors:?}"
+    );
+    db.drop().await;
+}
+
+/// The relay's test of whether a `json` value reads as jsonb agrees with the server's, for the
+/// edges of `numeric` and of the `\u0000` escape.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_relays_jsonb_test_agrees_with_the_server(pool: PgPool) {
+    let mut texts: Vec<String> = [
+        r#""\u0000""#,
+        r#""\\u0000""#,
+        r#""\\\u0000""#,
+        r#"{"\u0000": 1}"#,
+        r#""\u00000""#,
+        r#""a\u0001""#,
+        r#"["\"", "\u0000"]"#,
+        "-0",
+        "0e1073741822",
+        "0e1073741823",
+        "0e-1073741823",
+        "1e-1073741823",
+        "1.5e99999999999999999999",
+        "12.5E+3",
+        "-7.25e-3",
+        "{\"deep\": [[[[[[[[[[1e-2]]]]]]]]]]}",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for exponent in [131_070, 131_071, 131_072, -16_382, -16_383, -16_384] {
+        for mantissa in ["1", "9.99", "0.001", "-10", "0", "0.0", "100"] {
+            texts.push(format!("[{mantissa}e{exponent}]"));
+        }
+    }
+    let fraction = |n: usize| format!("0.{}1", "0".repeat(n));
+    texts.push(fraction(16_381));
+    texts.push(fraction(16_382));
+    texts.push(format!("1{}", "0".repeat(131_071)));
+    texts.push(format!("1{}", "0".repeat(131_072)));
+    texts.push(format!("0.{}", "0".repeat(16_384)));
+    for text in &texts {
+        let server = sqlx::query("SELECT $1::text::json::jsonb")
+            .bind(text)
+            .execute(&pool)
+            .await
+            .is_ok();
+        let short: String = text.chars().take(40).collect();
+        assert_eq!(
+            wal::render::fits_jsonb(text),
+            server,
+            "{short}… ({} chars): the server says {server}",
+            text.len()
+        );
+    }
+}
