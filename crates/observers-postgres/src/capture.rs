@@ -101,6 +101,11 @@ pub struct CaptureInfo {
     /// The columns rows are keyed by now: the id column, else the primary key; empty when the
     /// trigger has nothing to key rows by (they are logged with an empty entity id).
     pub key_columns: Vec<String>,
+    /// Kind `trigger`: the table has a column that can hold `json`, and its trigger is the one
+    /// that fails the application's write on a value jsonb cannot hold (it was created before
+    /// the table had such a column).
+    #[serde(default)]
+    pub json_unguarded: bool,
     /// Changes logged with an empty entity id because they could not be keyed (counted up to
     /// [`UNKEYED_COUNT_CAP`]), and the latest reason.
     #[sqlx(try_from = "i64")]
@@ -193,6 +198,15 @@ impl CaptureInfo {
                  TRIGGER {TRIGGER_NAME}`"
             ));
         }
+        if self.kind != "wal" && self.trigger_present && self.json_unguarded {
+            drift.push(format!(
+                "table has a json column but its trigger was created before it: a json value \
+                 jsonb cannot hold (an escaped NUL, a number beyond numeric's range) would fail \
+                 the application's write; run `observers capture enable --table {name} --entity \
+                 {}` again",
+                self.entity_type
+            ));
+        }
         if self.kind != "wal" && !self.truncate_trigger_enabled {
             drift.push(format!(
                 "TRUNCATE is not captured (trigger {TRUNCATE_TRIGGER_NAME} is missing or \
@@ -241,8 +255,8 @@ impl CaptureInfo {
                 self.unkeyed_changes.to_string()
             };
             drift.push(format!(
-                "{n} change(s) could not be keyed and were logged with an empty entity id \
-                 (latest: {}); see observer_capture_errors",
+                "{n} change(s) were logged with a problem recorded in observer_capture_errors \
+                 (could not be keyed, or values kept as text; latest: {})",
                 self.last_unkeyed_error.as_deref().unwrap_or("?")
             ));
         }
@@ -665,6 +679,7 @@ pub async fn enable_as(
         truncate_trigger_enabled: kind_name == "trigger",
         id_column_present: true,
         tenant_column_present: true,
+        json_unguarded: false,
         unkeyed_changes: 0,
         last_unkeyed_error: None,
         kind: kind_name.to_owned(),
@@ -726,12 +741,17 @@ async fn install_triggers(
 ) -> Result<(), PgError> {
     // PostgreSQL quotes every name (%I) and trigger argument (%L); CREATE OR REPLACE TRIGGER
     // needs 14+, DROP + CREATE in one transaction works from 13 on. The function is named with
-    // its schema (the change log's), so the session's search_path cannot pick another one.
+    // its schema (the change log's), so the session's search_path cannot pick another one. A
+    // table with a column that can hold `json` gets the function that keeps values jsonb cannot
+    // hold as strings instead of failing the write (migration 027).
     let statements: (String, String, String, String) = sqlx::query_as(
         "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $2, $3),
                 format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION %I.observers_capture(%L, %L, %L)',
-                       $1, $2, $3, n.nspname, $4, $5, $6),
+                       'FOR EACH ROW EXECUTE FUNCTION %I.%I(%L, %L, %L)',
+                       $1, $2, $3, n.nspname,
+                       CASE WHEN observers_holds_json(format('%I.%I', $2, $3)::regclass)
+                            THEN 'observers_capture_json' ELSE 'observers_capture' END,
+                       $4, $5, $6),
                 format('DROP TRIGGER IF EXISTS %I ON %I.%I', $7, $2, $3),
                 format('CREATE TRIGGER %I AFTER TRUNCATE ON %I.%I '
                        'FOR EACH STATEMENT EXECUTE FUNCTION %I.observers_capture_truncate(%L)',
@@ -842,7 +862,13 @@ pub(crate) async fn list_where(
                        FROM pg_catalog.pg_trigger t
                        JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
                       WHERE t.tgrelid = k.rel AND t.tgname = $1 AND NOT t.tgisinternal
-                        AND p.proname = 'observers_capture') AS trigger_state,
+                        AND p.proname IN ('observers_capture', 'observers_capture_json'))
+                        AS trigger_state,
+                    k.rel IS NOT NULL AND observers_holds_json(k.rel) AND NOT EXISTS (
+                           SELECT 1 FROM pg_catalog.pg_trigger t
+                             JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                            WHERE t.tgrelid = k.rel AND t.tgname = $1
+                              AND p.proname = 'observers_capture_json') AS json_unguarded,
                     (SELECT t.tgenabled::text
                        FROM pg_catalog.pg_trigger t
                        JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
@@ -878,7 +904,7 @@ pub(crate) async fn list_where(
                 t.trigger_state IS NOT NULL AS trigger_present,
                 coalesce(t.trigger_state IN ('O', 'A'), false) AS trigger_enabled,
                 coalesce(t.truncate_state IN ('O', 'A'), false) AS truncate_trigger_enabled,
-                t.id_column_present, t.tenant_column_present,
+                t.id_column_present, t.tenant_column_present, t.json_unguarded,
                 CASE WHEN t.id_column_present THEN ARRAY[t.id_column] ELSE t.primary_key END
                     AS key_columns,
                 cardinality(t.unkeyed)::int8 AS unkeyed_changes,

@@ -975,7 +975,7 @@ async fn record_unfit(
                     .collect::<Vec<_>>();
             let error = format!(
                 "WAL relay kept json column(s) {} of this {} as JSON strings of their text: \
-                 jsonb cannot hold their values (a \\u0000 escape, or a number beyond \
+                 jsonb cannot hold their values (an escaped NUL, or a number beyond \
                  numeric's range)",
                 columns.join(", "),
                 r.0.operation,
