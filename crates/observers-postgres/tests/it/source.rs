@@ -387,3 +387,64 @@ async fn a_row_bigger_than_the_budget_still_progresses(pool: PgPool) {
     let src = PgEventSource::new(pool.clone()).with_max_batch_bytes(1024);
     assert_eq!(drain_batches(&src, 3).await, [1, 1, 1]);
 }
+
+/// Rows whose ids follow the cursor one by one are final, so a read of them needs no horizon (a
+/// scan of `pg_locks`). A gap right after the cursor needs it: an id a writer still holds is
+/// not read past until the writer commits, and then its row and the rows committed behind it
+/// arrive in id order; an id rolled back is passed.
+#[sqlx::test(migrations = "../../migrations")]
+async fn unbroken_rows_are_read_without_the_horizon_and_a_gap_is_waited_for(pool: PgPool) {
+    for id in ["1", "2", "3"] {
+        log_row(&pool, id, "insert").await;
+    }
+    let src = PgEventSource::new(pool.clone());
+    let ids = |items: &[SourceItem]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                SourceItem::Event(e) => e.entity_id.clone(),
+                SourceItem::Poison { error, .. } => panic!("poison: {error}"),
+            })
+            .collect()
+    };
+    let batch = src.fetch(Cursor::START, 100).await.unwrap();
+    assert_eq!(ids(&batch), ["1", "2", "3"]);
+    assert_eq!(src.read_horizons(), 0, "an unbroken run needs no horizon");
+    let cursor = batch[2].cursor();
+
+    // A writer in flight holds the next id; another commits the one after it.
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('T', 'held', 'insert', '{}')",
+    )
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    log_row(&pool, "behind", "insert").await;
+    for _ in 0..3 {
+        assert!(
+            src.fetch(cursor, 100).await.unwrap().is_empty(),
+            "nothing is read past an id in flight"
+        );
+    }
+    assert!(src.read_horizons() >= 1, "the gap asked for the horizon");
+    held.commit().await.unwrap();
+    let batch = fetch_final(&src, cursor, 100, 2).await;
+    assert_eq!(ids(&batch), ["held", "behind"], "in id order");
+    let cursor = batch[1].cursor();
+
+    // An id rolled back is a gap for good: the horizon lets the reader pass it.
+    let mut rolled_back = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('T', 'gone', 'insert', '{}')",
+    )
+    .execute(&mut *rolled_back)
+    .await
+    .unwrap();
+    rolled_back.rollback().await.unwrap();
+    log_row(&pool, "after gap", "insert").await;
+    let batch = fetch_final(&src, cursor, 100, 1).await;
+    assert_eq!(ids(&batch), ["after gap"]);
+}
