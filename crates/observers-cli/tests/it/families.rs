@@ -433,9 +433,9 @@ async fn single_instance() -> Vec<Scrape> {
         assert!(text.contains(part), "`{part}` missing:\n{text}");
     }
 
-    // The change log cannot be read for a while (its horizon function is gone): errors,
-    // backoff, then a reconnect.
-    db.exec("ALTER FUNCTION observers_change_horizon() RENAME TO observers_change_horizon_away")
+    // The change log cannot be read for a while (it is renamed away): errors, backoff, then a
+    // reconnect.
+    db.exec("ALTER TABLE observer_change_log RENAME TO observer_change_log_away")
         .await;
     let l = [("listener", "fam")];
     scrapes.push(
@@ -445,7 +445,7 @@ async fn single_instance() -> Vec<Scrape> {
         })
         .await,
     );
-    db.exec("ALTER FUNCTION observers_change_horizon_away() RENAME TO observers_change_horizon")
+    db.exec("ALTER TABLE observer_change_log_away RENAME TO observer_change_log")
         .await;
     scrapes.push(
         scrape_until(&base, "reads work again", |s| {

@@ -102,17 +102,22 @@ struct Rel {
 }
 
 impl Rel {
+    /// `utf8`: the database's encoding is UTF-8 (see [`Render::JsonNarrow`]).
     fn new(
         relation: Relation,
         capture: Option<Capture>,
         type_name: &str,
         live_columns: i64,
+        utf8: bool,
     ) -> Self {
         let exact = Render::all(&relation)
             .filter(|_| usize::try_from(live_columns) == Ok(relation.columns.len()));
         let renders = exact
             .clone()
-            .unwrap_or_else(|| Render::for_server(&relation));
+            .unwrap_or_else(|| Render::for_server(&relation))
+            .into_iter()
+            .map(|r| r.in_encoding(utf8))
+            .collect();
         Self {
             insert_typed: insert_sql(Some(type_name)),
             insert_text: insert_sql(None),
@@ -574,11 +579,12 @@ impl WalRelay {
                 // The row type's name, and how many columns the table has now: one the stream
                 // does not send (a generated column) is in `to_jsonb`'s output, so such a table
                 // keeps the server's conversion.
-                let (type_name, live_columns): (String, i64) = sqlx::query_as(
+                let (type_name, live_columns, utf8): (String, i64, bool) = sqlx::query_as(
                     "SELECT format('%I.%I', $1, $2),
                             (SELECT count(*) FROM pg_catalog.pg_attribute
                               WHERE attrelid = pg_catalog.to_regclass(format('%I.%I', $1, $2))
-                                AND attnum > 0 AND NOT attisdropped)",
+                                AND attnum > 0 AND NOT attisdropped),
+                            pg_catalog.current_setting('server_encoding') = 'UTF8'",
                 )
                 .bind(&relation.schema)
                 .bind(&relation.name)
@@ -586,7 +592,7 @@ impl WalRelay {
                 .await?;
                 rels.insert(
                     relation.id,
-                    Arc::new(Rel::new(relation, capture, &type_name, live_columns)),
+                    Arc::new(Rel::new(relation, capture, &type_name, live_columns, utf8)),
                 );
             }
             Message::Insert { relation, new } => {
@@ -1256,7 +1262,7 @@ mod tests {
             replica_identity: b'f',
             columns: Vec::new(),
         };
-        let rel = Arc::new(Rel::new(relation, None, "public.t", 0));
+        let rel = Arc::new(Rel::new(relation, None, "public.t", 0, true));
         let change = || Change {
             rel: rel.clone(),
             operation: "insert",

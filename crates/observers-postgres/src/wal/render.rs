@@ -29,6 +29,10 @@ pub enum Render {
     Json,
     /// `jsonb`: nested as JSON (checked as `json`; jsonb's own output always fits jsonb).
     Jsonb,
+    /// `json` in a database whose encoding is not UTF-8, where jsonb also refuses a `\u` escape
+    /// of a character the encoding lacks: as [`Render::Json`], and a value with any `\u` escape
+    /// above U+007F is kept as a string (some of those would fit; none is lost).
+    JsonNarrow,
     /// ISO 8601 with a `T` between date and time, and `+HH:MM` offsets.
     Timestamp,
     /// The text as a JSON string.
@@ -65,6 +69,15 @@ impl Render {
                 _ => Render::Text,
             })
             .collect()
+    }
+
+    /// The rendering in a database whose encoding is UTF-8 (`utf8`) or not.
+    #[must_use]
+    pub fn in_encoding(self, utf8: bool) -> Render {
+        match self {
+            Render::Json if !utf8 => Render::JsonNarrow,
+            r => r,
+        }
     }
 
     /// Every column's rendering when all of the relation's columns have one.
@@ -139,25 +152,33 @@ pub fn value_json(out: &mut Vec<u8>, render: Render, text: &str) -> bool {
     match render {
         Render::Bool => out.extend_from_slice(if text == "t" { b"true" } else { b"false" }),
         Render::Number if is_json_number(text) => out.extend_from_slice(text.as_bytes()),
-        Render::Json | Render::Jsonb
+        Render::Json | Render::Jsonb | Render::JsonNarrow
             if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() =>
         {
-            if render == Render::Json && !fits_jsonb(text) {
+            let fits = match render {
+                Render::Json => fits_jsonb(text, false),
+                Render::JsonNarrow => fits_jsonb(text, true),
+                _ => true,
+            };
+            if !fits {
                 string(out, text);
                 return false;
             }
             out.extend_from_slice(text.as_bytes());
         }
         Render::Timestamp => string(out, &iso_8601(text)),
-        Render::Number | Render::Json | Render::Jsonb | Render::Text => string(out, text),
+        Render::Number | Render::Json | Render::Jsonb | Render::JsonNarrow | Render::Text => {
+            string(out, text);
+        }
     }
     true
 }
 
 /// Whether JSON `text` (valid JSON) also reads as `jsonb`. A `json` value can hold what jsonb
 /// refuses: the escape `\u0000` (jsonb's strings are text, which holds no NUL) and numbers
-/// beyond `numeric`'s range (see [`numeric_fits`]).
-pub fn fits_jsonb(text: &str) -> bool {
+/// beyond `numeric`'s range (see [`numeric_fits`]). With `ascii_escapes`, also any `\u` escape
+/// above U+007F (for a database whose encoding is not UTF-8).
+pub fn fits_jsonb(text: &str, ascii_escapes: bool) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
     while let Some(&c) = b.get(i) {
@@ -169,7 +190,10 @@ pub fn fits_jsonb(text: &str) -> bool {
                         None => return true,
                         Some(b'"') => break,
                         Some(b'\\') if b.get(i + 1) == Some(&b'u') => {
-                            if b.get(i + 2..i + 6) == Some(b"0000") {
+                            let code = text
+                                .get(i + 2..i + 6)
+                                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+                            if code == Some(0) || (ascii_escapes && code.is_none_or(|c| c > 0x7F)) {
                                 return false;
                             }
                             i += 6;

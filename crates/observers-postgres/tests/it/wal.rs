@@ -31,6 +31,11 @@ struct WalDb {
 
 impl WalDb {
     async fn new(tag: &str) -> Option<Self> {
+        Self::create(tag, "").await
+    }
+
+    /// A fresh database created `WITH` these options (e.g. another encoding).
+    async fn create(tag: &str, with: &str) -> Option<Self> {
         let base = std::env::var("OBSERVERS_WAL_DATABASE_URL")
             .ok()
             .filter(|u| !u.is_empty());
@@ -40,10 +45,12 @@ impl WalDb {
         };
         let name = format!("wal_{tag}_{}", rand::random::<u32>());
         let mut admin = PgConnection::connect(&base).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} {with}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
         let url = match base.rfind('/') {
             Some(i) => format!("{}/{name}", &base[..i]),
             None => unreachable!("a postgres URL has a path"),
@@ -1184,10 +1191,48 @@ async fn the_relays_jsonb_test_agrees_with_the_server(pool: PgPool) {
             .is_ok();
         let short: String = text.chars().take(40).collect();
         assert_eq!(
-            wal::render::fits_jsonb(text),
+            wal::render::fits_jsonb(text, false),
             server,
             "{short}… ({} chars): the server says {server}",
             text.len()
         );
     }
+}
+
+/// In a database whose encoding is not UTF-8, jsonb also refuses a `\u` escape of a character
+/// the encoding lacks (`\u20ac` in LATIN1). The relay keeps a `json` value with an escape above
+/// U+007F as a string of its text, with a capture error, and carries on; text in the
+/// database's own encoding (`é`) and other values arrive exactly.
+#[tokio::test]
+async fn in_a_latin1_database_json_escapes_the_encoding_lacks_do_not_stall_the_relay() {
+    let Some(db) = WalDb::create(
+        "latin1",
+        "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    )
+    .await
+    else {
+        return;
+    };
+    db.exec("CREATE TABLE docs (id int PRIMARY KEY, doc json, t text)")
+        .await;
+    db.capture("docs", "Doc").await;
+    let relay = db.relay();
+    db.exec(
+        r#"INSERT INTO docs VALUES (1, '["\u20ac"]', 'café'), (2, '{"a": "plain"}', 'x'),
+                                   (3, '["\u0041"]', 'y')"#,
+    )
+    .await;
+    let events = db.events(3).await;
+    stop(relay).await;
+    let after: Vec<Value> = events.iter().map(|e| e.after.clone().unwrap()).collect();
+    assert_eq!(after[0]["doc"], r#"["\u20ac"]"#, "kept as its text");
+    assert_eq!(after[0]["t"], "café");
+    assert_eq!(after[1]["doc"], serde_json::json!({"a": "plain"}));
+    assert_eq!(after[2]["doc"], serde_json::json!(["A"]));
+    let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM observer_capture_errors")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, 1);
+    db.drop().await;
 }
