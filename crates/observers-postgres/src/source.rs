@@ -77,6 +77,9 @@ pub(crate) fn written_signal(pool: &PgPool) -> Arc<Notify> {
 /// read, never in the same one (a statement's snapshot is taken before it runs).
 const HORIZON: &str = "SELECT observers_change_horizon()";
 
+/// The poller's look: NULL when no id above `$1` has been drawn, else the horizon.
+const HORIZON_AFTER: &str = "SELECT observers_change_horizon_after($1)";
+
 /// The read after the cursor `$1` up to the horizon `$2`, without the byte budget.
 macro_rules! fetch_rows_sql {
     () => {
@@ -150,6 +153,9 @@ struct Wake {
     seen: AtomicI64,
     /// Horizon queries the poller has made.
     polls: AtomicU64,
+    /// Those of them that read the horizon (a scan of `pg_locks`): ids had been drawn past what
+    /// the poller knew.
+    poll_scans: AtomicU64,
     /// Horizon queries reads have made (a read of rows whose ids follow the cursor without a gap
     /// needs none; see [`PgEventSource::read`]).
     read_horizons: AtomicU64,
@@ -198,6 +204,12 @@ impl PgEventSource {
     /// reading rather than waiting).
     pub fn horizon_polls(&self) -> u64 {
         self.wake.polls.load(Ordering::Relaxed)
+    }
+
+    /// How many of the poller's queries scanned `pg_locks` for the horizon (the others found no
+    /// id drawn past what it knew, reading only the sequence).
+    pub fn horizon_poll_scans(&self) -> u64 {
+        self.wake.poll_scans.load(Ordering::Relaxed)
     }
 
     /// How many horizon queries reads have made (none while the ids after the cursor run on
@@ -367,7 +379,7 @@ fn micros(d: Duration) -> u64 {
 /// poll interval, so an idle instance costs one cheap query per interval.
 async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU64>) {
     let mut moved = tokio::time::Instant::now();
-    let mut last: Option<i64> = wake.poll(&pool).await.ok();
+    let mut last: Option<i64> = wake.poll(&pool, None).await.ok();
     // The first wake-up makes the reader read from its cursor.
     wake.notify.notify_one();
     let mut wait = MIN_POLL;
@@ -388,7 +400,7 @@ async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU6
             continue;
         }
         wake.fold_seen(&mut last);
-        wait = match wake.poll(&pool).await {
+        wait = match wake.poll(&pool, last).await {
             Ok(horizon) if last != Some(horizon) => {
                 if last.is_some() {
                     wake.notify.notify_one();
@@ -410,14 +422,26 @@ async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU6
 }
 
 impl Wake {
-    /// One horizon query of the poller's, counted.
-    async fn poll(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+    /// One look of the poller's, counted: the horizon, or `known` when no id was drawn past it
+    /// (then only the sequence was read).
+    async fn poll(&self, pool: &PgPool, known: Option<i64>) -> Result<i64, sqlx::Error> {
         self.polls.fetch_add(1, Ordering::Relaxed);
-        self.conn
+        let horizon: Option<i64> = self
+            .conn
             .run(pool, async |conn| {
-                sqlx::query_scalar(HORIZON).fetch_one(conn).await
+                sqlx::query_scalar(HORIZON_AFTER)
+                    .bind(known.unwrap_or(-1))
+                    .fetch_one(conn)
+                    .await
             })
-            .await
+            .await?;
+        match horizon {
+            Some(h) => {
+                self.poll_scans.fetch_add(1, Ordering::Relaxed);
+                Ok(h)
+            }
+            None => Ok(known.unwrap_or(0)),
+        }
     }
 
     /// Takes the horizon the reader's reads saw into `last` when it is further: a reader waits

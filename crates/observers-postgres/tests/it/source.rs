@@ -211,6 +211,10 @@ async fn the_poller_is_quiet_while_the_reader_reads(pool: PgPool) {
         src.horizon_polls() > before,
         "it polled while the reader waited"
     );
+    assert!(
+        src.horizon_poll_scans() >= 1,
+        "a new id makes the poll read the horizon"
+    );
     let batch = src.fetch(cursor, 10).await.unwrap();
     assert_eq!(batch.len(), 1);
     cursor = batch[0].cursor();
@@ -219,6 +223,7 @@ async fn the_poller_is_quiet_while_the_reader_reads(pool: PgPool) {
     // poller's back-off (it does not start over at every wait).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = src.horizon_polls();
+    let idle_scans = src.horizon_poll_scans();
     for _ in 0..8 {
         assert!(!src.wait_for_changes(Duration::from_millis(125)).await);
         assert!(src.fetch(cursor, 10).await.unwrap().is_empty());
@@ -227,6 +232,12 @@ async fn the_poller_is_quiet_while_the_reader_reads(pool: PgPool) {
     assert!(
         polls <= 20,
         "an idle second costs a few polls, not one every 2 ms: {polls}"
+    );
+    assert!(polls >= 1, "it polled while the reader waited");
+    assert_eq!(
+        src.horizon_poll_scans() - idle_scans,
+        0,
+        "with no id drawn, a poll reads the sequence, not pg_locks"
     );
 }
 
