@@ -315,9 +315,14 @@ impl Cpu {
         }
     }
 
+    /// The share of one core (in %) each group used: walsender, consumer, backends.
+    fn shares(&self) -> [f64; 3] {
+        self.total
+            .map(|t| t as f64 / 100.0 / self.seconds.max(f64::MIN_POSITIVE) * 100.0)
+    }
+
     fn report(&self, consumer: &str) -> String {
-        let share =
-            |g: usize| self.total[g] as f64 / 100.0 / self.seconds.max(f64::MIN_POSITIVE) * 100.0;
+        let share = |g: usize| self.shares()[g];
         format!(
             "walsender {:.0}%, {consumer} {:.0}%, its server backends {:.0}%",
             share(0),
@@ -630,6 +635,32 @@ async fn latency_at(
     (pct(0.5), pct(0.99), lat.len() as f64 / commits.len() as f64)
 }
 
+/// What a listener with nothing to deliver costs over `seconds` (after it settled): the share
+/// of one core used by this process and by its server backends, from `/proc`, against the
+/// same with no listener running.
+async fn idle_cost(pool: &PgPool, seconds: u64) -> ([f64; 3], [f64; 3]) {
+    let measure = || async {
+        let before = Cpu::now();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let mut cpu = Cpu::default();
+        cpu.add(&Cpu::now(), &before);
+        cpu.shares()
+    };
+    let without = measure().await;
+    let start = last_cursor(pool).await;
+    let checkpoints = PostgresCheckpointStore::new(pool.clone());
+    checkpoints.save("idle", start, 0).await.unwrap();
+    let listener = noop_listener(pool, "idle", Arc::default());
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(async move { listener.run(rx).await });
+    // Past the first reads, and past the poller's tight polls after the last change it saw.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let with = measure().await;
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    (without, with)
+}
+
 async fn checkpoint_rates(pool: &PgPool, seconds: u64) -> (f64, f64) {
     let store = PostgresCheckpointStore::new(pool.clone());
     let run = Duration::from_secs(seconds);
@@ -711,6 +742,12 @@ async fn main() {
     println!(
         "commit-to-webhook latency at 1,000 changes/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({:.1}% delivered)",
         delivered * 100.0
+    );
+
+    let (without, with) = idle_cost(&pool, 10).await;
+    println!(
+        "idle listener (nothing to deliver, poll_interval 200 ms), 10 s: this process {:.1}% of a core, its server backends {:.1}% (without a listener: {:.1}%, {:.1}%)",
+        with[1], with[2], without[1], without[2]
     );
 
     if wal {
