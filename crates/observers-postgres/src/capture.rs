@@ -106,6 +106,12 @@ pub struct CaptureInfo {
     /// the table had such a column).
     #[serde(default)]
     pub json_unguarded: bool,
+    /// Types of the table's columns (directly, through a domain, or as array elements) with a
+    /// user-defined cast to `json`: `to_jsonb` calls the cast's function for every captured
+    /// change, with the rights of the capture function's owner (kind `trigger`) or of the
+    /// relay's role (kind `wal`). One entry per type, naming the function and its owner.
+    #[serde(default)]
+    pub json_casts: Vec<String>,
     /// Changes logged with an empty entity id because they could not be keyed (counted up to
     /// [`UNKEYED_COUNT_CAP`]), and the latest reason.
     #[sqlx(try_from = "i64")]
@@ -161,6 +167,33 @@ impl CaptureInfo {
         self.drift.is_empty()
     }
 
+    /// Drift of the table's json columns: a json column the trigger predates, casts to json.
+    fn json_drift(&self, name: &str) -> Vec<String> {
+        let mut drift = Vec::new();
+        if self.kind != "wal" && self.trigger_present && self.json_unguarded {
+            drift.push(format!(
+                "table has a json column but its trigger was created before it: a json value \
+                 jsonb cannot hold (an escaped NUL, a number beyond numeric's range) would fail \
+                 the application's write; run `observers capture enable --table {name} --entity \
+                 {}` again",
+                self.entity_type
+            ));
+        }
+        for cast in &self.json_casts {
+            let runs_as = if self.kind == "wal" {
+                "the WAL relay's role"
+            } else {
+                "the capture function's owner (the role that ran `observers migrate`)"
+            };
+            drift.push(format!(
+                "column type {cast}: to_jsonb calls that function for every captured change of \
+                 this table, with the rights of {runs_as}; drop the cast unless its owner is \
+                 trusted as much as that role"
+            ));
+        }
+        drift
+    }
+
     fn describe_drift(&self) -> Vec<String> {
         let mut drift = Vec::new();
         let name = self.qualified_name();
@@ -198,15 +231,7 @@ impl CaptureInfo {
                  TRIGGER {TRIGGER_NAME}`"
             ));
         }
-        if self.kind != "wal" && self.trigger_present && self.json_unguarded {
-            drift.push(format!(
-                "table has a json column but its trigger was created before it: a json value \
-                 jsonb cannot hold (an escaped NUL, a number beyond numeric's range) would fail \
-                 the application's write; run `observers capture enable --table {name} --entity \
-                 {}` again",
-                self.entity_type
-            ));
-        }
+        drift.extend(self.json_drift(&name));
         if self.kind != "wal" && !self.truncate_trigger_enabled {
             drift.push(format!(
                 "TRUNCATE is not captured (trigger {TRUNCATE_TRIGGER_NAME} is missing or \
@@ -680,6 +705,7 @@ pub async fn enable_as(
         id_column_present: true,
         tenant_column_present: true,
         json_unguarded: false,
+        json_casts: Vec::new(),
         unkeyed_changes: 0,
         last_unkeyed_error: None,
         kind: kind_name.to_owned(),
@@ -842,13 +868,8 @@ pub async fn list(pool: &PgPool) -> Result<Vec<CaptureInfo>, PgError> {
     list_where(pool, None).await
 }
 
-/// The state of captured tables (all, or the one named `only`) as the catalog has it now.
-pub(crate) async fn list_where(
-    pool: &PgPool,
-    only: Option<(&str, &str)>,
-) -> Result<Vec<CaptureInfo>, PgError> {
-    let mut list: Vec<CaptureInfo> = sqlx::query_as(
-        "WITH k AS (
+/// The catalog's view of the captured tables (`$2`/`$3`: only that one); see [`list_where`].
+const LIST_SQL: &str = "WITH k AS (
              SELECT k.*,
                     (SELECT c.oid FROM pg_catalog.pg_class c
                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -869,6 +890,26 @@ pub(crate) async fn list_where(
                              JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
                             WHERE t.tgrelid = k.rel AND t.tgname = $1
                               AND p.proname = 'observers_capture_json') AS json_unguarded,
+                    coalesce((
+                        SELECT array_agg(DISTINCT format('%s (cast to json by %s, owned by %s)',
+                                                         ty.oid::regtype, c.castfunc::regprocedure,
+                                                         pg_catalog.pg_get_userbyid(f.proowner)))
+                          FROM pg_catalog.pg_attribute a
+                          JOIN pg_catalog.pg_type t0 ON t0.oid = a.atttypid
+                          JOIN pg_catalog.pg_type b
+                            ON b.oid = CASE WHEN t0.typtype = 'd' THEN t0.typbasetype ELSE t0.oid END
+                          LEFT JOIN pg_catalog.pg_type e
+                            ON e.oid = b.typelem AND b.typcategory = 'A'
+                          JOIN pg_catalog.pg_type ty
+                            ON ty.oid = CASE WHEN e.oid IS NULL THEN b.oid
+                                             WHEN e.typtype = 'd' THEN e.typbasetype
+                                             ELSE e.oid END
+                          JOIN pg_catalog.pg_cast c
+                            ON c.castsource = ty.oid AND c.casttarget = 'json'::regtype
+                           AND c.castfunc <> 0
+                          JOIN pg_catalog.pg_proc f ON f.oid = c.castfunc
+                         WHERE a.attrelid = k.rel AND a.attnum > 0 AND NOT a.attisdropped
+                           AND ty.oid >= 16384), '{}') AS json_casts,
                     (SELECT t.tgenabled::text
                        FROM pg_catalog.pg_trigger t
                        JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
@@ -904,7 +945,7 @@ pub(crate) async fn list_where(
                 t.trigger_state IS NOT NULL AS trigger_present,
                 coalesce(t.trigger_state IN ('O', 'A'), false) AS trigger_enabled,
                 coalesce(t.truncate_state IN ('O', 'A'), false) AS truncate_trigger_enabled,
-                t.id_column_present, t.tenant_column_present, t.json_unguarded,
+                t.id_column_present, t.tenant_column_present, t.json_unguarded, t.json_casts,
                 CASE WHEN t.id_column_present THEN ARRAY[t.id_column] ELSE t.primary_key END
                     AS key_columns,
                 cardinality(t.unkeyed)::int8 AS unkeyed_changes,
@@ -918,15 +959,21 @@ pub(crate) async fn list_where(
                 coalesce((SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c
                            WHERE c.oid = t.rel), false) AS replica_identity_full
            FROM t
-          ORDER BY t.table_schema, t.table_name",
-    )
-    .bind(TRIGGER_NAME)
-    .bind(only.map(|o| o.0))
-    .bind(only.map(|o| o.1))
-    .bind(UNKEYED_COUNT_CAP)
-    .bind(TRUNCATE_TRIGGER_NAME)
-    .fetch_all(pool)
-    .await?;
+          ORDER BY t.table_schema, t.table_name";
+
+/// The state of captured tables (all, or the one named `only`) as the catalog has it now.
+pub(crate) async fn list_where(
+    pool: &PgPool,
+    only: Option<(&str, &str)>,
+) -> Result<Vec<CaptureInfo>, PgError> {
+    let mut list: Vec<CaptureInfo> = sqlx::query_as(LIST_SQL)
+        .bind(TRIGGER_NAME)
+        .bind(only.map(|o| o.0))
+        .bind(only.map(|o| o.1))
+        .bind(UNKEYED_COUNT_CAP)
+        .bind(TRUNCATE_TRIGGER_NAME)
+        .fetch_all(pool)
+        .await?;
     for c in &mut list {
         c.drift = c.describe_drift();
     }

@@ -1242,3 +1242,59 @@ async fn migrate_guards_the_triggers_of_existing_json_tables(pool: PgPool) {
     // The array's text output.
     assert_eq!(rows[0].after.as_ref().unwrap()["doc"], r#"{"\"\\u0000\""}"#);
 }
+
+/// A user-defined cast to `json` on a column's type runs inside `to_jsonb`, with the rights of
+/// the capture function's owner, for every captured change: its type's owner can run code as
+/// that role. `capture list` names such casts (through domains and arrays too), with the
+/// function and its owner; tables without one are not flagged.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_cast_to_json_on_a_captured_columns_type_is_flagged(pool: PgPool) {
+    exec(
+        &pool,
+        "CREATE TYPE mood AS ENUM ('ok', 'meh');
+         CREATE FUNCTION mood_json(mood) RETURNS json LANGUAGE sql
+             AS $$ SELECT json_build_object('mood', $1::text, 'as', current_user) $$;
+         CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood);
+         CREATE DOMAIN calm AS mood;
+         CREATE TABLE people (id int PRIMARY KEY, m calm[]);
+         CREATE TABLE plain (id int PRIMARY KEY, m text)",
+    )
+    .await;
+    for (table, entity) in [("people", "Person"), ("plain", "Plain")] {
+        capture::enable(&pool, &CaptureSpec::new(table, entity))
+            .await
+            .unwrap();
+    }
+    exec(&pool, "INSERT INTO people VALUES (1, ARRAY['ok']::calm[])").await;
+    let rows = log_rows(&pool).await;
+    let owner: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0].after.as_ref().unwrap()["m"][0],
+        json!({"mood": "ok", "as": owner}),
+        "the cast ran, as the capture function's owner"
+    );
+    let listed = capture::list(&pool).await.unwrap();
+    let people = listed.iter().find(|c| c.table == "people").unwrap();
+    assert_eq!(people.json_casts.len(), 1, "{people:?}");
+    assert!(
+        people.json_casts[0].starts_with("mood (cast to json by mood_json(mood), owned by "),
+        "{:?}",
+        people.json_casts
+    );
+    assert!(
+        people
+            .drift
+            .iter()
+            .any(|d| d.contains("to_jsonb calls that function")),
+        "{:?}",
+        people.drift
+    );
+    let plain = listed.iter().find(|c| c.table == "plain").unwrap();
+    assert!(
+        plain.json_casts.is_empty() && plain.is_healthy(),
+        "{plain:?}"
+    );
+}
