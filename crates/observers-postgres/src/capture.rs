@@ -183,7 +183,8 @@ impl CaptureInfo {
             let runs_as = if self.kind == "wal" {
                 "the WAL relay's role"
             } else {
-                "the capture function's owner (the role that ran `observers migrate`)"
+                "the capture functions' owner (`observers_capture_owner`, which may only insert \
+                 into the change log, unless `observers migrate` could not create that role)"
             };
             drift.push(format!(
                 "column type {cast}: to_jsonb calls that function for every captured change of \
