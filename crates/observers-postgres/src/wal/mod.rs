@@ -787,8 +787,7 @@ impl WalRelay {
             if careful && !rel.exact {
                 sqlx::query("SAVEPOINT relay_run").execute(&mut *db).await?;
                 match insert_run(&mut db, rel, capture, run, true).await {
-                    Ok(ids) => {
-                        record_unfit(&mut db, rel, capture, run, &ids).await?;
+                    Ok(()) => {
                         sqlx::query("RELEASE SAVEPOINT relay_run")
                             .execute(&mut *db)
                             .await?;
@@ -797,8 +796,7 @@ impl WalRelay {
                         sqlx::query("ROLLBACK TO SAVEPOINT relay_run")
                             .execute(&mut *db)
                             .await?;
-                        let ids = insert_run(&mut db, rel, capture, run, false).await?;
-                        record_unfit(&mut db, rel, capture, run, &ids).await?;
+                        insert_run(&mut db, rel, capture, run, false).await?;
                         sqlx::query(
                             "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, error)
                              VALUES ($1, $2, $3, $4)",
@@ -817,8 +815,7 @@ impl WalRelay {
                 }
             } else {
                 // Row images the relay rendered are final; others are read into the row type.
-                let ids = insert_run(&mut db, rel, capture, run, !rel.exact).await?;
-                record_unfit(&mut db, rel, capture, run, &ids).await?;
+                insert_run(&mut db, rel, capture, run, !rel.exact).await?;
             }
             written += run.len() as u64;
         }
@@ -918,16 +915,16 @@ fn insert_sql(type_name: Option<&str>) -> String {
     )
 }
 
-/// One statement for a run of changes to one table; the row images are bound, not copied.
-/// Returns the change log ids of the rows, in order, when a change in the run has a value kept
-/// as a string (for [`record_unfit`]), else nothing.
+/// One statement for a run of changes to one table; the row images are bound, not copied. When a
+/// change in the run has `json` values kept as strings, the statement returns the rows' ids and
+/// each such change gets its row in `observer_capture_errors` (see [`record_unfit`]).
 async fn insert_run(
     db: &mut sqlx::PgConnection,
     rel: &Rel,
     capture: &Capture,
     run: &[Row<'_>],
     typed: bool,
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let sql = if typed {
         &rel.insert_typed
     } else {
@@ -953,15 +950,18 @@ async fn insert_run(
         .bind(col(&|c| c.context.tenant.as_deref()))
         .bind(col(&|c| c.context.user.as_deref()))
         .bind(run.iter().map(|r| r.1).collect::<Vec<_>>())
-        .fetch_all(db)
+        .fetch_all(&mut *db)
         .await?;
+    if ids.is_empty() {
+        return Ok(());
+    }
     // Ids are drawn in the run's order.
     ids.sort_unstable();
-    Ok(ids)
+    record_unfit(db, rel, capture, run, &ids).await
 }
 
 /// A row in `observer_capture_errors` for each change of `run` with `json` values kept as
-/// strings, naming the change log row (`ids`, as [`insert_run`] returned them) and the columns.
+/// strings, naming the change log row (`ids`, the run's, in order) and the columns.
 async fn record_unfit(
     db: &mut sqlx::PgConnection,
     rel: &Rel,
@@ -989,9 +989,6 @@ async fn record_unfit(
             (*id, error)
         })
         .unzip();
-    if ids.is_empty() {
-        return Ok(());
-    }
     sqlx::query(
         "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, change_id, error)
          SELECT $1, $2, $3, e.id, e.error FROM unnest($4::int8[], $5::text[]) AS e(id, error)",

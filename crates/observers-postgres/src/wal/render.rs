@@ -155,12 +155,8 @@ pub fn value_json(out: &mut Vec<u8>, render: Render, text: &str) -> bool {
         Render::Json | Render::Jsonb | Render::JsonNarrow
             if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() =>
         {
-            let fits = match render {
-                Render::Json => fits_jsonb(text, false),
-                Render::JsonNarrow => fits_jsonb(text, true),
-                _ => true,
-            };
-            if !fits {
+            // jsonb's own output always fits; a json value is checked.
+            if render != Render::Jsonb && !fits_jsonb(text, render == Render::JsonNarrow) {
                 string(out, text);
                 return false;
             }
