@@ -880,37 +880,19 @@ const LIST_SQL: &str = "WITH k AS (
               WHERE $2::text IS NULL OR (k.table_schema = $2 AND k.table_name = $3)
          ), t AS (
              SELECT k.*,
-                    (SELECT t.tgenabled::text
-                       FROM pg_catalog.pg_trigger t
-                       JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-                      WHERE t.tgrelid = k.rel AND t.tgname = $1 AND NOT t.tgisinternal
-                        AND p.proname IN ('observers_capture', 'observers_capture_json'))
-                        AS trigger_state,
-                    k.rel IS NOT NULL AND observers_holds_json(k.rel) AND NOT EXISTS (
-                           SELECT 1 FROM pg_catalog.pg_trigger t
-                             JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-                            WHERE t.tgrelid = k.rel AND t.tgname = $1
-                              AND p.proname = 'observers_capture_json') AS json_unguarded,
+                    rt.state AS trigger_state,
+                    k.rel IS NOT NULL AND observers_holds_json(k.rel)
+                        AND rt.function IS DISTINCT FROM 'observers_capture_json' AS json_unguarded,
                     coalesce((
                         SELECT array_agg(DISTINCT format('%s (cast to json by %s, owned by %s)',
-                                                         ty.oid::regtype, c.castfunc::regprocedure,
+                                                         ct.oid::regtype, c.castfunc::regprocedure,
                                                          pg_catalog.pg_get_userbyid(f.proowner)))
-                          FROM pg_catalog.pg_attribute a
-                          JOIN pg_catalog.pg_type t0 ON t0.oid = a.atttypid
-                          JOIN pg_catalog.pg_type b
-                            ON b.oid = CASE WHEN t0.typtype = 'd' THEN t0.typbasetype ELSE t0.oid END
-                          LEFT JOIN pg_catalog.pg_type e
-                            ON e.oid = b.typelem AND b.typcategory = 'A'
-                          JOIN pg_catalog.pg_type ty
-                            ON ty.oid = CASE WHEN e.oid IS NULL THEN b.oid
-                                             WHEN e.typtype = 'd' THEN e.typbasetype
-                                             ELSE e.oid END
+                          FROM observers_column_types(k.rel) ct(oid)
                           JOIN pg_catalog.pg_cast c
-                            ON c.castsource = ty.oid AND c.casttarget = 'json'::regtype
+                            ON c.castsource = ct.oid AND c.casttarget = 'json'::regtype
                            AND c.castfunc <> 0
                           JOIN pg_catalog.pg_proc f ON f.oid = c.castfunc
-                         WHERE a.attrelid = k.rel AND a.attnum > 0 AND NOT a.attisdropped
-                           AND ty.oid >= 16384), '{}') AS json_casts,
+                         WHERE ct.oid >= 16384), '{}') AS json_casts,
                     (SELECT t.tgenabled::text
                        FROM pg_catalog.pg_trigger t
                        JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
@@ -939,6 +921,13 @@ const LIST_SQL: &str = "WITH k AS (
                            ORDER BY e.id DESC
                            LIMIT $4) AS unkeyed
                FROM k
+               -- The row trigger: its state, and which capture function it runs.
+               LEFT JOIN LATERAL (
+                   SELECT t.tgenabled::text AS state, p.proname::text AS function
+                     FROM pg_catalog.pg_trigger t
+                     JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                    WHERE t.tgrelid = k.rel AND t.tgname = $1 AND NOT t.tgisinternal
+                      AND p.proname IN ('observers_capture', 'observers_capture_json')) rt ON true
          )
          SELECT t.table_schema AS schema, t.table_name AS table, t.entity_type, t.id_column,
                 t.tenant_column, t.enabled_at,
