@@ -1106,11 +1106,7 @@ async fn a_json_value_jsonb_cannot_hold_never_fails_the_write(pool: PgPool) {
          CREATE TABLE plain (id int PRIMARY KEY, v text)",
     )
     .await;
-    for (table, entity) in [("docs", "Doc"), ("plain", "Plain")] {
-        capture::enable(&pool, &CaptureSpec::new(table, entity))
-            .await
-            .unwrap();
-    }
+    enable_all(&pool, &[("docs", "Doc"), ("plain", "Plain")]).await;
     exec(
         &pool,
         r#"INSERT INTO docs VALUES (1, '{"a": "\\u0000", "big": 1e131071}', 1.50),
@@ -1263,11 +1259,7 @@ async fn a_cast_to_json_on_a_captured_columns_type_is_flagged(pool: PgPool) {
          CREATE TABLE plain (id int PRIMARY KEY, m text)",
     )
     .await;
-    for (table, entity) in [("people", "Person"), ("plain", "Plain")] {
-        capture::enable(&pool, &CaptureSpec::new(table, entity))
-            .await
-            .unwrap();
-    }
+    enable_all(&pool, &[("people", "Person"), ("plain", "Plain")]).await;
     exec(&pool, "INSERT INTO people VALUES (1, ARRAY['ok']::calm[])").await;
     let rows = log_rows(&pool).await;
     assert_eq!(
@@ -1333,4 +1325,13 @@ async fn migrate_without_the_owner_role_keeps_the_functions_and_works(pool: PgPo
         .unwrap();
     exec(&pool, "INSERT INTO notes VALUES (1, 'kept')").await;
     assert_eq!(log_rows(&pool).await.len(), 1);
+}
+
+/// Captures each `(table, entity)`.
+async fn enable_all(pool: &PgPool, captures: &[(&str, &str)]) {
+    for (table, entity) in captures {
+        capture::enable(pool, &CaptureSpec::new(*table, *entity))
+            .await
+            .unwrap();
+    }
 }

@@ -424,14 +424,7 @@ async fn unbroken_rows_are_read_without_the_horizon_and_a_gap_is_waited_for(pool
     let cursor = batch[2].cursor();
 
     // A writer in flight holds the next id; another commits the one after it.
-    let mut held = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
-         VALUES ('T', 'held', 'insert', '{}')",
-    )
-    .execute(&mut *held)
-    .await
-    .unwrap();
+    let held = row_in_flight(&pool, "held").await;
     log_row(&pool, "behind", "insert").await;
     for _ in 0..3 {
         assert!(
@@ -446,16 +439,25 @@ async fn unbroken_rows_are_read_without_the_horizon_and_a_gap_is_waited_for(pool
     let cursor = batch[1].cursor();
 
     // An id rolled back is a gap for good: the horizon lets the reader pass it.
-    let mut rolled_back = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
-         VALUES ('T', 'gone', 'insert', '{}')",
-    )
-    .execute(&mut *rolled_back)
-    .await
-    .unwrap();
-    rolled_back.rollback().await.unwrap();
+    row_in_flight(&pool, "gone").await.rollback().await.unwrap();
     log_row(&pool, "after gap", "insert").await;
     let batch = fetch_final(&src, cursor, 100, 1).await;
     assert_eq!(ids(&batch), ["after gap"]);
+}
+
+/// An open transaction that logged an insert of `entity_id` (its id drawn, not yet final).
+async fn row_in_flight(
+    pool: &PgPool,
+    entity_id: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('T', $1, 'insert', '{}')",
+    )
+    .bind(entity_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
 }
