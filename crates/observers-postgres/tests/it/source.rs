@@ -461,3 +461,41 @@ async fn row_in_flight(
     .unwrap();
     tx
 }
+
+/// The poller reads only the sequence while no id was drawn past what the reader has; an id
+/// drawn before the reader began to wait, by a transaction that commits while it waits, draws
+/// no new id at commit. The poller still wakes the reader then (the sequence is past what it
+/// knows final, so it reads the horizon), and the row is read.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_waiting_reader_is_woken_when_an_id_drawn_earlier_commits(pool: PgPool) {
+    log_row(&pool, "first", "insert").await;
+    let src = PgEventSource::new(pool.clone());
+    let batch = fetch_final(&src, Cursor::START, 10, 1).await;
+    let cursor = batch[0].cursor();
+    let held = row_in_flight(&pool, "late").await;
+    assert!(src.fetch(cursor, 10).await.unwrap().is_empty());
+    let commit = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.commit().await.unwrap();
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (mut read, mut woken) = (Vec::new(), false);
+    while read.is_empty() && tokio::time::Instant::now() < deadline {
+        woken = src.wait_for_changes(Duration::from_secs(30)).await;
+        read = src.fetch(cursor, 10).await.unwrap();
+    }
+    commit.await.unwrap();
+    assert!(
+        woken,
+        "the reader was woken for it, not by its wait running out"
+    );
+    assert_eq!(
+        read.len(),
+        1,
+        "the row committed while the reader waited is read"
+    );
+    assert!(
+        src.horizon_poll_scans() >= 1,
+        "the poller read the horizon for the drawn id"
+    );
+}
