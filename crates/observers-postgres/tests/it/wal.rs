@@ -1236,3 +1236,47 @@ async fn in_a_latin1_database_json_escapes_the_encoding_lacks_do_not_stall_the_r
     assert_eq!(errors, 1);
     db.drop().await;
 }
+
+/// The relay's careful path (values that no longer read into the row type, kept as text) and a
+/// json value jsonb cannot hold, in one change: both are kept as text, the change is delivered,
+/// and each problem has its row in `observer_capture_errors`.
+#[tokio::test]
+async fn a_retyped_column_and_an_unfit_json_value_in_one_change_are_both_kept() {
+    let Some(db) = WalDb::new("both").await else {
+        return;
+    };
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v interval, doc json)")
+        .await;
+    db.capture("t", "T").await;
+    db.exec(r#"INSERT INTO t VALUES (1, '1 day', '["\u0000"]')"#)
+        .await;
+    db.exec("ALTER TABLE t ALTER COLUMN v TYPE int USING 0")
+        .await;
+    db.exec("INSERT INTO t VALUES (2, 5, '[2]')").await;
+    let relay = db.relay();
+    let events = db.events(2).await;
+    stop(relay).await;
+    let first = events[0].after.clone().unwrap();
+    assert_eq!(first["v"], "1 day");
+    assert_eq!(first["doc"], r#"["\u0000"]"#);
+    assert_eq!(
+        events[1].after.clone().unwrap()["doc"],
+        serde_json::json!([2])
+    );
+    let errors: Vec<(Option<i64>, String)> =
+        sqlx::query_as("SELECT change_id, error FROM observer_capture_errors ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.1.contains("kept 1 change(s) as text"))
+            && errors
+                .iter()
+                .any(|e| e.0.is_some() && e.1.contains(r#"json column(s) "doc""#)),
+        "{errors:?}"
+    );
+    db.drop().await;
+}
