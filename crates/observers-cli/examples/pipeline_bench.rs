@@ -24,6 +24,7 @@ use observers_core::executor::{ActionSlot, CompiledObserver};
 use observers_core::retry::RetryPolicy;
 use observers_core::stores::checkpoint::CheckpointStore;
 use observers_core::{Cursor, EventKind, ObserverExecutor, ObserverSet};
+use observers_postgres::wal::direct::{WalDirect, WalDirectListener};
 use observers_postgres::{ChangeLogListener, PgPool, PostgresCheckpointStore};
 use sqlx::{Connection, Executor};
 use tokio::sync::watch;
@@ -177,7 +178,7 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
             .await
             .unwrap();
         wal_capture(pool, "orders_wal", "OrderWal").await;
-        tables.extend(["orders_pub", "orders_wal"]);
+        tables.extend(["orders_pub", "orders_wal", "orders_direct"]);
     }
     let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
     let mut cpu: Vec<Cpu> = vec![Cpu::default(); tables.len()];
@@ -188,11 +189,18 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
             let consumer = match *t {
                 "orders_pub" => Some(Consumer::bare(pool).await),
                 "orders_wal" => Some(Consumer::wal(pool).await),
+                "orders_direct" => Some(Consumer::direct(pool).await),
                 _ => None,
             };
             let before = Cpu::now();
             // pgbench runs off the runtime's threads, which the relay and listener need.
-            let table = (*t).to_owned();
+            // The direct consumer's rounds write the WAL-captured table too.
+            let table = if *t == "orders_direct" {
+                "orders_wal"
+            } else {
+                t
+            }
+            .to_owned();
             let tps = tokio::task::spawn_blocking(move || pgbench_insert_tps(&table, 8, 6))
                 .await
                 .unwrap();
@@ -237,10 +245,17 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
             source / none,
             source / bare
         );
+        let direct = median(&mut rounds[6]);
         println!(
-            "  CPU during the rounds (share of one core, /proc): bare consumer {}; WAL source {}\n",
+            "  WAL direct delivery   {direct:>8.0} tx/s  {:.2}x uncaptured, {:.2}x the bare pgoutput consumer (wal_delivery = \"direct\")",
+            direct / none,
+            direct / bare
+        );
+        println!(
+            "  CPU during the rounds (share of one core, /proc): bare consumer {}; WAL source {}; direct delivery {}\n",
             cpu[4].report("pg_recvlogical"),
-            cpu[5].report("relay + listener")
+            cpu[5].report("relay + listener"),
+            cpu[6].report("stream + listener")
         );
     }
     new
@@ -368,6 +383,23 @@ enum Consumer {
         stop: watch::Sender<bool>,
         tasks: Vec<tokio::task::JoinHandle<()>>,
     },
+}
+
+impl Consumer {
+    /// Direct delivery (`wal_delivery = "direct"`) with a no-op action, from the current
+    /// position.
+    async fn direct(pool: &PgPool) -> Self {
+        advance(pool, "observers").await;
+        let listener = direct_noop(pool, "wal-direct-writer", Arc::default());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            listener.run(rx).await.unwrap();
+        });
+        Self::Wal {
+            stop,
+            tasks: vec![task],
+        }
+    }
 }
 
 impl Consumer {
@@ -569,20 +601,26 @@ async fn latency_at(
     arrivals: &Arrivals,
     rate: u32,
     seconds: u32,
+    direct: bool,
 ) -> (f64, f64, f64) {
     arrivals.lock().unwrap().clear();
-    let start = last_cursor(pool).await;
-    let checkpoints = Arc::new(PostgresCheckpointStore::new(pool.clone()));
-    checkpoints.save("latency", start, 0).await.unwrap();
     let observer = CompiledObserver::new("latency", "Order", vec![EventKind::Insert])
         .with_action(webhook_slot(url));
     let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(10));
     let executor = Arc::new(ObserverExecutor::builder(set).build());
     let mut cfg = listener_config("latency");
     cfg.poll_interval = Duration::from_secs(1);
-    let listener = ChangeLogListener::new(pool.clone(), checkpoints, executor, cfg);
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(async move { listener.run(rx).await });
+    let task = if direct {
+        let listener = WalDirectListener::new(direct_consumer(pool, "latency"), executor, &cfg);
+        tokio::spawn(async move { listener.run(rx).await })
+    } else {
+        let start = last_cursor(pool).await;
+        let checkpoints = Arc::new(PostgresCheckpointStore::new(pool.clone()));
+        checkpoints.save("latency", start, 0).await.unwrap();
+        let listener = ChangeLogListener::new(pool.clone(), checkpoints, executor, cfg);
+        tokio::spawn(async move { listener.run(rx).await })
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let commits: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
@@ -738,7 +776,7 @@ async fn main() {
         http / raw_http
     );
 
-    let (p50, p99, delivered) = latency_at(&pool, &url, &arrivals, 1000, 10).await;
+    let (p50, p99, delivered) = latency_at(&pool, &url, &arrivals, 1000, 10, false).await;
     println!(
         "commit-to-webhook latency at 1,000 changes/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({:.1}% delivered)",
         delivered * 100.0
@@ -804,13 +842,68 @@ async fn wal_source(
         drain / trigger_drain
     );
 
-    let (p50, p99, delivered) = latency_at(pool, url, arrivals, 1000, 10).await;
+    let (p50, p99, delivered) = latency_at(pool, url, arrivals, 1000, 10, false).await;
     println!(
         "WAL source commit-to-webhook latency at 1,000 changes/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({:.1}% delivered; trigger p99 {trigger_p99:.1} ms)",
         delivered * 100.0
     );
     stop_relay.send(true).unwrap();
     relay_task.await.unwrap();
+
+    // Direct delivery: the same backlog, written while nothing streams the slot, then drained
+    // from the stream (the consumer starts after what the relay copied).
+    sqlx::query("INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)")
+        .bind(i64::try_from(rows).unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let listener = direct_noop(pool, "drain-direct", count.clone());
+    let (stop_listener, listener_rx) = watch::channel(false);
+    let started = Instant::now();
+    let listener_task = tokio::spawn(async move { listener.run(listener_rx).await });
+    while count.load(Ordering::Relaxed) < rows {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let direct_drain = rows as f64 / started.elapsed().as_secs_f64();
+    stop_listener.send(true).unwrap();
+    listener_task.await.unwrap().unwrap();
+    println!(
+        "WAL direct delivery backlog drain, no-op action: {direct_drain:.0} events/s = {:.2}x the trigger source's, {:.2}x the relay's",
+        direct_drain / trigger_drain,
+        direct_drain / drain
+    );
+    let (p50, p99, delivered) = latency_at(pool, url, arrivals, 1000, 10, true).await;
+    println!(
+        "WAL direct delivery commit-to-webhook latency at 1,000 changes/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({:.1}% delivered; trigger p99 {trigger_p99:.1} ms)",
+        delivered * 100.0
+    );
+}
+
+/// A direct consumer of the default slot (`wal_delivery = "direct"`), checkpointed as
+/// `{id}:wal`.
+fn direct_consumer(pool: &PgPool, id: &str) -> WalDirect {
+    WalDirect::new(
+        pool.clone(),
+        &db_url(),
+        observers_postgres::wal::WalSettings::default(),
+        id,
+        None,
+    )
+    .unwrap()
+}
+
+/// A direct consumer that runs every event through a no-op action (counted in `count`).
+fn direct_noop(pool: &PgPool, id: &str, count: Arc<AtomicUsize>) -> WalDirectListener {
+    let observer = CompiledObserver::new("bench", "*", EventKind::ALL.to_vec())
+        .with_action(ActionSlot::new(Arc::new(Noop(count)), "noop"));
+    let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(10));
+    let executor = Arc::new(
+        ObserverExecutor::builder(set)
+            .max_concurrent_actions(128)
+            .build(),
+    );
+    WalDirectListener::new(direct_consumer(pool, id), executor, &listener_config(id))
 }
 
 /// The WAL source's relay on the default slot and publication.

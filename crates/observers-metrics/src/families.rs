@@ -673,7 +673,7 @@ impl ObserverMetrics {
             ),
             wal_relayed: reg!(
                 "observer_wal_relayed_changes",
-                "Changes the WAL relay copied from the replication slot into the change log, by slot",
+                "Changes taken from the replication slot (copied into the change log, or with wal_delivery = \"direct\" handed to the executor), by slot",
                 Family::default()
             ),
             wal_slot_lag: reg!(

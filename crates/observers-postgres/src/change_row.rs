@@ -114,6 +114,66 @@ pub fn decode_text(
     }
 }
 
+/// A change the WAL stream gave, with its row images as JSON text (see [`decode_stream`]).
+pub(crate) struct StreamChange<'a> {
+    pub id: i64,
+    pub txid: i64,
+    pub entity_type: &'a str,
+    pub id_column: &'a str,
+    pub tenant_column: Option<&'a str>,
+    pub operation: &'a str,
+    /// The tenant and user of an `observers` logical message earlier in the transaction.
+    pub tenant: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Decodes a change the WAL stream gave into what the change log's row of it would decode to:
+/// the entity id is the id column's value in the row image (`after`, else `before`) as `->>`
+/// reads it (`''` when missing), the tenant the tenant column's value, else the logical
+/// message's.
+pub(crate) fn decode_stream(change: StreamChange<'_>) -> SourceItem {
+    let mut problems = Vec::new();
+    let before = json_cell("before", change.before, &mut problems);
+    let after = json_cell("after", change.after, &mut problems);
+    let field = |column: &str| -> Option<String> {
+        let image = after.as_ref().or(before.as_ref())?;
+        let Image::Json(Value::Object(row)) = image else {
+            return None;
+        };
+        match row.get(column)? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    };
+    let entity_id = field(change.id_column).unwrap_or_default();
+    let tenant_id = change
+        .tenant_column
+        .and_then(field)
+        .or_else(|| change.tenant.map(str::to_owned));
+    let fields = Fields {
+        id: change.id,
+        txid: change.txid,
+        entity_type: Some(change.entity_type.to_owned()),
+        entity_id: Some(entity_id),
+        operation: Some(change.operation.to_owned()),
+        tenant_id,
+        user_id: change.user.map(str::to_owned),
+        before,
+        after,
+        created_at: Some(change.created_at),
+    };
+    let cursor = Cursor::new(change.id);
+    if problems.is_empty() {
+        fields.into_item(cursor)
+    } else {
+        fields.poison(cursor, problems.join("; "))
+    }
+}
+
 /// A text column, or (when it is not valid UTF-8, which a `SQL_ASCII` database lets through) its
 /// bytes decoded lossily with the problem recorded.
 fn text_cell(row: &PgRow, col: &str, problems: &mut Vec<String>) -> Option<String> {

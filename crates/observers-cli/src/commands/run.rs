@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use observers_core::config::Config;
 use observers_core::{ObserverExecutor, ObserverSet};
-use observers_postgres::{ChangeLogListener, PostgresCheckpointStore};
+use observers_postgres::wal::direct::WalDirectListener;
+use observers_postgres::{ChangeLogListener, PgPool, PostgresCheckpointStore};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -41,7 +43,15 @@ pub async fn run(config_path: &Path) -> CliResult {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let retention = retention::spawn(&config, &pool, metrics.clone(), stop_rx.clone());
-    let relay = super::wal::spawn(&config, &url, &pool, metrics.clone(), stop_rx.clone())?;
+    let direct = super::wal::direct(&config, &url, &pool, executor.clone())?;
+    let relay = super::wal::spawn(
+        &config,
+        &url,
+        &pool,
+        metrics.clone(),
+        direct.as_ref().map(WalDirectListener::streamed_changes),
+        stop_rx.clone(),
+    )?;
     let mut ops_tasks =
         ops::start(&config, &pool, &executor, metrics, &search, stop_rx.clone()).await?;
     ops_tasks.extend(retention);
@@ -81,23 +91,7 @@ pub async fn run(config_path: &Path) -> CliResult {
         if config.ha.enabled {
             return super::ha::run_group(&config, &pool, executor.clone(), stop_rx).await;
         }
-        let checkpoints = Arc::new(
-            PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()),
-        );
-        // A consumer that ran partitioned before reads on from its lowest partition cursor.
-        let consumer = config.source.listener_id.as_str();
-        checkpoints
-            .adopt_partitions(consumer, 1, &[consumer.to_owned()])
-            .await?;
-        let listener = ChangeLogListener::new(
-            pool.clone(),
-            checkpoints,
-            executor.clone(),
-            engine::listener_config(&config),
-        );
-        let stats = listener.run(stop_rx).await?;
-        tracing::info!(cursor = %stats.cursor, events = stats.events, "stopped cleanly");
-        CliResult::Ok(())
+        single(&config, &pool, &executor, direct.as_ref(), stop_rx).await
     };
     tokio::select! {
         result = work => result?,
@@ -111,6 +105,45 @@ pub async fn run(config_path: &Path) -> CliResult {
     super::queue::join(workers).await;
     search.shutdown().await;
     pool.close().await;
+    Ok(())
+}
+
+/// `observers run` without HA: the change-log listener and, with direct WAL delivery, the
+/// stream's consumer beside it, until `stop`.
+async fn single(
+    config: &Config,
+    pool: &PgPool,
+    executor: &Arc<ObserverExecutor>,
+    direct: Option<&WalDirectListener>,
+    stop_rx: watch::Receiver<bool>,
+) -> CliResult {
+    let checkpoints =
+        Arc::new(PostgresCheckpointStore::new(pool.clone()).with_instance(engine::instance_id()));
+    // A consumer that ran partitioned before reads on from its lowest partition cursor.
+    let consumer = config.source.listener_id.as_str();
+    checkpoints
+        .adopt_partitions(consumer, 1, &[consumer.to_owned()])
+        .await?;
+    let listener = ChangeLogListener::new(
+        pool.clone(),
+        checkpoints,
+        executor.clone(),
+        engine::listener_config(config),
+    );
+    // With direct WAL delivery the change log still has its listener: trigger captures,
+    // Debezium ingest and what a relay copied before are delivered from it.
+    let stream = async {
+        match direct {
+            Some(direct) => direct.run(stop_rx.clone()).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (stats, streamed) = tokio::join!(listener.run(stop_rx.clone()), stream);
+    let (stats, streamed) = (stats?, streamed?);
+    tracing::info!(cursor = %stats.cursor, events = stats.events, "stopped cleanly");
+    if let Some(s) = streamed {
+        tracing::info!(cursor = %s.cursor, events = s.events, "WAL stream stopped cleanly");
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `[source] kind = "wal"` inside `observers run`: the relay that copies the replication slot's
-//! stream into the change log, and a monitor that exports the slot's lag and retained WAL every
+//! stream into the change log (or, with `wal_delivery = "direct"`, the consumer that delivers
+//! from the stream), and a monitor that exports the slot's lag and retained WAL every
 //! few seconds. Under HA only the group's leader runs the relay: it starts when this instance
 //! becomes the leader and stops when it no longer is. (PostgreSQL lets one connection stream a
 //! slot at a time, and each relay transaction checks and advances the slot's progress row under
@@ -7,13 +8,15 @@
 //! one.)
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use observers_core::config::{Config, SourceKind};
+use observers_core::ObserverExecutor;
+use observers_core::config::{Config, SourceKind, WalDelivery};
 use observers_core::listener::sleep_or_shutdown;
 use observers_metrics::ObserverMetrics;
 use observers_postgres::PgPool;
+use observers_postgres::wal::direct::{WalDirect, WalDirectListener};
 use observers_postgres::wal::{self, WalRelay, WalSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,28 +38,65 @@ pub fn settings(config: &Config) -> WalSettings {
     }
 }
 
-/// Starts the relay and the slot monitor when the source kind is `wal`.
+/// The direct consumer of the slot (`wal_delivery = "direct"`), when the config has one.
+pub fn direct(
+    config: &Config,
+    url: &str,
+    pool: &PgPool,
+    executor: Arc<ObserverExecutor>,
+) -> CliResult<Option<WalDirectListener>> {
+    if config.source.kind != SourceKind::Wal || config.source.wal_delivery != WalDelivery::Direct {
+        return Ok(None);
+    }
+    let direct = WalDirect::new(
+        pool.clone(),
+        url,
+        settings(config),
+        &config.source.listener_id,
+        Some(super::engine::instance_id()),
+    )
+    .map_err(|e| crate::Exit::usage(anyhow::anyhow!("[source] kind = \"wal\": {e}")))?;
+    Ok(Some(WalDirectListener::new(
+        direct,
+        executor,
+        &super::engine::listener_config(config),
+    )))
+}
+
+/// Starts the relay (unless `streamed` counts a direct consumer's changes) and the slot
+/// monitor when the source kind is `wal`.
 pub fn spawn(
     config: &Config,
     url: &str,
     pool: &PgPool,
     metrics: Option<Arc<ObserverMetrics>>,
+    streamed: Option<Arc<AtomicU64>>,
     stop: watch::Receiver<bool>,
 ) -> CliResult<Vec<JoinHandle<()>>> {
     if config.source.kind != SourceKind::Wal {
         return Ok(Vec::new());
     }
-    let relay = WalRelay::new(pool.clone(), url, settings(config))
-        .map_err(|e| crate::Exit::usage(anyhow::anyhow!("[source] kind = \"wal\": {e}")))?;
-    let relayed_changes = relay.relayed_changes();
-    let slot = config.source.slot.clone();
-    let relay_stop = stop.clone();
-    let relay_task = if config.ha.enabled {
-        let (config, pool) = (config.clone(), pool.clone());
-        tokio::spawn(async move { relay_while_leading(relay, &config, &pool, relay_stop).await })
+    let mut tasks = Vec::new();
+    let relayed_changes = if let Some(streamed) = streamed {
+        streamed
     } else {
-        tokio::spawn(async move { relay.run(relay_stop).await })
+        {
+            let relay = WalRelay::new(pool.clone(), url, settings(config))
+                .map_err(|e| crate::Exit::usage(anyhow::anyhow!("[source] kind = \"wal\": {e}")))?;
+            let relayed_changes = relay.relayed_changes();
+            let relay_stop = stop.clone();
+            tasks.push(if config.ha.enabled {
+                let (config, pool) = (config.clone(), pool.clone());
+                tokio::spawn(
+                    async move { relay_while_leading(relay, &config, &pool, relay_stop).await },
+                )
+            } else {
+                tokio::spawn(async move { relay.run(relay_stop).await })
+            });
+            relayed_changes
+        }
     };
+    let slot = config.source.slot.clone();
     let monitor_pool = pool.clone();
     let mut monitor_stop = stop;
     let monitor = tokio::spawn(async move {
@@ -79,7 +119,8 @@ pub fn spawn(
             sleep_or_shutdown(MONITOR_EVERY, &mut monitor_stop).await;
         }
     });
-    Ok(vec![relay_task, monitor])
+    tasks.push(monitor);
+    Ok(tasks)
 }
 
 /// Runs `relay` while this instance leads its HA group, until `stop`.

@@ -203,6 +203,144 @@ async fn wal_source_under_observers_run_survives_sigkill() {
     wal_instance().await;
 }
 
+/// `wal_delivery = "direct"` under `observers run`: changes committed before `run` starts and
+/// while it is killed with SIGKILL and started again are all delivered, in commit order per
+/// entity, a redelivered change with the same `webhook-id`; nothing of the WAL table is written
+/// to the change log, while a table captured by trigger in the same database is delivered
+/// beside it; `status` lists the stream's checkpoint. Under `[ha]` the mode is refused (exit 2).
+// One scenario, read top to bottom.
+#[allow(clippy::too_many_lines)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_wal_delivery_under_observers_run_survives_sigkill() {
+    let Some(db) = TestDb::on_logical("direct").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL);
+         CREATE TABLE notes (id int PRIMARY KEY, body text)",
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&db, &rx).replace(
+        "kind = \"wal\"\n",
+        "kind = \"wal\"\nwal_delivery = \"direct\"\n",
+    ) + &format!(
+        r#"
+[[observers]]
+name = "notes"
+entity = "Note"
+events = ["insert"]
+
+  [[observers.actions]]
+  type = "webhook"
+  url = "{base}/hooks/notes"
+"#,
+        base = rx.base
+    );
+    let path = write_config(&dir, &text);
+    let conf = path.to_str().unwrap();
+    capture_counters(&db, &path);
+    let out = cli(
+        &db,
+        &[
+            "capture", "enable", "--config", conf, "--table", "notes", "--entity", "Note",
+            "--kind", "trigger",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    db.exec("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g")
+        .await;
+    let log = dir.path().join("run.log");
+    let mut run = spawn_run(&path, &log);
+    let base = ops_url(&log).await;
+    wait_until("the five inserts", LONG, || rx.count() >= 5).await;
+    let writer = count_up(&db, 40, Duration::ZERO);
+    wait_until("some updates delivered", LONG, || rx.count() >= 30).await;
+    signal(&run, "KILL");
+    let _ = wait_exit(&mut run, Duration::from_secs(10)).await;
+    writer.await.unwrap();
+    drop(base);
+    let log2 = dir.path().join("run2.log");
+    let mut run = spawn_run(&path, &log2);
+    let base2 = ops_url(&log2).await;
+    wait_until("every counter reaches 40", LONG, || {
+        let s = sequences(&rx);
+        s.len() == 5 && s.values().all(|v| v.last() == Some(&40))
+    })
+    .await;
+    assert_counted_up_to(&rx, 40);
+    // A change delivered twice (in flight at the kill) kept its idempotency key.
+    let mut keys: BTreeMap<(String, i64), std::collections::BTreeSet<String>> = BTreeMap::new();
+    for d in rx.deliveries() {
+        if let Some(n) = d.body["data"]["n"].as_i64() {
+            let entity = d.body["entity_id"].as_str().unwrap_or("").to_owned();
+            keys.entry((entity, n))
+                .or_default()
+                .insert(d.webhook_id.clone());
+        }
+    }
+    for (change, ids) in &keys {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{change:?} delivered under several keys: {ids:?}"
+        );
+    }
+
+    db.exec("INSERT INTO notes VALUES (1, 'by trigger')").await;
+    wait_until("the trigger-captured note", LONG, || {
+        rx.deliveries().iter().any(|d| d.path.ends_with("/notes"))
+    })
+    .await;
+    let logged: Vec<String> =
+        sqlx::query_scalar("SELECT entity_type FROM observer_change_log ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        logged,
+        ["Note"],
+        "only the trigger's change is in the change log"
+    );
+    scrape_until(&base2, "the stream's counter", |s| {
+        s.sum("observer_wal_relayed_changes_total", &[]) > 0.0
+    })
+    .await;
+    let status = cli(&db, &["status", "--url", &base2]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("wal:wal"),
+        "the stream's checkpoint is listed: {text}"
+    );
+    signal(&run, "TERM");
+    assert_eq!(wait_exit(&mut run, Duration::from_secs(15)).await, Some(0));
+
+    // Under HA the mode is refused, saying why.
+    let ha = dir.path().join("ha.toml");
+    std::fs::write(
+        &ha,
+        format!(
+            "{text}\n[ha]\nenabled = true\n",
+            text = std::fs::read_to_string(&path).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = cli(&db, &["run", "--config", ha.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("wal_delivery = \"direct\" does not run under [ha]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The config of instance `name` in an HA group on the WAL source: `config` plus `[ha]`, without
 /// the metrics server. Returns its path and the path of its log.
 fn ha_instance(

@@ -160,6 +160,28 @@ pub struct SourceConfig {
     pub slot: String,
     /// `kind = "wal"`: the publication `capture enable` adds tables to.
     pub publication: String,
+    /// `kind = "wal"`: how the stream's changes reach the observers: `change_log` (a relay
+    /// copies them into the change log, from where they are delivered like trigger-captured
+    /// ones) or `direct` (delivered from the stream, with nothing written per change).
+    pub wal_delivery: WalDelivery,
+}
+
+/// `[source] wal_delivery`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalDelivery {
+    #[default]
+    ChangeLog,
+    Direct,
+}
+
+impl WalDelivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalDelivery::ChangeLog => "change_log",
+            WalDelivery::Direct => "direct",
+        }
+    }
 }
 
 /// `[source] kind`.
@@ -210,6 +232,7 @@ impl Default for SourceConfig {
             kind: SourceKind::Trigger,
             slot: "observers".into(),
             publication: "observers".into(),
+            wal_delivery: WalDelivery::ChangeLog,
         }
     }
 }
@@ -239,6 +262,13 @@ impl SourceConfig {
         }
         validate_replication_name("slot", &self.slot)?;
         validate_replication_name("publication", &self.publication)?;
+        if self.wal_delivery == WalDelivery::Direct && self.kind != SourceKind::Wal {
+            return Err(format!(
+                "wal_delivery = \"direct\" delivers from a replication slot: it needs \
+                 kind = \"wal\" (kind is \"{}\")",
+                self.kind.as_str()
+            ));
+        }
         Ok(())
     }
 }

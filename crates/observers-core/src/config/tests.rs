@@ -183,6 +183,18 @@ fn bad_values_name_the_key() {
         "source",
         &["publication", "1 to 63"],
     );
+    check(
+        "[source]\nwal_delivery = \"direct\"\n",
+        1,
+        "source",
+        &["wal_delivery", "kind = \"wal\"", "\"trigger\""],
+    );
+    check(
+        "[source]\nkind = \"wal\"\nwal_delivery = \"copy\"\n",
+        3,
+        "source.wal_delivery",
+        &["copy", "change_log", "direct"],
+    );
     check("[retry]\nmultiplier = 0.5\n", 1, "retry", &["multiplier"]);
     check(
         &format!("{OBS}events = [\"upsert\"]\n[[observers.actions]]\ntype = \"log\"\n"),

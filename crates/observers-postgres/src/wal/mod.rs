@@ -24,6 +24,7 @@
 //! - Only one connection can stream a slot at a time (PostgreSQL refuses a second), and the
 //!   progress row is locked by each relay transaction: two instances never both copy.
 
+pub mod direct;
 pub mod pgoutput;
 pub mod render;
 pub mod slot;
@@ -93,6 +94,8 @@ struct Rel {
     /// the same keeping the text values (see [`insert_sql`]); built once per Relation message.
     insert_typed: String,
     insert_text: String,
+    /// The table's row type, quoted (`schema.name`).
+    type_name: String,
     /// How each column's value is written into the row image.
     renders: Vec<Render>,
     /// The relay renders every column as `to_jsonb` does (see [`render`]): the row images are
@@ -121,6 +124,7 @@ impl Rel {
         Self {
             insert_typed: insert_sql(Some(type_name)),
             insert_text: insert_sql(None),
+            type_name: type_name.to_owned(),
             exact: exact.is_some(),
             renders,
             relation,
@@ -350,41 +354,14 @@ impl WalRelay {
 
     /// Streams until `shutdown` turns true. Errors are logged and retried with backoff (a slot
     /// streamed by another instance is waited for quietly).
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        const FIRST: Duration = Duration::from_millis(200);
-        let mut backoff = FIRST;
-        let mut quiet = false;
-        while !*shutdown.borrow() {
-            let started = tokio::time::Instant::now();
-            let result = self.session(shutdown.clone()).await;
-            // A session that streamed for a while was healthy: the next failure is a new one
-            // and starts again from the shortest wait.
-            if started.elapsed() >= HEALTHY_SESSION {
-                backoff = FIRST;
-            }
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    let text = e.to_string();
-                    if text.contains("is active for PID") {
-                        if !quiet {
-                            tracing::info!(slot = %self.settings.slot,
-                                "the replication slot is streamed by another instance; waiting for it");
-                            quiet = true;
-                        }
-                    } else {
-                        quiet = false;
-                        tracing::warn!(slot = %self.settings.slot, error = %text,
-                            "the WAL relay stopped; reconnecting");
-                    }
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
+        reconnecting(
+            &self.settings.slot,
+            "WAL relay",
+            shutdown,
+            |stop| async move { self.session(stop).await.map(|()| true) },
+        )
+        .await;
     }
 
     /// One replication connection, from the progress row's LSN.
@@ -461,8 +438,14 @@ impl WalRelay {
                 ReplicationEvent::XLogData { data, .. } => {
                     let message = pgoutput::decode(&data)
                         .map_err(|e| PgError::Invalid(format!("WAL relay: {e}")))?;
-                    self.apply(message, &mut rels, &mut captures, held.current.as_mut())
-                        .await?;
+                    apply(
+                        &self.pool,
+                        message,
+                        &mut rels,
+                        &mut captures,
+                        held.current.as_mut(),
+                    )
+                    .await?;
                     if let Some(part) = held.part_due() {
                         // A big source transaction: what came so far goes out as a part, after
                         // the write in flight.
@@ -523,107 +506,6 @@ impl WalRelay {
         self.write_next(client, &mut writing, held.take_pending(), None)
             .await?;
         confirm(client, finish(&mut writing).await?);
-        Ok(())
-    }
-
-    async fn apply(
-        &self,
-        message: Message,
-        rels: &mut HashMap<u32, Arc<Rel>>,
-        captures: &mut HashMap<(String, String), Capture>,
-        tx: Option<&mut Tx>,
-    ) -> Result<(), PgError> {
-        let rel_of = |rels: &HashMap<u32, Arc<Rel>>, id: u32| {
-            rels.get(&id).cloned().ok_or_else(|| {
-                PgError::Invalid(format!(
-                    "WAL relay: a change of relation {id} arrived before its Relation message"
-                ))
-            })
-        };
-        let push = |tx: Option<&mut Tx>,
-                    rel,
-                    operation,
-                    before: Option<(String, Vec<String>)>,
-                    after: Option<(String, Vec<String>)>| {
-            if let Some(tx) = tx {
-                let context = tx.context.clone();
-                let (before, before_unfit) = before.unzip();
-                let (after, after_unfit) = after.unzip();
-                let mut unfit = before_unfit.unwrap_or_default();
-                for column in after_unfit.into_iter().flatten() {
-                    if !unfit.contains(&column) {
-                        unfit.push(column);
-                    }
-                }
-                tx.changes.push(Change {
-                    rel,
-                    operation,
-                    before,
-                    after,
-                    unfit,
-                    context,
-                });
-            }
-        };
-        match message {
-            Message::Relation(relation) => {
-                let key = (relation.schema.clone(), relation.name.clone());
-                if !captures.contains_key(&key) {
-                    *captures = load_captures(&self.pool).await?;
-                }
-                let capture = captures.get(&key).cloned();
-                if capture.is_none() {
-                    tracing::warn!(table = %format!("{}.{}", key.0, key.1),
-                        "the publication streams a table with no wal capture; its changes are skipped");
-                }
-                // The row type's name, and how many columns the table has now: one the stream
-                // does not send (a generated column) is in `to_jsonb`'s output, so such a table
-                // keeps the server's conversion.
-                let (type_name, live_columns, utf8): (String, i64, bool) = sqlx::query_as(
-                    "SELECT format('%I.%I', $1, $2),
-                            (SELECT count(*) FROM pg_catalog.pg_attribute
-                              WHERE attrelid = pg_catalog.to_regclass(format('%I.%I', $1, $2))
-                                AND attnum > 0 AND NOT attisdropped),
-                            pg_catalog.current_setting('server_encoding') = 'UTF8'",
-                )
-                .bind(&relation.schema)
-                .bind(&relation.name)
-                .fetch_one(&self.pool)
-                .await?;
-                rels.insert(
-                    relation.id,
-                    Arc::new(Rel::new(relation, capture, &type_name, live_columns, utf8)),
-                );
-            }
-            Message::Insert { relation, new } => {
-                let rel = rel_of(rels, relation)?;
-                let after = Some(rel.image(&new, None));
-                push(tx, rel, "insert", None, after);
-            }
-            Message::Update { relation, old, new } => {
-                let rel = rel_of(rels, relation)?;
-                let before = old
-                    .as_deref()
-                    .filter(|_| rel.relation.replica_identity == b'f')
-                    .map(|o| rel.image(o, None));
-                let after = Some(rel.image(&new, old.as_deref()));
-                push(tx, rel, "update", before, after);
-            }
-            Message::Delete { relation, old } => {
-                let rel = rel_of(rels, relation)?;
-                let before = Some(rel.image(&old, None));
-                push(tx, rel, "delete", before, None);
-            }
-            Message::Truncate { relations } => {
-                if let Some(tx) = tx {
-                    for id in relations {
-                        let rel = rel_of(rels, id)?;
-                        push(Some(&mut *tx), rel, "truncate", None, None);
-                    }
-                }
-            }
-            Message::Other(_) => {}
-        }
         Ok(())
     }
 
@@ -839,6 +721,159 @@ impl WalRelay {
         self.set_expected(Some(next));
         Ok(written)
     }
+}
+
+/// Runs `session` (given `shutdown`) until it returns `Ok(true)` or `shutdown` turns true;
+/// `Ok(false)` starts the next session at once; an error is logged (a slot streamed by another
+/// consumer is waited for quietly) and the next session starts after a backoff: 0.2 s, doubling
+/// to 5 s while sessions keep failing, reset by one that lasted [`HEALTHY_SESSION`].
+async fn reconnecting<F, Fut>(
+    slot: &str,
+    what: &str,
+    mut shutdown: watch::Receiver<bool>,
+    mut session: F,
+) where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, PgError>>,
+{
+    const FIRST: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST;
+    let mut quiet = false;
+    while !*shutdown.borrow() {
+        let started = tokio::time::Instant::now();
+        let result = session(shutdown.clone()).await;
+        if started.elapsed() >= HEALTHY_SESSION {
+            backoff = FIRST;
+        }
+        match result {
+            Ok(true) => return,
+            Ok(false) => {
+                backoff = FIRST;
+                continue;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("is active for PID") {
+                    if !quiet {
+                        tracing::info!(%slot,
+                            "the replication slot is streamed by another instance; waiting for it");
+                        quiet = true;
+                    }
+                } else {
+                    quiet = false;
+                    tracing::warn!(%slot, error = %text, "the {what} stopped; reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Applies one decoded stream message: a Relation is remembered (with its capture, read again
+/// when the table is new here), a row change is pushed onto `tx`.
+async fn apply(
+    pool: &PgPool,
+    message: Message,
+    rels: &mut HashMap<u32, Arc<Rel>>,
+    captures: &mut HashMap<(String, String), Capture>,
+    tx: Option<&mut Tx>,
+) -> Result<(), PgError> {
+    let rel_of = |rels: &HashMap<u32, Arc<Rel>>, id: u32| {
+        rels.get(&id).cloned().ok_or_else(|| {
+            PgError::Invalid(format!(
+                "WAL relay: a change of relation {id} arrived before its Relation message"
+            ))
+        })
+    };
+    let push = |tx: Option<&mut Tx>,
+                rel,
+                operation,
+                before: Option<(String, Vec<String>)>,
+                after: Option<(String, Vec<String>)>| {
+        if let Some(tx) = tx {
+            let context = tx.context.clone();
+            let (before, before_unfit) = before.unzip();
+            let (after, after_unfit) = after.unzip();
+            let mut unfit = before_unfit.unwrap_or_default();
+            for column in after_unfit.into_iter().flatten() {
+                if !unfit.contains(&column) {
+                    unfit.push(column);
+                }
+            }
+            tx.changes.push(Change {
+                rel,
+                operation,
+                before,
+                after,
+                unfit,
+                context,
+            });
+        }
+    };
+    match message {
+        Message::Relation(relation) => {
+            let key = (relation.schema.clone(), relation.name.clone());
+            if !captures.contains_key(&key) {
+                *captures = load_captures(pool).await?;
+            }
+            let capture = captures.get(&key).cloned();
+            if capture.is_none() {
+                tracing::warn!(table = %format!("{}.{}", key.0, key.1),
+                    "the publication streams a table with no wal capture; its changes are skipped");
+            }
+            // The row type's name, and how many columns the table has now: one the stream
+            // does not send (a generated column) is in `to_jsonb`'s output, so such a table
+            // keeps the server's conversion.
+            let (type_name, live_columns, utf8): (String, i64, bool) = sqlx::query_as(
+                "SELECT format('%I.%I', $1, $2),
+                        (SELECT count(*) FROM pg_catalog.pg_attribute
+                          WHERE attrelid = pg_catalog.to_regclass(format('%I.%I', $1, $2))
+                            AND attnum > 0 AND NOT attisdropped),
+                        pg_catalog.current_setting('server_encoding') = 'UTF8'",
+            )
+            .bind(&relation.schema)
+            .bind(&relation.name)
+            .fetch_one(pool)
+            .await?;
+            rels.insert(
+                relation.id,
+                Arc::new(Rel::new(relation, capture, &type_name, live_columns, utf8)),
+            );
+        }
+        Message::Insert { relation, new } => {
+            let rel = rel_of(rels, relation)?;
+            let after = Some(rel.image(&new, None));
+            push(tx, rel, "insert", None, after);
+        }
+        Message::Update { relation, old, new } => {
+            let rel = rel_of(rels, relation)?;
+            let before = old
+                .as_deref()
+                .filter(|_| rel.relation.replica_identity == b'f')
+                .map(|o| rel.image(o, None));
+            let after = Some(rel.image(&new, old.as_deref()));
+            push(tx, rel, "update", before, after);
+        }
+        Message::Delete { relation, old } => {
+            let rel = rel_of(rels, relation)?;
+            let before = Some(rel.image(&old, None));
+            push(tx, rel, "delete", before, None);
+        }
+        Message::Truncate { relations } => {
+            if let Some(tx) = tx {
+                for id in relations {
+                    let rel = rel_of(rels, id)?;
+                    push(Some(&mut *tx), rel, "truncate", None, None);
+                }
+            }
+        }
+        Message::Other(_) => {}
+    }
+    Ok(())
 }
 
 /// A change and its transaction's commit time.

@@ -11,3 +11,4 @@ mod dlq;
 mod ordering;
 mod source;
 mod wal;
+mod wal_direct;

@@ -48,7 +48,7 @@ async fn exec(conn: &mut PgConnection, sql: &str) {
 }
 
 /// Everything final after `cursor`, in delivery order, and the cursor after it.
-async fn drain(src: &PgEventSource, mut cursor: Cursor) -> (Vec<SourceItem>, Cursor) {
+async fn drain(src: &dyn EventSource, mut cursor: Cursor) -> (Vec<SourceItem>, Cursor) {
     let mut all = Vec::new();
     loop {
         let batch = src.fetch(cursor, 7).await.unwrap();
@@ -367,7 +367,7 @@ async fn randomized_writers_never_skip_or_reorder_an_entity(pool: PgPool) {
 /// read through `src` while they write. Changes may reach the change log after their commit
 /// (the WAL relay copies them), so the reader waits, with a deadline, until it has seen as many
 /// events as the table's final state implies, then checks each entity's sequence.
-pub(crate) async fn randomized_writers_against(pool: &PgPool, src: &PgEventSource) {
+pub(crate) async fn randomized_writers_against(pool: &PgPool, src: &dyn EventSource) {
     const ENTITIES: i32 = 12;
     const WRITERS: u64 = 6;
     const TRANSACTIONS: usize = 120;
@@ -466,7 +466,7 @@ pub(crate) async fn randomized_writers_against(pool: &PgPool, src: &PgEventSourc
 /// Drains after `cursor` until at least `n` items have come (or 60 s have passed: the caller's
 /// assertions then say what is missing), then whatever else is final.
 async fn drain_at_least(
-    src: &PgEventSource,
+    src: &dyn EventSource,
     cursor: Cursor,
     n: usize,
 ) -> (Vec<SourceItem>, Cursor) {

@@ -21,16 +21,16 @@ use tokio::sync::watch;
 
 /// A fresh database on the logical server, migrated, with a slot and publication name of its
 /// own; `None` (the suite says SKIPPED) without such a server.
-struct WalDb {
-    pool: PgPool,
-    url: String,
-    settings: WalSettings,
+pub(crate) struct WalDb {
+    pub(crate) pool: PgPool,
+    pub(crate) url: String,
+    pub(crate) settings: WalSettings,
     admin: String,
     name: String,
 }
 
 impl WalDb {
-    async fn new(tag: &str) -> Option<Self> {
+    pub(crate) async fn new(tag: &str) -> Option<Self> {
         Self::create(tag, "").await
     }
 
@@ -76,28 +76,28 @@ impl WalDb {
         }
     }
 
-    async fn exec(&self, sql: &str) {
+    pub(crate) async fn exec(&self, sql: &str) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
             .execute(&self.pool)
             .await
             .unwrap();
     }
 
-    async fn capture(&self, table: &str, entity: &str) {
+    pub(crate) async fn capture(&self, table: &str, entity: &str) {
         capture::enable_as(&self.pool, &CaptureSpec::new(table, entity), &self.kind())
             .await
             .unwrap();
     }
 
     /// A relay streaming until the returned sender says stop.
-    fn relay(&self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    pub(crate) fn relay(&self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let relay = WalRelay::new(self.pool.clone(), &self.url, self.settings.clone()).unwrap();
         let (tx, rx) = watch::channel(false);
         (tx, tokio::spawn(async move { relay.run(rx).await }))
     }
 
     /// Waits (with a deadline) until the change log holds `n` rows, then reads every event.
-    async fn events(&self, n: usize) -> Vec<observers_core::EntityEvent> {
+    pub(crate) async fn events(&self, n: usize) -> Vec<observers_core::EntityEvent> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let count: i64 = sqlx::query_scalar("SELECT count(*) FROM observer_change_log")
@@ -156,7 +156,7 @@ impl WalDb {
     }
 
     /// Waits (with a deadline) until the boolean query `sql`, with `binds`, says true.
-    async fn eventually(&self, what: &str, sql: &str, binds: &[&str]) {
+    pub(crate) async fn eventually(&self, what: &str, sql: &str, binds: &[&str]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut query = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql.to_owned()));
@@ -171,7 +171,7 @@ impl WalDb {
         }
     }
 
-    async fn drop(self) {
+    pub(crate) async fn drop(self) {
         self.pool.close().await;
         let mut admin = PgConnection::connect(&self.admin).await.unwrap();
         // The slot first (a database with a slot cannot be dropped).
@@ -191,7 +191,7 @@ impl WalDb {
     }
 }
 
-async fn stop(relay: (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
+pub(crate) async fn stop(relay: (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
     relay.0.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(30), relay.1)
         .await
@@ -376,7 +376,7 @@ async fn a_relay_write_wakes_the_waiting_readers_of_its_process() {
     db.drop().await;
 }
 
-const EVERY_TYPE: &str = "
+pub(crate) const EVERY_TYPE: &str = "
     CREATE TYPE mood AS ENUM ('ok', 'sad');
     CREATE TABLE {t} (
         id bigint PRIMARY KEY, n numeric, i8 bigint, f8 float8, f4 real, b boolean, t text,
@@ -384,7 +384,7 @@ const EVERY_TYPE: &str = "
         ia int[], ta text[], j json, jb jsonb, m mood);
 ";
 
-const EVERY_VALUE: &str = "
+pub(crate) const EVERY_VALUE: &str = "
     INSERT INTO {t} VALUES
       (1, 12345678901234567.89, 9223372036854775807, 'NaN', 1.5, true, 'emoji 😀 \"q\" \\ tab\t',
        '2026-12-03 10:11:12.123456+02', '2026-12-03 10:11:12.654321', '2026-12-03', '23:59:59.999999',
