@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 use observers_core::ObserverExecutor;
-use observers_core::config::{Config, WalDelivery};
+use observers_core::config::Config;
 use observers_ha::{GroupStatus, HaRuntime, MultiListenerConfig};
 use observers_postgres::PgPool;
 use tokio::sync::watch;
@@ -42,13 +42,6 @@ pub fn check(config: &Config) -> CliResult {
             "[source] partitions = {} needs [ha] enabled = true: partitions are shared out \
              through leases",
             config.source.partitions
-        )));
-    }
-    if config.ha.enabled && config.source.wal_delivery == WalDelivery::Direct {
-        return Err(Exit::usage(anyhow::anyhow!(
-            "[source] wal_delivery = \"direct\" does not run under [ha] yet: one instance \
-             consumes the slot; use wal_delivery = \"change_log\" (the relay runs on the \
-             group's leader) for HA"
         )));
     }
     Ok(())

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use observers_core::config::Config;
 use observers_core::{ObserverExecutor, ObserverSet};
-use observers_postgres::wal::direct::WalDirectListener;
 use observers_postgres::{ChangeLogListener, PgPool, PostgresCheckpointStore};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -43,13 +43,14 @@ pub async fn run(config_path: &Path) -> CliResult {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let retention = retention::spawn(&config, &pool, metrics.clone(), stop_rx.clone());
-    let direct = super::wal::direct(&config, &url, &pool, executor.clone())?;
+    // With direct WAL delivery, the changes taken from the stream (for the metrics).
+    let direct = super::wal::is_direct(&config).then(|| Arc::new(AtomicU64::new(0)));
     let relay = super::wal::spawn(
         &config,
         &url,
         &pool,
         metrics.clone(),
-        direct.as_ref().map(WalDirectListener::streamed_changes),
+        direct.clone(),
         stop_rx.clone(),
     )?;
     let mut ops_tasks =
@@ -87,12 +88,7 @@ pub async fn run(config_path: &Path) -> CliResult {
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    let work = async {
-        if config.ha.enabled {
-            return super::ha::run_group(&config, &pool, executor.clone(), stop_rx).await;
-        }
-        single(&config, &pool, &executor, direct.as_ref(), stop_rx).await
-    };
+    let work = async { deliver(&config, &url, &pool, &executor, direct.as_ref(), stop_rx).await };
     tokio::select! {
         result = work => result?,
         () = grace => {
@@ -108,13 +104,42 @@ pub async fn run(config_path: &Path) -> CliResult {
     Ok(())
 }
 
-/// `observers run` without HA: the change-log listener and, with direct WAL delivery, the
-/// stream's consumer beside it, until `stop`.
+/// Delivers until `stop`: the change log's listeners (the HA group's, or one) and, with direct
+/// WAL delivery (`direct` counts its changes), the stream's consumer beside them.
+async fn deliver(
+    config: &Config,
+    url: &str,
+    pool: &PgPool,
+    executor: &Arc<ObserverExecutor>,
+    direct: Option<&Arc<AtomicU64>>,
+    stop_rx: watch::Receiver<bool>,
+) -> CliResult {
+    // With direct WAL delivery the change log still has its listeners: trigger captures,
+    // Debezium ingest and what a relay copied before are delivered from it.
+    let stream = async {
+        match direct {
+            Some(counter) => {
+                super::wal::run_direct(config, url, pool, executor, counter, stop_rx.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let change_log = async {
+        if config.ha.enabled {
+            super::ha::run_group(config, pool, executor.clone(), stop_rx.clone()).await
+        } else {
+            single(config, pool, executor, stop_rx.clone()).await
+        }
+    };
+    let (change_log, stream) = tokio::join!(change_log, stream);
+    change_log.and(stream)
+}
+
+/// `observers run` without HA: the change-log listener, until `stop`.
 async fn single(
     config: &Config,
     pool: &PgPool,
     executor: &Arc<ObserverExecutor>,
-    direct: Option<&WalDirectListener>,
     stop_rx: watch::Receiver<bool>,
 ) -> CliResult {
     let checkpoints =
@@ -130,20 +155,8 @@ async fn single(
         executor.clone(),
         engine::listener_config(config),
     );
-    // With direct WAL delivery the change log still has its listener: trigger captures,
-    // Debezium ingest and what a relay copied before are delivered from it.
-    let stream = async {
-        match direct {
-            Some(direct) => direct.run(stop_rx.clone()).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let (stats, streamed) = tokio::join!(listener.run(stop_rx.clone()), stream);
-    let (stats, streamed) = (stats?, streamed?);
+    let stats = listener.run(stop_rx).await?;
     tracing::info!(cursor = %stats.cursor, events = stats.events, "stopped cleanly");
-    if let Some(s) = streamed {
-        tracing::info!(cursor = %s.cursor, events = s.events, "WAL stream stopped cleanly");
-    }
     Ok(())
 }
 

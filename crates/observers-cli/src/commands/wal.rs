@@ -38,29 +38,105 @@ pub fn settings(config: &Config) -> WalSettings {
     }
 }
 
-/// The direct consumer of the slot (`wal_delivery = "direct"`), when the config has one.
-pub fn direct(
+/// Whether the config delivers from the stream (`kind = "wal"`, `wal_delivery = "direct"`).
+pub fn is_direct(config: &Config) -> bool {
+    config.source.kind == SourceKind::Wal && config.source.wal_delivery == WalDelivery::Direct
+}
+
+/// A direct consumer of the slot counting in `counter`; under HA its saves are fenced by the
+/// group's leader lease.
+fn direct_listener(
     config: &Config,
     url: &str,
     pool: &PgPool,
     executor: Arc<ObserverExecutor>,
-) -> CliResult<Option<WalDirectListener>> {
-    if config.source.kind != SourceKind::Wal || config.source.wal_delivery != WalDelivery::Direct {
-        return Ok(None);
-    }
-    let direct = WalDirect::new(
+    counter: &Arc<AtomicU64>,
+) -> CliResult<WalDirectListener> {
+    let mut direct = WalDirect::new(
         pool.clone(),
         url,
         settings(config),
         &config.source.listener_id,
         Some(super::engine::instance_id()),
     )
-    .map_err(|e| crate::Exit::usage(anyhow::anyhow!("[source] kind = \"wal\": {e}")))?;
-    Ok(Some(WalDirectListener::new(
+    .map_err(|e| crate::Exit::usage(anyhow::anyhow!("[source] kind = \"wal\": {e}")))?
+    .with_counter(counter.clone());
+    if config.ha.enabled {
+        let me =
+            observers_ha::MultiListenerConfig::from_config(config).map_err(crate::Exit::usage)?;
+        direct = direct.with_fence(me.leader_lease(), me.listener_id);
+    }
+    Ok(WalDirectListener::new(
         direct,
         executor,
         &super::engine::listener_config(config),
-    )))
+    ))
+}
+
+/// Delivers from the stream (`wal_delivery = "direct"`) until `stop`: at once without HA;
+/// under HA while this instance leads its group, like the relay (a former leader's stream is
+/// ended first, and a save after the lease was lost is refused).
+pub async fn run_direct(
+    config: &Config,
+    url: &str,
+    pool: &PgPool,
+    executor: &Arc<ObserverExecutor>,
+    counter: &Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> CliResult {
+    if !config.ha.enabled {
+        let listener = direct_listener(config, url, pool, executor.clone(), counter)?;
+        let stats = listener.run(stop).await?;
+        tracing::info!(cursor = %stats.cursor, events = stats.events, "WAL stream stopped cleanly");
+        return Ok(());
+    }
+    let every = LEADER_CHECK.min(config.ha.renew_interval);
+    while !*stop.borrow() {
+        if !super::ha::leads(config, pool, "WAL stream").await {
+            sleep_or_shutdown(every, &mut stop).await;
+            continue;
+        }
+        tracing::info!(slot = %config.source.slot, "this instance leads the group: starting the WAL stream");
+        end_former_stream(config, pool).await;
+        let listener = direct_listener(config, url, pool, executor.clone(), counter)?;
+        let (session_stop, session_rx) = watch::channel(false);
+        let mut task = tokio::spawn(async move { listener.run(session_rx).await });
+        let ended = loop {
+            tokio::select! {
+                ended = &mut task => break Some(ended),
+                () = sleep_or_shutdown(every, &mut stop) => {}
+            }
+            if *stop.borrow() || !super::ha::leads(config, pool, "WAL stream").await {
+                break None;
+            }
+        };
+        if !*stop.borrow() {
+            tracing::info!(slot = %config.source.slot, "this instance no longer leads the group: stopping the WAL stream");
+        }
+        let _ = session_stop.send(true);
+        let ended = match ended {
+            Some(ended) => ended,
+            None => task.await,
+        };
+        match ended {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the WAL stream's consumer stopped"),
+            Err(e) => tracing::warn!(error = %e, "the WAL stream's consumer failed"),
+        }
+    }
+    Ok(())
+}
+
+/// Ends the slot's stream of a former leader (paused, or cut off from the group), which would
+/// hold the slot until the server's `wal_sender_timeout`.
+async fn end_former_stream(config: &Config, pool: &PgPool) {
+    match wal::slot::end_stream(pool, &config.source.slot).await {
+        Ok(Some(pid)) => tracing::warn!(slot = %config.source.slot, pid,
+            "ended the replication connection of a former leader's relay"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(slot = %config.source.slot, error = %e,
+            "could not end the slot's current stream; waiting for it instead"),
+    }
 }
 
 /// Starts the relay (unless `streamed` counts a direct consumer's changes) and the slot
@@ -135,15 +211,8 @@ async fn relay_while_leading(
     while !*stop.borrow() {
         if super::ha::leads(config, pool, "WAL relay").await {
             tracing::info!(slot = %config.source.slot, "this instance leads the group: starting the WAL relay");
-            // A former leader's stream (paused, or cut off from the group) would hold the slot
-            // until the server's wal_sender_timeout; its writes are fenced by the progress row.
-            match wal::slot::end_stream(pool, &config.source.slot).await {
-                Ok(Some(pid)) => tracing::warn!(slot = %config.source.slot, pid,
-                    "ended the replication connection of a former leader's relay"),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(slot = %config.source.slot, error = %e,
-                    "could not end the slot's current stream; waiting for it instead"),
-            }
+            // A former leader's writes are fenced by the progress row.
+            end_former_stream(config, pool).await;
             let (session_stop, session_rx) = watch::channel(false);
             let task = {
                 let relay = relay.clone();

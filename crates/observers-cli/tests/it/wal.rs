@@ -109,6 +109,27 @@ fn assert_counted_up_to(rx: &Receiver, last: i64) {
     }
 }
 
+/// A change delivered twice (in flight at a kill or a takeover) kept its `webhook-id` (the
+/// event's idempotency key).
+fn assert_one_key_per_change(rx: &Receiver) {
+    let mut keys: BTreeMap<(String, i64), std::collections::BTreeSet<String>> = BTreeMap::new();
+    for d in rx.deliveries() {
+        if let Some(n) = d.body["data"]["n"].as_i64() {
+            let entity = d.body["entity_id"].as_str().unwrap_or("").to_owned();
+            keys.entry((entity, n))
+                .or_default()
+                .insert(d.webhook_id.clone());
+        }
+    }
+    for (change, ids) in &keys {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{change:?} delivered under several keys: {ids:?}"
+        );
+    }
+}
+
 /// The WAL source under `observers run`, killed once with SIGKILL; returns a scrape with the
 /// WAL families moved (for the families test), or `None` without a logical server.
 // One scenario, read top to bottom.
@@ -207,7 +228,7 @@ async fn wal_source_under_observers_run_survives_sigkill() {
 /// while it is killed with SIGKILL and started again are all delivered, in commit order per
 /// entity, a redelivered change with the same `webhook-id`; nothing of the WAL table is written
 /// to the change log, while a table captured by trigger in the same database is delivered
-/// beside it; `status` lists the stream's checkpoint. Under `[ha]` the mode is refused (exit 2).
+/// beside it; `status` lists the stream's checkpoint.
 // One scenario, read top to bottom.
 #[allow(clippy::too_many_lines)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,22 +297,7 @@ events = ["insert"]
     .await;
     assert_counted_up_to(&rx, 40);
     // A change delivered twice (in flight at the kill) kept its idempotency key.
-    let mut keys: BTreeMap<(String, i64), std::collections::BTreeSet<String>> = BTreeMap::new();
-    for d in rx.deliveries() {
-        if let Some(n) = d.body["data"]["n"].as_i64() {
-            let entity = d.body["entity_id"].as_str().unwrap_or("").to_owned();
-            keys.entry((entity, n))
-                .or_default()
-                .insert(d.webhook_id.clone());
-        }
-    }
-    for (change, ids) in &keys {
-        assert_eq!(
-            ids.len(),
-            1,
-            "{change:?} delivered under several keys: {ids:?}"
-        );
-    }
+    assert_one_key_per_change(&rx);
 
     db.exec("INSERT INTO notes VALUES (1, 'by trigger')").await;
     wait_until("the trigger-captured note", LONG, || {
@@ -320,25 +326,6 @@ events = ["insert"]
     );
     signal(&run, "TERM");
     assert_eq!(wait_exit(&mut run, Duration::from_secs(15)).await, Some(0));
-
-    // Under HA the mode is refused, saying why.
-    let ha = dir.path().join("ha.toml");
-    std::fs::write(
-        &ha,
-        format!(
-            "{text}\n[ha]\nenabled = true\n",
-            text = std::fs::read_to_string(&path).unwrap()
-        ),
-    )
-    .unwrap();
-    let out = cli(&db, &["run", "--config", ha.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("wal_delivery = \"direct\" does not run under [ha]"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The config of instance `name` in an HA group on the WAL source: `config` plus `[ha]`, without
@@ -348,8 +335,14 @@ fn ha_instance(
     rx: &Receiver,
     dir: &tempfile::TempDir,
     name: &str,
+    direct: bool,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
+    let delivery = if direct { "direct" } else { "change_log" };
     let text = config(db, rx)
+        .replace(
+            "kind = \"wal\"\n",
+            &format!("kind = \"wal\"\nwal_delivery = \"{delivery}\"\n"),
+        )
         .replace(
             "[metrics]\nlisten = \"127.0.0.1:0\"\nrefresh_interval = \"100ms\"\n",
             "",
@@ -390,9 +383,12 @@ fn capture_counters(db: &TestDb, conf: &std::path::Path) {
     assert!(String::from_utf8_lossy(&out.stdout).contains("kind wal"));
 }
 
-/// Whether the instance logging to `log` has started the WAL relay as the group's leader.
+/// Whether the instance logging to `log` has started the WAL relay (or, with direct delivery,
+/// the stream) as the group's leader.
 fn relays(log: &std::path::Path) -> bool {
-    crate::ha::log_text(log).contains("this instance leads the group: starting the WAL relay")
+    let text = crate::ha::log_text(log);
+    text.contains("this instance leads the group: starting the WAL relay")
+        || text.contains("this instance leads the group: starting the WAL stream")
 }
 
 /// Two instances, `a` and `b`, in an HA group on the WAL source with `counters` captured: `a`
@@ -410,13 +406,18 @@ struct HaPair {
 
 impl HaPair {
     async fn start(tag: &str) -> Option<Self> {
+        Self::start_with(tag, false).await
+    }
+
+    /// With `direct`, the instances deliver from the stream (`wal_delivery = "direct"`).
+    async fn start_with(tag: &str, direct: bool) -> Option<Self> {
         let db = TestDb::on_logical(tag).await?;
         db.exec("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
             .await;
         let rx = Receiver::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let (a_conf, a_log) = ha_instance(&db, &rx, &dir, "a");
-        let (b_conf, b_log) = ha_instance(&db, &rx, &dir, "b");
+        let (a_conf, a_log) = ha_instance(&db, &rx, &dir, "a", direct);
+        let (b_conf, b_log) = ha_instance(&db, &rx, &dir, "b", direct);
         capture_counters(&db, &a_conf);
         let a = spawn_run(&a_conf, &a_log);
         wait_until("a leads and relays", LONG, || relays(&a_log)).await;
@@ -486,6 +487,25 @@ async fn under_ha_only_the_leader_relays_and_a_killed_leader_loses_nothing() {
 /// order per entity holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_ha_a_paused_leaders_stream_is_ended_and_the_new_leader_relays() {
+    paused_leader_is_replaced("wal_pause", false).await;
+}
+
+/// Direct delivery under HA: only the leader streams; paused (SIGSTOP) while writers commit, it
+/// is replaced by the standby, which ends its stream and delivers from the slot's saved LSN. The
+/// old leader, woken, stops streaming (its saves are fenced by the leader lease). Nothing is lost,
+/// commit order per entity holds, and a change delivered twice kept its `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ha_direct_delivery_survives_a_paused_leader() {
+    paused_leader_is_replaced("wal_direct_ha", true).await;
+}
+
+/// An HA pair on the WAL source (with `direct`, delivering from the stream); the leader `a` is
+/// paused while writers commit, `b` takes over (ending `a`'s replication connection, which would
+/// hold the slot until the server's `wal_sender_timeout`, 60 s here), `a` wakes and stops
+/// streaming, and one more update goes through: every update arrives, in commit order per
+/// entity. With `direct`, a change delivered twice kept its `webhook-id`, and nothing went into
+/// the change log.
+async fn paused_leader_is_replaced(tag: &str, direct: bool) {
     const UPDATES: i64 = 20;
     // Well under wal_sender_timeout: a takeover that waited for the server would miss it.
     const TAKEOVER: Duration = Duration::from_secs(30);
@@ -497,14 +517,15 @@ async fn under_ha_a_paused_leaders_stream_is_ended_and_the_new_leader_relays() {
         a_log,
         b_log,
         _dir,
-    }) = HaPair::start("wal_pause").await
+    }) = HaPair::start_with(tag, direct).await
     else {
         return;
     };
-
+    let what = if direct { "stream" } else { "relay" };
+    assert!(!relays(&b_log), "the standby streams while a leads");
     pause(&a).await;
     let writer = count_up(&db, UPDATES, Duration::from_millis(20));
-    wait_until("b ends a's stream and relays", TAKEOVER, || {
+    wait_until("b ends a's stream and takes over", TAKEOVER, || {
         relays(&b_log)
             && crate::ha::log_text(&b_log)
                 .contains("ended the replication connection of a former leader's relay")
@@ -516,10 +537,11 @@ async fn under_ha_a_paused_leaders_stream_is_ended_and_the_new_leader_relays() {
         s.len() == 5 && s.values().all(|v| v.last() == Some(&UPDATES))
     })
     .await;
-
     signal(&a, "CONT");
-    wait_until("a, awake, stops its relay", LONG, || {
-        crate::ha::log_text(&a_log).contains("no longer leads the group: stopping the WAL relay")
+    wait_until("a, awake, stops streaming", LONG, || {
+        crate::ha::log_text(&a_log).contains(&format!(
+            "no longer leads the group: stopping the WAL {what}"
+        ))
     })
     .await;
     db.exec(&format!("UPDATE counters SET n = {}", UPDATES + 1))
@@ -531,6 +553,14 @@ async fn under_ha_a_paused_leaders_stream_is_ended_and_the_new_leader_relays() {
     })
     .await;
     assert_counted_up_to(&rx, UPDATES + 1);
+    if direct {
+        assert_one_key_per_change(&rx);
+        let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM observer_change_log")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(logged, 0, "nothing copied into the change log");
+    }
     signal(&b, "TERM");
     assert_eq!(wait_exit(&mut b, Duration::from_secs(15)).await, Some(0));
     drop(a);

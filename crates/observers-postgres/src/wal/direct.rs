@@ -56,6 +56,9 @@ pub const DIRECT_ID_BASE: i64 = 1 << 62;
 /// Events waiting for the listener, at most.
 pub const MAX_BUFFERED: usize = 20_000;
 
+/// At most one checkpoint write per this long; the rest wait for it (see [`Saving`]).
+pub const SAVE_EVERY: Duration = Duration::from_millis(100);
+
 /// Changes of a transaction converted and handed on together (a bigger transaction goes in
 /// several steps, each as soon as it is converted).
 const CONVERT_EVERY: usize = 1_000;
@@ -90,6 +93,19 @@ struct Buffer {
     rewind: bool,
 }
 
+/// Saves not written yet: the listener saves after every batch, the database gets at most one
+/// write per [`SAVE_EVERY`] (a crash redelivers at most that much more).
+#[derive(Default)]
+struct Saving {
+    /// The events processed since the last write (the checkpoint's running count).
+    carried: u64,
+    /// The last cursor the listener saved, not written yet.
+    pending: Option<Cursor>,
+    last_write: Option<tokio::time::Instant>,
+    /// A write was refused (HA: the leader lease is lost): every later save fails with it.
+    fenced: Option<String>,
+}
+
 struct Shared {
     buffer: std::sync::Mutex<Buffer>,
     /// Events were pushed (one waiter: the listener).
@@ -98,8 +114,8 @@ struct Shared {
     taken: Notify,
     /// The end LSN of the last save, for the stream to confirm to the slot.
     confirm: watch::Sender<Lsn>,
-    /// One save at a time.
-    saving: tokio::sync::Mutex<u64>,
+    /// One save at a time, and what is waiting to be written.
+    saving: tokio::sync::Mutex<Saving>,
 }
 
 impl Shared {
@@ -119,6 +135,8 @@ pub struct WalDirect {
     checkpoints: PostgresCheckpointStore,
     shared: Arc<Shared>,
     streamed: Arc<AtomicU64>,
+    /// Under HA: the group's leader lease and this instance's id; saves need the lease held.
+    fence: Option<(String, String)>,
 }
 
 impl WalDirect {
@@ -148,11 +166,28 @@ impl WalDirect {
                 arrived: Notify::new(),
                 taken: Notify::new(),
                 confirm: watch::Sender::new(Lsn::ZERO),
-                saving: tokio::sync::Mutex::new(0),
+                saving: tokio::sync::Mutex::default(),
             }),
             streamed: Arc::default(),
+            fence: None,
             pool,
         })
+    }
+
+    /// Saves succeed only while `holder` holds the lease `lease` (HA: the group's leader lease),
+    /// by the database clock; a refused save stops the listener with `ObserverError::Fenced`.
+    #[must_use]
+    pub fn with_fence(mut self, lease: impl Into<String>, holder: impl Into<String>) -> Self {
+        self.fence = Some((lease.into(), holder.into()));
+        self
+    }
+
+    /// Counts the changes taken from the stream in `counter` (shared by successive consumers
+    /// of one process, for the metrics).
+    #[must_use]
+    pub fn with_counter(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.streamed = counter;
+        self
     }
 
     /// The checkpoint id this consumer saves under.
@@ -545,8 +580,46 @@ impl WalDirect {
     /// the slot's relay progress row, so a relay started later does not copy it again); then
     /// confirms that LSN to the slot.
     async fn save(&self, cursor: Cursor, processed: u64) -> Result<(), PgError> {
-        let mut carried = self.shared.saving.lock().await;
-        *carried += processed;
+        let mut saving = self.shared.saving.lock().await;
+        if let Some(fenced) = &saving.fenced {
+            return Err(PgError::Fenced(fenced.clone()));
+        }
+        saving.carried += processed;
+        saving.pending = Some(saving.pending.map_or(cursor, |c| c.max(cursor)));
+        if saving.last_write.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+            // Written by the next save after the interval, or by [`WalDirect::flush`].
+            return Ok(());
+        }
+        self.write(&mut saving).await
+    }
+
+    /// Writes the save waiting, if any (a listener's last save, or one an idle stream holds).
+    pub async fn flush(&self) -> Result<(), PgError> {
+        let mut saving = self.shared.saving.lock().await;
+        if let Some(fenced) = &saving.fenced {
+            return Err(PgError::Fenced(fenced.clone()));
+        }
+        if saving.pending.is_none() {
+            return Ok(());
+        }
+        self.write(&mut saving).await
+    }
+
+    /// Writes `saving.pending`: the last transaction all of whose events are done at or before
+    /// it, in one statement with its end LSN; then confirms that LSN to the slot.
+    async fn write(&self, saving: &mut Saving) -> Result<(), PgError> {
+        let Some(cursor) = saving.pending.take() else {
+            return Ok(());
+        };
+        let result = self.write_done(saving, cursor).await;
+        if result.is_err() && saving.fenced.is_none() {
+            // Not written: the next save or flush tries again.
+            saving.pending = Some(saving.pending.map_or(cursor, |c| c.max(cursor)));
+        }
+        result
+    }
+
+    async fn write_done(&self, saving: &mut Saving, cursor: Cursor) -> Result<(), PgError> {
         let done = {
             let buffer = self.shared.buffer();
             buffer
@@ -559,18 +632,37 @@ impl WalDirect {
         let Some(done) = done else {
             return Ok(());
         };
-        let count = i64::try_from(*carried).unwrap_or(i64::MAX);
-        sqlx::query(SAVE)
+        let carried = saving.carried;
+        let count = i64::try_from(carried).unwrap_or(i64::MAX);
+        let (sql, lease, holder) = match &self.fence {
+            Some((lease, holder)) => (SAVE_FENCED, Some(lease.as_str()), Some(holder.as_str())),
+            None => (SAVE, None, None),
+        };
+        let saved: bool = sqlx::query_scalar(sql)
             .bind(&self.consumer)
             .bind(done.id)
             .bind(done.lsn.to_pg_string())
             .bind(count)
-            .bind(i32::try_from(*carried).unwrap_or(i32::MAX))
+            .bind(i32::try_from(carried).unwrap_or(i32::MAX))
             .bind(self.checkpoints.instance())
             .bind(&self.settings.slot)
-            .execute(&self.pool)
+            .bind(lease)
+            .bind(holder)
+            .fetch_one(&self.pool)
             .await?;
-        *carried = 0;
+        if !saved {
+            let error = format!(
+                "checkpoint of `{}` not saved: this instance ({}) no longer holds the group's \
+                 leader lease `{}`; stopping the WAL stream",
+                self.consumer,
+                holder.unwrap_or(""),
+                lease.unwrap_or("")
+            );
+            saving.fenced = Some(error.clone());
+            return Err(PgError::Fenced(error));
+        }
+        saving.carried = 0;
+        saving.last_write = Some(tokio::time::Instant::now());
         {
             let mut buffer = self.shared.buffer();
             while buffer
@@ -635,30 +727,53 @@ impl Stream {
 }
 
 /// The direct consumer's save: its checkpoint row (id and LSN together), and the relay
-/// progress row of the slot moved on to the same LSN.
-const SAVE: &str = "
-WITH relay AS (
+/// progress row of the slot moved on to the same LSN; both only when `lease` has a row (the
+/// statement's first common table expression). True when it saved.
+macro_rules! save_sql {
+    ($lease:literal) => {
+        concat!(
+            "WITH lease AS (",
+            $lease,
+            "),
+relay AS (
     UPDATE observer_wal_progress
        SET commit_lsn = $3::text::pg_lsn, partial_lsn = NULL, partial_changes = 0,
            updated_at = now()
-     WHERE slot_name = $7 AND commit_lsn < $3::text::pg_lsn
- RETURNING 1)
-INSERT INTO observer_checkpoints AS c
-       (listener_id, cursor_id, wal_lsn, last_processed_id, last_processed_at, event_count,
-        batch_size, consecutive_errors, last_error, updated_by, lease_epoch, updated_at)
-VALUES ($1, $2, $3::text::pg_lsn, $2, now(), $4, $5, 0, NULL, $6, NULL, now())
-ON CONFLICT (listener_id) DO UPDATE SET
-       cursor_id = EXCLUDED.cursor_id,
-       wal_lsn = EXCLUDED.wal_lsn,
-       last_processed_id = EXCLUDED.cursor_id,
-       last_processed_at = now(),
-       event_count = c.event_count + EXCLUDED.event_count,
-       batch_size = EXCLUDED.batch_size,
-       consecutive_errors = 0,
-       last_error = NULL,
-       updated_by = EXCLUDED.updated_by,
-       lease_epoch = NULL,
-       updated_at = now()";
+     WHERE slot_name = $7 AND commit_lsn < $3::text::pg_lsn AND EXISTS (SELECT FROM lease)
+ RETURNING 1),
+saved AS (
+    INSERT INTO observer_checkpoints AS c
+           (listener_id, cursor_id, wal_lsn, last_processed_id, last_processed_at, event_count,
+            batch_size, consecutive_errors, last_error, updated_by, lease_epoch, updated_at)
+    SELECT $1, $2, $3::text::pg_lsn, $2, now(), $4, $5, 0, NULL, $6, NULL, now()
+     WHERE EXISTS (SELECT FROM lease)
+    ON CONFLICT (listener_id) DO UPDATE SET
+           cursor_id = EXCLUDED.cursor_id,
+           wal_lsn = EXCLUDED.wal_lsn,
+           last_processed_id = EXCLUDED.cursor_id,
+           last_processed_at = now(),
+           event_count = c.event_count + EXCLUDED.event_count,
+           batch_size = EXCLUDED.batch_size,
+           consecutive_errors = 0,
+           last_error = NULL,
+           updated_by = EXCLUDED.updated_by,
+           lease_epoch = NULL,
+           updated_at = now()
+    RETURNING 1)
+SELECT EXISTS (SELECT FROM saved)"
+        )
+    };
+}
+
+/// A save with no fence (`$8` and `$9` are NULL).
+const SAVE: &str = save_sql!("SELECT WHERE $8::text IS NULL AND $9::text IS NULL");
+
+/// A save under HA: only while the instance `$9` holds the group's leader lease `$8` by the
+/// database clock (`FOR SHARE` keeps a takeover from committing between the check and the
+/// write).
+const SAVE_FENCED: &str = save_sql!(
+    "SELECT FROM observer_leases WHERE name = $8 AND holder = $9 AND expires_at > now() FOR SHARE"
+);
 
 /// The listener's view of the stream.
 struct DirectSource(Arc<WalDirect>);
@@ -787,12 +902,32 @@ impl WalDirectListener {
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> CoreResult<ListenerStats> {
         let (stream_stop, stream_rx) = watch::channel(false);
         let direct = self.direct.clone();
+        let mut flusher_stop = stream_rx.clone();
         let stream = tokio::spawn(async move { direct.run(stream_rx).await });
-        let result = self.inner.run(shutdown).await;
-        // Let the stream confirm the last save before it stops.
-        tokio::task::yield_now().await;
+        // Writes a save the listener left waiting (see [`SAVE_EVERY`]) once it is due.
+        let direct = self.direct.clone();
+        let flusher = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(SAVE_EVERY) => {}
+                    // Stopped, or the listener's task is gone (aborted).
+                    _ = flusher_stop.changed() => break,
+                }
+                if let Err(e) = direct.flush().await {
+                    tracing::warn!(error = %e, "writing the WAL stream's checkpoint failed");
+                }
+            }
+        });
+        let mut result = self.inner.run(shutdown).await;
+        if result.is_ok() {
+            // The listener's last save may be waiting.
+            if let Err(e) = self.direct.flush().await {
+                result = Err(e.into());
+            }
+        }
         let _ = stream_stop.send(true);
         let _ = stream.await;
+        let _ = flusher.await;
         result
     }
 }

@@ -106,12 +106,23 @@ impl WalDb {
         watch::Sender<bool>,
         tokio::task::JoinHandle<observers_core::Result<observers_core::listener::ListenerStats>>,
     ) {
+        Self::deliver_with(seen, self.direct())
+    }
+
+    /// [`WalDb::deliver`] through `direct`.
+    fn deliver_with(
+        seen: &Seen,
+        direct: WalDirect,
+    ) -> (
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<observers_core::Result<observers_core::listener::ListenerStats>>,
+    ) {
         let observer = CompiledObserver::new("rec", "*", EventKind::EVERY.to_vec())
             .with_action(ActionSlot::new(Arc::new(Recorder(seen.clone())), "record"));
         let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(5));
         let executor = Arc::new(ObserverExecutor::builder(set).build());
         let listener = WalDirectListener::new(
-            self.direct(),
+            direct,
             executor,
             &ListenerConfig {
                 listener_id: "direct".into(),
@@ -605,5 +616,54 @@ async fn switching_between_relay_and_direct_delivers_each_change_once() {
         ["1", "2", "5"],
         "the relay copies only what the stream did not deliver"
     );
+    db.drop().await;
+}
+
+/// Under HA a save needs the group's leader lease: a consumer whose instance does not hold it
+/// (another does, or it expired) saves nothing and stops with a fenced error, and the slot is
+/// not confirmed past what was saved; the holder saves.
+#[tokio::test]
+async fn a_save_without_the_leader_lease_is_refused() {
+    let Some(db) = WalDb::new("direct_fence").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, v int);
+         INSERT INTO observer_leases (name, holder, epoch, expires_at)
+         VALUES ('leader', 'b', 1, now() + interval '1 hour')",
+    )
+    .await;
+    db.capture("items", "Item").await;
+    db.exec("INSERT INTO items VALUES (1, 1)").await;
+    let seen = Seen::default();
+    let run = WalDb::deliver_with(&seen, db.direct().with_fence("leader", "a"));
+    let ended = tokio::time::timeout(Duration::from_secs(30), run.1)
+        .await
+        .expect("the consumer stops on its refused save")
+        .unwrap();
+    let error = ended.expect_err("a refused save stops the consumer");
+    assert!(
+        matches!(error, observers_core::ObserverError::Fenced(_)),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("leader lease `leader`"),
+        "{error}"
+    );
+    assert_eq!(seen.len(), 1, "delivered, not saved");
+    assert_eq!(db.saved().await, None, "nothing saved");
+
+    // The holder saves, after the same event delivered again under the same id.
+    let again = Seen::default();
+    let run = WalDb::deliver_with(&again, db.direct().with_fence("leader", "b"));
+    again.at_least(1).await;
+    db.eventually(
+        "the holder's checkpoint",
+        "SELECT EXISTS (SELECT FROM observer_checkpoints WHERE listener_id = 'direct:wal')",
+        &[],
+    )
+    .await;
+    stop_listener(run).await;
+    assert_eq!(again.events()[0].0.id, seen.events()[0].0.id);
     db.drop().await;
 }
