@@ -366,6 +366,16 @@ async fn wal_capture(pool: &PgPool, table: &str, entity: &str) {
         .unwrap();
 }
 
+/// Moves the default slot's decoding start (its `restart_lsn`) to the current position before a
+/// drain, as a consumer that streams all along keeps it: a slot moves its restart point only
+/// past a running-transactions record it has decoded, so after the short-lived consumers of the
+/// rounds before, a new consumer would first decode hundreds of MB of earlier WAL. A checkpoint
+/// writes such a record; advancing the slot decodes it.
+async fn decode_from_here(pool: &PgPool) {
+    pool.execute("CHECKPOINT").await.unwrap();
+    advance(pool, "observers").await;
+}
+
 /// Moves `slot` to the current WAL position (outside any timing).
 async fn advance(pool: &PgPool, slot: &str) {
     sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
@@ -813,7 +823,7 @@ async fn wal_source(
     trigger_p99: f64,
 ) {
     wal_capture(pool, "orders", "Order").await;
-    advance(pool, "observers").await;
+    decode_from_here(pool).await;
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
         .await
         .unwrap();
@@ -852,6 +862,7 @@ async fn wal_source(
 
     // Direct delivery: the same backlog, written while nothing streams the slot, then drained
     // from the stream (the consumer starts after what the relay copied).
+    decode_from_here(pool).await;
     sqlx::query("INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)")
         .bind(i64::try_from(rows).unwrap())
         .execute(pool)

@@ -56,6 +56,9 @@ pub const DIRECT_ID_BASE: i64 = 1 << 62;
 /// Events waiting for the listener, at most.
 pub const MAX_BUFFERED: usize = 20_000;
 
+/// How often the client reports the confirmed LSN to the server.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+
 /// At most one checkpoint write per this long; the rest wait for it (see [`Saving`]).
 pub const SAVE_EVERY: Duration = Duration::from_millis(100);
 
@@ -289,11 +292,14 @@ impl WalDirect {
             .replication
             .clone()
             .with_start_lsn(start.lsn)
-            .with_status_interval(Duration::from_millis(500))
+            .with_status_interval(STATUS_INTERVAL)
             .with_options(render::session_options(&time_zone));
         let mut client = ReplicationClient::connect(config).await.map_err(wire)?;
         tracing::info!(slot = %self.settings.slot, publication = %self.settings.publication,
             from = %start.lsn, "WAL stream delivering directly");
+        // When a saved LSN was last handed to the client (it reports it to the server at most
+        // once per status interval).
+        let mut confirmed_at: Option<tokio::time::Instant> = None;
         let mut confirmed = self.shared.confirm.subscribe();
         confirmed.mark_changed();
 
@@ -320,6 +326,15 @@ impl WalDirect {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
+                    // The last save (a clean stop writes one just before) reaches the server
+                    // before the stream ends, so a restart does not stream it again.
+                    if confirmed.has_changed().unwrap_or(false) {
+                        client.update_applied_lsn(*confirmed.borrow_and_update());
+                        confirmed_at = Some(tokio::time::Instant::now());
+                    }
+                    if let Some(at) = confirmed_at {
+                        tokio::time::sleep_until(at + STATUS_INTERVAL + Duration::from_millis(50)).await;
+                    }
                     client.stop();
                     return Ok(true);
                 }
@@ -327,6 +342,7 @@ impl WalDirect {
                     let lsn = *confirmed.borrow_and_update();
                     if !lsn.is_zero() {
                         client.update_applied_lsn(lsn);
+                        confirmed_at = Some(tokio::time::Instant::now());
                     }
                     continue;
                 }

@@ -135,6 +135,19 @@ impl WalDb {
         (tx, tokio::spawn(async move { listener.run(rx).await }))
     }
 
+    /// Whether the slot's confirmed position is at or past `lsn`.
+    async fn confirmed(&self, lsn: &str) -> bool {
+        sqlx::query_scalar(
+            "SELECT $1::pg_lsn <= confirmed_flush_lsn FROM pg_replication_slots
+              WHERE slot_name = $2",
+        )
+        .bind(lsn)
+        .bind(&self.settings.slot)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
     async fn change_log_rows(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM observer_change_log")
             .fetch_one(&self.pool)
@@ -665,5 +678,33 @@ async fn a_save_without_the_leader_lease_is_refused() {
     .await;
     stop_listener(run).await;
     assert_eq!(again.events()[0].0.id, seen.events()[0].0.id);
+    db.drop().await;
+}
+
+/// A clean stop right after a delivery writes the last save and reports it to the server before
+/// the stream ends (the client reports at most once per status interval), so a restart does not
+/// stream the transaction again.
+#[tokio::test]
+async fn a_clean_stop_confirms_the_last_save_to_the_slot() {
+    let Some(db) = WalDb::new("direct_stop").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .await;
+    db.capture("items", "Item").await;
+    for round in 1..=3 {
+        let seen = Seen::default();
+        let run = db.deliver(&seen);
+        db.exec(&format!("INSERT INTO items VALUES ({round}, {round})"))
+            .await;
+        seen.at_least(1).await;
+        stop_listener(run).await;
+        let (_, lsn) = db.saved().await.expect("saved at the stop");
+        assert!(
+            db.confirmed(&lsn).await,
+            "round {round}: the saved LSN {lsn} is confirmed to the slot after a clean stop"
+        );
+        assert_eq!(seen.len(), 1, "round {round}: only the new change");
+    }
     db.drop().await;
 }
