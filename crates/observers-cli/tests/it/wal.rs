@@ -324,6 +324,16 @@ events = ["insert"]
         text.contains("wal:wal"),
         "the stream's checkpoint is listed: {text}"
     );
+    let refused = cli(
+        &db,
+        &["checkpoint", "set", "--listener", "wal:wal", "--start"],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("WAL stream consumer"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     signal(&run, "TERM");
     assert_eq!(wait_exit(&mut run, Duration::from_secs(15)).await, Some(0));
 }
