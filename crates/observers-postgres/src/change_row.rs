@@ -107,11 +107,7 @@ pub fn decode_text(
         after,
         created_at: columns.created_at,
     };
-    if problems.is_empty() {
-        fields.into_item(cursor)
-    } else {
-        fields.poison(cursor, problems.join("; "))
-    }
+    fields.finish(cursor, &problems)
 }
 
 /// A change the WAL stream gave, with its row images as JSON text (see [`decode_stream`]).
@@ -166,12 +162,7 @@ pub(crate) fn decode_stream(change: StreamChange<'_>) -> SourceItem {
         after,
         created_at: Some(change.created_at),
     };
-    let cursor = Cursor::new(change.id);
-    if problems.is_empty() {
-        fields.into_item(cursor)
-    } else {
-        fields.poison(cursor, problems.join("; "))
-    }
+    fields.finish(Cursor::new(change.id), &problems)
 }
 
 /// A text column, or (when it is not valid UTF-8, which a `SQL_ASCII` database lets through) its
@@ -231,6 +222,15 @@ struct Fields {
 }
 
 impl Fields {
+    /// The event, or a poison item when reading the columns found `problems`.
+    fn finish(self, cursor: Cursor, problems: &[String]) -> SourceItem {
+        if problems.is_empty() {
+            self.into_item(cursor)
+        } else {
+            self.poison(cursor, problems.join("; "))
+        }
+    }
+
     /// Called only when every column decoded.
     fn into_item(self, cursor: Cursor) -> SourceItem {
         let kind = match self.operation.as_deref().unwrap_or("").parse::<EventKind>() {

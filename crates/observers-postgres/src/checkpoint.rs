@@ -182,7 +182,7 @@ const SET_CREATE: &str = "INSERT INTO observer_checkpoints \
      VALUES ($1, $2, $2, $3) \
      ON CONFLICT (listener_id) DO NOTHING";
 
-const SET_LOCK: &str = "SELECT cursor_id FROM observer_checkpoints \
+const SET_LOCK: &str = "SELECT cursor_id, wal_lsn IS NOT NULL FROM observer_checkpoints \
      WHERE listener_id = $1 FOR UPDATE";
 
 const SET_MOVE: &str = "INSERT INTO observer_checkpoints \
@@ -267,7 +267,10 @@ impl PostgresCheckpointStore {
     /// Moves a checkpoint by operator decision, backwards too (to replay) or forwards (to skip),
     /// and records the move with `reason` in `observer_checkpoints_history`, in one transaction.
     /// Returns the previous cursor. A running listener keeps its own position in memory: stop
-    /// it first, or it will overwrite the move with its next save.
+    /// it first, or it will overwrite the move with its next save. The position of a WAL stream
+    /// consumer (`wal_delivery = "direct"`, a row with `wal_lsn`) is refused (`OBS-PG-INVALID`):
+    /// it is the commit LSN confirmed to its slot, with the ids the stream numbers its events
+    /// from, not a change-log cursor.
     pub async fn set(
         &self,
         listener_id: &str,
@@ -288,11 +291,22 @@ impl PostgresCheckpointStore {
         let old = if created {
             None
         } else {
-            let row: Option<i64> = sqlx::query_scalar(SET_LOCK)
+            let row: Option<(i64, bool)> = sqlx::query_as(SET_LOCK)
                 .bind(listener_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db)?;
+            if row.is_some_and(|(_, stream)| stream) {
+                return Err(PgError::Invalid(format!(
+                    "`{listener_id}` is the position of a WAL stream consumer (wal_delivery = \
+                     \"direct\"): it is the commit LSN confirmed to the replication slot, with \
+                     the ids the stream numbers its events from, and `checkpoint set` moves \
+                     change-log cursors only; stop `observers run` and drop or advance the slot \
+                     to skip ahead"
+                ))
+                .into());
+            }
+            let row = row.map(|(id, _)| id);
             // The upsert also covers a row deleted between the two statements.
             sqlx::query(SET_MOVE)
                 .bind(listener_id)

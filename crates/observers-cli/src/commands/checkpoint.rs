@@ -72,21 +72,6 @@ pub async fn run(cmd: CheckpointCommand, db: &DbArgs) -> CliResult {
             start,
             reason,
         } => {
-            let stream: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT FROM observer_checkpoints
-                                 WHERE listener_id = $1 AND wal_lsn IS NOT NULL)",
-            )
-            .bind(&listener)
-            .fetch_one(&pool)
-            .await?;
-            if stream {
-                return Err(Exit::usage(anyhow::anyhow!(
-                    "`{listener}` is the position of a WAL stream consumer (wal_delivery = \"direct\"): \
-                     it is the commit LSN confirmed to the replication slot, with the ids the \
-                     stream numbers its events from, and `checkpoint set` moves change-log \
-                     cursors only; stop `observers run` and drop or advance the slot to skip ahead"
-                )));
-            }
             let target = match (cursor, latest, start) {
                 (Some(c), _, _) => c,
                 (None, true, _) => latest_cursor(&pool).await?,
@@ -97,7 +82,14 @@ pub async fn run(cmd: CheckpointCommand, db: &DbArgs) -> CliResult {
                     )));
                 }
             };
-            let old = store.set(&listener, target, &reason).await?;
+            // A refused move (the position of a WAL stream consumer) is a bad request.
+            let old = store
+                .set(&listener, target, &reason)
+                .await
+                .map_err(|e| match e.code() {
+                    "OBS-PG-INVALID" => Exit::usage(e),
+                    _ => e.into(),
+                })?;
             println!(
                 "{listener}: {} -> {target}",
                 old.map_or_else(|| "(none)".to_owned(), |c| c.to_string())

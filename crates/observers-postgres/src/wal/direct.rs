@@ -43,8 +43,8 @@ use tokio::sync::{Notify, watch};
 
 use super::{
     CONTEXT_MESSAGE_PREFIX, Capture, Change, Rel, Tx, WalSettings, apply, apply_context,
-    load_captures, parse_lsn, pg_time, pgoutput, reconnecting, render, replication_config, slot,
-    validate_name, wire,
+    load_captures, parse_lsn, pg_time, reconnecting, record_kept_as_text, record_unfit, render,
+    replication_config, slot, typed_image, validate_name, wire,
 };
 use crate::PostgresCheckpointStore;
 use crate::change_row;
@@ -67,7 +67,7 @@ pub const SAVE_EVERY: Duration = Duration::from_millis(100);
 const CONVERT_EVERY: usize = 1_000;
 
 /// The checkpoint id of the direct consumer of `listener_id`.
-pub fn consumer_id(listener_id: &str) -> String {
+fn consumer_id(listener_id: &str) -> String {
     format!("{listener_id}:wal")
 }
 
@@ -90,8 +90,6 @@ struct Buffer {
     saved: Option<Saved>,
     /// The highest id handed to the listener since the stream (re)started.
     handed: Option<i64>,
-    /// The id of the last event pushed.
-    last: i64,
     /// The listener asked again for events it was handed: the stream restarts from `saved`.
     rewind: bool,
 }
@@ -193,16 +191,6 @@ impl WalDirect {
         self
     }
 
-    /// The checkpoint id this consumer saves under.
-    pub fn consumer(&self) -> &str {
-        &self.consumer
-    }
-
-    /// Events taken from the stream so far (for the metrics).
-    pub fn streamed_changes(&self) -> Arc<AtomicU64> {
-        self.streamed.clone()
-    }
-
     /// The event source the listener reads and the checkpoint store it saves to (under
     /// [`WalDirect::consumer`]), for a listener of one's own; [`WalDirect::run`] must stream
     /// meanwhile.
@@ -274,7 +262,6 @@ impl WalDirect {
         let mut buffer = self.shared.buffer();
         *buffer = Buffer {
             saved: Some(start),
-            last: start.id,
             ..Buffer::default()
         };
         Ok((start, partial))
@@ -375,11 +362,10 @@ impl WalDirect {
                 xid,
             } => stream.begin(pg_time(commit_time_micros), final_lsn, xid),
             ReplicationEvent::XLogData { data, .. } => {
-                let message = pgoutput::decode(&data)
-                    .map_err(|e| PgError::Invalid(format!("WAL stream: {e}")))?;
                 apply(
                     &self.pool,
-                    message,
+                    "WAL stream",
+                    &data,
                     &mut stream.rels,
                     &mut stream.captures,
                     stream.tx.as_mut(),
@@ -412,7 +398,7 @@ impl WalDirect {
                 // WAL that held no captured change (nothing after the save is numbered yet).
                 let idle = stream.tx.is_none() && {
                     let buffer = self.shared.buffer();
-                    buffer.bounds.is_empty() && buffer.saved.is_some_and(|s| s.id >= buffer.last)
+                    buffer.bounds.is_empty() && buffer.saved.is_some_and(|s| s.id >= stream.next)
                 };
                 if idle && !wal_end.is_zero() && wal_end > stream.done {
                     client.update_applied_lsn(wal_end);
@@ -442,16 +428,14 @@ impl WalDirect {
             }
             kept.push(change);
         }
-        let items = self.convert(&kept, stream, commit_time).await?;
+        let items = self.convert(kept, stream, commit_time).await?;
         let pushed = items.len() as u64;
         {
             let mut buffer = self.shared.buffer();
-            if let Some(last) = items.last() {
-                buffer.last = last.cursor().id;
-            }
             buffer.items.extend(items);
             if let Some(end) = end.filter(|_| !skipped) {
-                let id = buffer.last;
+                // The last event numbered (pushed above, or before).
+                let id = stream.next;
                 let saved = buffer.saved.map_or(i64::MIN, |s| s.id);
                 match buffer.bounds.back_mut() {
                     // No event since the last bound: it covers this transaction too.
@@ -470,35 +454,40 @@ impl WalDirect {
         Ok(())
     }
 
-    /// The events of `changes` (captured, in order), numbered on from `stream.next`. Tables the
-    /// relay does not render itself are read into their row types on the server (a run per
-    /// table); when that fails (a table altered since), their text values are kept and the
-    /// problem recorded in `observer_capture_errors`.
+    /// The events of `changes` (captured, in order), numbered on from `stream.next`; the row
+    /// images move into the events. Tables the relay does not render itself are read into their
+    /// row types on the server (a run per table); when that fails (a table altered since), their
+    /// text values are kept and the problem recorded in `observer_capture_errors`.
     async fn convert(
         &self,
-        changes: &[Change],
+        changes: Vec<Change>,
         stream: &mut Stream,
         commit_time: DateTime<Utc>,
     ) -> Result<Vec<SourceItem>, PgError> {
         let mut items = Vec::with_capacity(changes.len());
-        for run in changes.chunk_by(|a, b| Arc::ptr_eq(&a.rel, &b.rel)) {
-            let rel = &run[0].rel;
-            let images: Vec<(Option<String>, Option<String>)> = if rel.exact {
-                run.iter()
-                    .map(|c| (c.before.clone(), c.after.clone()))
-                    .collect()
-            } else {
-                self.server_images(rel, run).await?
+        let mut changes = changes.into_iter().peekable();
+        while let Some(first) = changes.next() {
+            let rel = first.rel.clone();
+            let mut run = vec![first];
+            while let Some(c) = changes.next_if(|c| Arc::ptr_eq(&c.rel, &rel)) {
+                run.push(c);
+            }
+            let first_id = stream.next + 1;
+            let ids = first_id..;
+            stream.next = ids
+                .clone()
+                .zip(&run)
+                .last()
+                .map_or(stream.next, |(id, _)| id);
+            let unfit = ids.clone().zip(&run).filter(|(_, c)| !c.unfit.is_empty());
+            record_unfit(&self.pool, &rel, "WAL stream", unfit).await?;
+            if !rel.exact {
+                self.server_images(&rel, &mut run).await?;
+            }
+            let Some(capture) = &rel.capture else {
+                continue;
             };
-            for (change, (before, after)) in run.iter().zip(images) {
-                stream.next += 1;
-                let id = stream.next;
-                if !change.unfit.is_empty() {
-                    self.record_unfit(rel, change, id).await?;
-                }
-                let Some(capture) = &rel.capture else {
-                    continue;
-                };
+            for (id, change) in ids.zip(run) {
                 items.push(change_row::decode_stream(change_row::StreamChange {
                     id,
                     txid: i64::from(stream.xid),
@@ -508,8 +497,8 @@ impl WalDirect {
                     operation: change.operation,
                     tenant: change.context.tenant.as_deref(),
                     user: change.context.user.as_deref(),
-                    before,
-                    after,
+                    before: change.before,
+                    after: change.after,
                     created_at: commit_time,
                 }));
             }
@@ -517,78 +506,37 @@ impl WalDirect {
         Ok(items)
     }
 
-    /// The row images of a run of one table's changes as `to_jsonb` of the table's row type
-    /// gives them, or their text values when the server cannot read them into it.
-    async fn server_images(
-        &self,
-        rel: &Rel,
-        run: &[Change],
-    ) -> Result<Vec<(Option<String>, Option<String>)>, PgError> {
+    /// Replaces the row images of a run of one table's changes with `to_jsonb` of the table's
+    /// row type, or keeps their text values when the server cannot read them into it.
+    async fn server_images(&self, rel: &Rel, run: &mut [Change]) -> Result<(), PgError> {
         let sql = format!(
-            "SELECT CASE WHEN u.b IS NULL THEN NULL
-                         ELSE to_jsonb(jsonb_populate_record(NULL::{t}, u.b::jsonb))::text END,
-                    CASE WHEN u.a IS NULL THEN NULL
-                         ELSE to_jsonb(jsonb_populate_record(NULL::{t}, u.a::jsonb))::text END
+            "SELECT ({})::text, ({})::text
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(b, a, n)
               ORDER BY u.n",
-            t = rel.type_name
+            typed_image(&rel.type_name, "b"),
+            typed_image(&rel.type_name, "a"),
         );
         let before: Vec<Option<&str>> = run.iter().map(|c| c.before.as_deref()).collect();
         let after: Vec<Option<&str>> = run.iter().map(|c| c.after.as_deref()).collect();
-        match sqlx::query_as::<_, (Option<String>, Option<String>)>(AssertSqlSafe(sql))
+        let converted = sqlx::query_as::<_, (Option<String>, Option<String>)>(AssertSqlSafe(sql))
             .bind(&before)
             .bind(&after)
             .fetch_all(&self.pool)
-            .await
-        {
-            Ok(images) => Ok(images),
-            Err(e) if matches!(e, sqlx::Error::Database(_)) => {
-                let entity = rel.capture.as_ref().map_or("", |c| c.entity.as_str());
-                sqlx::query(
-                    "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, error)
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&rel.relation.schema)
-                .bind(&rel.relation.name)
-                .bind(entity)
-                .bind(format!(
-                    "WAL stream kept {} change(s) as text: the values do not read into the \
-                     table's row type now: {e}",
-                    run.len()
-                ))
-                .execute(&self.pool)
-                .await?;
-                Ok(run
-                    .iter()
-                    .map(|c| (c.before.clone(), c.after.clone()))
-                    .collect())
+            .await;
+        match converted {
+            Ok(images) => {
+                for (change, (before, after)) in run.iter_mut().zip(images) {
+                    change.before = before;
+                    change.after = after;
+                }
+                Ok(())
+            }
+            Err(e @ sqlx::Error::Database(_)) => {
+                record_kept_as_text(&self.pool, rel, "WAL stream", run.len(), &e).await?;
+                Ok(())
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// A row in `observer_capture_errors` for a change with `json` values kept as strings.
-    async fn record_unfit(&self, rel: &Rel, change: &Change, id: i64) -> Result<(), PgError> {
-        let entity = rel.capture.as_ref().map_or("", |c| c.entity.as_str());
-        let columns: Vec<String> = change.unfit.iter().map(|c| format!("{c:?}")).collect();
-        sqlx::query(
-            "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, change_id, error)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&rel.relation.schema)
-        .bind(&rel.relation.name)
-        .bind(entity)
-        .bind(id)
-        .bind(format!(
-            "WAL stream kept json column(s) {} of this {} as JSON strings of their text: jsonb \
-             cannot hold their values (an escaped NUL, or a number beyond numeric's range); \
-             change_id is the event's id",
-            columns.join(", "),
-            change.operation,
-        ))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Saves `cursor` (the last event the listener completed, with every one before it): the
@@ -906,11 +854,6 @@ impl WalDirectListener {
         let (source, checkpoints) = direct.parts();
         let inner = Listener::new(source, checkpoints, executor, config);
         Self { direct, inner }
-    }
-
-    /// Events taken from the stream so far (for the metrics).
-    pub fn streamed_changes(&self) -> Arc<AtomicU64> {
-        self.direct.streamed_changes()
     }
 
     /// Runs until `shutdown`: events in flight finish and the checkpoint is saved (and

@@ -436,11 +436,10 @@ impl WalRelay {
                     ..
                 } => held.begin(pg_time(commit_time_micros), final_lsn),
                 ReplicationEvent::XLogData { data, .. } => {
-                    let message = pgoutput::decode(&data)
-                        .map_err(|e| PgError::Invalid(format!("WAL relay: {e}")))?;
                     apply(
                         &self.pool,
-                        message,
+                        "WAL relay",
+                        &data,
                         &mut rels,
                         &mut captures,
                         held.current.as_mut(),
@@ -679,20 +678,7 @@ impl WalRelay {
                             .execute(&mut *db)
                             .await?;
                         insert_run(&mut db, rel, capture, run, false).await?;
-                        sqlx::query(
-                            "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, error)
-                             VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(&rel.relation.schema)
-                        .bind(&rel.relation.name)
-                        .bind(&capture.entity)
-                        .bind(format!(
-                            "WAL relay kept {} change(s) as text: the values do not read into \
-                             the table's row type now: {e}",
-                            run.len()
-                        ))
-                        .execute(&mut *db)
-                        .await?;
+                        record_kept_as_text(&mut *db, rel, "WAL relay", run.len(), &e).await?;
                     }
                 }
             } else {
@@ -773,19 +759,21 @@ async fn reconnecting<F, Fut>(
     }
 }
 
-/// Applies one decoded stream message: a Relation is remembered (with its capture, read again
+/// Decodes one `pgoutput` message (`who` names the consumer in errors) and applies it: a Relation is remembered (with its capture, read again
 /// when the table is new here), a row change is pushed onto `tx`.
 async fn apply(
     pool: &PgPool,
-    message: Message,
+    who: &str,
+    data: &[u8],
     rels: &mut HashMap<u32, Arc<Rel>>,
     captures: &mut HashMap<(String, String), Capture>,
     tx: Option<&mut Tx>,
 ) -> Result<(), PgError> {
+    let message = pgoutput::decode(data).map_err(|e| PgError::Invalid(format!("{who}: {e}")))?;
     let rel_of = |rels: &HashMap<u32, Arc<Rel>>, id: u32| {
         rels.get(&id).cloned().ok_or_else(|| {
             PgError::Invalid(format!(
-                "WAL relay: a change of relation {id} arrived before its Relation message"
+                "{who}: a change of relation {id} arrived before its Relation message"
             ))
         })
     };
@@ -929,10 +917,7 @@ SELECT EXISTS (SELECT FROM moved)";
 /// `to_jsonb`; without, the text values are kept.
 fn insert_sql(type_name: Option<&str>) -> String {
     let convert = |col: &str| match type_name {
-        Some(t) => format!(
-            "CASE WHEN u.{col} IS NULL THEN NULL \
-                  ELSE to_jsonb(jsonb_populate_record(NULL::{t}, u.{col}::jsonb)) END"
-        ),
+        Some(t) => typed_image(t, col),
         None => format!("u.{col}::jsonb"),
     };
     format!(
@@ -947,6 +932,15 @@ fn insert_sql(type_name: Option<&str>) -> String {
           ORDER BY x.n",
         convert("b"),
         convert("a"),
+    )
+}
+
+/// `to_jsonb` of the text values `u.{col}` (a row image, or NULL) read into the row type
+/// `type_name` by the columns' own input functions.
+fn typed_image(type_name: &str, col: &str) -> String {
+    format!(
+        "CASE WHEN u.{col} IS NULL THEN NULL \
+              ELSE to_jsonb(jsonb_populate_record(NULL::{type_name}, u.{col}::jsonb)) END"
     )
 }
 
@@ -992,47 +986,78 @@ async fn insert_run(
     }
     // Ids are drawn in the run's order.
     ids.sort_unstable();
-    record_unfit(db, rel, capture, run, &ids).await
-}
-
-/// A row in `observer_capture_errors` for each change of `run` with `json` values kept as
-/// strings, naming the change log row (`ids`, the run's, in order) and the columns.
-async fn record_unfit(
-    db: &mut sqlx::PgConnection,
-    rel: &Rel,
-    capture: &Capture,
-    run: &[Row<'_>],
-    ids: &[i64],
-) -> Result<(), sqlx::Error> {
-    let (ids, errors): (Vec<i64>, Vec<String>) = run
+    let unfit = run
         .iter()
         .zip(ids)
         .filter(|(r, _)| !r.0.unfit.is_empty())
-        .map(|(r, id)| {
-            let columns =
-                r.0.unfit
-                    .iter()
-                    .map(|c| format!("{c:?}"))
-                    .collect::<Vec<_>>();
+        .map(|(r, id)| (id, r.0));
+    record_unfit(db, rel, "WAL relay", unfit).await
+}
+
+/// A row in `observer_capture_errors` for each of `unfit`'s changes, which have `json` values
+/// kept as strings, naming the change (`change_id`: its change-log row, or with direct delivery
+/// its event id) and the columns; `who` is the WAL consumer that kept them.
+async fn record_unfit<'c, 'a>(
+    db: impl sqlx::PgExecutor<'c>,
+    rel: &Rel,
+    who: &str,
+    unfit: impl Iterator<Item = (i64, &'a Change)> + Send,
+) -> Result<(), sqlx::Error> {
+    let (ids, errors): (Vec<i64>, Vec<String>) = unfit
+        .map(|(id, change)| {
+            let columns = change
+                .unfit
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>();
             let error = format!(
-                "WAL relay kept json column(s) {} of this {} as JSON strings of their text: \
+                "{who} kept json column(s) {} of this {} as JSON strings of their text: \
                  jsonb cannot hold their values (an escaped NUL, or a number beyond \
                  numeric's range)",
                 columns.join(", "),
-                r.0.operation,
+                change.operation,
             );
-            (*id, error)
+            (id, error)
         })
         .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, change_id, error)
          SELECT $1, $2, $3, e.id, e.error FROM unnest($4::int8[], $5::text[]) AS e(id, error)",
     )
     .bind(&rel.relation.schema)
     .bind(&rel.relation.name)
-    .bind(&capture.entity)
+    .bind(rel.capture.as_ref().map_or("", |c| c.entity.as_str()))
     .bind(ids)
     .bind(errors)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A row in `observer_capture_errors` saying `who` kept `n` changes of `rel` as text: their
+/// values did not read into the table's row type (`error`; the table was altered or dropped
+/// since).
+async fn record_kept_as_text<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    rel: &Rel,
+    who: &str,
+    n: usize,
+    error: &(dyn std::fmt::Display + Sync),
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO observer_capture_errors (table_schema, table_name, entity_type, error)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&rel.relation.schema)
+    .bind(&rel.relation.name)
+    .bind(rel.capture.as_ref().map_or("", |c| c.entity.as_str()))
+    .bind(format!(
+        "{who} kept {n} change(s) as text: the values do not read into the table's row type \
+         now: {error}"
+    ))
     .execute(db)
     .await?;
     Ok(())

@@ -155,6 +155,21 @@ impl WalDb {
         self.relay()
     }
 
+    /// Runs each `(session, sql)` step in order on two sessions of their own, so that their
+    /// transactions interleave as the steps say.
+    pub(crate) async fn interleave(&self, steps: &[(usize, &str)]) {
+        let mut sessions = [
+            PgConnection::connect(&self.url).await.unwrap(),
+            PgConnection::connect(&self.url).await.unwrap(),
+        ];
+        for (session, sql) in steps {
+            sqlx::raw_sql(sqlx::AssertSqlSafe((*sql).to_owned()))
+                .execute(&mut sessions[*session])
+                .await
+                .unwrap();
+        }
+    }
+
     /// Waits (with a deadline) until the boolean query `sql`, with `binds`, says true.
     pub(crate) async fn eventually(&self, what: &str, sql: &str, binds: &[&str]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -538,10 +553,7 @@ async fn wal_delivers_in_commit_order_with_deletes_truncate_and_tenant() {
         .await;
     db.capture("orders", "Order").await;
     db.exec("INSERT INTO orders VALUES (1, 'new')").await;
-    let t1 = PgConnection::connect(&db.url).await.unwrap();
-    let t2 = PgConnection::connect(&db.url).await.unwrap();
-    let mut conns = [t1, t2];
-    for (who, sql) in [
+    db.interleave(&[
         (0, "BEGIN; INSERT INTO audit VALUES (1)"),
         (1, "BEGIN; UPDATE orders SET status = 'paid' WHERE id = 1; COMMIT"),
         (0, "UPDATE orders SET status = 'shipped' WHERE id = 1; COMMIT"),
@@ -551,12 +563,8 @@ async fn wal_delivers_in_commit_order_with_deletes_truncate_and_tenant() {
              DELETE FROM orders WHERE id = 1; COMMIT",
         ),
         (0, "INSERT INTO orders VALUES (2, 'x'); TRUNCATE orders"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-            .execute(&mut conns[who])
-            .await
-            .unwrap();
-    }
+    ])
+    .await;
     // The relay starts after all of it: the slot kept everything since `capture enable`.
     let relay = db.relay();
     let events = db.events(6).await;

@@ -21,7 +21,6 @@ use observers_core::{Cursor, EntityEvent, EventKind, ObserverExecutor, ObserverS
 use observers_postgres::capture::{self, CaptureSpec};
 use observers_postgres::wal::direct::{DIRECT_ID_BASE, WalDirect, WalDirectListener};
 use serde_json::Value;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 
 use crate::wal::{EVERY_TYPE, EVERY_VALUE, WalDb, stop};
@@ -193,10 +192,7 @@ fn field(e: &EntityEvent, name: &str) -> String {
 /// Two sessions whose transactions interleave (the later one to begin commits first), a
 /// logical message with tenant and user, a delete and a TRUNCATE, on `orders`.
 async fn write_interleaved(db: &WalDb) {
-    let a = PgConnection::connect(&db.url).await.unwrap();
-    let b = PgConnection::connect(&db.url).await.unwrap();
-    let mut conns = [a, b];
-    for (who, sql) in [
+    db.interleave(&[
         (0, "BEGIN; INSERT INTO orders VALUES (2, 'a-first', 1)"),
         (1, "BEGIN; UPDATE orders SET status = 'paid' WHERE id = 1; COMMIT"),
         (0, "UPDATE orders SET status = 'shipped' WHERE id = 1; COMMIT"),
@@ -206,12 +202,8 @@ async fn write_interleaved(db: &WalDb) {
              DELETE FROM orders WHERE id = 2; COMMIT",
         ),
         (0, "INSERT INTO orders VALUES (3, 'x', 0); TRUNCATE orders"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-            .execute(&mut conns[who])
-            .await
-            .unwrap();
-    }
+    ])
+    .await;
 }
 
 /// Interleaved transactions (the later one to begin commits first), a numeric beyond a double,
@@ -706,5 +698,18 @@ async fn a_clean_stop_confirms_the_last_save_to_the_slot() {
         );
         assert_eq!(seen.len(), 1, "round {round}: only the new change");
     }
+    // The saved position is not a change-log cursor: an operator move is refused, and the row
+    // stays as the stream left it.
+    let saved = db.saved().await;
+    let store = observers_postgres::PostgresCheckpointStore::new(db.pool.clone());
+    let refused = store
+        .set("direct:wal", Cursor::START, "test")
+        .await
+        .expect_err("the stream's position is not moved by hand");
+    assert!(
+        refused.to_string().contains("WAL stream consumer"),
+        "{refused}"
+    );
+    assert_eq!(db.saved().await, saved);
     db.drop().await;
 }
