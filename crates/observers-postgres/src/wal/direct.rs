@@ -42,9 +42,9 @@ use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::{Notify, watch};
 
 use super::{
-    CONTEXT_MESSAGE_PREFIX, Capture, Change, Rel, Tx, WalSettings, apply, apply_context,
+    CONTEXT_MESSAGE_PREFIX, Capture, Change, Rel, Tx, WalSettings, apply, apply_context, image_sql,
     load_captures, parse_lsn, pg_time, reconnecting, record_kept_as_text, record_unfit, render,
-    replication_config, slot, typed_image, validate_name, wire,
+    replication_config, slot, validate_name, wire,
 };
 use crate::PostgresCheckpointStore;
 use crate::change_row;
@@ -481,8 +481,12 @@ impl WalDirect {
                 .map_or(stream.next, |(id, _)| id);
             let unfit = ids.clone().zip(&run).filter(|(_, c)| !c.unfit.is_empty());
             record_unfit(&self.pool, &rel, "WAL stream", unfit).await?;
+            // What the relay's insert does on the server, so that the images are `to_jsonb`'s.
             if !rel.exact {
-                self.server_images(&rel, &mut run).await?;
+                self.server_images(&rel, &mut run, Some(&rel.type_name))
+                    .await?;
+            } else if rel.holds_json() {
+                self.server_images(&rel, &mut run, None).await?;
             }
             let Some(capture) = &rel.capture else {
                 continue;
@@ -506,15 +510,21 @@ impl WalDirect {
         Ok(items)
     }
 
-    /// Replaces the row images of a run of one table's changes with `to_jsonb` of the table's
-    /// row type, or keeps their text values when the server cannot read them into it.
-    async fn server_images(&self, rel: &Rel, run: &mut [Change]) -> Result<(), PgError> {
+    /// Replaces the row images of a run of one table's changes with what the change log would
+    /// store (see [`image_sql`]: with `type_name`, `to_jsonb` of the table's row type), or
+    /// keeps their text values when the server cannot read them.
+    async fn server_images(
+        &self,
+        rel: &Rel,
+        run: &mut [Change],
+        type_name: Option<&str>,
+    ) -> Result<(), PgError> {
         let sql = format!(
             "SELECT ({})::text, ({})::text
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(b, a, n)
               ORDER BY u.n",
-            typed_image(&rel.type_name, "b"),
-            typed_image(&rel.type_name, "a"),
+            image_sql(type_name, "b"),
+            image_sql(type_name, "a"),
         );
         let before: Vec<Option<&str>> = run.iter().map(|c| c.before.as_deref()).collect();
         let after: Vec<Option<&str>> = run.iter().map(|c| c.after.as_deref()).collect();

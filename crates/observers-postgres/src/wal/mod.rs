@@ -132,6 +132,14 @@ impl Rel {
         }
     }
 
+    /// Whether a column holds `json` (not `jsonb`): the relay writes its text as it is, which
+    /// only a cast to jsonb brings to `to_jsonb`'s form.
+    fn holds_json(&self) -> bool {
+        self.renders
+            .iter()
+            .any(|r| matches!(r, Render::Json | Render::JsonNarrow))
+    }
+
     /// A row image, and the `json` columns in it kept as strings (see [`render::row`]).
     fn image(&self, values: &[Value], old: Option<&[Value]>) -> (String, Vec<String>) {
         render::row(&self.relation, &self.renders, values, old)
@@ -916,10 +924,7 @@ SELECT EXISTS (SELECT FROM moved)";
 /// table's quoted row type, the server reads the values into it and renders them with
 /// `to_jsonb`; without, the text values are kept.
 fn insert_sql(type_name: Option<&str>) -> String {
-    let convert = |col: &str| match type_name {
-        Some(t) => typed_image(t, col),
-        None => format!("u.{col}::jsonb"),
-    };
+    let convert = |col: &str| image_sql(type_name, col);
     format!(
         "INSERT INTO observer_change_log
              (entity_type, entity_id, operation, tenant_id, user_id, before, after, created_at)
@@ -935,13 +940,18 @@ fn insert_sql(type_name: Option<&str>) -> String {
     )
 }
 
-/// `to_jsonb` of the text values `u.{col}` (a row image, or NULL) read into the row type
-/// `type_name` by the columns' own input functions.
-fn typed_image(type_name: &str, col: &str) -> String {
-    format!(
-        "CASE WHEN u.{col} IS NULL THEN NULL \
-              ELSE to_jsonb(jsonb_populate_record(NULL::{type_name}, u.{col}::jsonb)) END"
-    )
+/// The row image `u.{col}` (or NULL) as the change log stores it: with the table's row type,
+/// its text values read into it by the columns' own input functions and rendered by `to_jsonb`;
+/// without, cast to jsonb as it is (which also gives the `json` values in it jsonb's form:
+/// keys sorted and deduplicated, numbers as numeric prints them).
+fn image_sql(type_name: Option<&str>, col: &str) -> String {
+    match type_name {
+        Some(t) => format!(
+            "CASE WHEN u.{col} IS NULL THEN NULL \
+                  ELSE to_jsonb(jsonb_populate_record(NULL::{t}, u.{col}::jsonb)) END"
+        ),
+        None => format!("u.{col}::jsonb"),
+    }
 }
 
 /// One statement for a run of changes to one table; the row images are bound, not copied. When a

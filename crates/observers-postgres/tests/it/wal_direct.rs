@@ -713,3 +713,104 @@ async fn a_clean_stop_confirms_the_last_save_to_the_slot() {
     assert_eq!(db.saved().await, saved);
     db.drop().await;
 }
+
+/// Values a consumer of the stream must not choke on, read straight from the stream: `json`
+/// values jsonb cannot hold (an escaped NUL, numbers beyond numeric's range) are delivered as
+/// strings, each with a row in `observer_capture_errors` naming its event; a change whose
+/// `jsonb` is nested deeper than the parser allows becomes a poison item (for the DLQ); a
+/// change that no longer reads into its retyped table is kept as text and recorded. The stream
+/// goes on after each, in commit order.
+#[tokio::test]
+async fn odd_values_are_kept_or_dead_lettered_and_the_stream_goes_on() {
+    let Some(db) = WalDb::new("direct_odd").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE docs (id int PRIMARY KEY, doc json);
+         CREATE TABLE deep (id int PRIMARY KEY, doc jsonb);
+         CREATE TABLE t (id int PRIMARY KEY, v interval)",
+    )
+    .await;
+    db.capture("docs", "Doc").await;
+    db.capture("deep", "Deep").await;
+    db.capture("t", "T").await;
+    let nul = r#"{"a": ["x", "\u0000"]}"#;
+    let huge = "[1e131072]";
+    let fine = r#"{"a": "\\u0000", "n": [1e131071, -1e-16383]}"#;
+    let nested = format!("{}1{}", "{\"a\": ".repeat(200), "}".repeat(200));
+    db.exec(&format!(
+        "INSERT INTO docs VALUES (1, '{fine}'), (2, '{nul}'), (3, '{huge}');
+         INSERT INTO deep VALUES (1, '{nested}');
+         INSERT INTO t VALUES (1, '1 day');
+         ALTER TABLE t ALTER COLUMN v TYPE int USING 0;
+         INSERT INTO t VALUES (2, 5);
+         INSERT INTO docs VALUES (4, '[1]');"
+    ))
+    .await;
+    let (source, stream) = db.stream();
+    let mut items = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while items.len() < 7 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 7 items",
+            items.len()
+        );
+        let after = items.last().map_or(Cursor::START, SourceItem::cursor);
+        let batch = source.fetch(after, 100).await.unwrap();
+        if batch.is_empty() {
+            source.wait_for_changes(Duration::from_millis(50)).await;
+        }
+        items.extend(batch);
+    }
+    stream.0.send(true).unwrap();
+    stream.1.await.unwrap();
+
+    let event = |i: usize| match &items[i] {
+        SourceItem::Event(e) => e.clone(),
+        SourceItem::Poison { error, .. } => panic!("item {i} is poison: {error}"),
+    };
+    let doc = |i: usize| event(i).after.unwrap()["doc"].clone();
+    let fits: Value = sqlx::query_scalar("SELECT $1::text::jsonb")
+        .bind(fine)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(doc(0), fits, "a value that fits is to_jsonb's");
+    assert_eq!(doc(1), nul, "kept as its text");
+    assert_eq!(doc(2), huge, "kept as its text");
+    match &items[3] {
+        SourceItem::Poison { error, raw, .. } => {
+            assert!(error.contains("after"), "names the column: {error}");
+            assert_eq!(raw["entity_type"], "Deep");
+        }
+        SourceItem::Event(e) => panic!("the deep change is an event: {e:?}"),
+    }
+    assert_eq!(event(4).after.unwrap()["v"], "1 day", "kept as text");
+    assert_eq!(event(5).after.unwrap()["v"], 5, "converted");
+    assert_eq!(doc(6), serde_json::json!([1]), "the stream went on");
+    let ids: Vec<i64> = items.iter().map(|i| i.cursor().id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "stream order: {ids:?}");
+
+    let errors: Vec<(Option<i64>, String)> =
+        sqlx::query_as("SELECT change_id, error FROM observer_capture_errors ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let unfit: Vec<i64> = errors
+        .iter()
+        .filter(|(_, e)| e.contains("kept json column(s) \"doc\""))
+        .filter_map(|(id, _)| *id)
+        .collect();
+    assert_eq!(unfit, [ids[1], ids[2]], "each names its event: {errors:?}");
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|(_, e)| e.contains("kept 1 change(s) as text"))
+            .count(),
+        1,
+        "{errors:?}"
+    );
+    assert_eq!(db.change_log_rows().await, 0);
+    db.drop().await;
+}
