@@ -22,10 +22,15 @@ pub fn run(scope: Scope, args: &[String]) -> Result<()> {
     services::promtool()?;
     services::browser_peers()?;
     // The WAL source's tests need `wal_level = logical`, which the shared server may not run: a
-    // private cluster made with the machine's initdb, removed when the tests are done.
+    // private cluster made with the machine's initdb, removed when the tests are done. It also
+    // allows two-phase commit, for the horizon's test with a prepared transaction.
     let logical = match std::env::var("OBSERVERS_WAL_DATABASE_URL") {
         Ok(_) => None,
-        Err(_) => services::PrivatePostgres::start(&["wal_level=logical", "max_wal_senders=10"]),
+        Err(_) => services::PrivatePostgres::start(&[
+            "wal_level=logical",
+            "max_wal_senders=10",
+            "max_prepared_transactions=8",
+        ]),
     };
     let wal_url = std::env::var("OBSERVERS_WAL_DATABASE_URL")
         .ok()

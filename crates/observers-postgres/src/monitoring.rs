@@ -60,14 +60,20 @@ fn secs(v: f64) -> Duration {
 
 /// Reads the gauges of `listener_id` (cursor 0 when it has no checkpoint yet).
 pub async fn source_gauges(pool: &PgPool, listener_id: &str) -> Result<SourceGauges, PgError> {
+    // The writers in flight: transactions holding the write lock every insert into the change
+    // log takes (prepared ones too, aged from their PREPARE).
     let cutoff: f64 = sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - min(a.xact_start)), 0)::float8
+        "SELECT coalesce(extract(epoch FROM now() - min(coalesce(a.xact_start, p.prepared))), 0)::float8
            FROM pg_locks l
-           JOIN pg_stat_activity a ON a.pid = l.pid
-          WHERE l.locktype = 'advisory' AND l.classid = $1::int4::oid AND l.objsubid = 2
+           LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+           LEFT JOIN pg_locks t
+             ON l.pid IS NULL AND t.locktype = 'transactionid'
+            AND t.virtualtransaction = l.virtualtransaction
+           LEFT JOIN pg_prepared_xacts p ON p.transaction = t.transactionid
+          WHERE l.locktype = 'relation' AND l.relation = 'observer_change_log'::regclass
+            AND l.granted AND l.mode = 'RowExclusiveLock'
             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
-    .bind(crate::source::CHANGE_LOG_LOCK_CLASS)
     .fetch_one(pool)
     .await?;
     let (backlog, oldest): (i64, f64) = sqlx::query_as(

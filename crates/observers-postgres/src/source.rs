@@ -4,12 +4,13 @@
 //! takes a cluster-wide lock). `ChangeLogListener` runs core's listener loop over it with
 //! PostgreSQL checkpoints.
 //!
-//! The horizon (docs/postgres.md, "The cursor"): a transaction takes a shared advisory lock in
-//! the [`CHANGE_LOG_LOCK_CLASS`] space before its first change-log id is drawn, keyed by the
-//! sequence's value at that moment, and holds it until its rows are visible.
-//! `observers_change_horizon()` returns the smaller of the sequence's last value and the lowest
-//! such key. The rows are read in a LATER statement, so with a later snapshot: every id at or
-//! below the horizon is then committed and visible, or rolled back.
+//! The horizon (docs/postgres.md, "The cursor") costs writers nothing: a transaction writing the
+//! change log holds PostgreSQL's own write lock on it from before its first id is drawn until its
+//! rows are visible. A look (`observers_change_horizon_step`, migration 032) reads the id
+//! sequence's last value `L`, then lists the transactions holding that lock; once none of them
+//! holds it any more, every id up to `L` is final. Each source remembers its last look
+//! ([`Look`]), so the horizon moves by one look at a time, without waiting. The rows are read in
+//! a LATER statement, so with a later snapshot.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -38,10 +39,6 @@ const HORIZON_FIRST_READS: u32 = 32;
 /// The longest wait between polls when idle, unless [`PgEventSource::with_poll_interval`] says
 /// otherwise (`[source] poll_interval`).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
-
-/// The first key of the advisory locks that writing transactions hold on the change log
-/// (`'OBSV'`); the second is the low 32 bits of a lower bound of the transaction's ids.
-pub const CHANGE_LOG_LOCK_CLASS: i32 = 0x4F42_5356;
 
 /// The signal a write into the change log of `pool`'s database by this process (the WAL
 /// relay's) gives once it committed: the waiting readers of this process that read the same
@@ -73,12 +70,71 @@ pub(crate) fn written_signal(pool: &PgPool) -> Arc<Notify> {
     signal
 }
 
-/// The horizon: every change-log id at or below it is final. Must run in a statement before the
-/// read, never in the same one (a statement's snapshot is taken before it runs).
-const HORIZON: &str = "SELECT observers_change_horizon()";
+/// One look, after the last one (`$1` the highest id known final, `$2`/`$3` the candidate the
+/// last look left): the horizon now, the next candidate, and whether it scanned `pg_locks` (it
+/// does not when no id above `$1` was drawn).
+const LOOK: &str = "SELECT horizon, next_last, next_pending, scanned \
+                      FROM observers_change_horizon_step($1, $2, $3)";
 
-/// The poller's look: NULL when no id above `$1` has been drawn, else the horizon.
-const HORIZON_AFTER: &str = "SELECT observers_change_horizon_after($1)";
+/// What a source knows of the horizon between looks: the highest id known final, and the
+/// candidate of the last look that is not final yet: a sequence value and the writers that held
+/// the change log then (final once none of them holds it).
+#[derive(Debug, Default, Clone)]
+struct Look {
+    known: i64,
+    pending: Option<(i64, Vec<String>)>,
+}
+
+impl Look {
+    /// Looks again: `known` becomes the horizon now, `pending` the next candidate. Returns
+    /// whether `pg_locks` was scanned.
+    async fn next(&mut self, conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+        let (pending_last, pending) = self.pending.take().unzip();
+        let (horizon, next_last, next_pending, scanned): (
+            i64,
+            Option<i64>,
+            Option<Vec<String>>,
+            bool,
+        ) = sqlx::query_as(LOOK)
+            .bind(self.known)
+            .bind(pending_last)
+            .bind(pending)
+            .fetch_one(conn)
+            .await?;
+        self.known = self.known.max(horizon);
+        self.pending = next_last.zip(next_pending);
+        Ok(scanned)
+    }
+}
+
+/// How often [`settled_horizon`] looks again while writers are in flight.
+const SETTLE_LOOK: Duration = Duration::from_millis(5);
+
+/// The horizon once the transactions writing the change log now have ended: every id up to the
+/// sequence's last value now is then final. `waiting` is called about once a second with the
+/// number of those transactions still open (a forgotten `BEGIN` keeps it waiting).
+pub async fn settled_horizon(
+    pool: &PgPool,
+    mut waiting: impl FnMut(usize),
+) -> Result<i64, PgError> {
+    let mut conn = pool.acquire().await?;
+    let mut look = Look::default();
+    look.next(&mut conn).await?;
+    let target = look.pending.as_ref().map_or(look.known, |(last, _)| *last);
+    let mut told = tokio::time::Instant::now();
+    while look.known < target {
+        if told.elapsed() >= Duration::from_secs(1) {
+            told = tokio::time::Instant::now();
+            let open = look.pending.as_ref().map_or(0, |(_, holders)| {
+                holders.iter().filter(|h| h.starts_with('v')).count()
+            });
+            waiting(open);
+        }
+        tokio::time::sleep(SETTLE_LOOK).await;
+        look.next(&mut conn).await?;
+    }
+    Ok(look.known)
+}
 
 /// The read after the cursor `$1` up to the horizon `$2`, without the byte budget.
 macro_rules! fetch_rows_sql {
@@ -165,6 +221,9 @@ struct Wake {
     horizon_first: AtomicU32,
     /// Wake-ups by this process's WAL relay (see [`written_signal`]).
     write_wakes: AtomicU64,
+    /// The last look at the horizon (shared by the reader and the poller; both look on `conn`,
+    /// one at a time).
+    look: std::sync::Mutex<Look>,
     /// The connection the reader and the poller query on, kept rather than taken from the pool
     /// for each query: sqlx checks a connection with a round trip each time it goes back, which
     /// was half the round trips of a busy reader. The poller asks only while the reader waits,
@@ -206,8 +265,8 @@ impl PgEventSource {
         self.wake.polls.load(Ordering::Relaxed)
     }
 
-    /// How many of the poller's queries scanned `pg_locks` for the horizon (the others found no
-    /// id drawn past what it knew, reading only the sequence).
+    /// How many of the poller's queries scanned `pg_locks` for the horizon's writers (the others
+    /// found no id drawn past what it knew, reading only the sequence).
     pub fn horizon_poll_scans(&self) -> u64 {
         self.wake.poll_scans.load(Ordering::Relaxed)
     }
@@ -244,9 +303,10 @@ impl PgEventSource {
         self
     }
 
-    /// The highest change-log id below which every id is final (see the module docs).
+    /// The highest change-log id below which every id is final, once the writers in flight now
+    /// have ended (see the module docs).
     pub async fn horizon(&self) -> Result<i64, PgError> {
-        Ok(sqlx::query_scalar(HORIZON).fetch_one(&self.pool).await?)
+        settled_horizon(&self.pool, |_| {}).await
     }
 
     /// Reads the rows of `query(upper)` after `after` that are final. With `unbroken` (a read of
@@ -289,7 +349,7 @@ impl PgEventSource {
                         .store(HORIZON_FIRST_READS, Ordering::Relaxed);
                 }
                 wake.read_horizons.fetch_add(1, Ordering::Relaxed);
-                let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *conn).await?;
+                let (horizon, _) = wake.look(conn).await?;
                 wake.seen.fetch_max(horizon, Ordering::Relaxed);
                 if horizon <= after.id {
                     return Ok(Vec::new());
@@ -379,7 +439,7 @@ fn micros(d: Duration) -> u64 {
 /// poll interval, so an idle instance costs one cheap query per interval.
 async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU64>) {
     let mut moved = tokio::time::Instant::now();
-    let mut last: Option<i64> = wake.poll(&pool, None).await.ok();
+    let mut last: Option<i64> = wake.poll(&pool).await.ok();
     // The first wake-up makes the reader read from its cursor.
     wake.notify.notify_one();
     let mut wait = MIN_POLL;
@@ -400,7 +460,7 @@ async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU6
             continue;
         }
         wake.fold_seen(&mut last);
-        wait = match wake.poll(&pool, last).await {
+        wait = match wake.poll(&pool).await {
             Ok(horizon) if last != Some(horizon) => {
                 if last.is_some() {
                     wake.notify.notify_one();
@@ -422,26 +482,37 @@ async fn poll_loop(pool: PgPool, wake: Arc<Wake>, poll_interval_us: Arc<AtomicU6
 }
 
 impl Wake {
-    /// One look of the poller's, counted: the horizon, or `known` when no id was drawn past it
-    /// (then only the sequence was read).
-    async fn poll(&self, pool: &PgPool, known: Option<i64>) -> Result<i64, sqlx::Error> {
+    /// One look of the poller's, counted: the horizon (the highest id known final when no id
+    /// was drawn past it; then only the sequence was read).
+    async fn poll(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
         self.polls.fetch_add(1, Ordering::Relaxed);
-        let horizon: Option<i64> = self
+        let (horizon, scanned) = self
             .conn
-            .run(pool, async |conn| {
-                sqlx::query_scalar(HORIZON_AFTER)
-                    .bind(known.unwrap_or(-1))
-                    .fetch_one(conn)
-                    .await
-            })
+            .run(pool, async |conn| self.look(conn).await)
             .await?;
-        match horizon {
-            Some(h) => {
-                self.poll_scans.fetch_add(1, Ordering::Relaxed);
-                Ok(h)
-            }
-            None => Ok(known.unwrap_or(0)),
+        if scanned {
+            self.poll_scans.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(horizon)
+    }
+
+    /// One look at the horizon after the last one (the caller holds `conn`, so looks never
+    /// overlap): the horizon now and whether `pg_locks` was scanned.
+    async fn look(&self, conn: &mut sqlx::PgConnection) -> Result<(i64, bool), sqlx::Error> {
+        let mut last = self
+            .look
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        last.known = last.known.max(self.seen.load(Ordering::Relaxed));
+        let scanned = last.next(conn).await?;
+        let mut look = self
+            .look
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        look.known = look.known.max(last.known);
+        look.pending = last.pending;
+        Ok((look.known, scanned))
     }
 
     /// Takes the horizon the reader's reads saw into `last` when it is further: a reader waits

@@ -25,7 +25,7 @@ pub enum CheckpointCommand {
         /// A change-log id, as shown by `checkpoint show`.
         #[arg(long, conflicts_with_all = ["latest", "start"])]
         cursor: Option<Cursor>,
-        /// Skip everything currently in the change log.
+        /// Skip everything in the change log now (waits for open transactions writing it to end).
         #[arg(long)]
         latest: bool,
         /// Re-deliver everything still in the change log.
@@ -100,10 +100,14 @@ pub async fn run(cmd: CheckpointCommand, db: &DbArgs) -> CliResult {
 }
 
 async fn latest_cursor(pool: &observers_postgres::PgPool) -> CliResult<Cursor> {
-    // The read horizon, not the largest id: rows of transactions still open sit below the largest
-    // id and must still be delivered.
-    let horizon: i64 = sqlx::query_scalar("SELECT observers_change_horizon()")
-        .fetch_one(pool)
-        .await?;
+    // Every id drawn so far, once final: rows of transactions still open sit below the largest id,
+    // so this waits for those transactions to end (their rows are skipped too).
+    let horizon = observers_postgres::source::settled_horizon(pool, |open| {
+        eprintln!(
+            "waiting for {open} open transaction(s) writing the change log to end \
+             (observer_cutoff_lag_seconds shows how long they have been open)"
+        );
+    })
+    .await?;
     Ok(Cursor::new(horizon))
 }

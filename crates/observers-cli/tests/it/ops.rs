@@ -526,3 +526,69 @@ async fn long_operations_print_progress_lines_and_a_summary() {
     assert!(err.contains("events prune: 3 events, "), "{err}");
     assert!(err.contains("events prune: 3 events in "), "{err}");
 }
+
+/// `checkpoint set --latest` skips everything in the change log now, including the rows of a
+/// transaction still writing it: it waits (saying so) until that transaction ends, then sets the
+/// cursor past its rows, not below them.
+#[tokio::test]
+async fn checkpoint_set_latest_waits_for_writers_in_flight() {
+    let db = TestDb::new("latest").await;
+    let migrated = cli(&db, &["migrate"]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    db.exec(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         SELECT 'T', g::text, 'insert', '{}' FROM generate_series(1, 2) g",
+    )
+    .await;
+    let mut writer = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('T', 'open', 'insert', '{}')",
+    )
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_observers"))
+        .args(["checkpoint", "set", "--listener", "ops", "--latest"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("OBSERVERS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The command is looking at the writer (its session asks for the horizon again and again).
+    let pool = db.pool.clone();
+    let mut looking = false;
+    let deadline = std::time::Instant::now() + LONG;
+    while !looking {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never looked"
+        );
+        looking = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE '%observers_change_horizon_step%'
+                AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "--latest returned while a writer was in flight"
+    );
+    writer.commit().await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ops: (none) -> 3"
+    );
+}

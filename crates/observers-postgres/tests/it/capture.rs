@@ -1044,12 +1044,6 @@ async fn a_writers_search_path_cannot_reach_into_the_capture_functions(pool: PgP
         )
         .unwrap();
     }
-    write!(
-        hostile,
-        "CREATE FUNCTION {s}.pg_advisory_xact_lock_shared(integer, integer) RETURNS void
-             LANGUAGE sql AS $$ SELECT {s}.gotcha('function pg_advisory_xact_lock_shared') $$;"
-    )
-    .unwrap();
     for ty in ["jsonb", "text", "int8", "int4", "bigint", "regclass"] {
         write!(hostile, "CREATE DOMAIN {s}.{ty} AS integer;").unwrap();
     }

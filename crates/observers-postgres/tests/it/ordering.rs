@@ -251,11 +251,13 @@ async fn rollbacks_release_the_horizon(pool: PgPool) {
     assert_eq!(seen, ["\"seen\"", "\"kept\"", "\"last\""]);
 }
 
-/// One lock per transaction, however many rows it writes: a large transaction never runs the
-/// server out of lock slots.
+/// Writers take no lock of their own (the horizon comes from the write lock PostgreSQL takes
+/// anyway): a large open transaction holds no advisory lock, holds back a change committed after
+/// its own, and arrives whole, in id order, once it commits.
 #[sqlx::test(migrations = "../../migrations")]
-async fn a_large_transaction_takes_one_lock(pool: PgPool) {
+async fn writers_take_no_lock_and_a_large_transaction_arrives_whole(pool: PgPool) {
     captured_table(&pool, "orders", "Order").await;
+    let src = PgEventSource::new(pool.clone());
     let mut w = connect(&pool).await;
     exec(&mut w, "BEGIN").await;
     exec(
@@ -276,78 +278,182 @@ async fn a_large_transaction_takes_one_lock(pool: PgPool) {
     .fetch_one(&mut w)
     .await
     .unwrap();
-    assert_eq!(locks, 1);
+    assert_eq!(locks, 0, "the writer took an advisory lock");
+    exec(
+        &mut pool.acquire().await.unwrap(),
+        "INSERT INTO orders (id, status) VALUES (20001, 'after')",
+    )
+    .await;
+    let (held, cursor) = drain(&src, Cursor::START).await;
+    assert!(
+        held.is_empty(),
+        "{} changes passed the open writer",
+        held.len()
+    );
     exec(&mut w, "COMMIT").await;
-    let (items, _) = drain(&PgEventSource::new(pool.clone()), Cursor::START).await;
-    assert_eq!(items.len(), 20_200);
+    let (items, _) = drain(&src, cursor).await;
+    assert_eq!(items.len(), 20_201);
+    assert!(
+        items
+            .windows(2)
+            .all(|p| p[0].cursor().id < p[1].cursor().id),
+        "not in id order"
+    );
+    assert_eq!(
+        values(&items[20_200..], "status"),
+        [("20001".to_owned(), "\"after\"".to_owned())]
+    );
 }
 
-/// The lock key carries the sequence's last value mod 2^32 as a signed int4, and the horizon
-/// reads it back from `pg_locks` (where it shows unsigned). Around every boundary of that
-/// mapping (ids near 2^31, where the key turns negative, and near 2^32 and 2^33, where it wraps)
-/// an open writer holds back exactly what it must: the horizon stops just below its id while it
-/// is open, and a later writer's committed row waits for it.
+/// The horizon holds for every writer of the change log, not only the capture trigger: an open
+/// transaction inserting into the log itself (as an application's outbox or an ingest would)
+/// holds back what was committed after its id, while a reader's open transaction on the log (a
+/// report, `observers changelog`) holds back nothing.
 #[sqlx::test(migrations = "../../migrations")]
-async fn the_horizon_holds_where_the_lock_key_turns_negative_and_wraps(pool: PgPool) {
+async fn any_writer_of_the_log_holds_back_what_follows_and_readers_hold_nothing(pool: PgPool) {
     captured_table(&pool, "orders", "Order").await;
     let src = PgEventSource::new(pool.clone());
-    let horizon = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, i64>("SELECT observers_change_horizon()")
-            .fetch_one(&pool)
+    let mut report = connect(&pool).await;
+    exec(&mut report, "BEGIN").await;
+    exec(&mut report, "SELECT count(*) FROM observer_change_log").await;
+    exec(
+        &mut pool.acquire().await.unwrap(),
+        "INSERT INTO orders (id, status) VALUES (1, 'first')",
+    )
+    .await;
+    let (items, cursor) = drain(&src, Cursor::START).await;
+    assert_eq!(
+        statuses_of(&items, "1"),
+        ["first"],
+        "an open reader held the change back"
+    );
+
+    let mut outbox = connect(&pool).await;
+    exec(&mut outbox, "BEGIN").await;
+    exec(
+        &mut outbox,
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('Mail', 'm1', 'insert', '{\"status\": \"queued\"}')",
+    )
+    .await;
+    exec(
+        &mut pool.acquire().await.unwrap(),
+        "INSERT INTO orders (id, status) VALUES (2, 'later')",
+    )
+    .await;
+    let (held, at) = drain(&src, cursor).await;
+    assert!(
+        held.is_empty(),
+        "a change committed after the open outbox write was delivered: {:?}",
+        values(&held, "status")
+    );
+    exec(&mut outbox, "COMMIT").await;
+    let (items, _) = drain(&src, at).await;
+    assert_eq!(
+        values(&items, "status"),
+        [
+            ("m1".to_owned(), "\"queued\"".to_owned()),
+            ("2".to_owned(), "\"later\"".to_owned())
+        ]
+    );
+    exec(&mut report, "COMMIT").await;
+}
+
+/// `observer_cutoff_lag_seconds` is the age of the oldest open transaction writing the change
+/// log: it grows while one is open, a reader's open transaction on the log does not count, and
+/// it is back to zero once the writer commits.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_cutoff_lag_is_the_age_of_the_oldest_open_writer(pool: PgPool) {
+    let lag = |pool: PgPool| async move {
+        observers_postgres::monitoring::source_gauges(&pool, "default")
             .await
             .unwrap()
+            .cutoff_lag
     };
+    let mut report = connect(&pool).await;
+    exec(&mut report, "BEGIN").await;
+    exec(&mut report, "SELECT count(*) FROM observer_change_log").await;
+    assert_eq!(lag(pool.clone()).await, Duration::ZERO, "a reader counted");
+    let mut writer = connect(&pool).await;
+    exec(&mut writer, "BEGIN").await;
+    exec(
+        &mut writer,
+        "INSERT INTO observer_change_log (entity_type, entity_id, operation, after)
+         VALUES ('T', '1', 'insert', '{}')",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lag(pool.clone()).await < Duration::from_millis(200) {
+        assert!(std::time::Instant::now() < deadline, "the lag never grew");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    exec(&mut writer, "COMMIT").await;
+    assert_eq!(lag(pool.clone()).await, Duration::ZERO, "the writer ended");
+    exec(&mut report, "COMMIT").await;
+}
+
+/// Two-phase commit: a writer that prepares hands its locks to the prepared transaction, which
+/// PostgreSQL may list under another virtual id. The reader saw the writer in flight, looked again
+/// after the PREPARE, and must still hold back what follows until COMMIT PREPARED; a rolled-back
+/// prepared transaction releases it with nothing delivered. Needs `max_prepared_transactions > 0`
+/// (the private cluster `cargo xtask test` starts has it).
+#[tokio::test]
+async fn a_prepared_transaction_holds_back_what_follows_until_it_commits() {
+    let Some(db) = crate::wal::WalDb::new("twophase").await else {
+        return;
+    };
+    let pool = db.pool.clone();
+    let prepared: i64 =
+        sqlx::query_scalar("SELECT current_setting('max_prepared_transactions')::int8")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    if prepared == 0 {
+        eprintln!("SKIPPED: the logical cluster has max_prepared_transactions = 0");
+        return;
+    }
+    captured_table(&pool, "orders", "Order").await;
+    let src = PgEventSource::new(pool.clone());
     let mut cursor = Cursor::START;
-    let mut next_key = 0;
-    for last in [
-        // Each round draws two ids after `last`.
-        (1_i64 << 31) - 1,
-        (1 << 31) + 2,
-        (1 << 32) - 1,
-        (1 << 32) + 2,
-        (1 << 32) + (1 << 31),
-        (1 << 33) + 5,
-    ] {
+    for (round, (end, kept)) in [("COMMIT PREPARED", true), ("ROLLBACK PREPARED", false)]
+        .into_iter()
+        .enumerate()
+    {
+        let (mine, later) = (round * 2 + 1, round * 2 + 2);
+        let gid = format!("observers_{}_{round}", db.settings.slot);
+        let mut w = connect(&pool).await;
+        exec(&mut w, "BEGIN").await;
+        exec(
+            &mut w,
+            &format!("INSERT INTO orders (id, status) VALUES ({mine}, 'prepared')"),
+        )
+        .await;
         exec(
             &mut pool.acquire().await.unwrap(),
-            &format!("SELECT setval(pg_get_serial_sequence('observer_change_log', 'id'), {last})"),
+            &format!("INSERT INTO orders (id, status) VALUES ({later}, 'later')"),
         )
         .await;
-        let mut open = connect(&pool).await;
-        exec(&mut open, "BEGIN").await;
-        next_key += 1;
-        exec(
-            &mut open,
-            &format!("INSERT INTO orders (id, status) VALUES ({next_key}, 'open')"),
-        )
-        .await;
-        next_key += 1;
+        let (held, at) = drain(&src, cursor).await;
+        assert!(held.is_empty(), "passed the writer in flight ({end})");
+        exec(&mut w, &format!("PREPARE TRANSACTION '{gid}'")).await;
+        let (held, at) = drain(&src, at).await;
+        assert!(held.is_empty(), "passed the prepared transaction ({end})");
         exec(
             &mut pool.acquire().await.unwrap(),
-            &format!("INSERT INTO orders (id, status) VALUES ({next_key}, 'later')"),
+            &format!("{end} '{gid}'"),
         )
         .await;
-        assert_eq!(
-            horizon(pool.clone()).await,
-            last,
-            "the open writer (id {}) holds the horizon at {last}",
-            last + 1
-        );
-        let (items, at) = drain(&src, cursor).await;
-        assert!(items.is_empty(), "nothing passes the open writer at {last}");
-        exec(&mut open, "COMMIT").await;
         let (items, at) = drain(&src, at).await;
-        assert_eq!(
-            values(&items, "status"),
-            [
-                ((next_key - 1).to_string(), "\"open\"".to_owned()),
-                (next_key.to_string(), "\"later\"".to_owned())
-            ],
-            "both delivered, in id order, once the writer at {last} commits"
-        );
-        assert_eq!(items[0].cursor().id, last + 1);
+        let mut expected = Vec::new();
+        if kept {
+            expected.push((mine.to_string(), "\"prepared\"".to_owned()));
+        }
+        expected.push((later.to_string(), "\"later\"".to_owned()));
+        assert_eq!(values(&items, "status"), expected, "after {end}");
         cursor = at;
     }
+    drop(src);
+    db.drop().await;
 }
 
 /// Randomized concurrent writers: each transaction increments counters of random entities (in
