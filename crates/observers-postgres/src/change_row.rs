@@ -260,8 +260,10 @@ impl Fields {
         )
         .with_cursor(cursor);
         event.txid = u64::try_from(self.txid).unwrap_or_default();
-        event.tenant_id = self.tenant_id;
-        event.user_id = self.user_id;
+        // An empty id is none: the capture trigger records the session settings as they read,
+        // and a setting after `RESET` reads '' (migration 033).
+        event.tenant_id = self.tenant_id.filter(|t| !t.is_empty());
+        event.user_id = self.user_id.filter(|u| !u.is_empty());
         if let Some(t) = self.created_at {
             event.timestamp = t;
         }

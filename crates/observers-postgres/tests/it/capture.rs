@@ -206,6 +206,7 @@ async fn changed_columns_are_computed_by_the_reader_and_a_no_op_update_is_kept(p
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn user_comes_from_the_session_and_tenant_from_the_column(pool: PgPool) {
+    use observers_core::stores::source::{EventSource, SourceItem};
     exec(
         &pool,
         "CREATE TABLE orders (id int PRIMARY KEY, org text, total int)",
@@ -243,24 +244,38 @@ async fn user_comes_from_the_session_and_tenant_from_the_column(pool: PgPool) {
     tx.commit().await.unwrap();
     // SET LOCAL ended with the transaction.
     exec(&pool, "UPDATE orders SET total = 11").await;
+    // A setting after RESET reads '' (and an empty tenant column is empty): none, as unset.
+    exec(
+        &pool,
+        "SET observers.user_id = 'gone'; RESET observers.user_id;
+         INSERT INTO orders VALUES (2, '', 1); INSERT INTO notes VALUES (2, 'bye')",
+    )
+    .await;
 
-    let rows = log_rows(&pool).await;
-    let seen: Vec<_> = rows
+    let events = observers_postgres::PgEventSource::new(pool.clone())
+        .fetch(observers_core::Cursor::START, 100)
+        .await
+        .unwrap();
+    let seen: Vec<_> = events
         .iter()
-        .map(|r| {
-            (
-                r.entity_type.as_str(),
-                r.tenant_id.as_deref(),
-                r.user_id.as_deref(),
-            )
+        .map(|i| match i {
+            SourceItem::Event(e) => (
+                e.entity_type.clone(),
+                e.tenant_id.clone(),
+                e.user_id.clone(),
+            ),
+            SourceItem::Poison { error, .. } => panic!("poison: {error}"),
         })
         .collect();
+    let some = |s: &str| Some(s.to_owned());
     assert_eq!(
         seen,
         [
-            ("Order", Some("acme"), Some("u1")),
-            ("Note", Some("fallback"), Some("u1")),
-            ("Order", Some("acme"), None),
+            ("Order".to_owned(), some("acme"), some("u1")),
+            ("Note".to_owned(), some("fallback"), some("u1")),
+            ("Order".to_owned(), some("acme"), None),
+            ("Order".to_owned(), None, None),
+            ("Note".to_owned(), None, None),
         ]
     );
 }
