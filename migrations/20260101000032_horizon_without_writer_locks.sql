@@ -1,32 +1,31 @@
 -- Capture at writer speed, part 4: the writer takes no lock of its own. The read horizon
 -- (migration 0017) came from a shared advisory lock every transaction writing the change log
--- took in a statement trigger, about 45,000 server instructions per single-row transaction (a
--- plpgsql call, a sequence read, the lock and a transaction-local marker). The reader now finds
--- the writers in flight from the lock PostgreSQL itself takes for any write: an INSERT into the
--- change log holds ROW EXCLUSIVE on it from before its first id is drawn until its transaction
--- ends (its rows are then visible), or until the savepoint that took it is rolled back.
+-- took in a statement trigger, keyed by the id sequence's value before its first id: about
+-- 45,000 server instructions per single-row transaction (a plpgsql call, a sequence read, the
+-- lock and a transaction-local marker). The reader now finds the writers in flight from the lock
+-- PostgreSQL itself takes for any write: an INSERT into the change log holds ROW EXCLUSIVE on it
+-- from before its first id is drawn until its transaction ends (its rows are then visible), or
+-- until the savepoint that took it is rolled back.
 --
--- `observers_change_horizon_step(known, pending_last, pending)` is one look of a reader that
--- remembers its last look:
---   1. it reads the id sequence's last value L (when L <= known, nothing was drawn past what
---      the caller knows is final, and it returns at once without scanning pg_locks);
---   2. then it lists the transactions holding a write lock on the change log (the holders);
---   3. a candidate from an earlier look, (pending_last, pending), is final once none of its
---      holders holds the lock any more: every id at or below pending_last is then committed
---      and visible, or rolled back (its writer held the lock before drawing it, so it was listed
---      then, or had already ended);
---   4. with no holder at all, every id up to L is final; otherwise (L, holders) is the next
---      candidate, unless an earlier one is still waiting (it is kept, so it can resolve).
+-- What the advisory key told the reader (a bound below each writer's ids), the reader now
+-- learns by remembering its last look. `observers_change_horizon_step(known, last_look,
+-- holders, bounds)` is one look:
+--   1. it reads the id sequence's last value L; when L <= known (the highest id the caller knows
+--      is final), nothing was drawn past it, and it returns at once without scanning pg_locks:
+--      every writer seen later draws above L;
+--   2. then it lists the transactions holding the write lock (the holders);
+--   3. each holder gets a bound below its ids: the one it had at the last look, if it was a
+--      holder then; otherwise last_look, the L of the last look: it took the lock after that
+--      look listed the holders, so it drew its ids after L was read (a prepared transaction not
+--      seen before, and every holder at a first look, get `known` instead);
+--   4. the horizon is the smaller of L and the lowest bound, and never below `known`.
 -- A holder is named by its virtual transaction id (`v...`) and by each of its transaction ids
 -- (`x...`), so a transaction that prepares for two-phase commit (its locks pass to the prepared
--- transaction, whose virtual id may differ) is still recognised by its transaction id. A holder
--- that had no transaction id yet at the look (it took the lock, but its first row is not yet
--- written) is marked `?` in the candidate, and the current look marks `?` when a prepared
--- transaction holds the lock: such a candidate waits until no prepared transaction holds it.
+-- transaction) is still recognised by its transaction id.
 --
 -- `observers_change_horizon()` (and `observers_change_horizon_after(known)`, the poller's look
 -- of migration 0028) keep their meaning for any reader still running older code: they look,
--- wait for the holders of that look to end, and return the horizon.
+-- wait until the writers of that look have ended, and return the horizon.
 DO $migration$
 DECLARE
     s   text := (SELECT n.nspname
@@ -37,23 +36,22 @@ DECLARE
 BEGIN
     EXECUTE format($function$
 CREATE OR REPLACE FUNCTION %1$I.observers_change_horizon_step(
-    known pg_catalog.int8, pending_last pg_catalog.int8, pending pg_catalog.text[],
-    OUT horizon pg_catalog.int8, OUT next_last pg_catalog.int8, OUT next_pending pg_catalog.text[],
-    OUT scanned boolean)
+    known pg_catalog.int8, last_look pg_catalog.int8, holders pg_catalog.text[],
+    bounds pg_catalog.int8[],
+    OUT horizon pg_catalog.int8, OUT next_look pg_catalog.int8, OUT next_holders pg_catalog.text[],
+    OUT next_bounds pg_catalog.int8[], OUT scanned boolean)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $body$
 DECLARE
-    last        int8;
-    keys        text[];
-    prepared    boolean;
-    unnamed     boolean;
-    current     text[];
+    last   int8;
+    lowest int8;
 BEGIN
     horizon := greatest(coalesce(known, 0), 0);
     scanned := false;
     -- First the sequence, then the locks (see above).
     last := coalesce(pg_sequence_last_value(%2$L::regclass), 0);
+    next_look := last;
     IF last <= horizon THEN
         RETURN;
     END IF;
@@ -69,39 +67,33 @@ BEGIN
                           'AccessExclusiveLock')
          GROUP BY r.virtualtransaction
     ), named AS (
-        SELECT h.vxid, h.prepared,
-               array_agg('x' || t.transactionid::text) FILTER (WHERE t.transactionid IS NOT NULL)
-                   AS xids
+        SELECT h.prepared,
+               array_append(coalesce(array_agg('x' || t.transactionid::text)
+                                         FILTER (WHERE t.transactionid IS NOT NULL), '{}'),
+                            'v' || h.vxid) AS keys
           FROM holder h
           LEFT JOIN pg_locks t
             ON t.locktype = 'transactionid' AND t.virtualtransaction = h.vxid AND t.granted
          GROUP BY h.vxid, h.prepared
+    ), bounded AS (
+        SELECT n.keys,
+               coalesce((SELECT min(b.bound)
+                           FROM unnest(holders, bounds) AS b(key, bound)
+                          WHERE b.key = ANY (n.keys)),
+                        CASE WHEN n.prepared OR last_look IS NULL THEN horizon
+                             ELSE greatest(last_look, horizon) END) AS bound
+          FROM named n
     )
-    SELECT array_agg(DISTINCT k.k), bool_or(n.prepared), bool_or(n.xids IS NULL)
-      INTO keys, prepared, unnamed
-      FROM named n
-     CROSS JOIN LATERAL unnest(array_append(coalesce(n.xids, '{}'), 'v' || n.vxid)) AS k(k);
-    -- The current look marks a prepared holder with `?`; the candidate made of it marks a holder
-    -- without a transaction id instead (see above).
-    current := keys || CASE WHEN prepared THEN '{?}'::text[] ELSE '{}'::text[] END;
-    IF pending_last IS NOT NULL AND NOT coalesce(pending && current, false) THEN
-        horizon := greatest(horizon, pending_last);
-        pending_last := NULL;
-    END IF;
-    IF keys IS NULL THEN
-        horizon := greatest(horizon, last);
-    ELSIF pending_last IS NOT NULL AND pending_last > horizon THEN
-        next_last := pending_last;
-        next_pending := pending;
-    ELSE
-        next_last := last;
-        next_pending := keys || CASE WHEN unnamed THEN '{?}'::text[] ELSE '{}'::text[] END;
-    END IF;
+    SELECT min(b.bound), array_agg(k.key), array_agg(b.bound)
+      INTO lowest, next_holders, next_bounds
+      FROM bounded b
+     CROSS JOIN LATERAL unnest(b.keys) AS k(key);
+    horizon := greatest(horizon, least(last, coalesce(lowest, last)));
 END;
 $body$
 $function$, s, seq, format('%I.observer_change_log', s));
 
-    -- One look, then waiting for the writers in flight at that look to end: every id up to the
+    -- One look, then looking again until the writers of that look have ended: every id up to the
     -- sequence's value at the call is then final. Waits as long as such a writer stays open.
     EXECUTE format($function$
 CREATE OR REPLACE FUNCTION %1$I.observers_change_horizon()
@@ -113,12 +105,13 @@ DECLARE
     look   record;
     target int8;
 BEGIN
-    SELECT * INTO look FROM %1$I.observers_change_horizon_step(0, NULL, NULL);
-    target := coalesce(look.next_last, look.horizon);
+    SELECT * INTO look FROM %1$I.observers_change_horizon_step(0, NULL, NULL, NULL);
+    target := look.next_look;
     WHILE look.horizon < target LOOP
         PERFORM pg_sleep(0.001);
         SELECT * INTO look
-          FROM %1$I.observers_change_horizon_step(look.horizon, look.next_last, look.next_pending);
+          FROM %1$I.observers_change_horizon_step(look.horizon, look.next_look,
+                                                   look.next_holders, look.next_bounds);
     END LOOP;
     RETURN look.horizon;
 END;

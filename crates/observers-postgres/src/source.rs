@@ -7,10 +7,10 @@
 //! The horizon (docs/postgres.md, "The cursor") costs writers nothing: a transaction writing the
 //! change log holds PostgreSQL's own write lock on it from before its first id is drawn until its
 //! rows are visible. A look (`observers_change_horizon_step`, migration 032) reads the id
-//! sequence's last value `L`, then lists the transactions holding that lock; once none of them
-//! holds it any more, every id up to `L` is final. Each source remembers its last look
-//! ([`Look`]), so the horizon moves by one look at a time, without waiting. The rows are read in
-//! a LATER statement, so with a later snapshot.
+//! sequence's last value `L`, then lists the transactions holding that lock, each with a bound
+//! below its ids: the one it had at the last look, or, if it was not writing then, that look's
+//! `L`. The horizon is the smaller of `L` and the lowest bound. Each source remembers its last
+//! look ([`Look`]). The rows are read in a LATER statement, so with a later snapshot.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -70,40 +70,46 @@ pub(crate) fn written_signal(pool: &PgPool) -> Arc<Notify> {
     signal
 }
 
-/// One look, after the last one (`$1` the highest id known final, `$2`/`$3` the candidate the
-/// last look left): the horizon now, the next candidate, and whether it scanned `pg_locks` (it
-/// does not when no id above `$1` was drawn).
-const LOOK: &str = "SELECT horizon, next_last, next_pending, scanned \
-                      FROM observers_change_horizon_step($1, $2, $3)";
+/// One look, after the last one (`$1` the highest id known final; `$2`, `$3`, `$4` what the
+/// last look left: its sequence value, and the writers it saw with a bound below the ids of each):
+/// the horizon now, the same three for the next look, and whether it scanned `pg_locks` (it does
+/// not when no id above `$1` was drawn).
+const LOOK: &str = "SELECT horizon, next_look, next_holders, next_bounds, scanned \
+                      FROM observers_change_horizon_step($1, $2, $3, $4)";
 
-/// What a source knows of the horizon between looks: the highest id known final, and the
-/// candidate of the last look that is not final yet: a sequence value and the writers that held
-/// the change log then (final once none of them holds it).
+/// What a source knows of the horizon between looks: the highest id known final, and what the
+/// last look saw: the sequence's value, and the writers in flight with a bound below the ids of
+/// each (a writer first seen at the next look draws above that value).
 #[derive(Debug, Default, Clone)]
 struct Look {
     known: i64,
-    pending: Option<(i64, Vec<String>)>,
+    sequence: Option<i64>,
+    holders: Vec<String>,
+    bounds: Vec<i64>,
 }
 
 impl Look {
-    /// Looks again: `known` becomes the horizon now, `pending` the next candidate. Returns
+    /// Looks again: `known` becomes the horizon now, the rest what the next look needs. Returns
     /// whether `pg_locks` was scanned.
     async fn next(&mut self, conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-        let (pending_last, pending) = self.pending.take().unzip();
-        let (horizon, next_last, next_pending, scanned): (
-            i64,
-            Option<i64>,
-            Option<Vec<String>>,
-            bool,
-        ) = sqlx::query_as(LOOK)
+        type Row = (i64, i64, Option<Vec<String>>, Option<Vec<i64>>, bool);
+        let (horizon, last_look, holders, bounds, scanned): Row = sqlx::query_as(LOOK)
             .bind(self.known)
-            .bind(pending_last)
-            .bind(pending)
+            .bind(self.sequence)
+            .bind(&self.holders)
+            .bind(&self.bounds)
             .fetch_one(conn)
             .await?;
         self.known = self.known.max(horizon);
-        self.pending = next_last.zip(next_pending);
+        self.sequence = Some(last_look);
+        self.holders = holders.unwrap_or_default();
+        self.bounds = bounds.unwrap_or_default();
         Ok(scanned)
+    }
+
+    /// How many transactions were writing the change log at the last look.
+    fn writers(&self) -> usize {
+        self.holders.iter().filter(|h| h.starts_with('v')).count()
     }
 }
 
@@ -120,15 +126,12 @@ pub async fn settled_horizon(
     let mut conn = pool.acquire().await?;
     let mut look = Look::default();
     look.next(&mut conn).await?;
-    let target = look.pending.as_ref().map_or(look.known, |(last, _)| *last);
+    let target = look.sequence.unwrap_or(look.known);
     let mut told = tokio::time::Instant::now();
     while look.known < target {
         if told.elapsed() >= Duration::from_secs(1) {
             told = tokio::time::Instant::now();
-            let open = look.pending.as_ref().map_or(0, |(_, holders)| {
-                holders.iter().filter(|h| h.starts_with('v')).count()
-            });
-            waiting(open);
+            waiting(look.writers());
         }
         tokio::time::sleep(SETTLE_LOOK).await;
         look.next(&mut conn).await?;
@@ -349,7 +352,7 @@ impl PgEventSource {
                         .store(HORIZON_FIRST_READS, Ordering::Relaxed);
                 }
                 wake.read_horizons.fetch_add(1, Ordering::Relaxed);
-                let (horizon, _) = wake.look(conn).await?;
+                let (horizon, _) = wake.look(conn, after.id).await?;
                 wake.seen.fetch_max(horizon, Ordering::Relaxed);
                 if horizon <= after.id {
                     return Ok(Vec::new());
@@ -488,7 +491,7 @@ impl Wake {
         self.polls.fetch_add(1, Ordering::Relaxed);
         let (horizon, scanned) = self
             .conn
-            .run(pool, async |conn| self.look(conn).await)
+            .run(pool, async |conn| self.look(conn, 0).await)
             .await?;
         if scanned {
             self.poll_scans.fetch_add(1, Ordering::Relaxed);
@@ -497,22 +500,29 @@ impl Wake {
     }
 
     /// One look at the horizon after the last one (the caller holds `conn`, so looks never
-    /// overlap): the horizon now and whether `pg_locks` was scanned.
-    async fn look(&self, conn: &mut sqlx::PgConnection) -> Result<(i64, bool), sqlx::Error> {
+    /// overlap): the horizon now and whether `pg_locks` was scanned. `cursor` is the reader's
+    /// (every id up to it was final when the cursor passed it; 0 when unknown).
+    async fn look(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        cursor: i64,
+    ) -> Result<(i64, bool), sqlx::Error> {
         let mut last = self
             .look
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        last.known = last.known.max(self.seen.load(Ordering::Relaxed));
+        last.known = last
+            .known
+            .max(self.seen.load(Ordering::Relaxed))
+            .max(cursor);
         let scanned = last.next(conn).await?;
-        let mut look = self
+        let horizon = last.known;
+        *self
             .look
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        look.known = look.known.max(last.known);
-        look.pending = last.pending;
-        Ok((look.known, scanned))
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = last;
+        Ok((horizon, scanned))
     }
 
     /// Takes the horizon the reader's reads saw into `last` when it is further: a reader waits

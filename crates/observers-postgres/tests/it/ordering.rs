@@ -359,6 +359,61 @@ async fn any_writer_of_the_log_holds_back_what_follows_and_readers_hold_nothing(
     exec(&mut report, "COMMIT").await;
 }
 
+/// Writers in flight hold back only the ids they may own: a writer first seen by a look draws
+/// above the sequence value of the look before. With a rolled-back id right after the cursor
+/// (so every read asks for the horizon), the first writer's commit releases what it held back up
+/// to the second writer, which holds back only what follows it.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_later_writer_holds_back_only_what_follows_it(pool: PgPool) {
+    captured_table(&pool, "orders", "Order").await;
+    let src = PgEventSource::new(pool.clone());
+    let write = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { exec(&mut pool.acquire().await.unwrap(), sql).await }
+    };
+    write("INSERT INTO orders (id, status) VALUES (1, 'a')").await;
+    let (items, cursor) = drain(&src, Cursor::START).await;
+    assert_eq!(items.len(), 1);
+    write("BEGIN; INSERT INTO orders (id, status) VALUES (2, 'rolled back'); ROLLBACK").await;
+    let mut first = connect(&pool).await;
+    exec(&mut first, "BEGIN").await;
+    exec(
+        &mut first,
+        "INSERT INTO orders (id, status) VALUES (3, 'first')",
+    )
+    .await;
+    write("INSERT INTO orders (id, status) VALUES (4, 'b')").await;
+    let (held, at) = drain(&src, cursor).await;
+    assert!(held.is_empty(), "passed the first writer");
+    let mut second = connect(&pool).await;
+    exec(&mut second, "BEGIN").await;
+    exec(
+        &mut second,
+        "INSERT INTO orders (id, status) VALUES (5, 'second')",
+    )
+    .await;
+    write("INSERT INTO orders (id, status) VALUES (6, 'c')").await;
+    exec(&mut first, "COMMIT").await;
+    let (items, at) = drain(&src, at).await;
+    assert_eq!(
+        values(&items, "status"),
+        [
+            ("3".to_owned(), "\"first\"".to_owned()),
+            ("4".to_owned(), "\"b\"".to_owned())
+        ],
+        "up to the second writer, not past it"
+    );
+    exec(&mut second, "COMMIT").await;
+    let (items, _) = drain(&src, at).await;
+    assert_eq!(
+        values(&items, "status"),
+        [
+            ("5".to_owned(), "\"second\"".to_owned()),
+            ("6".to_owned(), "\"c\"".to_owned())
+        ]
+    );
+}
+
 /// `observer_cutoff_lag_seconds` is the age of the oldest open transaction writing the change
 /// log: it grows while one is open, a reader's open transaction on the log does not count, and
 /// it is back to zero once the writer commits.
