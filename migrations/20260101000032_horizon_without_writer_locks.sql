@@ -18,7 +18,9 @@
 --      holder then; otherwise last_look, the L of the last look: it took the lock after that
 --      look listed the holders, so it drew its ids after L was read (a prepared transaction not
 --      seen before, and every holder at a first look, get `known` instead);
---   4. the horizon is the smaller of L and the lowest bound, and never below `known`.
+--   4. the horizon is the smaller of L and the lowest bound, and never below `known`;
+--   5. rows committed right after it (ids one after another, read after the locks) are final
+--      too, so a writer in flight holds back only what comes after its own first id.
 -- A holder is named by its virtual transaction id (`v...`) and by each of its transaction ids
 -- (`x...`), so a transaction that prepares for two-phase commit (its locks pass to the prepared
 -- transaction) is still recognised by its transaction id.
@@ -44,8 +46,9 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $body$
 DECLARE
-    last   int8;
-    lowest int8;
+    last    int8;
+    lowest  int8;
+    run_end int8;
 BEGIN
     horizon := greatest(coalesce(known, 0), 0);
     scanned := false;
@@ -56,13 +59,18 @@ BEGIN
         RETURN;
     END IF;
     scanned := true;
-    WITH holder AS (
+    WITH lock AS MATERIALIZED (
+        -- One read of the lock table (the view reads every backend's locks).
+        SELECT l.locktype, l.database, l.relation, l.transactionid, l.virtualtransaction, l.pid,
+               l.mode
+          FROM pg_locks l
+         WHERE l.granted AND l.locktype IN ('relation', 'transactionid')
+    ), holder AS (
         SELECT r.virtualtransaction AS vxid, bool_or(r.pid IS NULL) AS prepared
-          FROM pg_locks r
+          FROM lock r
          WHERE r.locktype = 'relation'
            AND r.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
            AND r.relation = %3$L::regclass
-           AND r.granted
            AND r.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
                           'AccessExclusiveLock')
          GROUP BY r.virtualtransaction
@@ -72,8 +80,7 @@ BEGIN
                                          FILTER (WHERE t.transactionid IS NOT NULL), '{}'),
                             'v' || h.vxid) AS keys
           FROM holder h
-          LEFT JOIN pg_locks t
-            ON t.locktype = 'transactionid' AND t.virtualtransaction = h.vxid AND t.granted
+          LEFT JOIN lock t ON t.locktype = 'transactionid' AND t.virtualtransaction = h.vxid
          GROUP BY h.vxid, h.prepared
     ), bounded AS (
         SELECT n.keys,
@@ -89,9 +96,22 @@ BEGIN
       FROM bounded b
      CROSS JOIN LATERAL unnest(b.keys) AS k(key);
     horizon := greatest(horizon, least(last, coalesce(lowest, last)));
+    IF horizon < last THEN
+        -- Committed rows right after the horizon are final too, up to the first id missing
+        -- from them (this statement's snapshot is later than the lock read): a writer in flight
+        -- does not hold back the rows committed before its first id.
+        SELECT max(r.id) INTO run_end
+          FROM (SELECT c.id, row_number() OVER (ORDER BY c.id) AS n
+                  FROM %4$s c
+                 WHERE c.id > horizon
+                 ORDER BY c.id
+                 LIMIT 100) r
+         WHERE r.id = horizon + r.n;
+        horizon := greatest(horizon, least(last, coalesce(run_end, horizon)));
+    END IF;
 END;
 $body$
-$function$, s, seq, format('%I.observer_change_log', s));
+$function$, s, seq, format('%I.observer_change_log', s), format('%I.observer_change_log', s));
 
     -- One look, then looking again until the writers of that look have ended: every id up to the
     -- sequence's value at the call is then final. Waits as long as such a writer stays open.
