@@ -805,6 +805,72 @@ async fn an_existing_install_upgrades_through_migrate(pool: PgPool) {
     assert_eq!(rows[0].entity_id, "2");
 }
 
+/// Installs from before the lock-free horizon and the settings as they read (migrations up to
+/// 0031) upgrade through `migrate`: the change log's lock trigger and function go, the capture
+/// function records the settings as they read, and what was captured before and after is
+/// delivered in order, with an empty user id as none.
+#[sqlx::test(migrations = false)]
+async fn an_install_with_the_horizon_lock_upgrades_through_migrate(pool: PgPool) {
+    use observers_core::stores::source::{EventSource, SourceItem};
+    observers_postgres::MIGRATOR
+        .run_to(20_260_101_000_031, &pool)
+        .await
+        .unwrap();
+    exec(
+        &pool,
+        "CREATE TABLE orders (id int PRIMARY KEY, status text)",
+    )
+    .await;
+    capture::enable(&pool, &CaptureSpec::new("orders", "Order"))
+        .await
+        .unwrap();
+    exec(
+        &pool,
+        "BEGIN; SET LOCAL observers.user_id = 'u1';
+         INSERT INTO orders VALUES (1, 'before'); COMMIT",
+    )
+    .await;
+
+    observers_postgres::migrate(&pool).await.unwrap();
+    let lock_trigger: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'observer_change_log_lock'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(lock_trigger, 0, "the lock trigger is gone");
+    exec(
+        &pool,
+        "SET observers.user_id = 'u2'; RESET observers.user_id;
+         INSERT INTO orders VALUES (2, 'after')",
+    )
+    .await;
+    let raw: Option<String> =
+        sqlx::query_scalar("SELECT user_id FROM observer_change_log ORDER BY id DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(raw.as_deref(), Some(""), "the setting as it read");
+    let items = observers_postgres::PgEventSource::new(pool.clone())
+        .fetch(observers_core::Cursor::START, 10)
+        .await
+        .unwrap();
+    let seen: Vec<_> = items
+        .iter()
+        .map(|i| match i {
+            SourceItem::Event(e) => (e.entity_id.clone(), e.user_id.clone()),
+            SourceItem::Poison { error, .. } => panic!("poison: {error}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("1".to_owned(), Some("u1".to_owned())),
+            ("2".to_owned(), None)
+        ]
+    );
+}
+
 /// A role with no rights on any `observer_*` object, shared by the tests (roles are
 /// cluster-wide); creating it is safe when tests race.
 async fn app_role(pool: &PgPool) -> &'static str {
