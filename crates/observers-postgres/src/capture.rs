@@ -18,6 +18,11 @@ use crate::error::PgError;
 /// Name of the row trigger `enable` installs on a captured table.
 pub const TRIGGER_NAME: &str = "observers_capture";
 
+/// Name of the row trigger for inserts that `enable` installs beside it on tables without a
+/// column that can hold `json` (migration 034): `observers_capture_insert()` does less than the
+/// general function. There, `TRIGGER_NAME` fires on updates and deletes only.
+pub const INSERT_TRIGGER_NAME: &str = "observers_capture_insert";
+
 /// Name of the statement trigger `enable` installs beside it: `TRUNCATE` fires no row trigger.
 pub const TRUNCATE_TRIGGER_NAME: &str = "observers_capture_truncate";
 
@@ -229,7 +234,10 @@ impl CaptureInfo {
         } else if !self.trigger_enabled {
             drift.push(format!(
                 "trigger is disabled, changes are not captured: `ALTER TABLE {name} ENABLE \
-                 TRIGGER {TRIGGER_NAME}`"
+                 TRIGGER {TRIGGER_NAME}` (and `ENABLE TRIGGER {INSERT_TRIGGER_NAME}` where the \
+                 table has it), or run `observers capture enable --table {name} --entity {}` \
+                 again",
+                self.entity_type
             ));
         }
         drift.extend(self.json_drift(&name));
@@ -733,6 +741,7 @@ async fn install_wal(
     let statements: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
         "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $3, $4)
          UNION ALL SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $2, $3, $4)
+         UNION ALL SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $6, $3, $4)
          UNION ALL SELECT format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', $3, $4)
          UNION ALL SELECT CASE
              WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $5)
@@ -747,6 +756,7 @@ async fn install_wal(
     .bind(&table.schema)
     .bind(&table.name)
     .bind(publication)
+    .bind(INSERT_TRIGGER_NAME)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -771,21 +781,36 @@ async fn install_triggers(
     // its schema (the change log's), so the session's search_path cannot pick another one. A
     // table with a column that can hold `json` gets the function that keeps values jsonb cannot
     // hold as strings instead of failing the write (migration 027).
-    let statements: (String, String, String, String) = sqlx::query_as(
-        "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $2, $3),
-                format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION %I.%I(%L, %L, %L)',
-                       $1, $2, $3, n.nspname,
-                       CASE WHEN observers_holds_json(format('%I.%I', $2, $3)::regclass)
-                            THEN 'observers_capture_json' ELSE 'observers_capture' END,
-                       $4, $5, $6),
-                format('DROP TRIGGER IF EXISTS %I ON %I.%I', $7, $2, $3),
-                format('CREATE TRIGGER %I AFTER TRUNCATE ON %I.%I '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION %I.observers_capture_truncate(%L)',
-                       $7, $2, $3, n.nspname, $4)
-           FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.oid = 'observer_change_log'::regclass",
+    // Other tables get two row triggers: inserts on `observers_capture_insert()`, which reads a
+    // tenant column only when given one (migration 034), updates and deletes on the general one.
+    let statements: Vec<Option<String>> = sqlx::query_scalar(
+        "WITH f AS (
+             SELECT n.nspname AS schema,
+                    observers_holds_json(format('%I.%I', $2, $3)::regclass) AS json
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = 'observer_change_log'::regclass
+         )
+         SELECT s FROM f, LATERAL (VALUES
+             (1, format('DROP TRIGGER IF EXISTS %I ON %I.%I', $1, $2, $3)),
+             (2, format('CREATE TRIGGER %I AFTER %s ON %I.%I '
+                        'FOR EACH ROW EXECUTE FUNCTION %I.%I(%L, %L, %L)',
+                        $1,
+                        CASE WHEN f.json THEN 'INSERT OR UPDATE OR DELETE' ELSE 'UPDATE OR DELETE' END,
+                        $2, $3, f.schema,
+                        CASE WHEN f.json THEN 'observers_capture_json' ELSE 'observers_capture' END,
+                        $4, $5, $6)),
+             (3, format('DROP TRIGGER IF EXISTS %I ON %I.%I', $8, $2, $3)),
+             (4, CASE WHEN NOT f.json THEN
+                     format('CREATE TRIGGER %I AFTER INSERT ON %I.%I '
+                            'FOR EACH ROW EXECUTE FUNCTION %I.observers_capture_insert(%L, %L%s)',
+                            $8, $2, $3, f.schema, $4, $5,
+                            CASE WHEN $6 <> '' THEN format(', %L', $6) ELSE '' END) END),
+             (5, format('DROP TRIGGER IF EXISTS %I ON %I.%I', $7, $2, $3)),
+             (6, format('CREATE TRIGGER %I AFTER TRUNCATE ON %I.%I '
+                        'FOR EACH STATEMENT EXECUTE FUNCTION %I.observers_capture_truncate(%L)',
+                        $7, $2, $3, f.schema, $4))) AS v(n, s)
+          ORDER BY v.n",
     )
     .bind(TRIGGER_NAME)
     .bind(&table.schema)
@@ -794,10 +819,10 @@ async fn install_triggers(
     .bind(id_column)
     .bind(tenant_column.unwrap_or(""))
     .bind(TRUNCATE_TRIGGER_NAME)
-    .fetch_one(&mut *tx)
+    .bind(INSERT_TRIGGER_NAME)
+    .fetch_all(&mut *tx)
     .await?;
-    let (drop_row, create_row, drop_truncate, create_truncate) = statements;
-    for sql in [drop_row, create_row, drop_truncate, create_truncate] {
+    for sql in statements.into_iter().flatten() {
         sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
     }
     Ok(())
@@ -843,12 +868,14 @@ pub async fn disable(pool: &PgPool, table: &str) -> Result<bool, PgError> {
            FROM pg_catalog.pg_trigger t
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname IN ($3, $4) AND NOT t.tgisinternal",
+          WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname IN ($3, $4, $5)
+            AND NOT t.tgisinternal",
     )
     .bind(&schema)
     .bind(&name.name)
     .bind(TRIGGER_NAME)
     .bind(TRUNCATE_TRIGGER_NAME)
+    .bind(INSERT_TRIGGER_NAME)
     .fetch_all(&mut *tx)
     .await?;
     let dropped_trigger = !drops.is_empty();
@@ -921,11 +948,21 @@ const LIST_SQL: &str = "WITH k AS (
                            ORDER BY e.id DESC
                            LIMIT $4) AS unkeyed
                FROM k
-               -- The row trigger: its state, and which capture function it runs.
+               -- The row trigger: its state, and which capture function it runs; with the
+               -- general function, the insert trigger beside it counts too (the worse state).
                LEFT JOIN LATERAL (
-                   SELECT t.tgenabled::text AS state, p.proname::text AS function
+                   SELECT CASE WHEN p.proname = 'observers_capture_json' THEN t.tgenabled::text
+                               WHEN t.tgenabled = 'D' THEN 'D'
+                               ELSE it.tgenabled::text END AS state,
+                          p.proname::text AS function
                      FROM pg_catalog.pg_trigger t
                      JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                     LEFT JOIN LATERAL (
+                         SELECT i.tgenabled
+                           FROM pg_catalog.pg_trigger i
+                           JOIN pg_catalog.pg_proc ip ON ip.oid = i.tgfoid
+                          WHERE i.tgrelid = k.rel AND i.tgname = $6 AND NOT i.tgisinternal
+                            AND ip.proname = 'observers_capture_insert') it ON true
                     WHERE t.tgrelid = k.rel AND t.tgname = $1 AND NOT t.tgisinternal
                       AND p.proname IN ('observers_capture', 'observers_capture_json')) rt ON true
          )
@@ -962,6 +999,7 @@ pub(crate) async fn list_where(
         .bind(only.map(|o| o.1))
         .bind(UNKEYED_COUNT_CAP)
         .bind(TRUNCATE_TRIGGER_NAME)
+        .bind(INSERT_TRIGGER_NAME)
         .fetch_all(pool)
         .await?;
     for c in &mut list {

@@ -770,6 +770,18 @@ async fn list_flags_tables_whose_definition_drifted(pool: PgPool) {
         1,
         "b still captured, tenant from the session"
     );
+    // Inserts have a trigger of their own: disabling it alone is drift too.
+    exec(
+        &pool,
+        "ALTER TABLE d DISABLE TRIGGER observers_capture_insert",
+    )
+    .await;
+    let listed = capture::list(&pool).await.unwrap();
+    assert!(
+        listed[3].drift.join(" | ").contains("trigger is disabled"),
+        "{:?}",
+        listed[3].drift
+    );
 }
 
 /// Installs from before the robust key (migrations up to 0008) upgrade through `migrate`: a
@@ -805,10 +817,11 @@ async fn an_existing_install_upgrades_through_migrate(pool: PgPool) {
     assert_eq!(rows[0].entity_id, "2");
 }
 
-/// Installs from before the lock-free horizon and the settings as they read (migrations up to
-/// 0031) upgrade through `migrate`: the change log's lock trigger and function go, the capture
-/// function records the settings as they read, and what was captured before and after is
-/// delivered in order, with an empty user id as none.
+/// Installs from before the lock-free horizon, the settings as they read and the insert trigger
+/// (migrations up to 0031) upgrade through `migrate`: the change log's lock trigger and function
+/// go, the row trigger splits in two (inserts on their own function), the settings are recorded
+/// as they read, and what was captured before and after is delivered in order, with an empty
+/// user id as none.
 #[sqlx::test(migrations = false)]
 async fn an_install_with_the_horizon_lock_upgrades_through_migrate(pool: PgPool) {
     use observers_core::stores::source::{EventSource, SourceItem};
@@ -816,14 +829,18 @@ async fn an_install_with_the_horizon_lock_upgrades_through_migrate(pool: PgPool)
         .run_to(20_260_101_000_031, &pool)
         .await
         .unwrap();
+    // As `capture enable` installed it then: one row trigger for all three operations.
     exec(
         &pool,
-        "CREATE TABLE orders (id int PRIMARY KEY, status text)",
+        "CREATE TABLE orders (id int PRIMARY KEY, status text);
+         CREATE TRIGGER observers_capture AFTER INSERT OR UPDATE OR DELETE ON orders
+         FOR EACH ROW EXECUTE FUNCTION observers_capture('Order', 'id', '');
+         CREATE TRIGGER observers_capture_truncate AFTER TRUNCATE ON orders
+         FOR EACH STATEMENT EXECUTE FUNCTION observers_capture_truncate('Order');
+         INSERT INTO observer_captures (table_schema, table_name, entity_type, id_column)
+         VALUES ('public', 'orders', 'Order', 'id');",
     )
     .await;
-    capture::enable(&pool, &CaptureSpec::new("orders", "Order"))
-        .await
-        .unwrap();
     exec(
         &pool,
         "BEGIN; SET LOCAL observers.user_id = 'u1';
@@ -839,6 +856,21 @@ async fn an_install_with_the_horizon_lock_upgrades_through_migrate(pool: PgPool)
     .await
     .unwrap();
     assert_eq!(lock_trigger, 0, "the lock trigger is gone");
+    let info = capture::list(&pool).await.unwrap();
+    assert!(info[0].drift.is_empty(), "{:?}", info[0].drift);
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_triggerdef(oid) FROM pg_trigger
+          WHERE tgrelid = 'orders'::regclass AND tgname LIKE 'observers_capture%' ORDER BY tgname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        triggers[0].contains("AFTER DELETE OR UPDATE")
+            && triggers[1].contains("AFTER INSERT")
+            && triggers[1].contains("observers_capture_insert('Order', 'id')"),
+        "the row trigger is split in two: {triggers:?}"
+    );
     exec(
         &pool,
         "SET observers.user_id = 'u2'; RESET observers.user_id;
