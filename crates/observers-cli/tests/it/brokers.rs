@@ -619,9 +619,14 @@ impl RabbitServer {
         eventually("rabbitmq-server to accept connections", LONG, || {
             let url = url.clone();
             async move {
-                Connection::connect(&url, ConnectionProperties::default())
-                    .await
-                    .is_ok()
+                // A broker still starting can take the connection and never answer: each try
+                // gets 5 s (lapin's connect has no deadline of its own).
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    Connection::connect(&url, ConnectionProperties::default()),
+                )
+                .await
+                .is_ok_and(|c| c.is_ok())
             }
         })
         .await;
@@ -713,9 +718,13 @@ async fn rabbitmq_restart_mid_stream_loses_nothing() {
     }
     drop((channel, conn));
     server.restart().await;
-    let conn = Connection::connect(&server.url(), ConnectionProperties::default())
-        .await
-        .unwrap();
+    let conn = tokio::time::timeout(
+        LONG,
+        Connection::connect(&server.url(), ConnectionProperties::default()),
+    )
+    .await
+    .expect("connecting to the restarted broker")
+    .unwrap();
     let channel = conn.create_channel().await.unwrap();
     writing.await.unwrap();
     let inline_accounted = |seen: &BTreeMap<&'static str, Vec<String>>| {
