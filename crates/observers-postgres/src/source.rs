@@ -80,7 +80,7 @@ const LOOK: &str = "SELECT horizon, next_look, next_holders, next_bounds, scanne
 /// What a source knows of the horizon between looks: the highest id known final, and what the
 /// last look saw: the sequence's value, and the writers in flight with a bound below the ids of
 /// each (a writer first seen at the next look draws above that value).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Look {
     known: i64,
     sequence: Option<i64>,
@@ -507,22 +507,27 @@ impl Wake {
         conn: &mut sqlx::PgConnection,
         cursor: i64,
     ) -> Result<(i64, bool), sqlx::Error> {
-        let mut last = self
-            .look
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        // Taken out for the query (no std mutex across an await) and put back after it, looked
+        // or not: `next` changes nothing when it fails, and what `known` gained here is final.
+        // A look dropped mid-query leaves a fresh state, so the next look starts over: that
+        // holds back more for a moment, never less.
+        let mut last = std::mem::take(
+            &mut *self
+                .look
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         last.known = last
             .known
             .max(self.seen.load(Ordering::Relaxed))
             .max(cursor);
-        let scanned = last.next(conn).await?;
+        let looked = last.next(conn).await;
         let horizon = last.known;
         *self
             .look
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = last;
-        Ok((horizon, scanned))
+        Ok((horizon, looked?))
     }
 
     /// Takes the horizon the reader's reads saw into `last` when it is further: a reader waits
