@@ -789,11 +789,7 @@ async fn main() {
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
         .await
         .unwrap();
-    sqlx::query("INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)")
-        .bind(i64::try_from(rows).unwrap())
-        .execute(&pool)
-        .await
-        .unwrap();
+    backlog(&pool, ORDERS_BACKLOG, rows).await;
     let end = last_cursor(&pool).await;
     let count = Arc::new(AtomicUsize::new(0));
     let noop = drain(
@@ -855,27 +851,21 @@ async fn wal_source(
     trigger_drain: f64,
     trigger_p99: f64,
 ) {
-    // The trigger's backlog, kept for the drain rounds below (the table's trigger goes now).
-    pool.execute("CREATE TABLE bench_trigger_backlog (LIKE observer_change_log)")
+    // A trigger-captured table of the same entity, for the trigger source's drain rounds below
+    // (`orders` moves to the WAL source now).
+    pool.execute("CREATE TABLE orders_drain (LIKE orders INCLUDING ALL)")
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO bench_trigger_backlog SELECT * FROM observer_change_log ORDER BY id LIMIT $1",
-    )
-    .bind(i64::try_from(rows).unwrap())
-    .execute(pool)
-    .await
-    .unwrap();
+    let spec = observers_postgres::capture::CaptureSpec::new("orders_drain", "Order");
+    observers_postgres::capture::enable(pool, &spec)
+        .await
+        .unwrap();
     wal_capture(pool, "orders", "Order").await;
     decode_from_here(pool).await;
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
         .await
         .unwrap();
-    sqlx::query("INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)")
-        .bind(i64::try_from(rows).unwrap())
-        .execute(pool)
-        .await
-        .unwrap();
+    backlog(pool, ORDERS_BACKLOG, rows).await;
     // The relay streams through the drain and the latency run; the drain's listener stops after.
     let relay = relay(pool);
     let (stop_relay, relay_rx) = watch::channel(false);
@@ -905,8 +895,9 @@ async fn wal_source(
     relay_task.await.unwrap();
 
     // Direct delivery against the trigger source: one drain each is at the mercy of what else
-    // the 2 cores do in that second (single pairs spread 0.87-1.46x), so they take turns on fresh
-    // backlogs of the same size and the median of each is compared.
+    // the 2 cores do in that second (single pairs spread 0.87-1.46x), so they take turns, each
+    // on a backlog of its own written by one insert of the same size, and the median of the
+    // rounds' ratios is compared.
     let mut triggers = Vec::with_capacity(DRAIN_ROUNDS);
     let mut directs = Vec::with_capacity(DRAIN_ROUNDS);
     for round in 0..DRAIN_ROUNDS {
@@ -926,18 +917,31 @@ async fn wal_source(
     );
 }
 
+/// One insert of `$1` orders: a backlog for a drain.
+const ORDERS_BACKLOG: &str =
+    "INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)";
+/// The same into the trigger-captured `orders_drain`.
+const DRAIN_BACKLOG: &str = "INSERT INTO orders_drain (total, status) \
+                             SELECT random() * 200, 'paid' FROM generate_series(1, $1)";
+
+async fn backlog(pool: &PgPool, insert: &'static str, rows: usize) {
+    sqlx::query(insert)
+        .bind(i64::try_from(rows).unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// Drain rounds per source when direct delivery is compared with the trigger source.
 const DRAIN_ROUNDS: usize = 5;
 
-/// The trigger source's drain of the backlog its trigger wrote (restored as written, ids
-/// included, into an emptied change log), by a listener that starts at the beginning.
+/// The trigger source's drain of a backlog its trigger wrote into an emptied change log (one
+/// insert of `rows` rows, as for the first drain), by a listener that starts at the beginning.
 async fn trigger_round(pool: &PgPool, round: usize, rows: usize) -> f64 {
-    pool.execute(
-        "TRUNCATE observer_change_log; TRUNCATE observer_checkpoints; \
-         INSERT INTO observer_change_log OVERRIDING SYSTEM VALUE SELECT * FROM bench_trigger_backlog",
-    )
-    .await
-    .unwrap();
+    pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
+        .await
+        .unwrap();
+    backlog(pool, DRAIN_BACKLOG, rows).await;
     let end = last_cursor(pool).await;
     let count = Arc::new(AtomicUsize::new(0));
     let slot = ActionSlot::new(Arc::new(Noop(count.clone())), "noop");
@@ -950,11 +954,7 @@ async fn trigger_round(pool: &PgPool, round: usize, rows: usize) -> f64 {
 /// that starts after what was streamed before.
 async fn direct_round(pool: &PgPool, round: usize, rows: usize) -> f64 {
     decode_from_here(pool).await;
-    sqlx::query("INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)")
-        .bind(i64::try_from(rows).unwrap())
-        .execute(pool)
-        .await
-        .unwrap();
+    backlog(pool, ORDERS_BACKLOG, rows).await;
     let count = Arc::new(AtomicUsize::new(0));
     let listener = direct_noop(pool, &format!("drain-direct-{round}"), count.clone());
     let (stop, rx) = watch::channel(false);
