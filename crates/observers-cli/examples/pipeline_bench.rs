@@ -162,7 +162,7 @@ const WRITER_ROUNDS: usize = 5;
 /// The median over rounds of `a`'s rate against `b`'s in the same round, and each round's ratio.
 fn paired_ratio(a: &[f64], b: &[f64]) -> (f64, String) {
     let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
-    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
     (median(&ratios), each.join(", "))
 }
 
@@ -246,7 +246,7 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
     );
     let (paired, each) = paired_ratio(&rounds[2], &rounds[1]);
     println!(
-        "  capture (today)       {new:>8.0} tx/s  {:.2}x uncaptured, {:.2}x the previous; {paired:.2}x the minimal trigger (median of the rounds' ratios: {each})\n",
+        "  capture (today)       {new:>8.0} tx/s  {:.2}x uncaptured, {:.2}x the previous; {paired:.3}x the minimal trigger (median of the rounds' ratios: {each})\n",
         new / none,
         new / old
     );
@@ -264,7 +264,7 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
         let direct = median(&rounds[5]);
         let (paired, each) = paired_ratio(&rounds[5], &rounds[4]);
         println!(
-            "  WAL direct delivery   {direct:>8.0} tx/s  {:.2}x uncaptured, {paired:.2}x the bare pgoutput consumer (median of the rounds' ratios: {each}; wal_delivery = \"direct\")",
+            "  WAL direct delivery   {direct:>8.0} tx/s  {:.2}x uncaptured, {paired:.3}x the bare pgoutput consumer (median of the rounds' ratios: {each}; wal_delivery = \"direct\")",
             direct / none
         );
         println!(
@@ -907,7 +907,7 @@ async fn wal_source(
     let (paired, each) = paired_ratio(&directs, &triggers);
     let (direct_drain, trigger_drain) = (median(&directs), median(&triggers));
     println!(
-        "WAL direct delivery backlog drain, no-op action, {DRAIN_ROUNDS} rounds alternating with the trigger source's: median {direct_drain:.0} events/s (the trigger source's {trigger_drain:.0}), {paired:.2}x the trigger source's (median of the rounds' ratios: {each}), {:.2}x the relay's",
+        "WAL direct delivery backlog drain, no-op action, {DRAIN_ROUNDS} rounds alternating with the trigger source's: median {direct_drain:.0} events/s (the trigger source's {trigger_drain:.0}), {paired:.3}x the trigger source's (median of the rounds' ratios: {each}), {:.2}x the relay's",
         direct_drain / drain
     );
     let (p50, p99, delivered) = latency_at(pool, url, arrivals, 1000, 10, true).await;
