@@ -62,6 +62,19 @@ async fn fresh_db() -> PgPool {
     pool
 }
 
+/// A copy of `orders` named `table`, captured by trigger as entity `Order`.
+async fn trigger_captured_copy(pool: &PgPool, table: &str) {
+    pool.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (LIKE orders INCLUDING ALL)"
+    )))
+    .await
+    .unwrap();
+    let spec = observers_postgres::capture::CaptureSpec::new(table, "Order");
+    observers_postgres::capture::enable(pool, &spec)
+        .await
+        .unwrap();
+}
+
 async fn capture(pool: &PgPool) {
     let spec = observers_postgres::capture::CaptureSpec::new("orders", "Order");
     observers_postgres::capture::enable(pool, &spec)
@@ -185,13 +198,7 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
     if wal {
         // A trigger-captured copy that stays so after the run (the WAL part below moves
         // `orders` to the WAL source): `cargo xtask bench --capture` counts its instructions.
-        pool.execute("CREATE TABLE orders_trigger (LIKE orders INCLUDING ALL)")
-            .await
-            .unwrap();
-        let spec = observers_postgres::capture::CaptureSpec::new("orders_trigger", "Order");
-        observers_postgres::capture::enable(pool, &spec)
-            .await
-            .unwrap();
+        trigger_captured_copy(pool, "orders_trigger").await;
         pool.execute(WAL_BASELINES).await.unwrap();
         // A slot cannot be created in a transaction that wrote (the batch above is one).
         pool.execute("SELECT pg_create_logical_replication_slot('bench_bare', 'pgoutput')")
@@ -853,13 +860,7 @@ async fn wal_source(
 ) {
     // A trigger-captured table of the same entity, for the trigger source's drain rounds below
     // (`orders` moves to the WAL source now).
-    pool.execute("CREATE TABLE orders_drain (LIKE orders INCLUDING ALL)")
-        .await
-        .unwrap();
-    let spec = observers_postgres::capture::CaptureSpec::new("orders_drain", "Order");
-    observers_postgres::capture::enable(pool, &spec)
-        .await
-        .unwrap();
+    trigger_captured_copy(pool, "orders_drain").await;
     wal_capture(pool, "orders", "Order").await;
     decode_from_here(pool).await;
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
