@@ -949,10 +949,11 @@ const LIST_SQL: &str = "WITH k AS (
                            LIMIT $4) AS unkeyed
                FROM k
                -- The row trigger: its state, and which capture function it runs; with the
-               -- general function, the insert trigger beside it counts too (the worse state).
+               -- general function, the insert trigger beside it counts too (the worse state:
+               -- the row trigger's unless it fires here, then the insert trigger's).
                LEFT JOIN LATERAL (
-                   SELECT CASE WHEN p.proname = 'observers_capture_json' THEN t.tgenabled::text
-                               WHEN t.tgenabled = 'D' THEN 'D'
+                   SELECT CASE WHEN p.proname = 'observers_capture_json'
+                                 OR t.tgenabled NOT IN ('O', 'A') THEN t.tgenabled::text
                                ELSE it.tgenabled::text END AS state,
                           p.proname::text AS function
                      FROM pg_catalog.pg_trigger t

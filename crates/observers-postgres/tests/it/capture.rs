@@ -782,6 +782,20 @@ async fn list_flags_tables_whose_definition_drifted(pool: PgPool) {
         "{:?}",
         listed[3].drift
     );
+    // The other way round: the insert trigger fires, the one for updates and deletes only on
+    // replicas (so not here): drift as well, not hidden by the insert trigger's state.
+    exec(
+        &pool,
+        "ALTER TABLE d ENABLE TRIGGER observers_capture_insert;
+         ALTER TABLE d ENABLE REPLICA TRIGGER observers_capture",
+    )
+    .await;
+    let listed = capture::list(&pool).await.unwrap();
+    assert!(
+        listed[3].drift.join(" | ").contains("trigger is disabled"),
+        "{:?}",
+        listed[3].drift
+    );
 }
 
 /// Installs from before the robust key (migrations up to 0008) upgrade through `migrate`: a
