@@ -514,7 +514,7 @@ impl Consumer {
 
 /// A listener that runs every event through a no-op action (counted in `count`).
 fn noop_listener(pool: &PgPool, id: &str, count: Arc<AtomicUsize>) -> ChangeLogListener {
-    let slot = ActionSlot::new(Arc::new(Noop(count)), "noop");
+    let slot = noop_slot(count);
     listener(pool, id, "*", slot)
 }
 
@@ -796,17 +796,10 @@ async fn main() {
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
         .await
         .unwrap();
-    backlog(&pool, ORDERS_BACKLOG, rows).await;
+    backlog(&pool, "orders", rows).await;
     let end = last_cursor(&pool).await;
     let count = Arc::new(AtomicUsize::new(0));
-    let noop = drain(
-        &pool,
-        "drain-noop",
-        ActionSlot::new(Arc::new(Noop(count.clone())), "noop"),
-        rows,
-        end,
-    )
-    .await;
+    let noop = drain(&pool, "drain-noop", noop_slot(count.clone()), rows, end).await;
     assert_eq!(count.load(Ordering::Relaxed), rows);
     println!(
         "backlog drain, no-op action: {noop:.0} events/s = {:.2}x the captured writer",
@@ -866,7 +859,7 @@ async fn wal_source(
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
         .await
         .unwrap();
-    backlog(pool, ORDERS_BACKLOG, rows).await;
+    backlog(pool, "orders", rows).await;
     // The relay streams through the drain and the latency run; the drain's listener stops after.
     let relay = relay(pool);
     let (stop_relay, relay_rx) = watch::channel(false);
@@ -876,10 +869,7 @@ async fn wal_source(
     let listener = noop_listener(pool, "drain-wal", count.clone());
     let (stop_listener, listener_rx) = watch::channel(false);
     let listener_task = tokio::spawn(async move { listener.run(listener_rx).await });
-    while count.load(Ordering::Relaxed) < rows {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let drain = rows as f64 / started.elapsed().as_secs_f64();
+    let drain = counted(&count, rows, started).await;
     stop_listener.send(true).unwrap();
     listener_task.await.unwrap().unwrap();
     println!(
@@ -918,19 +908,28 @@ async fn wal_source(
     );
 }
 
-/// One insert of `$1` orders: a backlog for a drain.
-const ORDERS_BACKLOG: &str =
-    "INSERT INTO orders (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)";
-/// The same into the trigger-captured `orders_drain`.
-const DRAIN_BACKLOG: &str = "INSERT INTO orders_drain (total, status) \
-                             SELECT random() * 200, 'paid' FROM generate_series(1, $1)";
+/// A backlog for a drain: one insert of `rows` orders into `table`.
+async fn backlog(pool: &PgPool, table: &str, rows: usize) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (total, status) SELECT random() * 200, 'paid' FROM generate_series(1, $1)"
+    )))
+    .bind(i64::try_from(rows).unwrap())
+    .execute(pool)
+    .await
+    .unwrap();
+}
 
-async fn backlog(pool: &PgPool, insert: &'static str, rows: usize) {
-    sqlx::query(insert)
-        .bind(i64::try_from(rows).unwrap())
-        .execute(pool)
-        .await
-        .unwrap();
+/// Waits until `count` reaches `rows`; rows/s since `started`.
+async fn counted(count: &AtomicUsize, rows: usize, started: Instant) -> f64 {
+    while count.load(Ordering::Relaxed) < rows {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A no-op action counting what it runs in `count`.
+fn noop_slot(count: Arc<AtomicUsize>) -> ActionSlot {
+    ActionSlot::new(Arc::new(Noop(count)), "noop")
 }
 
 /// Drain rounds per source when direct delivery is compared with the trigger source.
@@ -942,10 +941,10 @@ async fn trigger_round(pool: &PgPool, round: usize, rows: usize) -> f64 {
     pool.execute("TRUNCATE observer_change_log; TRUNCATE observer_checkpoints")
         .await
         .unwrap();
-    backlog(pool, DRAIN_BACKLOG, rows).await;
+    backlog(pool, "orders_drain", rows).await;
     let end = last_cursor(pool).await;
     let count = Arc::new(AtomicUsize::new(0));
-    let slot = ActionSlot::new(Arc::new(Noop(count.clone())), "noop");
+    let slot = noop_slot(count.clone());
     let rate = drain(pool, &format!("drain-trigger-{round}"), slot, rows, end).await;
     assert_eq!(count.load(Ordering::Relaxed), rows);
     rate
@@ -955,16 +954,13 @@ async fn trigger_round(pool: &PgPool, round: usize, rows: usize) -> f64 {
 /// that starts after what was streamed before.
 async fn direct_round(pool: &PgPool, round: usize, rows: usize) -> f64 {
     decode_from_here(pool).await;
-    backlog(pool, ORDERS_BACKLOG, rows).await;
+    backlog(pool, "orders", rows).await;
     let count = Arc::new(AtomicUsize::new(0));
     let listener = direct_noop(pool, &format!("drain-direct-{round}"), count.clone());
     let (stop, rx) = watch::channel(false);
     let started = Instant::now();
     let task = tokio::spawn(async move { listener.run(rx).await });
-    while count.load(Ordering::Relaxed) < rows {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    let rate = counted(&count, rows, started).await;
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     assert_eq!(count.load(Ordering::Relaxed), rows);
@@ -986,8 +982,8 @@ fn direct_consumer(pool: &PgPool, id: &str) -> WalDirect {
 
 /// A direct consumer that runs every event through a no-op action (counted in `count`).
 fn direct_noop(pool: &PgPool, id: &str, count: Arc<AtomicUsize>) -> WalDirectListener {
-    let observer = CompiledObserver::new("bench", "*", EventKind::ALL.to_vec())
-        .with_action(ActionSlot::new(Arc::new(Noop(count)), "noop"));
+    let observer =
+        CompiledObserver::new("bench", "*", EventKind::ALL.to_vec()).with_action(noop_slot(count));
     let set = ObserverSet::new(vec![observer], RetryPolicy::none(), Duration::from_secs(10));
     let executor = Arc::new(
         ObserverExecutor::builder(set)
