@@ -66,6 +66,14 @@ pub const SAVE_EVERY: Duration = Duration::from_millis(100);
 /// several steps, each as soon as it is converted).
 const CONVERT_EVERY: usize = 1_000;
 
+/// Events of the stream taken one after another while more are waiting, at most, before the
+/// session looks again at shutdown, saves and room.
+const TAKE_RUN: u64 = 1_000;
+
+/// Events handed on and not yet announced to the listener, at most (the rest of a busy stream
+/// is announced when nothing more is waiting).
+const ANNOUNCE_EVERY: usize = 1_000;
+
 /// The checkpoint id of the direct consumer of `listener_id`.
 fn consumer_id(listener_id: &str) -> String {
     format!("{listener_id}:wal")
@@ -300,7 +308,12 @@ impl WalDirect {
             position: 0,
             partial,
             done: start.lsn,
+            unannounced: 0,
         };
+        // Events taken from the client, against the events its worker has queued: the same
+        // count means nothing more is waiting.
+        let metrics = client.metrics();
+        let mut received: u64 = 0;
         loop {
             let room = {
                 let buffer = self.shared.buffer();
@@ -337,15 +350,37 @@ impl WalDirect {
                 () = self.shared.taken.notified() => continue,
                 event = client.recv(), if room => event.map_err(wire)?,
             };
-            let Some(event) = event else {
-                return Err(PgError::Invalid(
-                    "the server ended the replication stream".into(),
-                ));
-            };
-            if self.on_event(event, &mut stream, &client).await? {
-                return Ok(true);
+            // This event, then those already waiting (up to `TAKE_RUN`), without a select
+            // each: the worker has queued more than was taken, so `recv` returns at once.
+            let mut event = event;
+            let run_end = received + TAKE_RUN;
+            loop {
+                let Some(e) = event else {
+                    return Err(PgError::Invalid(
+                        "the server ended the replication stream".into(),
+                    ));
+                };
+                received += 1;
+                if self.on_event(e, &mut stream, &client).await? {
+                    return Ok(true);
+                }
+                let waiting = metrics.events_forwarded() > received;
+                if stream.unannounced > 0 && (!waiting || stream.unannounced >= ANNOUNCE_EVERY) {
+                    stream.unannounced = 0;
+                    self.shared.arrived.notify_one();
+                }
+                if !waiting || received >= run_end || !self.has_room() {
+                    break;
+                }
+                event = client.recv().await.map_err(wire)?;
             }
         }
+    }
+
+    /// Whether the buffer takes more events (and no rewind is asked for).
+    fn has_room(&self) -> bool {
+        let buffer = self.shared.buffer();
+        !buffer.rewind && buffer.items.len() < MAX_BUFFERED
     }
 
     /// Handles one event of the stream; true when the stream stopped.
@@ -450,7 +485,8 @@ impl WalDirect {
             stream.tx = None;
         }
         self.streamed.fetch_add(pushed, Ordering::Relaxed);
-        self.shared.arrived.notify_one();
+        // Announced to the listener by the session loop, once nothing more is waiting.
+        stream.unannounced += usize::try_from(pushed).unwrap_or(usize::MAX);
         Ok(())
     }
 
@@ -679,6 +715,8 @@ struct Stream {
     partial: Option<(Lsn, u64)>,
     /// Transactions ending at or before this were delivered.
     done: Lsn,
+    /// Events pushed since the listener was last told.
+    unannounced: usize,
 }
 
 impl Stream {
@@ -756,7 +794,7 @@ struct DirectSource(Arc<WalDirect>);
 impl EventSource for DirectSource {
     async fn fetch(&self, after: Cursor, limit: usize) -> CoreResult<Vec<SourceItem>> {
         let shared = &self.0.shared;
-        let items: Vec<SourceItem> = {
+        let items = {
             let mut buffer = shared.buffer();
             if buffer.handed.is_some_and(|h| after.id < h) {
                 // Events handed out are asked for again: they come again from the stream.
@@ -767,6 +805,8 @@ impl EventSource for DirectSource {
                 shared.taken.notify_one();
                 return Ok(Vec::new());
             }
+            // The stream waits for room only when the buffer is full; it is woken only then.
+            let full = buffer.items.len() >= MAX_BUFFERED;
             while buffer.items.front().is_some_and(|i| i.cursor() <= after) {
                 buffer.items.pop_front();
             }
@@ -775,9 +815,10 @@ impl EventSource for DirectSource {
             if let Some(last) = items.last() {
                 buffer.handed = Some(last.cursor().id);
             }
-            items
+            (items, full)
         };
-        if !items.is_empty() {
+        let (items, full) = items;
+        if full {
             shared.taken.notify_one();
         }
         Ok(items)
