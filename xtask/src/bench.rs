@@ -39,7 +39,8 @@ const AREAS: &[Area] = &[
     Area {
         flag: "--capture",
         what: "capture kinds side by side on a private wal_level = logical PostgreSQL: writer rate \
-               (none, minimal trigger, previous, trigger, bare pgoutput, WAL source), drain, latency; \
+               (none, minimal trigger, previous, trigger, bare pgoutput, the replication client alone, WAL \
+               source and direct delivery), drain, latency; \
                then server instructions per captured insert (callgrind)",
         run: |_, _| {
             let Some(pg) = services::PrivatePostgres::start(&[

@@ -205,27 +205,32 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
             .await
             .unwrap();
         wal_capture(pool, "orders_wal", "OrderWal").await;
-        tables.extend(["orders_pub", "orders_direct", "orders_wal"]);
+        tables.extend(["orders_floor", "orders_pub", "orders_direct", "orders_wal"]);
     }
     let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
     let mut cpu: Vec<Cpu> = vec![Cpu::default(); tables.len()];
     for _ in 0..WRITER_ROUNDS {
         for (i, t) in tables.iter().enumerate() {
+            if wal {
+                settle(pool).await;
+            }
             // Each logical consumer streams during its own rounds only, from the current WAL
             // position (the slot is advanced past the other rounds' WAL outside the timing).
             let consumer = match *t {
                 "orders_pub" => Some(Consumer::bare(pool).await),
+                "orders_floor" => Some(Consumer::floor(pool).await),
                 "orders_wal" => Some(Consumer::wal(pool).await),
                 "orders_direct" => Some(Consumer::direct(pool).await),
                 _ => None,
             };
             let before = Cpu::now();
             // pgbench runs off the runtime's threads, which the relay and listener need.
-            // The direct consumer's rounds write the WAL-captured table too.
-            let table = if *t == "orders_direct" {
-                "orders_wal"
-            } else {
-                t
+            // The direct consumer's rounds write the WAL-captured table too, the client's alone
+            // the bare consumer's.
+            let table = match *t {
+                "orders_direct" => "orders_wal",
+                "orders_floor" => "orders_pub",
+                t => t,
             }
             .to_owned();
             let tps = tokio::task::spawn_blocking(move || pgbench_insert_tps(&table, 8, 6))
@@ -258,27 +263,36 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
         new / old
     );
     if wal {
-        let (bare, source) = (median(&rounds[4]), median(&rounds[6]));
+        let (floor, bare, direct, source) = (
+            median(&rounds[4]),
+            median(&rounds[5]),
+            median(&rounds[6]),
+            median(&rounds[7]),
+        );
         println!(
             "  bare pgoutput consumer {bare:>7.0} tx/s  {:.2}x uncaptured (pg_recvlogical on a publication)",
             bare / none
+        );
+        let (paired, each) = paired_ratio(&rounds[4], &rounds[5]);
+        println!(
+            "  replication client    {floor:>8.0} tx/s  {paired:.3}x the bare pgoutput consumer (median of the rounds' ratios: {each}; pgwire-replication on the same publication, every event dropped: what direct delivery's client costs before it does anything)",
         );
         println!(
             "  WAL source            {source:>8.0} tx/s  {:.2}x uncaptured, {:.2}x the bare pgoutput consumer (relay and listener running)",
             source / none,
             source / bare
         );
-        let direct = median(&rounds[5]);
-        let (paired, each) = paired_ratio(&rounds[5], &rounds[4]);
+        let (paired, each) = paired_ratio(&rounds[6], &rounds[5]);
         println!(
             "  WAL direct delivery   {direct:>8.0} tx/s  {:.2}x uncaptured, {paired:.3}x the bare pgoutput consumer (median of the rounds' ratios: {each}; wal_delivery = \"direct\")",
             direct / none
         );
         println!(
-            "  CPU during the rounds (share of one core, /proc): bare consumer {}; WAL source {}; direct delivery {}\n",
-            cpu[4].report("pg_recvlogical"),
-            cpu[6].report("relay + listener"),
-            cpu[5].report("stream + listener")
+            "  CPU during the rounds (share of one core, /proc): bare consumer {}; replication client {}; WAL source {}; direct delivery {}\n",
+            cpu[5].report("pg_recvlogical"),
+            cpu[4].report("client"),
+            cpu[7].report("relay + listener"),
+            cpu[6].report("stream + listener")
         );
     }
     new
@@ -286,7 +300,8 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
 
 /// CPU time (clock ticks, from `/proc`) of the processes a logical consumer adds: walsenders,
 /// the consumer (pg_recvlogical, or this process: the relay and the listener), and this
-/// process's server backends (pgbench's end with their round and are not counted).
+/// process's server backends (pgbench's are not counted: they end with their round, and one still
+/// exiting at the second sample started after the first).
 /// Clock ticks are 1/100 s (Linux's `USER_HZ`).
 #[derive(Debug, Clone, Default)]
 struct Cpu {
@@ -342,10 +357,15 @@ impl Cpu {
     }
 
     /// Adds what the processes alive at the second sample used since the first (all of it for
-    /// one that started in between, as the consumer's walsender does).
+    /// one that started in between, as the consumer's walsender does, except a backend).
     fn add(&mut self, after: &Cpu, before: &Cpu) {
         for (key, t) in &after.ticks {
-            let b = before.ticks.get(key).copied().unwrap_or(0);
+            let b = match before.ticks.get(key) {
+                Some(b) => *b,
+                // A backend that started during the round is pgbench's, still exiting.
+                None if key.0 == 2 => continue,
+                None => 0,
+            };
             self.total[usize::from(key.0)] += t.saturating_sub(b);
         }
         if let (Some(a), Some(b)) = (after.at, before.at) {
@@ -396,6 +416,19 @@ async fn wal_capture(pool: &PgPool, table: &str, entity: &str) {
 /// writes such a record; advancing the slot decodes it.
 async fn decode_from_here(pool: &PgPool) {
     pool.execute("CHECKPOINT").await.unwrap();
+    advance(pool, "observers").await;
+}
+
+/// Before every writer round of the WAL comparison: both slots' decoding start moved to the
+/// current position (see [`decode_from_here`]), so no consumer first decodes the WAL of the
+/// rounds before inside its own timing. `pg_replication_slot_advance` moves the decoding start
+/// only to the last running-transactions record it passes, which PostgreSQL writes every 15 s
+/// and at a checkpoint: without the checkpoint, a consumer started with up to 15 s of other
+/// rounds' WAL to decode first, a cost that depended on where that record fell. Every round
+/// gets the checkpoint, so each pays alike for the full-page images that follow one.
+async fn settle(pool: &PgPool) {
+    pool.execute("CHECKPOINT").await.unwrap();
+    advance(pool, "bench_bare").await;
     advance(pool, "observers").await;
 }
 
@@ -453,6 +486,42 @@ impl Consumer {
 }
 
 impl Consumer {
+    /// The replication client direct delivery uses (pgwire-replication), on the bare
+    /// consumer's slot and publication, dropping every event: the client's own cost.
+    async fn floor(pool: &PgPool) -> Self {
+        advance(pool, "bench_bare").await;
+        let settings = observers_postgres::wal::WalSettings {
+            slot: "bench_bare".into(),
+            publication: "bench_bare".into(),
+        };
+        let from: String = sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bench_bare'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let config = observers_postgres::wal::replication_config(&db_url(), &settings)
+            .unwrap()
+            .with_start_lsn(from.parse().unwrap());
+        let mut client = pgwire_replication::ReplicationClient::connect(config)
+            .await
+            .unwrap();
+        let (stop, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = rx.changed() => break,
+                    event = client.recv() => if event.unwrap().is_none() { break },
+                }
+            }
+            client.stop();
+        });
+        Self::Wal {
+            stop,
+            tasks: vec![task],
+        }
+    }
+
     async fn bare(pool: &PgPool) -> Self {
         advance(pool, "bench_bare").await;
         let child = Command::new("pg_recvlogical")
