@@ -217,10 +217,10 @@ async fn writer_rates(pool: &PgPool, wal: bool) -> f64 {
             // Each logical consumer streams during its own rounds only, from the current WAL
             // position (the slot is advanced past the other rounds' WAL outside the timing).
             let consumer = match *t {
-                "orders_pub" => Some(Consumer::bare(pool).await),
-                "orders_floor" => Some(Consumer::floor(pool).await),
+                "orders_pub" => Some(Consumer::bare()),
+                "orders_floor" => Some(Consumer::floor().await),
                 "orders_wal" => Some(Consumer::wal(pool).await),
-                "orders_direct" => Some(Consumer::direct(pool).await),
+                "orders_direct" => Some(Consumer::direct(pool)),
                 _ => None,
             };
             let before = Cpu::now();
@@ -469,10 +469,9 @@ enum Consumer {
 }
 
 impl Consumer {
-    /// Direct delivery (`wal_delivery = "direct"`) with a no-op action, from the current
-    /// position.
-    async fn direct(pool: &PgPool) -> Self {
-        advance(pool, "observers").await;
+    /// Direct delivery (`wal_delivery = "direct"`) with a no-op action, from where [`settle`]
+    /// left the slot.
+    fn direct(pool: &PgPool) -> Self {
         let listener = direct_noop(pool, "wal-direct-writer", Arc::default());
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -487,22 +486,14 @@ impl Consumer {
 
 impl Consumer {
     /// The replication client direct delivery uses (pgwire-replication), on the bare
-    /// consumer's slot and publication, dropping every event: the client's own cost.
-    async fn floor(pool: &PgPool) -> Self {
-        advance(pool, "bench_bare").await;
+    /// consumer's slot and publication, dropping every event: the client's own cost. It starts
+    /// where [`settle`] left the slot (a start of 0/0 is the slot's confirmed position).
+    async fn floor() -> Self {
         let settings = observers_postgres::wal::WalSettings {
             slot: "bench_bare".into(),
             publication: "bench_bare".into(),
         };
-        let from: String = sqlx::query_scalar(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bench_bare'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        let config = observers_postgres::wal::replication_config(&db_url(), &settings)
-            .unwrap()
-            .with_start_lsn(from.parse().unwrap());
+        let config = observers_postgres::wal::replication_config(&db_url(), &settings).unwrap();
         let mut client = pgwire_replication::ReplicationClient::connect(config)
             .await
             .unwrap();
@@ -522,8 +513,8 @@ impl Consumer {
         }
     }
 
-    async fn bare(pool: &PgPool) -> Self {
-        advance(pool, "bench_bare").await;
+    /// `pg_recvlogical`, from where [`settle`] left the slot.
+    fn bare() -> Self {
         let child = Command::new("pg_recvlogical")
             .args([
                 "-d",
@@ -544,9 +535,8 @@ impl Consumer {
     }
 
     async fn wal(pool: &PgPool) -> Self {
+        // The relay starts where [`settle`] left the slot.
         let relay = relay(pool);
-        // The relay's own progress and the slot both start at the current position.
-        advance(pool, "observers").await;
         let (stop, rx) = watch::channel(false);
         let relay_rx = rx.clone();
         let relay_task = tokio::spawn(async move { relay.run(relay_rx).await });

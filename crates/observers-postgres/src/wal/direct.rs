@@ -315,13 +315,9 @@ impl WalDirect {
         let metrics = client.metrics();
         let mut received: u64 = 0;
         loop {
-            let room = {
-                let buffer = self.shared.buffer();
-                if buffer.rewind {
-                    client.stop();
-                    return Ok(false);
-                }
-                buffer.items.len() < MAX_BUFFERED
+            let Some(room) = self.room() else {
+                client.stop();
+                return Ok(false);
             };
             let event = tokio::select! {
                 biased;
@@ -369,7 +365,7 @@ impl WalDirect {
                     stream.unannounced = 0;
                     self.shared.arrived.notify_one();
                 }
-                if !waiting || received >= run_end || !self.has_room() {
+                if !waiting || received >= run_end || self.room() != Some(true) {
                     break;
                 }
                 event = client.recv().await.map_err(wire)?;
@@ -377,10 +373,10 @@ impl WalDirect {
         }
     }
 
-    /// Whether the buffer takes more events (and no rewind is asked for).
-    fn has_room(&self) -> bool {
+    /// Whether the buffer takes more events; `None` when a rewind is asked for.
+    fn room(&self) -> Option<bool> {
         let buffer = self.shared.buffer();
-        !buffer.rewind && buffer.items.len() < MAX_BUFFERED
+        (!buffer.rewind).then(|| buffer.items.len() < MAX_BUFFERED)
     }
 
     /// Handles one event of the stream; true when the stream stopped.
@@ -794,7 +790,7 @@ struct DirectSource(Arc<WalDirect>);
 impl EventSource for DirectSource {
     async fn fetch(&self, after: Cursor, limit: usize) -> CoreResult<Vec<SourceItem>> {
         let shared = &self.0.shared;
-        let items = {
+        let (items, full) = {
             let mut buffer = shared.buffer();
             if buffer.handed.is_some_and(|h| after.id < h) {
                 // Events handed out are asked for again: they come again from the stream.
@@ -817,7 +813,6 @@ impl EventSource for DirectSource {
             }
             (items, full)
         };
-        let (items, full) = items;
         if full {
             shared.taken.notify_one();
         }
