@@ -5,7 +5,8 @@
 //! randomized writers; values equal the trigger's `to_jsonb` for every common type, numbers
 //! beyond a double included; a consumer killed mid-stream loses nothing and redelivers with the
 //! same ids (so the same idempotency keys), a clean stop redelivers nothing; a re-read gets the
-//! same events again; a transaction bigger than the buffer; the switch from the relay delivers
+//! same events again; every event reaches a listener that never polls; a transaction bigger
+//! than the buffer; the switch from the relay delivers
 //! nothing twice and skips nothing; nothing is written to the change log.
 
 use std::collections::BTreeMap;
@@ -105,13 +106,15 @@ impl WalDb {
         watch::Sender<bool>,
         tokio::task::JoinHandle<observers_core::Result<observers_core::listener::ListenerStats>>,
     ) {
-        Self::deliver_with(seen, self.direct())
+        Self::deliver_with(seen, self.direct(), Duration::from_millis(50))
     }
 
-    /// [`WalDb::deliver`] through `direct`.
+    /// [`WalDb::deliver`] through `direct`, the listener polling every `poll_interval` (it is
+    /// also woken by the stream).
     fn deliver_with(
         seen: &Seen,
         direct: WalDirect,
+        poll_interval: Duration,
     ) -> (
         watch::Sender<bool>,
         tokio::task::JoinHandle<observers_core::Result<observers_core::listener::ListenerStats>>,
@@ -125,7 +128,7 @@ impl WalDb {
             executor,
             &ListenerConfig {
                 listener_id: "direct".into(),
-                poll_interval: Duration::from_millis(50),
+                poll_interval,
                 batch_size: 100,
                 ..ListenerConfig::default()
             },
@@ -518,6 +521,79 @@ async fn direct_values_equal_the_triggers_to_jsonb_for_every_type() {
     db.drop().await;
 }
 
+/// The listener learns of new events only from the stream (it would poll once an hour): bursts
+/// of one-row transactions from 8 writers committing interleaved, each burst followed by a quiet
+/// spell, then one transaction of more events than the session holds back before it tells the
+/// listener. Every event arrives without a poll, once, and in commit order per entity.
+#[tokio::test]
+async fn every_event_reaches_the_listener_without_a_poll() {
+    const WRITERS: i32 = 8;
+    const COMMITS: i32 = 120;
+    let Some(db) = WalDb::new("direct_announce").await else {
+        return;
+    };
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .await;
+    db.capture("items", "Item").await;
+    let seen = Seen::default();
+    let run = WalDb::deliver_with(&seen, db.direct(), Duration::from_secs(3600));
+    let writers: Vec<_> = (1..=WRITERS)
+        .map(|w| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                for v in 0..COMMITS {
+                    let sql = if v == 0 {
+                        format!("INSERT INTO items VALUES ({w}, 0)")
+                    } else {
+                        format!("UPDATE items SET v = {v} WHERE id = {w}")
+                    };
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    if v % 30 == 29 {
+                        // The burst ends: the stream runs dry before the next.
+                        tokio::time::sleep(Duration::from_millis(
+                            40 + 10 * u64::from(w.unsigned_abs()),
+                        ))
+                        .await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let small = usize::try_from(WRITERS * COMMITS).unwrap();
+    seen.at_least(small).await;
+    let big = 2_500;
+    db.exec(&format!(
+        "INSERT INTO items SELECT 100 + g, g FROM generate_series(1, {big}) g"
+    ))
+    .await;
+    seen.at_least(small + big).await;
+    stop_listener(run).await;
+    let events = seen.events();
+    assert_eq!(events.len(), small + big, "each change once");
+    let mut values: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (e, _) in &events {
+        values
+            .entry(e.entity_id.clone())
+            .or_default()
+            .push(field(e, "v").parse().unwrap());
+    }
+    for w in 1..=WRITERS {
+        assert_eq!(
+            values[&w.to_string()],
+            (0..i64::from(COMMITS)).collect::<Vec<_>>(),
+            "writer {w}'s entity in commit order"
+        );
+    }
+    assert_eq!(values.len(), usize::try_from(WRITERS).unwrap() + big);
+    db.drop().await;
+}
+
 /// A transaction of more changes than the consumer buffers is delivered whole and in order
 /// (the stream waits while the buffer is full).
 #[tokio::test]
@@ -641,7 +717,11 @@ async fn a_save_without_the_leader_lease_is_refused() {
     db.capture("items", "Item").await;
     db.exec("INSERT INTO items VALUES (1, 1)").await;
     let seen = Seen::default();
-    let run = WalDb::deliver_with(&seen, db.direct().with_fence("leader", "a"));
+    let run = WalDb::deliver_with(
+        &seen,
+        db.direct().with_fence("leader", "a"),
+        Duration::from_millis(50),
+    );
     let ended = tokio::time::timeout(Duration::from_secs(30), run.1)
         .await
         .expect("the consumer stops on its refused save")
@@ -660,7 +740,11 @@ async fn a_save_without_the_leader_lease_is_refused() {
 
     // The holder saves, after the same event delivered again under the same id.
     let again = Seen::default();
-    let run = WalDb::deliver_with(&again, db.direct().with_fence("leader", "b"));
+    let run = WalDb::deliver_with(
+        &again,
+        db.direct().with_fence("leader", "b"),
+        Duration::from_millis(50),
+    );
     again.at_least(1).await;
     db.eventually(
         "the holder's checkpoint",
