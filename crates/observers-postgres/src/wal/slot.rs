@@ -24,14 +24,24 @@ pub async fn require_logical(pool: &PgPool) -> Result<(), PgError> {
 }
 
 /// Creates the logical slot `slot` (plugin `pgoutput`) unless it exists. Returns whether it
-/// created it. Changes committed after this returns are kept for the relay.
+/// created it. Changes committed after this returns are kept for the relay. Slot names are the
+/// whole server's: a slot of that name in another database is refused, naming that database.
 pub async fn ensure_slot(pool: &PgPool, slot: &str) -> Result<bool, PgError> {
-    let exists: Option<String> =
-        sqlx::query_scalar("SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1")
-            .bind(slot)
-            .fetch_optional(pool)
-            .await?;
-    match exists.as_deref() {
+    let exists: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT plugin::text, database::text, current_database()::text
+           FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((_, database, current)) = exists.as_ref().filter(|(_, d, c)| d != c) {
+        return Err(PgError::Invalid(format!(
+            "replication slot {slot} belongs to database {database}, not to {current}: slot names \
+             are shared by the whole server, so name another slot in [source] slot for this \
+             database"
+        )));
+    }
+    match exists.as_ref().map(|(plugin, ..)| plugin.as_str()) {
         Some("pgoutput") => return Ok(false),
         Some(other) => {
             return Err(PgError::Invalid(format!(
@@ -85,12 +95,14 @@ macro_rules! slot_status_sql {
     };
 }
 
-/// The slot's state, or `None` when it does not exist.
+/// The slot's state, or `None` when this database has no slot of that name.
 pub async fn status(pool: &PgPool, slot: &str) -> Result<Option<SlotStatus>, PgError> {
-    Ok(sqlx::query_as(slot_status_sql!("WHERE slot_name = $1"))
-        .bind(slot)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as(slot_status_sql!(
+        "WHERE slot_name = $1 AND database = current_database()"
+    ))
+    .bind(slot)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Every `pgoutput` slot of this database (the WAL source's, and any other consumer's).
@@ -102,8 +114,8 @@ pub async fn list(pool: &PgPool) -> Result<Vec<SlotStatus>, PgError> {
     .await?)
 }
 
-/// Drops the slot (refused while a relay streams it) and the relay's progress for it. Returns
-/// whether there was a slot. Changes not yet copied are lost to the relay; the next relay
+/// Drops this database's slot (refused while a relay streams it) and the relay's progress for
+/// it. Returns whether there was a slot (one of that name in another database is left alone). Changes not yet copied are lost to the relay; the next relay
 /// creates a new slot and starts from then.
 pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<bool, PgError> {
     let Some(s) = status(pool, slot).await? else {
@@ -139,7 +151,8 @@ pub async fn end_stream(pool: &PgPool, slot: &str) -> Result<Option<i32>, PgErro
         // The CASE keeps the signal behind the slot's own conditions, whatever order the
         // planner gives the filters.
         "SELECT active_pid FROM pg_replication_slots
-          WHERE CASE WHEN slot_name = $1 AND active THEN pg_terminate_backend(active_pid)
+          WHERE CASE WHEN slot_name = $1 AND database = current_database() AND active
+                     THEN pg_terminate_backend(active_pid)
                      ELSE false END",
     )
     .bind(slot)

@@ -824,6 +824,50 @@ async fn ending_a_slots_stream_leaves_every_other_slot_streaming() {
     two.drop().await;
 }
 
+/// Slot names are the whole server's: two databases of one server both configured with the same
+/// slot name (the default `observers`, say). The second database's capture is refused, naming
+/// the database the slot belongs to, instead of counting on a slot that keeps none of its
+/// changes; its `status` sees no slot, and its `drop-slot` leaves the other database's alone.
+#[tokio::test]
+async fn a_slot_of_another_database_is_not_taken_for_ours() {
+    let (Some(first), Some(mut second)) = (WalDb::new("slot_a").await, WalDb::new("slot_b").await)
+    else {
+        return;
+    };
+    first.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    first.capture("t", "T").await;
+    second.settings.slot.clone_from(&first.settings.slot);
+    second.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let e = capture::enable_as(&second.pool, &CaptureSpec::new("t", "T"), &second.kind())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&first.settings.slot) && e.contains(&first.name),
+        "{e}"
+    );
+    assert_eq!(
+        wal::slot::status(&second.pool, &second.settings.slot)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        !wal::slot::drop_slot(&second.pool, &second.settings.slot)
+            .await
+            .unwrap()
+    );
+    assert!(
+        wal::slot::status(&first.pool, &first.settings.slot)
+            .await
+            .unwrap()
+            .is_some(),
+        "the first database's slot is still there"
+    );
+    second.drop().await;
+    first.drop().await;
+}
+
 /// `drop-slot` is refused while a relay streams and works once it stopped; a capture on a
 /// server without logical WAL says what to change.
 #[tokio::test]
